@@ -1,0 +1,108 @@
+//! The seams between layers: small traits, sync and pure, so the simulator runs
+//! millions of steps without an async runtime. Async I/O (telemetry sources,
+//! actuators) lives at the edges and adapts to these.
+
+use crate::{Action, ActionMask, FaultSet, RecordLedger, Telemetry};
+
+/// A discrete agent state, as produced by a [`StateEncoder`].
+pub type StateId = u32;
+
+/// What a policy sees when it decides.
+#[derive(Clone, Copy, Debug)]
+pub struct Observation<'a> {
+    /// The latest telemetry window.
+    pub telemetry: &'a Telemetry,
+    /// The encoded state of that window (and the encoder's memory).
+    pub state: StateId,
+    /// The actions allowed now.
+    pub mask: ActionMask,
+}
+
+/// Chooses an action.
+pub trait Policy {
+    /// Short name shown in reports (`noop`, `rules`, `learned`, ...).
+    fn name(&self) -> &str;
+    /// Start of an episode; `seed` feeds any randomness of the policy.
+    fn reset(&mut self, _seed: u64) {}
+    /// The action to take now.
+    fn act(&mut self, obs: &Observation<'_>) -> Action;
+}
+
+/// One step of experience.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Transition {
+    /// State the action was taken in.
+    pub state: StateId,
+    /// The action.
+    pub action: Action,
+    /// Reward observed after it.
+    pub reward: f64,
+    /// State after it.
+    pub next_state: StateId,
+    /// Actions allowed in `next_state`.
+    pub next_mask: ActionMask,
+    /// Whether the episode ended (no bootstrap from `next_state`).
+    pub done: bool,
+}
+
+/// A policy that learns from transitions.
+pub trait Learner: Policy {
+    /// Learn from one transition.
+    fn update(&mut self, t: &Transition);
+}
+
+/// Turns telemetry into a discrete state. It may remember (attempts so far in
+/// an incident), so it is told of every action taken.
+pub trait StateEncoder {
+    /// Identifier stored in model files (`telemetry-v1`, ...).
+    fn id(&self) -> &'static str;
+    /// Size of the state space; every [`StateId`] is below it.
+    fn num_states(&self) -> usize;
+    /// Forget the episode's memory.
+    fn reset(&mut self);
+    /// Encode a window into a state and the actions allowed in it.
+    fn encode(&mut self, t: &Telemetry) -> (StateId, ActionMask);
+    /// Note the action taken after the last `encode`.
+    fn record_action(&mut self, a: Action);
+    /// The state in words, for reports.
+    fn describe(&self, s: StateId) -> String;
+}
+
+/// What happened in one step, beyond telemetry: ground truth for scoring.
+/// Policies never see it; the evaluation harness does.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepInfo {
+    /// Step index after this step (1-based count of steps taken).
+    pub t: u32,
+    /// No fault active and the SLO met.
+    pub healthy: bool,
+    /// Faults that started this step.
+    pub onsets: FaultSet,
+    /// Faults active after this step.
+    pub active: FaultSet,
+    /// Where every record went, cumulative.
+    pub ledger: RecordLedger,
+    /// Workers paid for during this step.
+    pub workers: u32,
+}
+
+/// The outcome of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// The window observed after the action.
+    pub telemetry: Telemetry,
+    /// Whether the episode is over.
+    pub done: bool,
+    /// Ground truth for scoring.
+    pub info: StepInfo,
+}
+
+/// Something a policy can act on, step by step.
+pub trait Environment {
+    /// Start a new episode; the same seed gives the same episode.
+    fn reset(&mut self, seed: u64) -> Telemetry;
+    /// Apply `action` for one step.
+    fn step(&mut self, action: Action) -> Step;
+    /// Steps per episode.
+    fn horizon(&self) -> u32;
+}

@@ -1,0 +1,278 @@
+//! Telemetry: the metric names the whole project speaks, a dense per-step window
+//! ([`Telemetry`]) and a sparse point ([`Sample`]) as a source yields it.
+//!
+//! Names follow AWS Glue's CloudWatch metrics where one exists (namespace `Glue`,
+//! including the Glue 4.0 observability metrics `glue.error.*` and
+//! `glue.driver.skewness.job`); the rest are the pipeline metrics a CloudWatch
+//! custom namespace would carry. A window is a fixed array rather than a map so the
+//! simulator can emit millions of them without allocating.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A pipeline stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Reading from the upstream source.
+    Ingest,
+    /// The Glue job.
+    Transform,
+    /// Writing to the sink.
+    Load,
+}
+
+impl Stage {
+    /// Every stage, upstream first.
+    pub const ALL: [Stage; 3] = [Stage::Ingest, Stage::Transform, Stage::Load];
+
+    /// The stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Ingest => "ingest",
+            Stage::Transform => "transform",
+            Stage::Load => "load",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+macro_rules! metrics {
+    ($( $(#[$doc:meta])* $variant:ident = $name:literal, $stage:ident; )*) => {
+        /// A metric of the pipeline's telemetry. The discriminant is the index into
+        /// [`Telemetry`]; the name is the CloudWatch metric name.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Metric {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Metric {
+            /// Every metric, in index order.
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant),*];
+
+            /// The CloudWatch metric name.
+            pub fn name(self) -> &'static str {
+                match self { $(Metric::$variant => $name,)* }
+            }
+
+            /// The stage whose behaviour the metric reports.
+            pub fn stage(self) -> Stage {
+                match self { $(Metric::$variant => Stage::$stage,)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Failed Spark tasks in the period (Glue job metric).
+    FailedTasks = "glue.driver.aggregate.numFailedTasks", Transform;
+    /// Heap usage of the executors, 0..1.
+    HeapUsage = "glue.ALL.jvm.heap.usage", Transform;
+    /// CPU system load of the executors, 0..1.
+    CpuLoad = "glue.ALL.system.cpuSystemLoad", Transform;
+    /// Elapsed time of the current job run, milliseconds.
+    ElapsedTime = "glue.driver.aggregate.elapsedTime", Transform;
+    /// Records read by the job in the period.
+    RecordsRead = "glue.driver.aggregate.recordsRead", Transform;
+    /// Executors allocated (the worker count).
+    Executors = "glue.driver.ExecutorAllocationManager.executors.numberAllExecutors", Transform;
+    /// Job skewness (Glue observability metric): max task time over median.
+    Skewness = "glue.driver.skewness.job", Transform;
+    /// Errors of every category (Glue observability metric).
+    ErrorsAll = "glue.error.ALL", Transform;
+    /// Out-of-memory errors (Glue observability error category).
+    ErrorsOom = "glue.error.OUT_OF_MEMORY_ERROR", Transform;
+    /// End-to-end freshness: p95 seconds from arrival to delivery.
+    LatencyP95 = "pipeline.latency.p95", Load;
+    /// Upstream answers with HTTP 5xx.
+    Errors5xx = "pipeline.errors.upstream5xx", Ingest;
+    /// Network timeouts.
+    ErrorsTimeout = "pipeline.errors.timeout", Ingest;
+    /// Records rejected for a schema mismatch.
+    ErrorsSchema = "pipeline.errors.schemaMismatch", Transform;
+    /// Records rejected by data-quality checks (malformed, poison).
+    ErrorsDataQuality = "pipeline.errors.dataQuality", Transform;
+    /// Failed writes to the sink.
+    ErrorsSink = "pipeline.errors.sink", Load;
+    /// Records that arrived at the source in the period.
+    RecordsIn = "pipeline.records.in", Ingest;
+    /// Records written to the sink.
+    RecordsDelivered = "pipeline.records.delivered", Load;
+    /// Records routed to the dead-letter location.
+    RecordsDeadLettered = "pipeline.records.deadLettered", Load;
+    /// Records that expired from the bounded backlog: lost.
+    RecordsLost = "pipeline.records.expired", Ingest;
+    /// Records waiting (backlog / queue depth).
+    Backlog = "pipeline.backlog.records", Ingest;
+    /// 1 while ingest is throttled by backpressure, else 0.
+    IngestThrottled = "pipeline.ingest.throttled", Ingest;
+}
+
+impl Metric {
+    /// Number of metrics; the width of a [`Telemetry`] window.
+    pub const COUNT: usize = Metric::ALL.len();
+
+    /// The metric with this CloudWatch name.
+    pub fn from_name(s: &str) -> Option<Metric> {
+        Metric::ALL.iter().copied().find(|m| m.name() == s)
+    }
+
+    /// Dense index.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The error-count metrics whose sum is the pipeline's error count.
+    pub const ERROR_CLASSES: [Metric; 5] = [
+        Metric::Errors5xx,
+        Metric::ErrorsTimeout,
+        Metric::ErrorsSchema,
+        Metric::ErrorsDataQuality,
+        Metric::ErrorsSink,
+    ];
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Serialize for Metric {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Metric {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Metric::from_name(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown metric {s:?}")))
+    }
+}
+
+/// One step's window of pipeline telemetry: a value per [`Metric`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Telemetry {
+    values: [f64; Metric::COUNT],
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry { values: [0.0; Metric::COUNT] }
+    }
+}
+
+impl Telemetry {
+    /// The value of `m`.
+    #[inline]
+    pub fn get(&self, m: Metric) -> f64 {
+        self.values[m as usize]
+    }
+
+    /// Set the value of `m`.
+    #[inline]
+    pub fn set(&mut self, m: Metric, v: f64) {
+        self.values[m as usize] = v;
+    }
+
+    /// All values, in [`Metric::ALL`] order.
+    pub fn values(&self) -> &[f64; Metric::COUNT] {
+        &self.values
+    }
+
+    /// Sum of the error-class counts.
+    pub fn errors(&self) -> f64 {
+        Metric::ERROR_CLASSES.iter().map(|m| self.get(*m)).sum()
+    }
+
+    /// Share of work that failed: errors / (errors + delivered). 0 when nothing
+    /// happened at all (a stall shows in latency, not here).
+    pub fn error_ratio(&self) -> f64 {
+        let e = self.errors();
+        let d = self.get(Metric::RecordsDelivered);
+        if e + d <= 0.0 {
+            0.0
+        } else {
+            e / (e + d)
+        }
+    }
+}
+
+impl Serialize for Telemetry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(Metric::COUNT))?;
+        for m in Metric::ALL {
+            map.serialize_entry(m.name(), &self.get(*m))?;
+        }
+        map.end()
+    }
+}
+
+/// One telemetry point as a source yields it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Unix time, milliseconds.
+    pub ts: i64,
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Stage the metrics describe.
+    pub stage: Stage,
+    /// Metric values at `ts`.
+    pub metrics: Vec<(Metric, f64)>,
+}
+
+/// Where every record went. The invariant `arrived == delivered + queued +
+/// dead_lettered + lost` holds after every step; nothing disappears silently.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordLedger {
+    /// Records that arrived at the source.
+    pub arrived: u64,
+    /// Records written to the sink.
+    pub delivered: u64,
+    /// Records waiting in the backlog (source retention or pipeline queue).
+    pub queued: u64,
+    /// Records routed to the dead-letter location.
+    pub dead_lettered: u64,
+    /// Records that expired from the bounded backlog.
+    pub lost: u64,
+}
+
+impl RecordLedger {
+    /// Whether every arrived record is accounted for.
+    pub fn balanced(&self) -> bool {
+        self.arrived == self.delivered + self.queued + self.dead_lettered + self.lost
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_are_unique_and_round_trip() {
+        let mut names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Metric::COUNT);
+        for (i, m) in Metric::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+            assert_eq!(Metric::from_name(m.name()), Some(*m));
+        }
+    }
+
+    #[test]
+    fn error_ratio_handles_idle_windows() {
+        let mut t = Telemetry::default();
+        assert_eq!(t.error_ratio(), 0.0);
+        t.set(Metric::ErrorsSink, 30.0);
+        t.set(Metric::RecordsDelivered, 70.0);
+        assert!((t.error_ratio() - 0.3).abs() < 1e-12);
+    }
+}
