@@ -82,8 +82,9 @@ pub fn render(model: &Model, s: &State, f: &Flows, stuck_steps: u32, u: &[f64; D
     t.set(Metric::HeapUsage, (heap + 0.03 * (2.0 * u[2] - 1.0)).clamp(0.0, 1.0));
     t.set(Metric::CpuLoad, (cpu + 0.04 * (2.0 * u[3] - 1.0)).clamp(0.0, 1.0));
     let step_ms = 60_000.0;
+    // A hung run keeps counting; every other run finishes within the period.
     let elapsed = if stuck_steps > 0 {
-        f64::from(stuck_steps) * step_ms
+        f64::from(stuck_steps + 1) * step_ms
     } else {
         45_000.0 * jitter(u[4], 0.1)
     };

@@ -177,8 +177,7 @@ impl Default for Seeds {
     }
 }
 
-/// Seeds at or above this are reserved for training episodes.
-pub const TRAIN_SEED_FLOOR: u64 = 1 << 32;
+pub use selfheal_core::seeds::TRAIN_SEED_FLOOR;
 
 impl Scenario {
     /// The built-in default scenario (`simulator/scenarios/default.toml`).

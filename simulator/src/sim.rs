@@ -11,17 +11,10 @@ use crate::render::{draws, render};
 use crate::scenario::Scenario;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::seeds::mix as mix_seed;
 use selfheal_core::{
     Action, Environment, FaultKind, FaultSet, RecordLedger, Step, StepInfo, Telemetry,
 };
-
-/// Derive an independent stream seed (SplitMix64 finaliser).
-pub fn mix_seed(seed: u64, stream: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// A simulated pipeline.
 #[derive(Clone, Debug)]
@@ -153,6 +146,7 @@ impl Environment for Simulator {
             info: StepInfo {
                 t: self.t,
                 healthy: active.is_empty() && f.slo_met,
+                slo_met: f.slo_met,
                 onsets,
                 active,
                 ledger: self.ledger,

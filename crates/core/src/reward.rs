@@ -27,9 +27,9 @@ pub struct Slo {
 
 impl Default for Slo {
     fn default() -> Self {
-        // The simulator's latency moves in 30 s steps; 315 s sits between two of
+        // The simulator's latency moves in 30 s steps; 135 s sits between two of
         // them, so its ±4 % measurement noise never flips the verdict.
-        Slo { latency_p95_s: 315.0, error_ratio: 0.05 }
+        Slo { latency_p95_s: 135.0, error_ratio: 0.05 }
     }
 }
 

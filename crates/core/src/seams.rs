@@ -76,6 +76,8 @@ pub struct StepInfo {
     pub t: u32,
     /// No fault active and the SLO met.
     pub healthy: bool,
+    /// The SLO met (whatever the faults).
+    pub slo_met: bool,
     /// Faults that started this step.
     pub onsets: FaultSet,
     /// Faults active after this step.

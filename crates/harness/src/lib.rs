@@ -1,1 +1,17 @@
+//! Drives policies through environments: one episode loop shared by training and
+//! evaluation, the incident bookkeeping behind MTTR, and the side-by-side report.
+//!
+//! One sample's path, in [`episode::run_episode`]: telemetry → state encoder →
+//! controller decides → environment steps → reward → controller learns. The
+//! harness is generic over [`selfheal_core::Environment`], so it knows nothing
+//! of the simulator; the binary wires the two together.
 
+#![forbid(unsafe_code)]
+
+pub mod episode;
+pub mod report;
+pub mod train;
+
+pub use episode::{run_episode, Controller, EpisodeStats, Fixed, StepRecord};
+pub use report::{aggregate, Comparison, PolicyReport};
+pub use train::{train, CurvePoint, CurveWriter, TrainConfig};

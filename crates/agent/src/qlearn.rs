@@ -1,0 +1,320 @@
+//! Tabular Q-learning.
+//!
+//! Update: `Q(s,a) += α(s,a) · (r + γ · max_{a' ∈ mask(s')} Q(s',a') − Q(s,a))`
+//! with a count-based step size `α(s,a) = max(α_min, n(s,a)^−ω)`: polynomial
+//! steps (ω ≈ 0.8) forget the early, exploratory targets faster than `1/n` yet
+//! average away the noise of random fault arrivals in often-visited states, where
+//! the actions' true values differ only by their small price. Exploration is ε-greedy
+//! over the allowed actions, ε following a linear schedule over episodes. Greedy
+//! ties break towards the lower action index (NoOp first), so the same table
+//! always yields the same policy.
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use crate::encoder::TelemetryEncoder;
+use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateId, Transition};
+use serde::{Deserialize, Serialize};
+
+/// A dense Q table with visit counts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QTable {
+    num_states: usize,
+    q: Vec<f64>,
+    visits: Vec<u32>,
+}
+
+impl QTable {
+    /// A zero table over `num_states` states.
+    pub fn new(num_states: usize) -> QTable {
+        QTable { num_states, q: vec![0.0; num_states * Action::COUNT], visits: vec![0; num_states * Action::COUNT] }
+    }
+
+    /// Number of states.
+    pub fn num_states(&self) -> usize {
+        self.num_states
+    }
+
+    /// The Q values of a state.
+    pub fn row(&self, s: StateId) -> &[f64] {
+        let i = s as usize * Action::COUNT;
+        &self.q[i..i + Action::COUNT]
+    }
+
+    /// The visit counts of a state's actions.
+    pub fn visits(&self, s: StateId) -> &[u32] {
+        let i = s as usize * Action::COUNT;
+        &self.visits[i..i + Action::COUNT]
+    }
+
+    /// Total visits of a state.
+    pub fn state_visits(&self, s: StateId) -> u64 {
+        self.visits(s).iter().map(|v| u64::from(*v)).sum()
+    }
+
+    /// Set a state's row (loading a model).
+    pub fn set_row(&mut self, s: StateId, q: &[f64], visits: &[u32]) {
+        let i = s as usize * Action::COUNT;
+        self.q[i..i + Action::COUNT].copy_from_slice(q);
+        self.visits[i..i + Action::COUNT].copy_from_slice(visits);
+    }
+
+    /// The best allowed action (lowest index on ties).
+    pub fn best(&self, s: StateId, mask: ActionMask) -> Action {
+        let row = self.row(s);
+        let mut best = None;
+        for a in mask.iter() {
+            match best {
+                Some((_, v)) if row[a.index()] <= v => {}
+                _ => best = Some((a, row[a.index()])),
+            }
+        }
+        best.map_or(Action::NoOp, |(a, _)| a)
+    }
+
+    /// The largest allowed Q value.
+    pub fn max(&self, s: StateId, mask: ActionMask) -> f64 {
+        let row = self.row(s);
+        mask.iter().map(|a| row[a.index()]).fold(f64::NEG_INFINITY, f64::max)
+    }
+
+    /// States visited at least once, ascending.
+    pub fn visited_states(&self) -> impl Iterator<Item = StateId> + '_ {
+        (0..self.num_states as StateId).filter(|s| self.state_visits(*s) > 0)
+    }
+}
+
+/// Linear ε decay over episodes.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpsilonSchedule {
+    /// ε at the first episode.
+    pub start: f64,
+    /// ε from `decay_episodes` on.
+    pub end: f64,
+    /// Episodes over which ε falls from `start` to `end`.
+    pub decay_episodes: u64,
+}
+
+impl EpsilonSchedule {
+    /// ε at an episode.
+    pub fn at(&self, episode: u64) -> f64 {
+        if episode >= self.decay_episodes || self.decay_episodes == 0 {
+            self.end
+        } else {
+            self.start + (self.end - self.start) * episode as f64 / self.decay_episodes as f64
+        }
+    }
+}
+
+/// Learning parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QParams {
+    /// Floor of the step size.
+    pub alpha: f64,
+    /// Exponent ω of the count-based step size `n^−ω`.
+    pub alpha_power: f64,
+    /// Discount.
+    pub gamma: f64,
+    /// Exploration schedule.
+    pub epsilon: EpsilonSchedule,
+}
+
+impl Default for QParams {
+    fn default() -> Self {
+        QParams { alpha: 0.0, alpha_power: 0.7, gamma: 0.97, epsilon: EpsilonSchedule { start: 1.0, end: 0.05, decay_episodes: 10_000 } }
+    }
+}
+
+/// An ε-greedy Q-learning agent.
+#[derive(Clone, Debug)]
+pub struct QLearner {
+    table: QTable,
+    params: QParams,
+    epsilon: f64,
+    rng: Xoshiro256PlusPlus,
+}
+
+impl QLearner {
+    /// A learner over `num_states` states; `seed` drives exploration.
+    pub fn new(num_states: usize, params: QParams, seed: u64) -> QLearner {
+        QLearner {
+            table: QTable::new(num_states),
+            params,
+            epsilon: params.epsilon.start,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+        }
+    }
+
+    /// A learner that continues from a table (online learning).
+    pub fn from_table(table: QTable, params: QParams, seed: u64) -> QLearner {
+        QLearner { table, params, epsilon: params.epsilon.end, rng: Xoshiro256PlusPlus::seed_from_u64(seed) }
+    }
+
+    /// Set ε for an episode from the schedule.
+    pub fn begin_episode(&mut self, episode: u64) {
+        self.epsilon = self.params.epsilon.at(episode);
+    }
+
+    /// Set ε directly (0 = greedy).
+    pub fn set_epsilon(&mut self, eps: f64) {
+        self.epsilon = eps;
+    }
+
+    /// Current ε.
+    pub fn epsilon(&self) -> f64 {
+        self.epsilon
+    }
+
+    /// The table.
+    pub fn table(&self) -> &QTable {
+        &self.table
+    }
+
+    /// Take the table.
+    pub fn into_table(self) -> QTable {
+        self.table
+    }
+
+    /// Parameters.
+    pub fn params(&self) -> &QParams {
+        &self.params
+    }
+
+    /// The probability with which the current ε-greedy policy picks `a`.
+    pub fn action_probability(&self, s: StateId, mask: ActionMask, a: Action) -> f64 {
+        let greedy = self.table.best(s, mask);
+        let explore = self.epsilon / mask.count() as f64;
+        explore + if a == greedy { 1.0 - self.epsilon } else { 0.0 }
+    }
+}
+
+impl Policy for QLearner {
+    fn name(&self) -> &str {
+        "learned"
+    }
+
+    fn act(&mut self, obs: &Observation<'_>) -> Action {
+        if self.epsilon > 0.0 && self.rng.gen::<f64>() < self.epsilon {
+            let n = obs.mask.count();
+            let k = self.rng.gen_range(0..n);
+            obs.mask.iter().nth(k).unwrap_or(Action::NoOp)
+        } else {
+            self.table.best(obs.state, obs.mask)
+        }
+    }
+}
+
+impl Learner for QLearner {
+    fn update(&mut self, t: &Transition) {
+        let bootstrap = if t.done { 0.0 } else { self.params.gamma * self.table.max(t.next_state, t.next_mask) };
+        let i = t.state as usize * Action::COUNT + t.action.index();
+        let n = self.table.visits[i].saturating_add(1);
+        self.table.visits[i] = n;
+        let alpha = self.params.alpha.max(f64::from(n).powf(-self.params.alpha_power));
+        self.table.q[i] += alpha * (t.reward + bootstrap - self.table.q[i]);
+    }
+}
+
+/// The greedy policy of a fixed table: what ships and what `evaluate` measures.
+///
+/// In a state seen fewer than [`GreedyPolicy::MIN_VISITS`] times in training it
+/// acts as in the first of the encoder's fallback states that was seen enough.
+#[derive(Clone, Debug)]
+pub struct GreedyPolicy {
+    table: QTable,
+    encoder: Option<TelemetryEncoder>,
+}
+
+impl GreedyPolicy {
+    /// Visits below which a state's row is not trusted on its own.
+    pub const MIN_VISITS: u64 = 30;
+
+    /// Greedy over `table`, with no fallback.
+    pub fn new(table: QTable) -> GreedyPolicy {
+        GreedyPolicy { table, encoder: None }
+    }
+
+    /// Greedy over `table`, falling back along `encoder`'s fallback states.
+    pub fn with_fallbacks(table: QTable, encoder: TelemetryEncoder) -> GreedyPolicy {
+        GreedyPolicy { table, encoder: Some(encoder) }
+    }
+
+    /// The state whose row decides in state `s`.
+    pub fn deciding_state(&self, s: StateId) -> StateId {
+        if self.table.state_visits(s) >= Self::MIN_VISITS {
+            return s;
+        }
+        let Some(enc) = &self.encoder else { return s };
+        enc.fallbacks(s).into_iter().find(|f| self.table.state_visits(*f) >= Self::MIN_VISITS).unwrap_or(s)
+    }
+
+    /// The table.
+    pub fn table(&self) -> &QTable {
+        &self.table
+    }
+}
+
+impl Policy for GreedyPolicy {
+    fn name(&self) -> &str {
+        "learned"
+    }
+
+    fn act(&mut self, obs: &Observation<'_>) -> Action {
+        self.table.best(self.deciding_state(obs.state), obs.mask)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_decays_linearly_then_holds() {
+        let s = EpsilonSchedule { start: 1.0, end: 0.1, decay_episodes: 10 };
+        assert_eq!(s.at(0), 1.0);
+        assert!((s.at(5) - 0.55).abs() < 1e-12);
+        assert_eq!(s.at(10), 0.1);
+        assert_eq!(s.at(1000), 0.1);
+    }
+
+    #[test]
+    fn update_moves_towards_target_and_respects_mask() {
+        let mut l = QLearner::new(2, QParams::default(), 1);
+        let t = Transition {
+            state: 0,
+            action: Action::Restart,
+            reward: -1.0,
+            next_state: 1,
+            next_mask: ActionMask::ALL,
+            done: true,
+        };
+        l.update(&t);
+        assert_eq!(l.table().row(0)[Action::Restart.index()], -1.0, "first visit: alpha = 1");
+        l.update(&Transition { reward: 1.0, ..t });
+        let alpha2 = 2f64.powf(-QParams::default().alpha_power);
+        let q = l.table().row(0)[Action::Restart.index()];
+        assert!((q - (-1.0 + alpha2 * 2.0)).abs() < 1e-12, "second visit: alpha = 2^-w");
+        // Restart is now above the untried actions at 0.
+        assert_eq!(l.table().best(0, ActionMask::ALL), Action::Restart);
+        l.update(&Transition { reward: -10.0, ..t });
+        // Below 0 again: the untried NoOp wins the tie among zeros.
+        assert_eq!(l.table().best(0, ActionMask::ALL), Action::NoOp);
+        let masked = ActionMask::ALL.without(Action::NoOp);
+        assert_eq!(l.table().best(0, masked), Action::RetryWithBackoff);
+    }
+
+    #[test]
+    fn exploration_only_picks_allowed_actions() {
+        let mut l = QLearner::new(1, QParams::default(), 7);
+        l.set_epsilon(1.0);
+        let mask = ActionMask::ALL.without(Action::Escalate).without(Action::NoOp);
+        let t = selfheal_core::Telemetry::default();
+        for _ in 0..1000 {
+            let a = l.act(&Observation { telemetry: &t, state: 0, mask });
+            assert!(mask.allows(a));
+        }
+        let p: f64 = mask.iter().map(|a| l.action_probability(0, mask, a)).sum();
+        assert!((p - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,218 @@
+//! The side-by-side comparison: every policy on the same seeds, with confidence
+//! intervals, and the learned policy's return as a share of the oracle's.
+//!
+//! Definitions (also in the README):
+//! - `pct_of_oracle` = 100 × (R − R_noop) / (R_oracle − R_noop), R the mean return
+//!   over the same seeds: no-op scores 0 and the oracle 100, whatever the offset
+//!   of the reward.
+//! - `mttr_steps`: mean over incidents of the steps from onset until the pipeline
+//!   is healthy again (no fault, SLO met); an incident open at the end counts
+//!   with its time up to the end and is also counted in `unresolved`.
+//! - `*_ci95`: 95 % percentile bootstrap over seeds (2,000 resamples, fixed seed),
+//!   resampling whole episodes so incidents of one episode stay together.
+
+use crate::episode::EpisodeStats;
+use selfheal_core::FaultKind;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use serde::Serialize;
+
+/// One policy's line in the comparison (the JSON shape of `evaluate`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PolicyReport {
+    /// Policy name.
+    pub name: String,
+    /// Mean return over seeds.
+    pub mean_return: f64,
+    /// 95 % interval of the mean return.
+    pub return_ci95: [f64; 2],
+    /// Share of the oracle's improvement over no-op, percent.
+    pub pct_of_oracle: f64,
+    /// Mean steps to heal.
+    pub mttr_steps: f64,
+    /// 95 % interval of the MTTR.
+    pub mttr_ci95: [f64; 2],
+    /// Incidents still open at the end of their episode.
+    pub unresolved: u64,
+    /// Share of steps meeting the SLO.
+    pub slo_attainment: f64,
+    /// Share of incidents healed without escalation.
+    pub auto_resolved: f64,
+    /// `Escalate` actions.
+    pub escalations: u64,
+    /// Records lost.
+    pub records_lost: u64,
+    /// Records dead-lettered.
+    pub dead_lettered: u64,
+    /// Mean worker cost per episode, USD.
+    pub cost: f64,
+    /// Remedial actions in healthy windows.
+    pub false_actions: u64,
+    /// Incidents and MTTR per fault kind that opened them.
+    pub by_fault: Vec<FaultLine>,
+}
+
+/// MTTR of the incidents one fault kind opened.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FaultLine {
+    /// Fault kind.
+    pub fault: FaultKind,
+    /// Incidents it opened.
+    pub incidents: u64,
+    /// Their mean steps to heal.
+    pub mttr_steps: f64,
+    /// Of them, still open at the end.
+    pub unresolved: u64,
+}
+
+/// The whole comparison.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Comparison {
+    /// Scenario name.
+    pub scenario: String,
+    /// Number of seeds.
+    pub seeds: u64,
+    /// One line per policy.
+    pub policies: Vec<PolicyReport>,
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        xs.iter().sum::<f64>() / xs.len() as f64
+    }
+}
+
+fn percentile_interval(mut xs: Vec<f64>) -> [f64; 2] {
+    xs.retain(|x| x.is_finite());
+    if xs.is_empty() {
+        return [f64::NAN, f64::NAN];
+    }
+    xs.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| xs[((q * (xs.len() - 1) as f64).round() as usize).min(xs.len() - 1)];
+    [at(0.025), at(0.975)]
+}
+
+const RESAMPLES: usize = 2000;
+
+/// Summarise one policy's episodes (one per seed). `worker_step_usd` prices a
+/// worker for one step. `pct_of_oracle` is filled in by [`Comparison::new`].
+pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) -> PolicyReport {
+    let n = episodes.len();
+    let returns: Vec<f64> = episodes.iter().map(|e| e.ret).collect();
+    let mttr_of = |idx: &mut dyn Iterator<Item = usize>| {
+        let (mut sum, mut count) = (0.0, 0usize);
+        for i in idx {
+            sum += episodes[i].incident_steps.iter().map(|x| f64::from(*x)).sum::<f64>();
+            count += episodes[i].incident_steps.len();
+        }
+        if count == 0 {
+            f64::NAN
+        } else {
+            sum / count as f64
+        }
+    };
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xB007_5742);
+    let mut boot_ret = Vec::with_capacity(RESAMPLES);
+    let mut boot_mttr = Vec::with_capacity(RESAMPLES);
+    if n > 0 {
+        for _ in 0..RESAMPLES {
+            let idx: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
+            boot_ret.push(mean(&idx.iter().map(|i| returns[*i]).collect::<Vec<_>>()));
+            boot_mttr.push(mttr_of(&mut idx.iter().copied()));
+        }
+    }
+    let incidents: usize = episodes.iter().map(|e| e.incident_steps.len()).sum();
+    let steps: u64 = episodes.iter().map(|e| u64::from(e.steps)).sum();
+    PolicyReport {
+        name: name.to_string(),
+        mean_return: mean(&returns),
+        return_ci95: percentile_interval(boot_ret),
+        pct_of_oracle: f64::NAN,
+        mttr_steps: mttr_of(&mut (0..n)),
+        mttr_ci95: percentile_interval(boot_mttr),
+        unresolved: episodes.iter().map(|e| u64::from(e.unresolved)).sum(),
+        slo_attainment: episodes.iter().map(|e| u64::from(e.slo_steps)).sum::<u64>() as f64 / steps.max(1) as f64,
+        auto_resolved: if incidents == 0 {
+            f64::NAN
+        } else {
+            episodes.iter().map(|e| f64::from(e.auto_resolved)).sum::<f64>() / incidents as f64
+        },
+        escalations: episodes.iter().map(|e| u64::from(e.escalations)).sum(),
+        records_lost: episodes.iter().map(|e| e.ledger.lost).sum(),
+        dead_lettered: episodes.iter().map(|e| e.ledger.dead_lettered).sum(),
+        cost: episodes.iter().map(|e| e.worker_steps as f64 * worker_step_usd).sum::<f64>() / n.max(1) as f64,
+        false_actions: episodes.iter().map(|e| u64::from(e.false_actions)).sum(),
+        by_fault: by_fault(episodes),
+    }
+}
+
+fn by_fault(episodes: &[EpisodeStats]) -> Vec<FaultLine> {
+    FaultKind::ALL
+        .iter()
+        .filter_map(|k| {
+            let (mut n, mut sum, mut open) = (0u64, 0.0, 0u64);
+            for e in episodes {
+                for (kind, steps) in e.incident_kinds.iter().zip(&e.incident_steps) {
+                    if kind == k {
+                        n += 1;
+                        sum += f64::from(*steps);
+                    }
+                }
+                open += e.open_kinds.iter().filter(|x| *x == k).count() as u64;
+            }
+            (n > 0).then(|| FaultLine { fault: *k, incidents: n, mttr_steps: sum / n as f64, unresolved: open })
+        })
+        .collect()
+}
+
+impl Comparison {
+    /// Assemble the comparison and fill in `pct_of_oracle` from the lines named
+    /// `noop` and `oracle` (NaN when either is missing).
+    pub fn new(scenario: &str, seeds: u64, mut policies: Vec<PolicyReport>) -> Comparison {
+        let find = |n: &str, p: &[PolicyReport]| p.iter().find(|x| x.name == n).map(|x| x.mean_return);
+        if let (Some(r0), Some(r1)) = (find("noop", &policies), find("oracle", &policies)) {
+            for p in &mut policies {
+                p.pct_of_oracle = 100.0 * (p.mean_return - r0) / (r1 - r0);
+            }
+        }
+        Comparison { scenario: scenario.to_string(), seeds, policies }
+    }
+
+    /// The line of a policy.
+    pub fn policy(&self, name: &str) -> Option<&PolicyReport> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(ret: f64, incidents: &[u32]) -> EpisodeStats {
+        EpisodeStats { ret, steps: 10, slo_steps: 5, incident_steps: incidents.to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn pct_of_oracle_is_offset_invariant() {
+        for offset in [0.0, -1000.0, 250.0] {
+            let mk = |name: &str, r: f64| aggregate(name, &[ep(r + offset, &[])], 0.0);
+            let c = Comparison::new("s", 1, vec![mk("noop", -100.0), mk("learned", -30.0), mk("oracle", -20.0)]);
+            assert!((c.policy("learned").unwrap().pct_of_oracle - 87.5).abs() < 1e-9);
+            assert!(c.policy("noop").unwrap().pct_of_oracle.abs() < 1e-9);
+            assert!((c.policy("oracle").unwrap().pct_of_oracle - 100.0).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn mttr_pools_incidents_and_intervals_contain_the_mean() {
+        let eps = [ep(-1.0, &[2, 4]), ep(-3.0, &[6]), ep(-2.0, &[]), ep(-5.0, &[1, 1, 1])];
+        let r = aggregate("x", &eps, 0.1);
+        assert!((r.mttr_steps - 15.0 / 6.0).abs() < 1e-12);
+        assert!(r.mttr_ci95[0] <= r.mttr_steps && r.mttr_steps <= r.mttr_ci95[1]);
+        assert!(r.return_ci95[0] <= r.mean_return && r.mean_return <= r.return_ci95[1]);
+        assert!((r.slo_attainment - 0.5).abs() < 1e-12);
+        assert!((r.cost - 0.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,85 @@
+//! `selfheal simulate`: one episode as JSON lines.
+
+use crate::{defaults, wiring};
+use anyhow::{bail, Result};
+use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
+use selfheal_core::{FaultKind, Slo, StateEncoder};
+use selfheal_harness::{run_episode, Controller, Fixed};
+use selfheal_sim::{Oracle, Simulator};
+use serde_json::json;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Run one episode and print every step as a JSON line: the action, reward,
+/// encoded state, ground truth (active faults, health, record ledger) and the
+/// full telemetry window.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scenario file (TOML); defaults to the shipped default scenario.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Episode seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Policy: noop, random, rules, learned or oracle.
+    #[arg(long, default_value = "learned")]
+    policy: String,
+    /// Policy model for `learned`; defaults to the shipped one.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Rule thresholds for `rules`; defaults to the shipped ones.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let scenario = defaults::scenario(a.scenario.as_deref())?;
+    let model = defaults::policy(a.model.as_deref())?;
+    let rules = defaults::rules(a.rules.as_deref())?;
+    let (mut enc, greedy) = wiring::learned(&model, &scenario)?;
+    let oracle;
+    let mut ctl: Box<dyn Controller<Simulator>> = match a.policy.as_str() {
+        "noop" => Box::new(Fixed(NoOpPolicy)),
+        "random" => Box::new(Fixed(RandomPolicy::new(0))),
+        "rules" => Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
+        "learned" => Box::new(Fixed(greedy)),
+        "oracle" => {
+            oracle = Oracle::solve(&scenario);
+            Box::new(wiring::OracleController(&oracle))
+        }
+        other => bail!("unknown policy {other:?}; expected one of {}", wiring::POLICIES.join(", ")),
+    };
+    let mut env = Simulator::new(&scenario);
+    let reward = wiring::reward(&scenario);
+    let describer = selfheal_agent::TelemetryEncoder::new(model.encoder.config.clone());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut err = None;
+    run_episode(&mut env, ctl.as_mut(), &mut enc, &reward, a.seed, |r| {
+        let names = |s: selfheal_core::FaultSet| s.iter().map(FaultKind::name).collect::<Vec<_>>();
+        let line = json!({
+            "t": r.info.t,
+            "state": describer.describe(r.state),
+            "action": r.action.name(),
+            "reward": r.reward,
+            "healthy": r.info.healthy,
+            "slo_met": r.info.slo_met,
+            "active_faults": names(r.info.active),
+            "onsets": names(r.info.onsets),
+            "ledger": r.info.ledger,
+            "telemetry": r.telemetry,
+        });
+        if err.is_none() {
+            if let Err(e) = writeln!(out, "{line}") {
+                err = Some(e);
+            }
+        }
+    });
+    if let Some(e) = err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(e.into());
+        }
+    }
+    out.flush().ok();
+    Ok(())
+}
