@@ -104,7 +104,8 @@ pub fn effects(kind: FaultKind) -> FaultEffects {
             human_fixable: true,
             extra_latency_s: 30,
         },
-        // Executors OOM. Bigger/more workers fix it; a restart sometimes helps.
+        // Executors OOM and two tasks in three fail. Bigger/more workers fix it; a
+        // restart sometimes helps; fewer workers stall the job.
         FaultKind::MemoryPressure => FaultEffects {
             hazard: 0.0,
             fix: fix(&[(A::ScaleUp, 0.9), (A::Restart, 0.25)]),
@@ -392,8 +393,10 @@ impl Model {
             process = process.min(match kind {
                 FaultKind::Upstream5xx | FaultKind::SchemaDrift | FaultKind::StuckJob | FaultKind::PoisonRecords => 0,
                 FaultKind::NetworkTimeout => cap / 2,
-                FaultKind::ResourceContention | FaultKind::Novel => cap.saturating_sub(2),
-                FaultKind::MemoryPressure => cap.min(1),
+                FaultKind::ResourceContention => cap.saturating_sub(2),
+                // One hot partition bounds throughput, however many workers run.
+                FaultKind::Novel => cap.min(1),
+                FaultKind::MemoryPressure => cap / 3,
                 FaultKind::DownstreamOutage => cap,
             });
             match kind {

@@ -98,7 +98,8 @@ impl Default for RuleThresholds {
 /// 3. CPU or heap above threshold → `ScaleUp`;
 /// 4. nothing read for too long → `Restart`;
 /// 5. backlog above threshold → `Backpressure`;
-/// 6. unhealthy for too long → `Escalate` (once per incident);
+/// 6. unhealthy for too long → `Escalate` (and again every 4× as long while it
+///    lasts);
 /// 7. healthy with extra workers → `ScaleDown`;
 /// 8. otherwise `NoOp`.
 #[derive(Clone, Debug)]
@@ -151,9 +152,15 @@ impl RulesPolicy {
         if above(backlog_steps, th.backpressure_backlog_steps) && allowed(Action::Backpressure) {
             return Action::Backpressure;
         }
-        if th.escalate_after_steps.is_some_and(|n| self.unhealthy_steps >= n) && !self.escalated {
-            self.escalated = true;
-            return Action::Escalate;
+        // Page after n unhealthy steps, and page again every 4n steps while the
+        // incident lasts (a second fault can arrive behind the first).
+        if let Some(n) = th.escalate_after_steps {
+            let repage = !self.escalated || self.unhealthy_steps >= 4 * n;
+            if self.unhealthy_steps >= n && repage {
+                self.escalated = true;
+                self.unhealthy_steps = 0;
+                return Action::Escalate;
+            }
         }
         if !unhealthy && t.get(Metric::Executors) > th.base_workers && backlog_steps < 1.0 && allowed(Action::ScaleDown) {
             return Action::ScaleDown;
