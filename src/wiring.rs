@@ -8,7 +8,6 @@ use selfheal_core::{Action, Observation, RewardV1, Slo};
 use selfheal_harness::{run_episode, Controller, EpisodeStats, Fixed};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 
-
 /// The oracle as a controller: reads the simulator's hidden state.
 pub struct OracleController<'a>(pub &'a Oracle);
 

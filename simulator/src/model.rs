@@ -353,8 +353,7 @@ impl Model {
     /// Step 3: whether a fault of `kind` may arrive into `slots`.
     pub fn may_arrive(&self, slots: [u8; 2], kind: FaultKind) -> bool {
         let active = slots.iter().filter(|c| **c != NO_FAULT).count();
-        active < usize::from(self.max_concurrent)
-            && !slots.iter().any(|c| slot_kind(*c) == Some(kind))
+        active < usize::from(self.max_concurrent) && !slots.iter().any(|c| slot_kind(*c) == Some(kind))
     }
 
     /// Slots with `kind` added (caller checked [`Model::may_arrive`]).

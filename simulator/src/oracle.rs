@@ -45,15 +45,8 @@ impl Oracle {
         let levels = usize::from(model.levels());
         let backlog_levels = model.backlog_limit as usize + 1;
         let states = configs.len() * 2 * levels * backlog_levels;
-        let mut oracle = Oracle {
-            model,
-            configs,
-            config_index,
-            backlog_levels,
-            states,
-            policy: Vec::new(),
-            value0: 0.0,
-        };
+        let mut oracle =
+            Oracle { model, configs, config_index, backlog_levels, states, policy: Vec::new(), value0: 0.0 };
         oracle.backward_induction();
         oracle
     }
@@ -229,13 +222,7 @@ fn enumerate_configs(m: &Model) -> Vec<[u8; 2]> {
     let codes: Vec<u8> = FaultKind::ALL
         .iter()
         .filter(|k| m.arrival_p[k.index()] > 0.0)
-        .flat_map(|k| {
-            if *k == FaultKind::DownstreamOutage {
-                vec![*k as u8, OUTAGE_THROTTLED]
-            } else {
-                vec![*k as u8]
-            }
-        })
+        .flat_map(|k| if *k == FaultKind::DownstreamOutage { vec![*k as u8, OUTAGE_THROTTLED] } else { vec![*k as u8] })
         .collect();
     let mut out = vec![[NO_FAULT, NO_FAULT]];
     for &c in &codes {

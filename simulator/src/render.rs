@@ -83,11 +83,7 @@ pub fn render(model: &Model, s: &State, f: &Flows, stuck_steps: u32, u: &[f64; D
     t.set(Metric::CpuLoad, (cpu + 0.04 * (2.0 * u[3] - 1.0)).clamp(0.0, 1.0));
     let step_ms = 60_000.0;
     // A hung run keeps counting; every other run finishes within the period.
-    let elapsed = if stuck_steps > 0 {
-        f64::from(stuck_steps + 1) * step_ms
-    } else {
-        45_000.0 * jitter(u[4], 0.1)
-    };
+    let elapsed = if stuck_steps > 0 { f64::from(stuck_steps + 1) * step_ms } else { 45_000.0 * jitter(u[4], 0.1) };
     t.set(Metric::ElapsedTime, elapsed.round());
     t.set(Metric::RecordsRead, f64::from(f.read) * unit);
     t.set(Metric::Executors, f64::from(model.workers[usize::from(s.level)]));

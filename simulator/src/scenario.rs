@@ -182,16 +182,13 @@ pub use selfheal_core::seeds::TRAIN_SEED_FLOOR;
 impl Scenario {
     /// The built-in default scenario (`simulator/scenarios/default.toml`).
     pub fn builtin_default() -> Scenario {
-        Scenario::from_toml_str(DEFAULT_TOML, "<builtin default.toml>")
-            .expect("the embedded default scenario is valid")
+        Scenario::from_toml_str(DEFAULT_TOML, "<builtin default.toml>").expect("the embedded default scenario is valid")
     }
 
     /// Read and validate a scenario file.
     pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ScenarioError::Io { path: path.display().to_string(), source })?;
         Scenario::from_toml_str(&text, &path.display().to_string())
     }
 
@@ -234,7 +231,10 @@ impl Scenario {
             ));
         }
         if p.workers.windows(2).any(|w| w[0] >= w[1]) || p.workers.first() == Some(&0) {
-            return Err(bad("pipeline.workers", format!("must be positive and increase strictly, got {:?}", p.workers)));
+            return Err(bad(
+                "pipeline.workers",
+                format!("must be positive and increase strictly, got {:?}", p.workers),
+            ));
         }
         if usize::from(p.base_level) >= p.capacity.len() {
             return Err(bad(

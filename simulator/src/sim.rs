@@ -12,9 +12,7 @@ use crate::scenario::Scenario;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_core::seeds::mix as mix_seed;
-use selfheal_core::{
-    Action, Environment, FaultKind, FaultSet, RecordLedger, Step, StepInfo, Telemetry,
-};
+use selfheal_core::{Action, Environment, FaultKind, FaultSet, RecordLedger, Step, StepInfo, Telemetry};
 
 /// A simulated pipeline.
 #[derive(Clone, Debug)]

@@ -7,10 +7,8 @@ use selfheal_sim::{Scenario, Simulator};
 
 fn scenarios() -> Vec<Scenario> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let mut out: Vec<Scenario> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| Scenario::load(&e.unwrap().path()).unwrap())
-        .collect();
+    let mut out: Vec<Scenario> =
+        std::fs::read_dir(dir).unwrap().map(|e| Scenario::load(&e.unwrap().path()).unwrap()).collect();
     // A tight pipeline that overflows quickly, so the lost path is exercised.
     out.push(
         Scenario::from_toml_str(

@@ -27,7 +27,11 @@ fn telemetry_reward_equals_model_reward_every_step() {
             let f = model.flows(after.slots, after.level, before.backlog, FlowModifier::of(a));
             let expected = model.flow_reward(&f, d.level) - RewardV1::action_cost(a);
             let got = reward.reward(a, &step.telemetry);
-            assert!((got - expected).abs() < 1e-9, "seed {seed} t {}: telemetry {got} vs model {expected}", step.info.t);
+            assert!(
+                (got - expected).abs() < 1e-9,
+                "seed {seed} t {}: telemetry {got} vs model {expected}",
+                step.info.t
+            );
             assert_eq!(f.slo_met, step.info.slo_met);
         }
     }

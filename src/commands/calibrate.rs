@@ -92,10 +92,8 @@ pub fn run(a: Args) -> Result<()> {
     });
     bar.finish_and_clear();
     // Best mean return; ties go to the earlier (more eager) candidate.
-    let (best, best_score) = scores
-        .iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |acc, (i, s)| if *s > acc.1 { (i, *s) } else { acc });
+    let (best, best_score) =
+        scores.iter().enumerate().fold((0, f64::NEG_INFINITY), |acc, (i, s)| if *s > acc.1 { (i, *s) } else { acc });
     let file = RulesFile::new(
         RulesMeta {
             scenario: scenario.name.clone(),

@@ -2,8 +2,8 @@
 
 use crate::{defaults, wiring};
 use anyhow::Result;
-use selfheal_harness::{aggregate, Comparison};
 use selfheal_core::seeds::TRAIN_SEED_FLOOR;
+use selfheal_harness::{aggregate, Comparison};
 use selfheal_sim::Oracle;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -106,7 +106,20 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
     let mut out = format!("scenario {}  seeds {}..{} ({})\n\n", c.scenario, seeds.start, seeds.end, c.seeds);
     out.push_str(&format!(
         "{:<8} {:>9} {:>19} {:>7} {:>6} {:>15} {:>6} {:>6} {:>6} {:>5} {:>5} {:>8} {:>7} {:>6}\n",
-        "policy", "return", "return 95% CI", "%oracle", "MTTR", "MTTR 95% CI", "unres", "SLO", "auto", "esc", "lost", "dlq", "cost$", "false"
+        "policy",
+        "return",
+        "return 95% CI",
+        "%oracle",
+        "MTTR",
+        "MTTR 95% CI",
+        "unres",
+        "SLO",
+        "auto",
+        "esc",
+        "lost",
+        "dlq",
+        "cost$",
+        "false"
     ));
     for p in &c.policies {
         out.push_str(&format!(

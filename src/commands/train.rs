@@ -63,7 +63,10 @@ pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!((0.0..=1.0).contains(&a.alpha), "--alpha must be in [0, 1]");
     anyhow::ensure!(a.alpha_power > 0.5 && a.alpha_power <= 1.0, "--alpha-power must be in (0.5, 1]");
     anyhow::ensure!((0.0..=1.0).contains(&a.gamma), "--gamma must be in [0, 1]");
-    anyhow::ensure!((0.0..=1.0).contains(&a.epsilon_start) && (0.0..=1.0).contains(&a.epsilon_end), "ε must be in [0, 1]");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.epsilon_start) && (0.0..=1.0).contains(&a.epsilon_end),
+        "ε must be in [0, 1]"
+    );
     anyhow::ensure!((0.0..=1.0).contains(&a.epsilon_decay), "--epsilon-decay is a share of the episodes, in [0, 1]");
     let params = QParams {
         alpha: a.alpha,

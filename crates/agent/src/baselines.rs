@@ -45,7 +45,7 @@ impl Policy for RandomPolicy {
     }
 
     fn reset(&mut self, seed: u64) {
-        self.rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x5EED_0F_7A4D_0A11);
+        self.rng = Xoshiro256PlusPlus::seed_from_u64(seed ^ 0x005E_ED0F_7A4D_0A11);
     }
 
     fn act(&mut self, obs: &Observation<'_>) -> Action {
@@ -162,7 +162,8 @@ impl RulesPolicy {
                 return Action::Escalate;
             }
         }
-        if !unhealthy && t.get(Metric::Executors) > th.base_workers && backlog_steps < 1.0 && allowed(Action::ScaleDown) {
+        if !unhealthy && t.get(Metric::Executors) > th.base_workers && backlog_steps < 1.0 && allowed(Action::ScaleDown)
+        {
             return Action::ScaleDown;
         }
         Action::NoOp

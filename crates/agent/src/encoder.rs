@@ -193,7 +193,12 @@ impl StateEncoder for TelemetryEncoder {
     }
 
     fn num_states(&self) -> usize {
-        (1usize << SYMPTOMS.len()) * BACKLOG_BUCKETS as usize * self.levels() as usize * 2 * ATTEMPT_BUCKETS as usize * 2
+        (1usize << SYMPTOMS.len())
+            * BACKLOG_BUCKETS as usize
+            * self.levels() as usize
+            * 2
+            * ATTEMPT_BUCKETS as usize
+            * 2
     }
 
     fn reset(&mut self) {
@@ -247,12 +252,8 @@ impl StateEncoder for TelemetryEncoder {
 
     fn describe(&self, s: StateId) -> String {
         let p = self.unpack(s);
-        let symptoms: Vec<&str> = SYMPTOMS
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| p.symptoms & (1 << i) != 0)
-            .map(|(_, n)| *n)
-            .collect();
+        let symptoms: Vec<&str> =
+            SYMPTOMS.iter().enumerate().filter(|(i, _)| p.symptoms & (1 << i) != 0).map(|(_, n)| *n).collect();
         format!(
             "symptoms={} backlog={} workers={} throttled={} attempts={}{} escalated={}",
             if symptoms.is_empty() { "none".to_string() } else { symptoms.join("+") },
@@ -289,7 +290,8 @@ mod tests {
     #[test]
     fn pack_round_trips_every_part() {
         let e = enc();
-        let p = StateParts { symptoms: 0b1_0010_0001, backlog: 3, level: 2, throttled: true, attempts: 1, escalated: true };
+        let p =
+            StateParts { symptoms: 0b1_0010_0001, backlog: 3, level: 2, throttled: true, attempts: 1, escalated: true };
         let id = e.pack(p);
         assert!((id as usize) < e.num_states());
         assert_eq!(e.unpack(id), p);

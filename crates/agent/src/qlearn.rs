@@ -9,9 +9,9 @@
 //! ties break towards the lower action index (NoOp first), so the same table
 //! always yields the same policy.
 
+use crate::encoder::TelemetryEncoder;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use crate::encoder::TelemetryEncoder;
 use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateId, Transition};
 use serde::{Deserialize, Serialize};
 
@@ -122,7 +122,12 @@ pub struct QParams {
 
 impl Default for QParams {
     fn default() -> Self {
-        QParams { alpha: 0.0, alpha_power: 0.7, gamma: 0.97, epsilon: EpsilonSchedule { start: 1.0, end: 0.05, decay_episodes: 10_000 } }
+        QParams {
+            alpha: 0.0,
+            alpha_power: 0.7,
+            gamma: 0.97,
+            epsilon: EpsilonSchedule { start: 1.0, end: 0.05, decay_episodes: 10_000 },
+        }
     }
 }
 

@@ -8,9 +8,9 @@
 //! never half of one. Output is deterministic: the same training run gives the
 //! same bytes.
 
+use crate::baselines::RuleThresholds;
 use crate::encoder::EncoderConfig;
 use crate::qlearn::{QParams, QTable};
-use crate::baselines::RuleThresholds;
 use selfheal_core::{Action, StateEncoder};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -198,7 +198,8 @@ impl ModelFile {
 
     /// Read and check a model file.
     pub fn load(path: &Path) -> Result<ModelFile, StoreError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         ModelFile::from_json(&text, &path.display().to_string())
     }
 
@@ -305,7 +306,8 @@ impl RulesFile {
 
     /// Read and check a rules file.
     pub fn load(path: &Path) -> Result<RulesFile, StoreError> {
-        let text = std::fs::read_to_string(path).map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
         RulesFile::from_json(&text, &path.display().to_string())
     }
 
@@ -325,7 +327,11 @@ fn parse(text: &str, origin: &str, expected: &'static str) -> Result<serde_json:
     if text.trim().is_empty() {
         return Err(StoreError::Empty { path: origin.to_string(), expected });
     }
-    serde_json::from_str(text).map_err(|e| StoreError::Parse { path: origin.to_string(), expected, message: e.to_string() })
+    serde_json::from_str(text).map_err(|e| StoreError::Parse {
+        path: origin.to_string(),
+        expected,
+        message: e.to_string(),
+    })
 }
 
 fn check_header(v: &serde_json::Value, format: &str, origin: &str) -> Result<(), StoreError> {
@@ -388,11 +394,14 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
         let e = ModelFile::from_json(&json[..json.len() / 2], "m.json").unwrap_err().to_string();
         assert!(e.contains("not a valid") && e.contains("line"), "{e}");
-        let e = ModelFile::from_json("{\"format\": \"something-else\", \"version\": 1}", "m.json").unwrap_err().to_string();
+        let e =
+            ModelFile::from_json("{\"format\": \"something-else\", \"version\": 1}", "m.json").unwrap_err().to_string();
         assert!(e.contains("format is \"something-else\""), "{e}");
-        let e = ModelFile::from_json(&json.replace("\"version\": 1", "\"version\": 2"), "m.json").unwrap_err().to_string();
+        let e =
+            ModelFile::from_json(&json.replace("\"version\": 1", "\"version\": 2"), "m.json").unwrap_err().to_string();
         assert!(e.contains("version 2") && e.contains("reads version 1"), "{e}");
-        let e = ModelFile::from_json(&json.replace("\"id\": 42", "\"id\": 99999999"), "m.json").unwrap_err().to_string();
+        let e =
+            ModelFile::from_json(&json.replace("\"id\": 42", "\"id\": 99999999"), "m.json").unwrap_err().to_string();
         assert!(e.contains("out of bounds"), "{e}");
         let e = ModelFile::from_json(&json.replace("\"escalate\"", "\"page\""), "m.json").unwrap_err().to_string();
         assert!(e.contains("action columns"), "{e}");

@@ -90,10 +90,7 @@ pub struct UnknownAction(pub String);
 impl FromStr for Action {
     type Err = UnknownAction;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Action::ALL
-            .into_iter()
-            .find(|a| a.name() == s)
-            .ok_or_else(|| UnknownAction(s.to_string()))
+        Action::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| UnknownAction(s.to_string()))
     }
 }
 

@@ -83,10 +83,7 @@ impl RewardV1 {
     pub fn action_cost(action: Action) -> f64 {
         match action {
             Action::NoOp => 0.0,
-            Action::RetryWithBackoff
-            | Action::ScaleUp
-            | Action::ScaleDown
-            | Action::Backpressure => 0.05,
+            Action::RetryWithBackoff | Action::ScaleUp | Action::ScaleDown | Action::Backpressure => 0.05,
             Action::SchemaRemap | Action::Reschedule | Action::Quarantine => 0.1,
             Action::Restart => 0.2,
             Action::Escalate => 3.0,
@@ -104,7 +101,8 @@ impl RewardFn for RewardV1 {
         let dlq = next.get(Metric::RecordsDeadLettered) / self.unit_records;
         let lost = next.get(Metric::RecordsLost) / self.unit_records;
         let backlog = next.get(Metric::Backlog) / self.unit_records;
-        -slo - self.backlog_penalty * backlog - self.dead_letter_penalty * dlq
+        -slo - self.backlog_penalty * backlog
+            - self.dead_letter_penalty * dlq
             - self.lost_penalty * lost
             - self.worker_cost * next.get(Metric::Executors)
             - RewardV1::action_cost(action)

@@ -128,13 +128,8 @@ impl Metric {
     }
 
     /// The error-count metrics whose sum is the pipeline's error count.
-    pub const ERROR_CLASSES: [Metric; 5] = [
-        Metric::Errors5xx,
-        Metric::ErrorsTimeout,
-        Metric::ErrorsSchema,
-        Metric::ErrorsDataQuality,
-        Metric::ErrorsSink,
-    ];
+    pub const ERROR_CLASSES: [Metric; 5] =
+        [Metric::Errors5xx, Metric::ErrorsTimeout, Metric::ErrorsSchema, Metric::ErrorsDataQuality, Metric::ErrorsSink];
 }
 
 impl fmt::Display for Metric {

@@ -12,9 +12,9 @@
 //!   resampling whole episodes so incidents of one episode stay together.
 
 use crate::episode::EpisodeStats;
-use selfheal_core::FaultKind;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::FaultKind;
 use serde::Serialize;
 
 /// One policy's line in the comparison (the JSON shape of `evaluate`).

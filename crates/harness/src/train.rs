@@ -79,7 +79,8 @@ impl CurveWriter {
             return;
         }
         let n = self.n as f64;
-        let mttr = if self.incidents == 0 { String::new() } else { format!("{:.4}", self.mttr_sum / self.incidents as f64) };
+        let mttr =
+            if self.incidents == 0 { String::new() } else { format!("{:.4}", self.mttr_sum / self.incidents as f64) };
         self.csv.push_str(&format!(
             "{},{},{:.4},{},{},{:.5}\n",
             self.first,
@@ -133,7 +134,8 @@ pub fn train<E, S, R>(
         let epsilon = learner.epsilon();
         let stats: EpisodeStats = run_episode(env, &mut Learning(learner), enc, reward, seed, |_| {});
         let n = stats.incident_steps.len();
-        let mttr = if n == 0 { f64::NAN } else { stats.incident_steps.iter().map(|x| f64::from(*x)).sum::<f64>() / n as f64 };
+        let mttr =
+            if n == 0 { f64::NAN } else { stats.incident_steps.iter().map(|x| f64::from(*x)).sum::<f64>() / n as f64 };
         on_episode(&CurvePoint { episode, seed, ret: stats.ret, mttr_steps: mttr, incidents: n, epsilon });
     }
 }
