@@ -7,8 +7,14 @@ use selfheal_sim::{Scenario, Simulator};
 
 fn scenarios() -> Vec<Scenario> {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    let mut out: Vec<Scenario> =
-        std::fs::read_dir(dir).unwrap().map(|e| Scenario::load(&e.unwrap().path()).unwrap()).collect();
+    let mut out: Vec<Scenario> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| Scenario::load(&p).unwrap())
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    assert!(out.len() >= 4, "the shipped scenarios");
     // A tight pipeline that overflows quickly, so the lost path is exercised.
     out.push(
         Scenario::from_toml_str(
