@@ -58,14 +58,7 @@ fn evaluate_meets_the_foundation_bars_on_the_shipped_scenario() {
     let names: Vec<&str> = eval["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["noop", "random", "rules", "learned", "oracle"]);
     for p in eval["policies"].as_array().unwrap() {
-        for key in [
-            "mean_return",
-            "pct_of_oracle",
-            "mttr_steps",
-            "slo_attainment",
-            "auto_resolved",
-            "cost",
-        ] {
+        for key in ["mean_return", "pct_of_oracle", "mttr_steps", "slo_attainment", "auto_resolved", "cost"] {
             f(p, key);
         }
         for key in ["unresolved", "escalations", "records_lost", "dead_lettered", "false_actions"] {
@@ -159,7 +152,8 @@ fn simulate_prints_one_json_line_per_step() {
         let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 240, "{name}");
         let last = &lines[239]["ledger"];
-        let total = ["delivered", "queued", "dead_lettered", "lost"].iter().map(|k| last[k].as_u64().unwrap()).sum::<u64>();
+        let total =
+            ["delivered", "queued", "dead_lettered", "lost"].iter().map(|k| last[k].as_u64().unwrap()).sum::<u64>();
         assert_eq!(total, last["arrived"].as_u64().unwrap(), "{name}: records unaccounted for");
         assert!(lines[0]["telemetry"]["glue.ALL.jvm.heap.usage"].is_f64());
     }
