@@ -17,7 +17,9 @@ pub mod telemetry;
 pub use action::{Action, ActionMask};
 pub use fault::{FaultKind, FaultSet};
 pub use reward::{RewardFn, RewardV1, Slo};
-pub use seams::{Environment, Learner, Observation, Policy, StateEncoder, StateId, Step, StepInfo, Transition};
+pub use seams::{
+    Detection, Detector, Environment, Learner, Observation, Policy, StateEncoder, StateId, Step, StepInfo, Transition,
+};
 pub use telemetry::{Metric, RecordLedger, Sample, Stage, Telemetry};
 
 /// Seeds: how one seed becomes many independent streams, and which seeds

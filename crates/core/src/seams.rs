@@ -108,3 +108,24 @@ pub trait Environment {
     /// Steps per episode.
     fn horizon(&self) -> u32;
 }
+
+/// What a detector says about one telemetry window.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Detection {
+    /// Anomaly score in [0, 1]; higher is more anomalous.
+    pub score: f64,
+    /// Whether the score is past the detector's calibrated threshold.
+    pub anomalous: bool,
+    /// Failure signature: 0 when not anomalous, else 1..=[`Detector::signatures`].
+    pub signature: u16,
+}
+
+/// Scores telemetry windows and names the failure signature of anomalous ones.
+pub trait Detector {
+    /// Identifier stored in model files.
+    fn id(&self) -> &str;
+    /// Number of failure signatures (signature ids run 1..=this).
+    fn signatures(&self) -> u16;
+    /// Score one window.
+    fn detect(&self, t: &Telemetry) -> Detection;
+}

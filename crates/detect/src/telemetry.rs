@@ -1,0 +1,396 @@
+//! The pipeline detector: an isolation forest over [`TelemetryFeatures`] of
+//! healthy windows, a threshold calibrated to a target false-alarm rate, and
+//! failure signatures over the anomalous windows.
+//!
+//! Model files hold the forest in a sparse form (only the non-zero coordinates
+//! of each split's normal, with its intercept), which scores exactly like the
+//! dense form the crate serialises (a zero coordinate contributes nothing) at a
+//! fraction of the size. Reading and writing files is the caller's business: this
+//! module turns models into JSON text and back, and checks what it reads.
+
+use crate::features::{TelemetryFeatures, TELEMETRY_FEATURES};
+use crate::flat::FlatForest;
+use crate::forest::{ForestError, ForestParams, ForestRepr, NodeRepr, TreeRepr};
+use crate::signature::{SignatureError, Signatures};
+use selfheal_core::{Detection, Detector, Telemetry};
+use serde::{Deserialize, Serialize};
+
+/// Format tag of detector model files.
+pub const DETECTOR_FORMAT: &str = "selfheal-detector";
+/// Current version.
+pub const DETECTOR_VERSION: u32 = 1;
+
+/// Features the signatures cluster on: everything but latency and backlog,
+/// which grow with an incident's age rather than tell its kind (they enter the
+/// agent's state as buckets instead).
+pub const SIGNATURE_FEATURES: [usize; 11] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12];
+
+/// Errors of fitting or reading a detector.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorError {
+    /// Growing the forest failed.
+    #[error(transparent)]
+    Forest(#[from] ForestError),
+    /// Fitting signatures failed.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The file is not a readable detector model.
+    #[error("{origin}: {message}")]
+    File {
+        /// Where it came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A split or leaf in sparse form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SparseNode {
+    /// Leaf with its sample count.
+    Leaf(usize),
+    /// Split: `(coordinate, n, p)` of the non-zero coordinates, and children.
+    Split(Vec<(usize, f64, f64)>, Box<SparseNode>, Box<SparseNode>),
+}
+
+/// A forest in sparse form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparseForest {
+    /// Dimension of the points.
+    pub dims: usize,
+    /// Path-length normaliser c(sample_size).
+    pub c: f64,
+    /// Trees.
+    pub trees: Vec<SparseNode>,
+}
+
+impl SparseForest {
+    /// From the crate's representation.
+    pub fn from_repr(r: &ForestRepr) -> SparseForest {
+        fn node(n: &NodeRepr) -> SparseNode {
+            match n {
+                NodeRepr::Ex { num_samples } => SparseNode::Leaf(*num_samples),
+                NodeRepr::In { left, right, n, p } => SparseNode::Split(
+                    (0..n.len()).filter(|i| n[*i] != 0.0).map(|i| (i, n[i], p[i])).collect(),
+                    Box::new(node(left)),
+                    Box::new(node(right)),
+                ),
+            }
+        }
+        SparseForest { dims: r.dims(), c: r.avg_path_length_c, trees: r.trees.iter().map(|t| node(&t.root)).collect() }
+    }
+
+    /// Into the crate's representation (zero coordinates get intercept 0, which
+    /// cannot change a score).
+    pub fn to_repr(&self) -> ForestRepr {
+        fn node(n: &SparseNode, dims: usize) -> NodeRepr {
+            match n {
+                SparseNode::Leaf(s) => NodeRepr::Ex { num_samples: *s },
+                SparseNode::Split(nz, l, r) => {
+                    let (mut nv, mut pv) = (vec![0.0; dims], vec![0.0; dims]);
+                    for (i, n, p) in nz {
+                        nv[*i] = *n;
+                        pv[*i] = *p;
+                    }
+                    NodeRepr::In { left: Box::new(node(l, dims)), right: Box::new(node(r, dims)), n: nv, p: pv }
+                }
+            }
+        }
+        ForestRepr {
+            avg_path_length_c: self.c,
+            trees: self.trees.iter().map(|t| TreeRepr { root: node(t, self.dims) }).collect(),
+        }
+    }
+}
+
+/// Provenance of a detector model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorMeta {
+    /// Scenario its windows came from.
+    pub scenario: String,
+    /// Healthy windows the forest was grown on.
+    pub healthy_windows: usize,
+    /// Anomalous windows the signatures were fitted on.
+    pub anomalous_windows: usize,
+    /// Target false-alarm rate on healthy windows.
+    pub false_alarm_rate: f64,
+    /// Forest parameters (including the seed).
+    pub forest: ForestParams,
+    /// Seed of the signatures' k-means.
+    pub signature_seed: u64,
+}
+
+/// A detector model file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorModel {
+    /// Always [`DETECTOR_FORMAT`].
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Provenance.
+    pub meta: DetectorMeta,
+    /// Feature names, in order.
+    pub features: Vec<String>,
+    /// Score at or above which a window is anomalous.
+    pub threshold: f64,
+    /// Indices of the features signatures cluster on.
+    pub signature_features: Vec<usize>,
+    /// The signatures.
+    pub signatures: Signatures,
+    /// The forest.
+    pub forest: SparseForest,
+}
+
+/// How to fit a detector.
+#[derive(Clone, Copy, Debug)]
+pub struct FitParams {
+    /// Forest growth.
+    pub forest: ForestParams,
+    /// Share of healthy windows allowed over the threshold.
+    pub false_alarm_rate: f64,
+    /// Range of k tried for the signatures.
+    pub k_min: usize,
+    /// Range of k tried for the signatures.
+    pub k_max: usize,
+    /// k-means seed.
+    pub signature_seed: u64,
+}
+
+impl DetectorModel {
+    /// Fit on healthy windows, then find signatures among the `candidates`
+    /// (windows of faulty runs) that the forest flags.
+    pub fn fit(
+        scenario: &str,
+        healthy: &[Telemetry],
+        candidates: &[Telemetry],
+        p: &FitParams,
+    ) -> Result<DetectorModel, DetectorError> {
+        let to_vec = |t: &Telemetry| TelemetryFeatures::extract(t).to_vec();
+        let train: Vec<Vec<f64>> = healthy.iter().map(to_vec).collect();
+        let repr = ForestRepr::grow(&train, &p.forest)?;
+        let flat = FlatForest::compile(&repr);
+        let mut scores: Vec<f64> = train.iter().map(|x| flat.score(x)).collect();
+        scores.sort_by(|a, b| a.total_cmp(b));
+        let at = ((1.0 - p.false_alarm_rate) * (scores.len() - 1) as f64).ceil() as usize;
+        // Strictly above the calibration quantile: ties with it are healthy.
+        let threshold = scores[at.min(scores.len() - 1)] + 1e-12;
+        let anomalous: Vec<Vec<f64>> = candidates
+            .iter()
+            .map(to_vec)
+            .filter(|x| flat.score(x) >= threshold)
+            .map(|x| SIGNATURE_FEATURES.iter().map(|i| x[*i]).collect())
+            .collect();
+        let signatures = Signatures::fit(&anomalous, p.k_min..=p.k_max, p.signature_seed)?;
+        Ok(DetectorModel {
+            format: DETECTOR_FORMAT.into(),
+            version: DETECTOR_VERSION,
+            meta: DetectorMeta {
+                scenario: scenario.into(),
+                healthy_windows: healthy.len(),
+                anomalous_windows: anomalous.len(),
+                false_alarm_rate: p.false_alarm_rate,
+                forest: p.forest,
+                signature_seed: p.signature_seed,
+            },
+            features: TELEMETRY_FEATURES.iter().map(|s| s.to_string()).collect(),
+            threshold,
+            signature_features: SIGNATURE_FEATURES.to_vec(),
+            signatures,
+            forest: SparseForest::from_repr(&repr),
+        })
+    }
+
+    /// Serialise (deterministic).
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("detector serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Parse and check; `origin` names the source in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<DetectorModel, DetectorError> {
+        let bad = |message: String| DetectorError::File { origin: origin.into(), message };
+        if text.trim().is_empty() {
+            return Err(bad("the file is empty; expected a selfheal detector model".into()));
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not a valid selfheal detector file: {e}")))?;
+        let format = v.get("format").and_then(|f| f.as_str());
+        if format != Some(DETECTOR_FORMAT) {
+            return Err(bad(format!("format is {:?}, expected {DETECTOR_FORMAT:?}", format.unwrap_or("<missing>"))));
+        }
+        match v.get("version").and_then(|x| x.as_u64()) {
+            Some(n) if n == u64::from(DETECTOR_VERSION) => {}
+            Some(n) => {
+                return Err(bad(format!(
+                    "{DETECTOR_FORMAT} version {n} cannot be read by this build, which reads version {DETECTOR_VERSION}"
+                )))
+            }
+            None => return Err(bad("missing numeric `version`".into())),
+        }
+        let m: DetectorModel =
+            serde_json::from_value(v).map_err(|e| bad(format!("not a valid selfheal detector file: {e}")))?;
+        if m.features != TELEMETRY_FEATURES {
+            return Err(bad(format!("features {:?} differ from this build's {:?}", m.features, TELEMETRY_FEATURES)));
+        }
+        if m.forest.dims != TelemetryFeatures::DIMS || m.forest.trees.is_empty() {
+            return Err(bad(format!("forest of {} dimensions and {} trees", m.forest.dims, m.forest.trees.len())));
+        }
+        let k = m.signatures.centroids.len();
+        if k == 0 || m.signatures.centroids.iter().any(|c| c.len() != m.signature_features.len()) {
+            return Err(bad("signature centroids do not match the signature features".into()));
+        }
+        if m.signature_features.iter().any(|i| *i >= TelemetryFeatures::DIMS) {
+            return Err(bad("a signature feature index is out of range".into()));
+        }
+        Ok(m)
+    }
+
+    /// A fingerprint of the model (FNV-1a of its JSON), recorded by policies
+    /// trained on its signatures so a policy is never paired with another detector.
+    pub fn fingerprint(&self) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.to_json().bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("{h:016x}")
+    }
+}
+
+/// A ready-to-run detector.
+#[derive(Clone, Debug)]
+pub struct TelemetryDetector {
+    model: DetectorModel,
+    flat: FlatForest,
+}
+
+impl TelemetryDetector {
+    /// Compile a model.
+    pub fn new(model: DetectorModel) -> TelemetryDetector {
+        let flat = FlatForest::compile(&model.forest.to_repr());
+        TelemetryDetector { model, flat }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &DetectorModel {
+        &self.model
+    }
+}
+
+impl Detector for TelemetryDetector {
+    fn id(&self) -> &str {
+        "iforest-telemetry-v1"
+    }
+
+    fn signatures(&self) -> u16 {
+        self.model.signatures.len() as u16
+    }
+
+    fn detect(&self, t: &Telemetry) -> Detection {
+        let x = TelemetryFeatures::extract(t);
+        let score = self.flat.score(&x);
+        let anomalous = score >= self.model.threshold;
+        let signature = if anomalous {
+            let s: Vec<f64> = self.model.signature_features.iter().map(|i| x[*i]).collect();
+            self.model.signatures.assign(&s) as u16 + 1
+        } else {
+            0
+        };
+        Detection { score, anomalous, signature }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forest::CrateForest;
+    use rand::{Rng, SeedableRng};
+    use rand_xoshiro::Xoshiro256PlusPlus;
+    use selfheal_core::Metric;
+
+    fn window(rng: &mut Xoshiro256PlusPlus, fault: u8) -> Telemetry {
+        let mut t = Telemetry::default();
+        t.set(Metric::RecordsIn, 1000.0);
+        t.set(Metric::RecordsRead, 1000.0);
+        t.set(Metric::HeapUsage, 0.5 + rng.gen_range(-0.05..0.05));
+        t.set(Metric::CpuLoad, 0.5 + rng.gen_range(-0.05..0.05));
+        t.set(Metric::Skewness, 1.2 + rng.gen_range(-0.1..0.1));
+        t.set(Metric::ElapsedTime, 45_000.0 + rng.gen_range(-4000.0..4000.0));
+        t.set(Metric::LatencyP95, 60.0 + rng.gen_range(-2.0..2.0));
+        // Like the simulator's faults, each shows on a few metrics at once.
+        match fault {
+            1 => {
+                t.set(Metric::ErrorsSchema, 1000.0 + rng.gen_range(0.0..100.0));
+                t.set(Metric::RecordsRead, 0.0);
+            }
+            2 => {
+                t.set(Metric::HeapUsage, 0.95 + rng.gen_range(-0.02..0.02));
+                t.set(Metric::FailedTasks, 20.0 + rng.gen_range(-3.0..3.0));
+            }
+            3 => {
+                t.set(Metric::Skewness, 6.0 + rng.gen_range(-1.0..1.0));
+                t.set(Metric::CpuLoad, 0.3 + rng.gen_range(-0.03..0.03));
+            }
+            _ => {}
+        }
+        t
+    }
+
+    fn fitted() -> DetectorModel {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(1);
+        let healthy: Vec<Telemetry> = (0..2000).map(|_| window(&mut rng, 0)).collect();
+        let faulty: Vec<Telemetry> = (0..600).map(|i| window(&mut rng, 1 + (i % 3) as u8)).collect();
+        let p = FitParams {
+            forest: ForestParams { n_trees: 50, sample_size: 128, extension_level: 0, seed: 3 },
+            false_alarm_rate: 0.01,
+            k_min: 2,
+            k_max: 6,
+            signature_seed: 4,
+        };
+        DetectorModel::fit("test", &healthy, &faulty, &p).unwrap()
+    }
+
+    #[test]
+    fn flags_faults_and_tells_them_apart() {
+        let m = fitted();
+        assert_eq!(m.signatures.len(), 3, "silhouettes {:?}", m.signatures.silhouette);
+        let d = TelemetryDetector::new(m);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        let healthy = (0..500).filter(|_| d.detect(&window(&mut rng, 0)).anomalous).count();
+        assert!(healthy <= 25, "{healthy} false alarms in 500 healthy windows");
+        let sig = |f| d.detect(&window(&mut Xoshiro256PlusPlus::seed_from_u64(f as u64 + 10), f));
+        let (a, b, c) = (sig(1), sig(2), sig(3));
+        assert!(a.anomalous && b.anomalous && c.anomalous);
+        assert!(a.signature != b.signature && b.signature != c.signature && a.signature != c.signature);
+    }
+
+    #[test]
+    fn json_round_trip_scores_identically_and_sparse_equals_dense() {
+        let m = fitted();
+        let back = DetectorModel::from_json(&m.to_json(), "m.json").unwrap();
+        assert_eq!(back, m);
+        let dense = CrateForest::from_repr(&m.forest.to_repr()).unwrap();
+        let d = TelemetryDetector::new(back);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        for f in 0..4 {
+            let t = window(&mut rng, f);
+            let x = TelemetryFeatures::extract(&t);
+            assert!((d.detect(&t).score - dense.score(&x)).abs() < 1e-9);
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_clearly() {
+        let json = fitted().to_json();
+        let err = |text: &str| DetectorModel::from_json(text, "d.json").unwrap_err().to_string();
+        assert!(err("").contains("empty"));
+        assert!(err(&json[..json.len() / 2]).contains("not a valid"));
+        assert!(err(&json.replacen("\"version\":1", "\"version\":7", 1)).contains("version 7"));
+        assert!(err("{\"format\":\"selfheal-qtable\",\"version\":1}").contains("format is"));
+        assert!(err(&json.replacen("heap_usage", "heap", 1)).contains("features"));
+    }
+}
