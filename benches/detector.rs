@@ -1,0 +1,152 @@
+//! Anomaly scoring: the `extended-isolation-forest` crate's scorer against our
+//! flat one (issue 6).
+//!
+//! Run with `cargo bench --bench detector`; `cargo test --benches` runs each
+//! benchmark once as a smoke test. Results are recorded in `benches/RESULTS.md`.
+//!
+//! Every forest has 100 trees of 256 samples, grown with a fixed seed on 4096
+//! standard-normal training points by `ForestRepr::grow`. The crate scores it
+//! through `CrateForest::from_repr` (the crate's own `Forest<f64, N>`), ours
+//! through `FlatForest::compile`; both score the very same trees. Variants:
+//! 4, 8 and 16 dimensions with extension level 0 (axis-parallel splits), and
+//! `4d-extended` with extension level 3 (fully oblique splits).
+//!
+//! - `score/single/{crate,flat}/{variant}`: one point per iteration, cycling
+//!   through 1024 pre-generated query points (three in four inliers, one in four
+//!   outliers, interleaved pseudo-randomly), so branch prediction sees a
+//!   realistic mix rather than one repeated path;
+//! - `score/batch/{crate,flat}/{variant}`: 10,000 points per iteration (the
+//!   same mix), throughput in points. The crate has no batch call, so its batch
+//!   is a loop of `score` calls into a reused output vector; ours is
+//!   `FlatForest::score_batch` into a reused vector.
+
+use criterion::measurement::WallTime;
+use criterion::{
+    black_box, criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_detect::flat::FlatForest;
+use selfheal_detect::forest::{CrateForest, ForestParams, ForestRepr};
+use std::time::Duration;
+
+/// Training points per forest.
+const TRAIN: usize = 4096;
+/// Query points cycled through by the single-call benchmarks (a power of two).
+const QUERIES: usize = 1024;
+/// Points per batch iteration.
+const BATCH: usize = 10_000;
+
+/// One forest under test, in both scorers.
+struct Case {
+    /// `4d`, `4d-extended`, ...
+    name: String,
+    dims: usize,
+    reference: CrateForest,
+    flat: FlatForest,
+}
+
+/// A standard normal by Box–Muller (the root package has no `rand_distr`).
+fn normal(rng: &mut Xoshiro256PlusPlus) -> f64 {
+    let u: f64 = 1.0 - rng.gen::<f64>(); // in (0, 1]
+    let v: f64 = rng.gen();
+    (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+}
+
+/// `n` points of `dims` values, one row after another: an inlier (standard
+/// normal) with probability 3/4, else an outlier (a standard normal scaled by 5,
+/// so most of them lie well outside the training cloud).
+fn queries(n: usize, dims: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(n * dims);
+    for _ in 0..n {
+        let scale = if rng.gen_bool(0.25) { 5.0 } else { 1.0 };
+        for _ in 0..dims {
+            out.push(scale * normal(&mut rng));
+        }
+    }
+    out
+}
+
+fn case(dims: usize, extension_level: usize) -> Case {
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(dims as u64);
+    let train: Vec<Vec<f64>> = (0..TRAIN).map(|_| (0..dims).map(|_| normal(&mut rng)).collect()).collect();
+    let params = ForestParams { n_trees: 100, sample_size: 256, extension_level, seed: 6 };
+    let repr = ForestRepr::grow(&train, &params).expect("forest grows");
+    let reference = CrateForest::from_repr(&repr).expect("the crate reads the forest");
+    let flat = FlatForest::compile(&repr);
+    // Both scorers must be scoring the same forest, or the ratio means nothing.
+    for x in queries(64, dims, 1).chunks_exact(dims) {
+        let (a, b) = (reference.score(x), flat.score(x));
+        assert!((a - b).abs() <= 1e-9, "{dims}d ext {extension_level}: crate {a}, flat {b}");
+    }
+    let name = if extension_level == 0 { format!("{dims}d") } else { format!("{dims}d-extended") };
+    Case { name, dims, reference, flat }
+}
+
+fn cases() -> Vec<Case> {
+    vec![case(4, 0), case(4, 3), case(8, 0), case(16, 0)]
+}
+
+/// A group with short measurement windows, so that the whole run stays well
+/// under two minutes.
+fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_secs(1));
+    g.measurement_time(Duration::from_millis(2500));
+    g
+}
+
+fn single(c: &mut Criterion) {
+    let mut g = group(c, "score/single");
+    g.throughput(Throughput::Elements(1));
+    for case in &cases() {
+        let qs = queries(QUERIES, case.dims, 2);
+        let dims = case.dims;
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("crate", &case.name), |b| {
+            b.iter(|| {
+                i = (i + 1) % QUERIES;
+                case.reference.score(black_box(&qs[i * dims..(i + 1) * dims]))
+            })
+        });
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("flat", &case.name), |b| {
+            b.iter(|| {
+                i = (i + 1) % QUERIES;
+                case.flat.score(black_box(&qs[i * dims..(i + 1) * dims]))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn batch(c: &mut Criterion) {
+    let mut g = group(c, "score/batch");
+    // An iteration of the crate's batch takes milliseconds: flat sampling with
+    // fewer samples keeps the measurement inside its window.
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    for case in &cases() {
+        let qs = queries(BATCH, case.dims, 3);
+        let mut out = Vec::with_capacity(BATCH);
+        g.bench_function(BenchmarkId::new("crate", &case.name), |b| {
+            b.iter(|| {
+                out.clear();
+                out.extend(black_box(&qs).chunks_exact(case.dims).map(|x| case.reference.score(x)));
+                black_box(&out);
+            })
+        });
+        g.bench_function(BenchmarkId::new("flat", &case.name), |b| {
+            b.iter(|| {
+                case.flat.score_batch(black_box(&qs), &mut out);
+                black_box(&out);
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, single, batch);
+criterion_main!(benches);
