@@ -40,6 +40,7 @@ fn encoder(s: &Scenario) -> TelemetryEncoder {
     TelemetryEncoder::new(EncoderConfig {
         worker_levels: s.pipeline.workers.clone(),
         base_level: s.pipeline.base_level,
+        detector: None,
     })
 }
 

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use selfheal_agent::store::{ModelFile, RulesFile};
+use selfheal_detect::telemetry::DetectorModel;
 use selfheal_sim::Scenario;
 use std::path::Path;
 
@@ -10,6 +11,22 @@ use std::path::Path;
 pub const POLICY_JSON: &str = include_str!("../models/policy.json");
 /// The shipped rule thresholds (`models/rules.json`).
 pub const RULES_JSON: &str = include_str!("../models/rules.json");
+
+/// The shipped detector (`models/detector.json`).
+pub const DETECTOR_JSON: &str = include_str!("../models/detector.json");
+
+/// The detector at `path`, or the shipped one.
+pub fn detector(path: Option<&Path>) -> Result<DetectorModel> {
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            Ok(DetectorModel::from_json(&text, &p.display().to_string())?)
+        }
+        None => {
+            DetectorModel::from_json(DETECTOR_JSON, "<shipped models/detector.json>").context("the shipped detector")
+        }
+    }
+}
 
 /// The scenario at `path`, or the shipped default.
 pub fn scenario(path: Option<&Path>) -> Result<Scenario> {

@@ -28,6 +28,9 @@ enum Command {
     Evaluate(commands::evaluate::Args),
     Simulate(commands::simulate::Args),
     Calibrate(commands::calibrate::Args),
+    FitDetector(commands::fit_detector::Args),
+    Detect(commands::detect::Args),
+    Nab(commands::nab::Args),
 }
 
 fn main() -> Result<()> {
@@ -40,5 +43,8 @@ fn main() -> Result<()> {
         Command::Evaluate(a) => commands::evaluate::run(a),
         Command::Simulate(a) => commands::simulate::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
+        Command::FitDetector(a) => commands::fit_detector::run(a),
+        Command::Detect(a) => commands::detect::run(a),
+        Command::Nab(a) => commands::nab::run(a),
     }
 }

@@ -3,10 +3,14 @@
 
 use anyhow::{bail, Result};
 use selfheal_agent::store::{ModelFile, RulesFile};
-use selfheal_agent::{EncoderConfig, GreedyPolicy, NoOpPolicy, RandomPolicy, RulesPolicy, TelemetryEncoder};
-use selfheal_core::{Action, Observation, RewardV1, Slo};
+use selfheal_agent::{
+    DetectorEncoder, DetectorRef, EncoderConfig, GreedyPolicy, NoOpPolicy, RandomPolicy, RulesPolicy, TelemetryEncoder,
+};
+use selfheal_core::{Action, Detector, Observation, RewardV1, Slo, StateEncoder};
+use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_harness::{run_episode, Controller, EpisodeStats, Fixed};
 use selfheal_sim::{Oracle, Scenario, Simulator};
+use std::sync::Arc;
 
 /// The oracle as a controller: reads the simulator's hidden state.
 pub struct OracleController<'a>(pub &'a Oracle);
@@ -23,7 +27,7 @@ impl Controller<Simulator> for OracleController<'_> {
 
 /// The encoder configuration a scenario implies.
 pub fn encoder_config(s: &Scenario) -> EncoderConfig {
-    EncoderConfig { worker_levels: s.pipeline.workers.clone(), base_level: s.pipeline.base_level }
+    EncoderConfig { worker_levels: s.pipeline.workers.clone(), base_level: s.pipeline.base_level, detector: None }
 }
 
 /// The reward a scenario is scored with.
@@ -36,22 +40,64 @@ pub fn worker_step_usd(s: &Scenario) -> f64 {
     0.44 * f64::from(s.pipeline.step_seconds) / 3600.0
 }
 
-/// Check a model fits a scenario and build its encoder and greedy policy.
-pub fn learned(model: &ModelFile, s: &Scenario) -> Result<(TelemetryEncoder, GreedyPolicy)> {
+/// A state encoder the harness can drive.
+pub type Encoder = Box<dyn StateEncoder + Send + Sync>;
+
+/// Build the encoder `id` for a deployment (and a shared copy for fallbacks).
+pub fn encoder(
+    id: &str,
+    config: EncoderConfig,
+    detector: &DetectorModel,
+) -> Result<(Encoder, Arc<dyn StateEncoder + Send + Sync>)> {
+    Ok(match id {
+        "telemetry-v1" => {
+            let e = TelemetryEncoder::new(config);
+            (Box::new(e.clone()), Arc::new(e))
+        }
+        "detector-v1" => {
+            let d: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector.clone()));
+            let e = DetectorEncoder::new(config, d);
+            (Box::new(e.clone()), Arc::new(e))
+        }
+        other => bail!("unknown encoder {other:?}; expected telemetry-v1 or detector-v1"),
+    })
+}
+
+/// The reference a `detector-v1` policy keeps to its detector.
+pub fn detector_ref(d: &DetectorModel) -> DetectorRef {
+    DetectorRef { fingerprint: d.fingerprint(), signatures: d.signatures.len() as u16 }
+}
+
+/// Check a model fits a scenario (and its detector) and build its encoder and
+/// greedy policy.
+pub fn learned(model: &ModelFile, s: &Scenario, detector: &DetectorModel) -> Result<(Encoder, GreedyPolicy)> {
     let want = encoder_config(s);
-    if model.encoder.config != want {
+    let have = &model.encoder.config;
+    if have.worker_levels != want.worker_levels || have.base_level != want.base_level {
         bail!(
             "the policy was trained for worker levels {:?} (base {}), but scenario {:?} has {:?} (base {}); train a policy for this pipeline shape",
-            model.encoder.config.worker_levels,
-            model.encoder.config.base_level,
+            have.worker_levels,
+            have.base_level,
             s.name,
             want.worker_levels,
             want.base_level
         );
     }
-    let enc = TelemetryEncoder::new(model.encoder.config.clone());
-    let table = model.table(&enc)?;
-    Ok((enc.clone(), GreedyPolicy::with_fallbacks(table, enc)))
+    if let Some(r) = &have.detector {
+        let actual = detector_ref(detector);
+        if *r != actual {
+            bail!(
+                "the policy was trained with detector {} ({} signatures) but the detector given is {} ({} signatures); pass the detector it was trained with (--detector) or retrain",
+                r.fingerprint,
+                r.signatures,
+                actual.fingerprint,
+                actual.signatures
+            );
+        }
+    }
+    let (enc, shared) = encoder(&model.encoder.id, have.clone(), detector)?;
+    let table = model.table(enc.as_ref())?;
+    Ok((enc, GreedyPolicy::with_fallbacks(table, shared)))
 }
 
 /// Names of the policies `evaluate` knows, in report order.
@@ -65,9 +111,10 @@ pub fn run_policy(
     model: &ModelFile,
     rules: &RulesFile,
     oracle: Option<&Oracle>,
+    detector: &DetectorModel,
 ) -> Result<Vec<EpisodeStats>> {
     let mut env = Simulator::new(s);
-    let (mut enc, greedy) = learned(model, s)?;
+    let (mut enc, greedy) = learned(model, s, detector)?;
     let reward = reward(s);
     let mut ctl: Box<dyn Controller<Simulator> + '_> = match name {
         "noop" => Box::new(Fixed(NoOpPolicy)),
@@ -80,5 +127,5 @@ pub fn run_policy(
         },
         other => bail!("unknown policy {other:?}; expected one of {}", POLICIES.join(", ")),
     };
-    Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), &mut enc, &reward, seed, |_| {})).collect())
+    Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, seed, |_| {})).collect())
 }

@@ -34,6 +34,9 @@ pub struct Args {
     /// Rule thresholds file; defaults to the shipped models/rules.json.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Detector model for detector-v1 policies; defaults to the shipped models/detector.json.
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Scenario file (TOML); defaults to the shipped default scenario.
     #[arg(long)]
     scenario: Option<PathBuf>,
@@ -49,6 +52,7 @@ pub fn run(a: Args) -> Result<()> {
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let model = defaults::policy(a.policy.as_deref())?;
     let rules = defaults::rules(a.rules.as_deref())?;
+    let detector = defaults::detector(a.detector.as_deref())?;
     let seeds = a.seeds.unwrap_or_else(|| scenario.eval_seeds());
     anyhow::ensure!(
         seeds.end <= TRAIN_SEED_FLOOR,
@@ -60,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     let usd = wiring::worker_step_usd(&scenario);
     let mut lines = Vec::new();
     for name in wiring::POLICIES {
-        let episodes = wiring::run_policy(name, &scenario, seeds.clone(), &model, &rules, Some(&oracle))?;
+        let episodes = wiring::run_policy(name, &scenario, seeds.clone(), &model, &rules, Some(&oracle), &detector)?;
         lines.push(aggregate(name, &episodes, usd));
     }
     let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);

@@ -3,7 +3,7 @@
 use crate::{defaults, wiring};
 use anyhow::{bail, Result};
 use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
-use selfheal_core::{FaultKind, Slo, StateEncoder};
+use selfheal_core::{FaultKind, Slo};
 use selfheal_harness::{run_episode, Controller, Fixed};
 use selfheal_sim::{Oracle, Simulator};
 use serde_json::json;
@@ -27,6 +27,9 @@ pub struct Args {
     /// Policy model for `learned`; defaults to the shipped one.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Detector model for detector-v1 policies; defaults to the shipped one.
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Rule thresholds for `rules`; defaults to the shipped ones.
     #[arg(long)]
     rules: Option<PathBuf>,
@@ -36,7 +39,8 @@ pub fn run(a: Args) -> Result<()> {
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let model = defaults::policy(a.model.as_deref())?;
     let rules = defaults::rules(a.rules.as_deref())?;
-    let (mut enc, greedy) = wiring::learned(&model, &scenario)?;
+    let detector = defaults::detector(a.detector.as_deref())?;
+    let (mut enc, greedy) = wiring::learned(&model, &scenario, &detector)?;
     let oracle;
     let mut ctl: Box<dyn Controller<Simulator>> = match a.policy.as_str() {
         "noop" => Box::new(Fixed(NoOpPolicy)),
@@ -51,11 +55,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut env = Simulator::new(&scenario);
     let reward = wiring::reward(&scenario);
-    let describer = selfheal_agent::TelemetryEncoder::new(model.encoder.config.clone());
+    let (describer, _) = wiring::encoder(&model.encoder.id, model.encoder.config.clone(), &detector)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut err = None;
-    run_episode(&mut env, ctl.as_mut(), &mut enc, &reward, a.seed, |r| {
+    run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, a.seed, |r| {
         let names = |s: selfheal_core::FaultSet| s.iter().map(FaultKind::name).collect::<Vec<_>>();
         let line = json!({
             "t": r.info.t,

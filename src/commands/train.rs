@@ -5,8 +5,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::qlearn::{EpsilonSchedule, QParams};
 use selfheal_agent::store::{write_atomic, ModelFile, ModelMeta};
-use selfheal_agent::{QLearner, TelemetryEncoder};
-use selfheal_core::{RewardFn, StateEncoder};
+use selfheal_agent::QLearner;
+use selfheal_core::RewardFn;
 use selfheal_harness::{train, CurveWriter, TrainConfig};
 use selfheal_sim::Simulator;
 use std::path::PathBuf;
@@ -22,6 +22,13 @@ pub struct Args {
     /// Scenario file (TOML); defaults to the shipped default scenario.
     #[arg(long)]
     scenario: Option<PathBuf>,
+    /// State encoder: telemetry-v1 (symptoms read from telemetry; the shipped
+    /// policy) or detector-v1 (failure signatures of the detector, in progress).
+    #[arg(long, default_value = "telemetry-v1")]
+    encoder: String,
+    /// Detector model for detector-v1; defaults to the shipped models/detector.json.
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Episodes to train.
     #[arg(long, default_value_t = 200_000)]
     episodes: u64,
@@ -78,8 +85,12 @@ pub fn run(a: Args) -> Result<()> {
             decay_episodes: (a.episodes as f64 * a.epsilon_decay).round() as u64,
         },
     };
-    let config = wiring::encoder_config(&scenario);
-    let mut enc = TelemetryEncoder::new(config.clone());
+    let mut config = wiring::encoder_config(&scenario);
+    let detector = defaults::detector(a.detector.as_deref())?;
+    if a.encoder == "detector-v1" {
+        config.detector = Some(wiring::detector_ref(&detector));
+    }
+    let (mut enc, _) = wiring::encoder(&a.encoder, config.clone(), &detector)?;
     let reward = wiring::reward(&scenario);
     let mut env = Simulator::new(&scenario);
     let mut learner = QLearner::new(enc.num_states(), params, selfheal_core::seeds::mix(a.seed, 0xA6E7));
@@ -93,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut curve = CurveWriter::new(a.curve_block.unwrap_or(a.episodes.div_ceil(2000)));
     let mut recent = std::collections::VecDeque::with_capacity(500);
     let started = Instant::now();
-    train(&mut env, &mut enc, &reward, &mut learner, TrainConfig { episodes: a.episodes, seed: a.seed }, |p| {
+    train(&mut env, enc.as_mut(), &reward, &mut learner, TrainConfig { episodes: a.episodes, seed: a.seed }, |p| {
         curve.push(p);
         if recent.len() == 500 {
             recent.pop_front();
@@ -117,7 +128,7 @@ pub fn run(a: Args) -> Result<()> {
         selfheal_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let table = learner.into_table();
-    let model = ModelFile::new(meta, &enc, config, &table);
+    let model = ModelFile::new(meta, enc.as_ref(), config, &table);
     model.save(&a.out).with_context(|| format!("writing the model to {}", a.out.display()))?;
     let curve_path = a.curve.unwrap_or_else(|| a.out.with_extension("curve.csv"));
     write_atomic(&curve_path, curve.finish().as_bytes())?;

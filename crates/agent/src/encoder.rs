@@ -35,6 +35,19 @@ pub struct EncoderConfig {
     pub worker_levels: Vec<u32>,
     /// Index of the normal worker level.
     pub base_level: u8,
+    /// For `detector-v1`: the detector whose signatures number the states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<DetectorRef>,
+}
+
+/// Which detector a `detector-v1` policy was trained with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorRef {
+    /// Fingerprint of the detector model file.
+    pub fingerprint: String,
+    /// Its number of failure signatures.
+    pub signatures: u16,
 }
 
 /// The `telemetry-v1` state encoder.
@@ -131,47 +144,6 @@ impl TelemetryEncoder {
         id * 2 + u32::from(p.escalated)
     }
 
-    /// States to consult, in order, when `s` itself was (almost) never visited
-    /// in training: the same situation with less history (fewer attempts, no
-    /// escalation), then a shallower backlog, then the normal worker level. A
-    /// tabular policy has no other way to generalise, and "do nothing" in an
-    /// unseen state is how incidents turn into lost records.
-    pub fn fallbacks(&self, s: StateId) -> Vec<StateId> {
-        let p = self.unpack(s);
-        let mut out = Vec::new();
-        let mut q = p;
-        let push = |q: StateParts, out: &mut Vec<StateId>| {
-            let id = self.pack(q);
-            if id != s && !out.contains(&id) {
-                out.push(id);
-            }
-        };
-        while q.attempts > 0 {
-            q.attempts -= 1;
-            push(q, &mut out);
-        }
-        if q.escalated {
-            q.escalated = false;
-            push(q, &mut out);
-        }
-        let mut b = q;
-        while b.backlog > 1 {
-            b.backlog -= 1;
-            push(b, &mut out);
-        }
-        let base = u32::from(self.config.base_level);
-        if q.level != base {
-            let mut l = q;
-            l.level = base;
-            push(l, &mut out);
-            while l.backlog > 1 {
-                l.backlog -= 1;
-                push(l, &mut out);
-            }
-        }
-        out
-    }
-
     /// Unpack a state id.
     pub fn unpack(&self, mut id: StateId) -> StateParts {
         let escalated = id % 2 == 1;
@@ -250,6 +222,46 @@ impl StateEncoder for TelemetryEncoder {
         }
     }
 
+    // Less history (fewer attempts, no escalation), then a shallower backlog,
+    // then the normal worker level: a tabular policy has no other way to
+    // generalise, and "do nothing" in an unseen state is how incidents turn into
+    // lost records.
+    fn fallbacks(&self, s: StateId) -> Vec<StateId> {
+        let p = self.unpack(s);
+        let mut out = Vec::new();
+        let mut q = p;
+        let push = |q: StateParts, out: &mut Vec<StateId>| {
+            let id = self.pack(q);
+            if id != s && !out.contains(&id) {
+                out.push(id);
+            }
+        };
+        while q.attempts > 0 {
+            q.attempts -= 1;
+            push(q, &mut out);
+        }
+        if q.escalated {
+            q.escalated = false;
+            push(q, &mut out);
+        }
+        let mut b = q;
+        while b.backlog > 1 {
+            b.backlog -= 1;
+            push(b, &mut out);
+        }
+        let base = u32::from(self.config.base_level);
+        if q.level != base {
+            let mut l = q;
+            l.level = base;
+            push(l, &mut out);
+            while l.backlog > 1 {
+                l.backlog -= 1;
+                push(l, &mut out);
+            }
+        }
+        out
+    }
+
     fn describe(&self, s: StateId) -> String {
         let p = self.unpack(s);
         let symptoms: Vec<&str> =
@@ -272,7 +284,7 @@ mod tests {
     use super::*;
 
     fn enc() -> TelemetryEncoder {
-        TelemetryEncoder::new(EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1 })
+        TelemetryEncoder::new(EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None })
     }
 
     fn healthy() -> Telemetry {

@@ -1,7 +1,8 @@
 //! The agent: from telemetry to a discrete state, from a state to an action, and
 //! from outcomes to a better Q table.
 //!
-//! - [`encoder`]: telemetry → state (the agent never sees the true fault);
+//! - [`encoder`], [`detector_encoder`]: telemetry or detector output → state
+//!   (the agent never sees the true fault);
 //! - [`qlearn`]: tabular Q-learning with ε schedules and action masking;
 //! - [`baselines`]: the no-op, random and calibrated rule-based policies;
 //! - [`store`]: versioned model files, written atomically.
@@ -11,11 +12,13 @@
 #![forbid(unsafe_code)]
 
 pub mod baselines;
+pub mod detector_encoder;
 pub mod encoder;
 pub mod qlearn;
 pub mod store;
 
 pub use baselines::{NoOpPolicy, RandomPolicy, RuleThresholds, RulesPolicy};
-pub use encoder::{EncoderConfig, TelemetryEncoder};
+pub use detector_encoder::DetectorEncoder;
+pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
 pub use qlearn::{EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
 pub use store::{ModelFile, ModelMeta, StoreError};

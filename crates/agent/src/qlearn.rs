@@ -9,11 +9,11 @@
 //! ties break towards the lower action index (NoOp first), so the same table
 //! always yields the same policy.
 
-use crate::encoder::TelemetryEncoder;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateId, Transition};
+use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateEncoder, StateId, Transition};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A dense Q table with visit counts.
 #[derive(Clone, Debug, PartialEq)]
@@ -225,10 +225,16 @@ impl Learner for QLearner {
 ///
 /// In a state seen fewer than [`GreedyPolicy::MIN_VISITS`] times in training it
 /// acts as in the first of the encoder's fallback states that was seen enough.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct GreedyPolicy {
     table: QTable,
-    encoder: Option<TelemetryEncoder>,
+    encoder: Option<Arc<dyn StateEncoder + Send + Sync>>,
+}
+
+impl std::fmt::Debug for GreedyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GreedyPolicy").field("states", &self.table.num_states()).finish()
+    }
 }
 
 impl GreedyPolicy {
@@ -241,7 +247,7 @@ impl GreedyPolicy {
     }
 
     /// Greedy over `table`, falling back along `encoder`'s fallback states.
-    pub fn with_fallbacks(table: QTable, encoder: TelemetryEncoder) -> GreedyPolicy {
+    pub fn with_fallbacks(table: QTable, encoder: Arc<dyn StateEncoder + Send + Sync>) -> GreedyPolicy {
         GreedyPolicy { table, encoder: Some(encoder) }
     }
 

@@ -22,6 +22,8 @@ pub const QTABLE_FORMAT: &str = "selfheal-qtable";
 pub const RULES_FORMAT: &str = "selfheal-rules";
 /// Current version of both formats.
 pub const VERSION: u32 = 1;
+/// State encoders this build can rebuild from a model file.
+pub const ENCODERS: [&str; 2] = ["telemetry-v1", "detector-v1"];
 
 /// What can go wrong reading or writing a model file.
 #[derive(Debug, thiserror::Error)]
@@ -220,10 +222,20 @@ impl ModelFile {
                 message: format!("action columns {:?} differ from this build's {:?}", m.actions, names),
             });
         }
-        if m.encoder.id != "telemetry-v1" {
+        if !ENCODERS.contains(&m.encoder.id.as_str()) {
             return Err(StoreError::Mismatch {
                 path,
-                message: format!("encoder {:?} is unknown to this build (it reads telemetry-v1)", m.encoder.id),
+                message: format!(
+                    "encoder {:?} is unknown to this build (it reads {})",
+                    m.encoder.id,
+                    ENCODERS.join(", ")
+                ),
+            });
+        }
+        if (m.encoder.id == "detector-v1") != m.encoder.config.detector.is_some() {
+            return Err(StoreError::Mismatch {
+                path,
+                message: "a detector-v1 policy names its detector, and only it does".into(),
             });
         }
         for row in &m.states {
@@ -358,7 +370,7 @@ mod tests {
     use crate::encoder::TelemetryEncoder;
 
     fn sample() -> (ModelFile, TelemetryEncoder) {
-        let cfg = EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1 };
+        let cfg = EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None };
         let enc = TelemetryEncoder::new(cfg.clone());
         let mut t = QTable::new(enc.num_states());
         t.set_row(42, &[1.0, -2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.125], &[3, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
@@ -412,7 +424,7 @@ mod tests {
     #[test]
     fn encoder_with_other_levels_is_refused() {
         let (m, _) = sample();
-        let other = TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4], base_level: 0 });
+        let other = TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4], base_level: 0, detector: None });
         assert!(m.table(&other).unwrap_err().to_string().contains("states"));
     }
 }

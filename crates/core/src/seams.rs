@@ -66,6 +66,11 @@ pub trait StateEncoder {
     fn record_action(&mut self, a: Action);
     /// The state in words, for reports.
     fn describe(&self, s: StateId) -> String;
+    /// States to consult, in order, when `s` was (almost) never visited in
+    /// training: the same situation with less detail. Default: none.
+    fn fallbacks(&self, _s: StateId) -> Vec<StateId> {
+        Vec::new()
+    }
 }
 
 /// What happened in one step, beyond telemetry: ground truth for scoring.

@@ -192,7 +192,7 @@ impl StreamDetector {
         if self.long.values.len() >= 32 {
             self.long.push(raw);
         }
-        if (row - self.probation + 1) % self.params.refit_every.max(1) == 0 {
+        if (row - self.probation + 1).is_multiple_of(self.params.refit_every.max(1)) {
             let pts: Vec<Vec<f64>> = self.normal.iter().cloned().collect();
             self.grow(&pts);
         }

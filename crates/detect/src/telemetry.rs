@@ -2,13 +2,20 @@
 //! healthy windows, a threshold calibrated to a target false-alarm rate, and
 //! failure signatures over the anomalous windows.
 //!
+//! Before the forest sees a window, each feature is robustly scaled against the
+//! healthy baseline (median and MAD, floored) and squashed, and one feature
+//! across all metrics is added: the largest scaled deviation. Without it an
+//! axis-parallel forest over 13 features isolates a fault that shows on a single
+//! metric (a hot partition's skew) only in the few splits that happen to cut that
+//! metric, and scores it like a healthy outlier; with it, one cut suffices.
+//!
 //! Model files hold the forest in a sparse form (only the non-zero coordinates
 //! of each split's normal, with its intercept), which scores exactly like the
 //! dense form the crate serialises (a zero coordinate contributes nothing) at a
 //! fraction of the size. Reading and writing files is the caller's business: this
 //! module turns models into JSON text and back, and checks what it reads.
 
-use crate::features::{TelemetryFeatures, TELEMETRY_FEATURES};
+use crate::features::{squash, TelemetryFeatures, TELEMETRY_FEATURES};
 use crate::flat::FlatForest;
 use crate::forest::{ForestError, ForestParams, ForestRepr, NodeRepr, TreeRepr};
 use crate::signature::{SignatureError, Signatures};
@@ -134,6 +141,10 @@ pub struct DetectorModel {
     pub meta: DetectorMeta,
     /// Feature names, in order.
     pub features: Vec<String>,
+    /// Healthy median of each feature.
+    pub median: Vec<f64>,
+    /// Healthy robust scale of each feature (1.4826 MAD, floored).
+    pub scale: Vec<f64>,
     /// Score at or above which a window is anomalous.
     pub threshold: f64,
     /// Indices of the features signatures cluster on.
@@ -159,6 +170,28 @@ pub struct FitParams {
     pub signature_seed: u64,
 }
 
+/// Floor of a feature's robust scale: features are O(1) (ratios, logs), so a
+/// deviation of 0.02 is the smallest that counts as one unit.
+pub const SCALE_FLOOR: f64 = 0.02;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// The forest's input for features `x`: scaled, squashed deviations plus their maximum.
+pub fn scaled(x: &[f64], median: &[f64], scale: &[f64]) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::with_capacity(x.len() + 1);
+    let mut top: f64 = 0.0;
+    for i in 0..x.len() {
+        let z = (x[i] - median[i]) / scale[i];
+        top = top.max(z.abs());
+        out.push(squash(z));
+    }
+    out.push(squash(top));
+    out
+}
+
 impl DetectorModel {
     /// Fit on healthy windows, then find signatures among the `candidates`
     /// (windows of faulty runs) that the forest flags.
@@ -168,7 +201,15 @@ impl DetectorModel {
         candidates: &[Telemetry],
         p: &FitParams,
     ) -> Result<DetectorModel, DetectorError> {
-        let to_vec = |t: &Telemetry| TelemetryFeatures::extract(t).to_vec();
+        let raw: Vec<[f64; TelemetryFeatures::DIMS]> = healthy.iter().map(TelemetryFeatures::extract).collect();
+        if raw.is_empty() {
+            return Err(DetectorError::Forest(ForestError::InsufficientData { needed: p.forest.sample_size, got: 0 }));
+        }
+        let med: Vec<f64> = (0..TelemetryFeatures::DIMS).map(|j| median(raw.iter().map(|x| x[j]).collect())).collect();
+        let scale: Vec<f64> = (0..TelemetryFeatures::DIMS)
+            .map(|j| (1.4826 * median(raw.iter().map(|x| (x[j] - med[j]).abs()).collect())).max(SCALE_FLOOR))
+            .collect();
+        let to_vec = |t: &Telemetry| scaled(&TelemetryFeatures::extract(t), &med, &scale);
         let train: Vec<Vec<f64>> = healthy.iter().map(to_vec).collect();
         let repr = ForestRepr::grow(&train, &p.forest)?;
         let flat = FlatForest::compile(&repr);
@@ -196,6 +237,8 @@ impl DetectorModel {
                 signature_seed: p.signature_seed,
             },
             features: TELEMETRY_FEATURES.iter().map(|s| s.to_string()).collect(),
+            median: med,
+            scale,
             threshold,
             signature_features: SIGNATURE_FEATURES.to_vec(),
             signatures,
@@ -236,7 +279,13 @@ impl DetectorModel {
         if m.features != TELEMETRY_FEATURES {
             return Err(bad(format!("features {:?} differ from this build's {:?}", m.features, TELEMETRY_FEATURES)));
         }
-        if m.forest.dims != TelemetryFeatures::DIMS || m.forest.trees.is_empty() {
+        if m.median.len() != TelemetryFeatures::DIMS
+            || m.scale.len() != TelemetryFeatures::DIMS
+            || m.scale.iter().any(|s| s.is_nan() || *s <= 0.0)
+        {
+            return Err(bad("the healthy baseline (median, scale) does not match the features".into()));
+        }
+        if m.forest.dims != TelemetryFeatures::DIMS + 1 || m.forest.trees.is_empty() {
             return Err(bad(format!("forest of {} dimensions and {} trees", m.forest.dims, m.forest.trees.len())));
         }
         let k = m.signatures.centroids.len();
@@ -291,7 +340,7 @@ impl Detector for TelemetryDetector {
     }
 
     fn detect(&self, t: &Telemetry) -> Detection {
-        let x = TelemetryFeatures::extract(t);
+        let x = scaled(&TelemetryFeatures::extract(t), &self.model.median, &self.model.scale);
         let score = self.flat.score(&x);
         let anomalous = score >= self.model.threshold;
         let signature = if anomalous {
@@ -378,7 +427,7 @@ mod tests {
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
         for f in 0..4 {
             let t = window(&mut rng, f);
-            let x = TelemetryFeatures::extract(&t);
+            let x = scaled(&TelemetryFeatures::extract(&t), &d.model().median, &d.model().scale);
             assert!((d.detect(&t).score - dense.score(&x)).abs() < 1e-9);
         }
     }

@@ -1,0 +1,383 @@
+//! `selfheal detect`: streaming anomaly scores for NAB-format CSV files.
+//!
+//! The reading here is strict on purpose: a benchmark number is only worth
+//! something if every row of every file was read as written, so anything that is
+//! not a well-formed, time-ordered NAB row is an error naming the file and line.
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use selfheal_agent::store::write_atomic;
+use selfheal_detect::stream::{StreamDetector, StreamParams};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Score NAB-format time series with the streaming detector: one anomaly score
+/// in [0, 1] per row.
+///
+/// Input: a CSV file with the header `timestamp,value` and one row per line,
+/// `YYYY-MM-DD HH:MM:SS[.fraction],<number>`, in time order. Duplicate
+/// timestamps and gaps are kept as they are (NAB's files have both); a
+/// timestamp earlier than the row before it is an error. Output:
+/// `timestamp,value,anomaly_score`, one row per input row in the same order,
+/// timestamps and values copied as written, written atomically.
+///
+/// With a directory as --input, every `*.csv` in it (sorted by name, not
+/// recursive) is scored into a file of the same name in the --output directory,
+/// which is created if needed. Every file is checked before any is scored: if
+/// one is bad, the command fails listing each bad file with its first bad line,
+/// and writes nothing.
+///
+/// Errors (with file and line): a missing or wrong header, an empty file or no
+/// data rows, a wrong number of fields, a bad timestamp, a timestamp out of
+/// order, a non-numeric value, NaN or infinity.
+///
+/// How the detector works (crates/detect/src/stream.rs). Each file is scored
+/// on its own, as a stream: a row's score depends on that row and the rows
+/// before it only, and the same input always gives the same output.
+///
+///   1. Probation: the first 15 % of the rows (at most 750, NAB's probationary
+///      period) only train the detector and are scored 0.
+///   2. Fit: an isolation forest (seeded) is grown on the feature vectors of
+///      the probation (robust z-scores of the value against an exponentially
+///      weighted baseline, a short shingle of them and the first difference).
+///   3. Score and calibrate: each later row gets how unusual its recent forest
+///      scores are against the long-run distribution of forest scores, mapped
+///      onto [0, 1], so one threshold means the same on every series.
+///   4. Adapt: every `refit_every` rows the forest is regrown on the most
+///      recent rows that looked normal, so it follows slow drift without
+///      learning the anomalies it flagged.
+///
+/// --model overrides the parameters with a JSON file; `selfheal detect
+/// --print-params` prints the defaults in that format.
+#[derive(clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// A NAB CSV file, or a directory whose *.csv files are all scored.
+    #[arg(long, required_unless_present = "print_params")]
+    input: Option<PathBuf>,
+    /// The output CSV file, or the output directory when --input is a directory.
+    #[arg(long, required_unless_present = "print_params")]
+    output: Option<PathBuf>,
+    /// Detector parameters: a JSON file of every field --print-params shows
+    /// (unknown fields are an error); defaults to the built-in parameters.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Print the detector parameters as JSON (the defaults, or --model's) and exit.
+    #[arg(long, conflicts_with_all = ["input", "output"])]
+    print_params: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let params = load_params(a.model.as_deref())?;
+    if a.print_params {
+        println!("{}", serde_json::to_string_pretty(&params)?);
+        return Ok(());
+    }
+    let (Some(input), Some(output)) = (a.input, a.output) else {
+        bail!("--input and --output are both required");
+    };
+    let started = Instant::now();
+    let meta = std::fs::metadata(&input).with_context(|| format!("cannot read --input {}", input.display()))?;
+    let (files, rows) =
+        if meta.is_dir() { detect_dir(&input, &output, &params)? } else { detect_file(&input, &output, &params)? };
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "scored {files} file{} ({rows} rows) in {secs:.2} s ({:.0} rows/s) -> {}",
+        if files == 1 { "" } else { "s" },
+        rows as f64 / secs.max(1e-9),
+        output.display()
+    );
+    Ok(())
+}
+
+/// Reads the detector parameters from `path` (JSON `StreamParams`), or the
+/// defaults, and checks they are usable.
+pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
+    let Some(path) = path else { return Ok(StreamParams::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --model {}", path.display()))?;
+    let params: StreamParams = serde_json::from_str(&text).with_context(|| {
+        format!("{}: not a detector parameter file (see `selfheal detect --print-params`)", path.display())
+    })?;
+    check_params(&params).with_context(|| format!("{}: bad detector parameters", path.display()))?;
+    Ok(params)
+}
+
+/// Rejects parameters the detector cannot run with (or would silently score
+/// every row 0 with).
+fn check_params(p: &StreamParams) -> Result<()> {
+    anyhow::ensure!(p.features.halflife > 0.0, "features.halflife must be > 0");
+    anyhow::ensure!(p.features.clip >= 0.0, "features.clip must be >= 0");
+    anyhow::ensure!(p.forest.n_trees >= 1, "forest.n_trees must be >= 1");
+    anyhow::ensure!(p.forest.sample_size >= 2, "forest.sample_size must be >= 2");
+    anyhow::ensure!(
+        p.forest.extension_level <= p.features.shingle,
+        "forest.extension_level must be <= features.shingle (the vectors have shingle + 1 dimensions)"
+    );
+    anyhow::ensure!((0.0..=1.0).contains(&p.probation), "probation must be in [0, 1]");
+    anyhow::ensure!((0.0..=1.0).contains(&p.normal_quantile), "normal_quantile must be in [0, 1]");
+    anyhow::ensure!(p.memory >= 1, "memory must be >= 1");
+    anyhow::ensure!(p.refit_every >= 1 && p.short >= 1 && p.long >= 1, "refit_every, short and long must be >= 1");
+    Ok(())
+}
+
+/// One NAB series as read from its CSV file.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Timestamps as written.
+    pub timestamps: Vec<String>,
+    /// Values as written (for copying to the output unchanged).
+    pub texts: Vec<String>,
+    /// The parsed values, all finite.
+    pub values: Vec<f64>,
+}
+
+/// A parsed timestamp: year, month, day, hour, minute, second, then
+/// nanoseconds; compares in time order.
+type Stamp = ([u16; 6], u32);
+
+fn days_in_month(year: u16, month: u16) -> u16 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Parses `YYYY-MM-DD HH:MM:SS[.fraction]` (1 to 9 fraction digits).
+fn parse_stamp(s: &str) -> Option<Stamp> {
+    let b = s.as_bytes();
+    if b.len() < 19 || !s.is_ascii() || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u16> {
+        let part = &s[r];
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let fields = [num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?];
+    let [year, month, day, hour, minute, second] = fields;
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let nanos = match &s[19..] {
+        "" => 0,
+        rest => {
+            let digits = rest.strip_prefix('.')?;
+            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+                return None;
+            }
+            format!("{digits:0<9}").parse().ok()?
+        }
+    };
+    Some((fields, nanos))
+}
+
+/// Reads `path` as text, naming the line of the first invalid UTF-8 byte.
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|&&c| c == b'\n').count();
+        anyhow::anyhow!("{}:{line}: not UTF-8 text", path.display())
+    })
+}
+
+/// The data lines of `text` after its header, numbered from 2; trailing blank
+/// lines at the end of the file are ignored, other blank lines are not.
+fn data_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let end = lines.iter().rposition(|l| !l.trim().is_empty()).map_or(0, |i| i + 1);
+    lines.into_iter().take(end).enumerate().skip(1).map(|(i, l)| (i + 1, l))
+}
+
+/// Reads a NAB CSV file (see `selfheal detect --help` for the format). Errors
+/// name the file and the 1-based line (the header is line 1).
+pub fn read_series(path: &Path) -> Result<Series> {
+    let text = read_text(path)?;
+    let at = |line: usize, msg: String| anyhow::anyhow!("{}:{line}: {msg}", path.display());
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    if text.trim().is_empty() {
+        return Err(at(1, "empty file; expected the header \"timestamp,value\" and at least one data row".into()));
+    }
+    let header = text.lines().next().unwrap_or("");
+    let fields: Vec<&str> = header.split(',').map(str::trim).collect();
+    if fields != ["timestamp", "value"] {
+        let what = if fields.first().is_some_and(|t| parse_stamp(t).is_some()) { "missing" } else { "wrong" };
+        return Err(at(1, format!("{what} header: expected \"timestamp,value\", found {header:?}")));
+    }
+    let mut s = Series { timestamps: Vec::new(), texts: Vec::new(), values: Vec::new() };
+    let mut previous: Option<Stamp> = None;
+    for (line, row) in data_lines(text) {
+        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
+        if fields.len() != 2 {
+            return Err(at(line, format!("expected 2 fields (timestamp,value), found {}: {row:?}", fields.len())));
+        }
+        let (t, v) = (fields[0], fields[1]);
+        let stamp = parse_stamp(t)
+            .ok_or_else(|| at(line, format!("bad timestamp {t:?}; expected YYYY-MM-DD HH:MM:SS[.fraction]")))?;
+        if let Some(p) = previous {
+            if stamp < p {
+                let before = s.timestamps.last().map_or("", String::as_str);
+                return Err(at(
+                    line,
+                    format!(
+                        "timestamp {t:?} is earlier than {before:?} on the line before; rows must be in time order"
+                    ),
+                ));
+            }
+        }
+        previous = Some(stamp);
+        let value: f64 = v.parse().map_err(|_| at(line, format!("value {v:?} is not a number")))?;
+        if value.is_nan() {
+            return Err(at(line, format!("value {v:?} is NaN; every value must be a finite number")));
+        }
+        if value.is_infinite() {
+            return Err(at(line, format!("value {v:?} is infinite; every value must be a finite number")));
+        }
+        s.timestamps.push(t.to_owned());
+        s.texts.push(v.to_owned());
+        s.values.push(value);
+    }
+    if s.values.is_empty() {
+        return Err(at(2, "no data rows after the header".into()));
+    }
+    Ok(s)
+}
+
+/// Runs the streaming detector over `values`, one score per value.
+pub fn score(params: &StreamParams, values: &[f64]) -> Vec<f64> {
+    let mut d = StreamDetector::new(*params, values.len());
+    values.iter().map(|x| d.push(*x)).collect()
+}
+
+/// Scores `series` and renders the output CSV; a score that is not a number in
+/// [0, 1] (values so large the arithmetic overflows) is an error naming the line.
+fn render(path: &Path, series: &Series, params: &StreamParams) -> Result<String> {
+    let scores = score(params, &series.values);
+    let mut out = String::with_capacity(series.values.len() * 48);
+    out.push_str("timestamp,value,anomaly_score\n");
+    for (i, s) in scores.iter().enumerate() {
+        if !(0.0..=1.0).contains(s) {
+            bail!(
+                "{}:{}: the detector could not score value {} (score {s}); values this large are not supported",
+                path.display(),
+                i + 2,
+                series.texts[i]
+            );
+        }
+        writeln!(out, "{},{},{s}", series.timestamps[i], series.texts[i]).expect("writing to a String");
+    }
+    Ok(out)
+}
+
+/// `true` if `a` and `b` name the same existing file or directory.
+fn same_path(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+}
+
+fn detect_file(input: &Path, output: &Path, params: &StreamParams) -> Result<(usize, usize)> {
+    if output.is_dir() {
+        bail!("--output {} is a directory; with a file as --input, --output must be a file", output.display());
+    }
+    if same_path(input, output) {
+        bail!("--output {} is the input file; choose another path", output.display());
+    }
+    let series = read_series(input)?;
+    let text = render(input, &series, params)?;
+    write_atomic(output, text.as_bytes()).with_context(|| format!("cannot write {}", output.display()))?;
+    Ok((1, series.values.len()))
+}
+
+/// The `*.csv` files directly in `dir`, sorted by name.
+pub fn csv_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry.with_context(|| format!("cannot list {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "csv") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn detect_dir(input: &Path, output: &Path, params: &StreamParams) -> Result<(usize, usize)> {
+    if output.exists() && !output.is_dir() {
+        bail!("--output {} is a file; with a directory as --input, --output must be a directory", output.display());
+    }
+    if same_path(input, output) {
+        bail!("--output {} is the input directory; the scores would overwrite the data", output.display());
+    }
+    let files = csv_files(input)?;
+    if files.is_empty() {
+        bail!("no *.csv files in {}", input.display());
+    }
+    // Check every file first, so a bad one means nothing is written.
+    let bad: Vec<String> = files.iter().filter_map(|f| read_series(f).err()).map(|e| format!("  {e:#}")).collect();
+    if !bad.is_empty() {
+        bail!(
+            "{} of {} files in {} are bad; nothing written:\n{}",
+            bad.len(),
+            files.len(),
+            input.display(),
+            bad.join("\n")
+        );
+    }
+    std::fs::create_dir_all(output).with_context(|| format!("cannot create {}", output.display()))?;
+    let bar = ProgressBar::new(files.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("detect [{bar:30}] {pos}/{len} files  eta {eta}  {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let mut rows = 0;
+    for f in &files {
+        let name = f.file_name().expect("a listed file has a name");
+        bar.set_message(name.to_string_lossy().into_owned());
+        let series = read_series(f)?;
+        let text = render(f, &series, params)?;
+        let out = output.join(name);
+        write_atomic(&out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+        rows += series.values.len();
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((files.len(), rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps_parse_and_order() {
+        assert!(parse_stamp("2014-02-14 14:30:00").is_some());
+        assert_eq!(parse_stamp("2014-02-14 14:30:00"), parse_stamp("2014-02-14 14:30:00.000"));
+        assert!(parse_stamp("2014-02-14 14:30:00") < parse_stamp("2014-02-14 14:30:00.5"));
+        assert!(parse_stamp("2014-02-14 14:30:00") < parse_stamp("2014-02-15 00:00:00"));
+        for bad in ["2014-02-30 00:00:00", "2014-13-01 00:00:00", "2014-02-14T14:30:00", "2014-02-14 24:00:00", "x"] {
+            assert!(parse_stamp(bad).is_none(), "{bad}");
+        }
+        assert!(parse_stamp("2016-02-29 00:00:00").is_some());
+        assert!(parse_stamp("2014-02-29 00:00:00").is_none());
+    }
+
+    #[test]
+    fn default_params_pass_the_checks() {
+        check_params(&StreamParams::default()).unwrap();
+        let bad = StreamParams { normal_quantile: 1.5, ..StreamParams::default() };
+        assert!(check_params(&bad).is_err());
+    }
+}
