@@ -12,8 +12,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Score NAB-format time series with the streaming detector: one anomaly score
-/// in [0, 1] per row.
+/// Score NAB-format time series with the streaming detector: an anomaly score in [0, 1] per row
 ///
 /// Input: a CSV file with the header `timestamp,value` and one row per line,
 /// `YYYY-MM-DD HH:MM:SS[.fraction],<number>`, in time order. Duplicate
@@ -30,7 +29,7 @@ use std::time::Instant;
 ///
 /// Errors (with file and line): a missing or wrong header, an empty file or no
 /// data rows, a wrong number of fields, a bad timestamp, a timestamp out of
-/// order, a non-numeric value, NaN or infinity.
+/// order, a non-numeric value, NaN, infinity, or a magnitude above 1e200.
 ///
 /// How the detector works (crates/detect/src/stream.rs). Each file is scored
 /// on its own, as a stream: a row's score depends on that row and the rows
@@ -131,6 +130,10 @@ pub struct Series {
     /// The parsed values, all finite.
     pub values: Vec<f64>,
 }
+
+/// Largest accepted magnitude of a value: the detector's deviations and
+/// z-scores need headroom below `f64::MAX`.
+pub const MAX_ABS_VALUE: f64 = 1e200;
 
 /// A parsed timestamp: year, month, day, hour, minute, second, then
 /// nanoseconds; compares in time order.
@@ -241,10 +244,13 @@ pub fn read_series(path: &Path) -> Result<Series> {
         previous = Some(stamp);
         let value: f64 = v.parse().map_err(|_| at(line, format!("value {v:?} is not a number")))?;
         if value.is_nan() {
-            return Err(at(line, format!("value {v:?} is NaN; every value must be a finite number")));
+            return Err(at(line, format!("value {v:?} is NaN (not a number); every value must be finite")));
         }
         if value.is_infinite() {
-            return Err(at(line, format!("value {v:?} is infinite; every value must be a finite number")));
+            return Err(at(line, format!("value {v:?} is infinite; every value must be finite")));
+        }
+        if value.abs() > MAX_ABS_VALUE {
+            return Err(at(line, format!("value {v:?} is out of range; |value| must be at most {MAX_ABS_VALUE:e}")));
         }
         s.timestamps.push(t.to_owned());
         s.texts.push(v.to_owned());

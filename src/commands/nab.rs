@@ -302,18 +302,19 @@ fn table(r: &Report) -> String {
     rows.push((ours, [r.profiles[0].score, r.profiles[1].score, r.profiles[2].score], true));
     // Stable: our row goes below a published one with the same score.
     rows.sort_by(|a, b| b.1[0].total_cmp(&a.1[0]));
-    out.push_str(&format!("     {:<24} {:>9} {:>9} {:>9}\n", "detector", "standard", "low FP", "low FN"));
+    out.push_str(&format!("   rank  {:<24} {:>9} {:>9} {:>9}\n", "detector", "standard", "low FP", "low FN"));
     for (i, (name, s, mine)) in rows.iter().enumerate() {
         let mark = if *mine { "=>" } else { "  " };
-        out.push_str(&format!("{mark}{:>2} {name:<24} {:>9.2} {:>9.2} {:>9.2}\n", i + 1, s[0], s[1], s[2]));
+        out.push_str(&format!("{mark} {:>4}  {name:<24} {:>9.2} {:>9.2} {:>9.2}\n", i + 1, s[0], s[1], s[2]));
     }
     out.push_str(&format!(
-        "     {:<24} {:>9} {:>9} {:>9}\n",
-        "  our threshold",
+        "         {:<24} {:>9} {:>9} {:>9}\n",
+        "our threshold",
         threshold(r.profiles[0].threshold),
         threshold(r.profiles[1].threshold),
         threshold(r.profiles[2].threshold)
     ));
+    out.push_str("(sorted by the standard score; => marks this run)\n");
     if r.scoreboard.is_empty() {
         out.push_str(&format!(
             "\n(no published per-category scores for {}; the reference is realAWSCloudwatch)\n",

@@ -204,8 +204,18 @@ fn grow_node(
             hi[i] = hi[i].max(s[i]);
         }
     }
-    let p: Vec<f64> =
-        (0..dims).map(|i| if lo[i] == hi[i] { lo[i] } else { rng.sample(Uniform::new(lo[i], hi[i])) }).collect();
+    // A range a few ulps wide is treated as a point: rand 0.8's float `Uniform`
+    // loops about |low| / (2·(high − low)) times to set itself up, which never
+    // ends for such ranges (rand issue #1299); the crate would hang there too.
+    let p: Vec<f64> = (0..dims)
+        .map(|i| {
+            if hi[i] - lo[i] <= 1e-9 * lo[i].abs().max(hi[i].abs()) {
+                lo[i]
+            } else {
+                rng.sample(Uniform::new(lo[i], hi[i]))
+            }
+        })
+        .collect();
     let mut n: Vec<f64> = (0..dims).map(|_| rng.sample(StandardNormal)).collect();
     for i in index::sample(rng, dims, dims - extension_level - 1) {
         n[i] = 0.0;
@@ -344,6 +354,17 @@ mod tests {
         for x in blob(50, 2, 6) {
             assert_eq!(cf.score(&x), r.score(&x));
         }
+    }
+
+    /// Regression: a bounding box a few ulps wide hung the growth (rand's float
+    /// `Uniform` set-up loop), seen on ec2_disk_write_bytes_1ef3de.csv.
+    #[test]
+    fn nearly_equal_bounds_do_not_hang() {
+        let pts: Vec<Vec<f64>> =
+            (0..64).map(|i| vec![if i % 2 == 0 { 30.650469916099873 } else { 30.650469916099897 }]).collect();
+        let r =
+            ForestRepr::grow(&pts, &ForestParams { n_trees: 5, sample_size: 32, extension_level: 0, seed: 1 }).unwrap();
+        assert_eq!(r.trees.len(), 5);
     }
 
     #[test]

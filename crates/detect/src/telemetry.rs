@@ -2,8 +2,9 @@
 //! healthy windows, a threshold calibrated to a target false-alarm rate, and
 //! failure signatures over the anomalous windows.
 //!
-//! Before the forest sees a window, each feature is robustly scaled against the
-//! healthy baseline (median and MAD, floored) and squashed, and one feature
+//! Before the forest sees a window, each feature is scaled against the healthy
+//! baseline (deviation from the median over its 99th-percentile absolute
+//! deviation, floored) and squashed, and one feature
 //! across all metrics is added: the largest scaled deviation. Without it an
 //! axis-parallel forest over 13 features isolates a fault that shows on a single
 //! metric (a hot partition's skew) only in the few splits that happen to cut that
@@ -143,7 +144,9 @@ pub struct DetectorModel {
     pub features: Vec<String>,
     /// Healthy median of each feature.
     pub median: Vec<f64>,
-    /// Healthy robust scale of each feature (1.4826 MAD, floored).
+    /// Healthy scale of each feature: the 99th percentile of its absolute
+    /// deviation from the median (floored), so a scaled deviation above 1 is
+    /// rarer than 1 in 100 healthy windows on that feature.
     pub scale: Vec<f64>,
     /// Score at or above which a window is anomalous.
     pub threshold: f64,
@@ -174,9 +177,13 @@ pub struct FitParams {
 /// deviation of 0.02 is the smallest that counts as one unit.
 pub const SCALE_FLOOR: f64 = 0.02;
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+fn median(v: Vec<f64>) -> f64 {
+    quantile(v, 0.5)
 }
 
 /// The forest's input for features `x`: scaled, squashed deviations plus their maximum.
@@ -207,7 +214,7 @@ impl DetectorModel {
         }
         let med: Vec<f64> = (0..TelemetryFeatures::DIMS).map(|j| median(raw.iter().map(|x| x[j]).collect())).collect();
         let scale: Vec<f64> = (0..TelemetryFeatures::DIMS)
-            .map(|j| (1.4826 * median(raw.iter().map(|x| (x[j] - med[j]).abs()).collect())).max(SCALE_FLOOR))
+            .map(|j| quantile(raw.iter().map(|x| (x[j] - med[j]).abs()).collect(), 0.99).max(SCALE_FLOOR))
             .collect();
         let to_vec = |t: &Telemetry| scaled(&TelemetryFeatures::extract(t), &med, &scale);
         let train: Vec<Vec<f64>> = healthy.iter().map(to_vec).collect();
