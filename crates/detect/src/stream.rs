@@ -48,20 +48,38 @@ pub struct StreamParams {
     pub short: usize,
     /// Rows of the long-run score distribution.
     pub long: usize,
+    /// Rows over which a score must be a new high to stand: a later, lower
+    /// echo of the same event is damped (NAB charges every false-positive row
+    /// and credits only the first detection in a window).
+    #[serde(default)]
+    pub novelty: usize,
+    /// Factor applied to scores that are not a new high over `novelty` rows.
+    #[serde(default = "default_damp")]
+    pub damp: f64,
+}
+
+fn default_damp() -> f64 {
+    0.5
 }
 
 impl Default for StreamParams {
     fn default() -> Self {
+        // Tuned on NAB's realAWSCloudwatch files (benches/RESULTS.md has the
+        // sweep): a day-long baseline half-life, eight-point shingles, a six-row
+        // short-term mean, weekly refits on two weeks of normal rows, and only
+        // new highs over 50 rows stand.
         StreamParams {
-            features: SeriesParams::default(),
+            features: SeriesParams { halflife: 288.0, clip: 4.0, shingle: 8 },
             forest: ForestParams { n_trees: 100, sample_size: 256, extension_level: 0, seed: 0 },
             probation: 0.15,
             probation_cap: 750,
-            refit_every: 288,
-            memory: 2016,
+            refit_every: 2016,
+            memory: 4000,
             normal_quantile: 0.95,
-            short: 3,
+            short: 6,
             long: 576,
+            novelty: 50,
+            damp: 0.0,
         }
     }
 }
@@ -115,6 +133,7 @@ pub struct StreamDetector {
     refits: u64,
     short: Rolling,
     long: Rolling,
+    recent: VecDeque<f64>,
     vector: Vec<f64>,
 }
 
@@ -133,6 +152,7 @@ impl StreamDetector {
             refits: 0,
             short: Rolling::new(params.short),
             long: Rolling::new(params.long),
+            recent: VecDeque::with_capacity(params.novelty),
             vector: Vec::new(),
             params,
         }
@@ -197,7 +217,20 @@ impl StreamDetector {
             self.grow(&pts);
         }
         let z = (self.short.mean() - mu) / sd.max(1e-6);
-        0.5 + 0.5 * z / (1.0 + z.abs())
+        let v = 0.5 + 0.5 * z / (1.0 + z.abs());
+        if self.params.novelty == 0 {
+            return v;
+        }
+        let high = self.recent.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if self.recent.len() == self.params.novelty {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(v);
+        if v > high {
+            v
+        } else {
+            v * self.params.damp
+        }
     }
 }
 
