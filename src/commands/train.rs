@@ -22,9 +22,10 @@ pub struct Args {
     /// Scenario file (TOML); defaults to the shipped default scenario.
     #[arg(long)]
     scenario: Option<PathBuf>,
-    /// State encoder: telemetry-v1 (symptoms read from telemetry; the shipped
-    /// policy) or detector-v1 (failure signatures of the detector, in progress).
-    #[arg(long, default_value = "telemetry-v1")]
+    /// State encoder: detector-v1 (the detector's failure signatures plus
+    /// latency, error and resource buckets; the shipped policy) or telemetry-v1
+    /// (hand-written symptom rules; the foundation's encoder).
+    #[arg(long, default_value = "detector-v1")]
     encoder: String,
     /// Detector model for detector-v1; defaults to the shipped models/detector.json.
     #[arg(long)]

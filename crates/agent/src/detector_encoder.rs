@@ -158,7 +158,8 @@ impl StateEncoder for DetectorEncoder {
         let latency = latency_bucket(t);
         let errors = error_bucket(t);
         let throttled = t.get(Metric::IngestThrottled) > 0.5;
-        self.unhealthy = d.anomalous || latency > 0 || errors > 1 || throttled;
+        let cpu_hot = t.get(Metric::CpuLoad) > 0.9;
+        self.unhealthy = d.anomalous || latency > 0 || errors > 1 || throttled || cpu_hot;
         if !self.unhealthy {
             self.attempted = false;
             self.escalated = false;
@@ -169,7 +170,7 @@ impl StateEncoder for DetectorEncoder {
             latency,
             errors,
             level,
-            cpu_hot: t.get(Metric::CpuLoad) > 0.9,
+            cpu_hot,
             throttled,
             attempted: self.attempted,
             escalated: self.escalated,

@@ -2,9 +2,8 @@
 //! healthy windows, a threshold calibrated to a target false-alarm rate, and
 //! failure signatures over the anomalous windows.
 //!
-//! Before the forest sees a window, each feature is scaled against the healthy
-//! baseline (deviation from the median over its 99th-percentile absolute
-//! deviation, floored) and squashed, and one feature
+//! Before the forest sees a window, each feature is robustly scaled against the
+//! healthy baseline (median and MAD, floored) and squashed, and one feature
 //! across all metrics is added: the largest scaled deviation. Without it an
 //! axis-parallel forest over 13 features isolates a fault that shows on a single
 //! metric (a hot partition's skew) only in the few splits that happen to cut that
@@ -144,9 +143,7 @@ pub struct DetectorModel {
     pub features: Vec<String>,
     /// Healthy median of each feature.
     pub median: Vec<f64>,
-    /// Healthy scale of each feature: the 99th percentile of its absolute
-    /// deviation from the median (floored), so a scaled deviation above 1 is
-    /// rarer than 1 in 100 healthy windows on that feature.
+    /// Healthy robust scale of each feature (1.4826 MAD, floored).
     pub scale: Vec<f64>,
     /// Score at or above which a window is anomalous.
     pub threshold: f64,
@@ -214,7 +211,7 @@ impl DetectorModel {
         }
         let med: Vec<f64> = (0..TelemetryFeatures::DIMS).map(|j| median(raw.iter().map(|x| x[j]).collect())).collect();
         let scale: Vec<f64> = (0..TelemetryFeatures::DIMS)
-            .map(|j| quantile(raw.iter().map(|x| (x[j] - med[j]).abs()).collect(), 0.99).max(SCALE_FLOOR))
+            .map(|j| (1.4826 * median(raw.iter().map(|x| (x[j] - med[j]).abs()).collect())).max(SCALE_FLOOR))
             .collect();
         let to_vec = |t: &Telemetry| scaled(&TelemetryFeatures::extract(t), &med, &scale);
         let train: Vec<Vec<f64>> = healthy.iter().map(to_vec).collect();
