@@ -56,6 +56,25 @@ pub struct StreamParams {
     /// Factor applied to scores that are not a new high over `novelty` rows.
     #[serde(default = "default_damp")]
     pub damp: f64,
+    /// Floor of the long-run deviation of raw scores, so the jitter of a flat
+    /// series does not read as a huge deviation.
+    #[serde(default = "default_sd_floor")]
+    pub sd_floor: f64,
+    /// After a score at or above `refractory_level` stands, later scores are
+    /// damped for this many rows even if higher (one event, one report).
+    #[serde(default)]
+    pub refractory: usize,
+    /// Score from which the refractory period starts.
+    #[serde(default = "default_refractory_level")]
+    pub refractory_level: f64,
+}
+
+fn default_refractory_level() -> f64 {
+    0.8
+}
+
+fn default_sd_floor() -> f64 {
+    1e-6
 }
 
 fn default_damp() -> f64 {
@@ -80,6 +99,9 @@ impl Default for StreamParams {
             long: 576,
             novelty: 50,
             damp: 0.0,
+            sd_floor: 0.02,
+            refractory: 0,
+            refractory_level: 0.8,
         }
     }
 }
@@ -134,6 +156,7 @@ pub struct StreamDetector {
     short: Rolling,
     long: Rolling,
     recent: VecDeque<f64>,
+    quiet_until: usize,
     vector: Vec<f64>,
 }
 
@@ -153,6 +176,7 @@ impl StreamDetector {
             short: Rolling::new(params.short),
             long: Rolling::new(params.long),
             recent: VecDeque::with_capacity(params.novelty),
+            quiet_until: 0,
             vector: Vec::new(),
             params,
         }
@@ -216,7 +240,7 @@ impl StreamDetector {
             let pts: Vec<Vec<f64>> = self.normal.iter().cloned().collect();
             self.grow(&pts);
         }
-        let z = (self.short.mean() - mu) / sd.max(1e-6);
+        let z = (self.short.mean() - mu) / sd.max(self.params.sd_floor);
         let v = 0.5 + 0.5 * z / (1.0 + z.abs());
         if self.params.novelty == 0 {
             return v;
@@ -226,7 +250,10 @@ impl StreamDetector {
             self.recent.pop_front();
         }
         self.recent.push_back(v);
-        if v > high {
+        if v > high && row >= self.quiet_until {
+            if v >= self.params.refractory_level {
+                self.quiet_until = row + 1 + self.params.refractory;
+            }
             v
         } else {
             v * self.params.damp
