@@ -7,6 +7,7 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::store::write_atomic;
+use selfheal_detect::nab::{parse_stamp, Stamp};
 use selfheal_detect::stream::{StreamDetector, StreamParams};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -134,58 +135,6 @@ pub struct Series {
 /// Largest accepted magnitude of a value: the detector's deviations and
 /// z-scores need headroom below `f64::MAX`.
 pub const MAX_ABS_VALUE: f64 = 1e200;
-
-/// A parsed timestamp: year, month, day, hour, minute, second, then
-/// nanoseconds; compares in time order.
-type Stamp = ([u16; 6], u32);
-
-fn days_in_month(year: u16, month: u16) -> u16 {
-    match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Parses `YYYY-MM-DD HH:MM:SS[.fraction]` (1 to 9 fraction digits).
-fn parse_stamp(s: &str) -> Option<Stamp> {
-    let b = s.as_bytes();
-    if b.len() < 19 || !s.is_ascii() || b[4] != b'-' || b[7] != b'-' || b[10] != b' ' || b[13] != b':' || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u16> {
-        let part = &s[r];
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let fields = [num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?];
-    let [year, month, day, hour, minute, second] = fields;
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let nanos = match &s[19..] {
-        "" => 0,
-        rest => {
-            let digits = rest.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            format!("{digits:0<9}").parse().ok()?
-        }
-    };
-    Some((fields, nanos))
-}
 
 /// Reads `path` as text, naming the line of the first invalid UTF-8 byte.
 fn read_text(path: &Path) -> Result<String> {

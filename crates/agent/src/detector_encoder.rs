@@ -8,7 +8,7 @@
 //! behind the core `Detector` trait, so the agent still knows nothing of
 //! isolation forests or k-means.
 
-use crate::encoder::EncoderConfig;
+use crate::encoder::{action_mask, EncoderConfig};
 use selfheal_core::{Action, ActionMask, Detector, Metric, StateEncoder, StateId, Telemetry};
 use std::sync::Arc;
 
@@ -175,20 +175,7 @@ impl StateEncoder for DetectorEncoder {
             attempted: self.attempted,
             escalated: self.escalated,
         };
-        let mut mask = ActionMask::ALL;
-        if level + 1 >= self.levels() {
-            mask = mask.without(Action::ScaleUp);
-        }
-        if level == 0 {
-            mask = mask.without(Action::ScaleDown);
-        }
-        if throttled {
-            mask = mask.without(Action::Backpressure);
-        }
-        if self.escalated {
-            mask = mask.without(Action::Escalate);
-        }
-        (self.pack(state), mask)
+        (self.pack(state), action_mask(level, self.levels(), throttled, self.escalated))
     }
 
     fn record_action(&mut self, a: Action) {

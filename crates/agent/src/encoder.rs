@@ -50,6 +50,25 @@ pub struct DetectorRef {
     pub signatures: u16,
 }
 
+/// The actions that can apply: no scaling past the worker levels, no second
+/// backpressure while throttled, no second page while a human is on it.
+pub fn action_mask(level: u32, levels: u32, throttled: bool, escalated: bool) -> ActionMask {
+    let mut mask = ActionMask::ALL;
+    if level + 1 >= levels {
+        mask = mask.without(Action::ScaleUp);
+    }
+    if level == 0 {
+        mask = mask.without(Action::ScaleDown);
+    }
+    if throttled {
+        mask = mask.without(Action::Backpressure);
+    }
+    if escalated {
+        mask = mask.without(Action::Escalate);
+    }
+    mask
+}
+
 /// The `telemetry-v1` state encoder.
 #[derive(Clone, Debug)]
 pub struct TelemetryEncoder {
@@ -197,20 +216,7 @@ impl StateEncoder for TelemetryEncoder {
             attempts: self.attempts.min(ATTEMPT_BUCKETS - 1),
             escalated: self.escalated,
         };
-        let mut mask = ActionMask::ALL;
-        if level + 1 >= self.levels() {
-            mask = mask.without(Action::ScaleUp);
-        }
-        if level == 0 {
-            mask = mask.without(Action::ScaleDown);
-        }
-        if throttled {
-            mask = mask.without(Action::Backpressure);
-        }
-        if self.escalated {
-            mask = mask.without(Action::Escalate);
-        }
-        (self.pack(parts), mask)
+        (self.pack(parts), action_mask(level, self.levels(), throttled, self.escalated))
     }
 
     fn record_action(&mut self, a: Action) {

@@ -137,14 +137,26 @@ fn sigmoid(x: f64) -> f64 {
 }
 
 /// A parsed `YYYY-MM-DD HH:MM:SS[.fraction]` timestamp; equal instants compare
-/// equal whatever the fraction's length (`00:05:00` equals `00:05:00.000000`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Stamp {
+/// equal whatever the fraction's length (`00:05:00` equals `00:05:00.000000`),
+/// and stamps order in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stamp {
     fields: [u16; 6],
     nanos: u32,
 }
 
-fn parse_stamp(s: &str) -> Option<Stamp> {
+fn days_in_month(year: u16, month: u16) -> u16 {
+    match month {
+        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Parse `YYYY-MM-DD HH:MM:SS[.fraction]` (1 to 9 fraction digits); `None` for
+/// anything else, impossible dates (02-30) included.
+pub fn parse_stamp(s: &str) -> Option<Stamp> {
     let b = s.as_bytes();
     if b.len() < 19
         || !b[..19].is_ascii()
@@ -165,8 +177,14 @@ fn parse_stamp(s: &str) -> Option<Stamp> {
         }
     };
     let fields = [num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?];
-    let [_, month, day, hour, minute, second] = fields;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    let [year, month, day, hour, minute, second] = fields;
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
         return None;
     }
     let nanos = match &s[19..] {
