@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test of selfheal, as CI runs it (`.ci/run` calls exactly this script).
 #
-#   bash tests/run.sh
+#   ./tests/run.sh
 #
 # Formatting, lints (warnings are errors), then unit, property, integration and
 # end-to-end tests of the binary, and every criterion bench once in test mode.
