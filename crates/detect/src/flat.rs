@@ -21,6 +21,9 @@
 //!   splits (extension level 0, and any split whose normal has one non-zero
 //!   coordinate) are a single subtraction and compare.
 //!
+//! A split on one coordinate with n < 0 is stored with its children swapped
+//! and threshold next_down(p), so every such split is the same `x ≤ t` test.
+//!
 //! Results equal the crate's: the split test is the crate's `Σ (x_i − p_i)·n_i
 //! ≤ 0` over the same coordinates in the same order (zero terms cannot change a
 //! non-zero sum's sign), and leaf values are accumulated in the crate's order.
@@ -30,10 +33,8 @@
 use crate::forest::{c_factor, ForestRepr, NodeRepr};
 use std::collections::VecDeque;
 
-/// Tags below this: one coordinate with n > 0 (left iff x − p ≤ 0).
+/// Tags below this: one coordinate; the first child iff x ≤ value.
 const LE_END: u32 = 120;
-/// Tags below this: one coordinate with n < 0 (left iff x − p ≥ 0).
-const GE_END: u32 = 240;
 /// No non-zero coordinate: always left.
 const ZERO: u32 = 252;
 /// Several coordinates: a dot product over `dots[value bits]`.
@@ -101,23 +102,26 @@ impl FlatForest {
                         let children = out.alloc(2);
                         assert!(children < (1 << 24), "forest too large for the flat layout");
                         let nz: Vec<usize> = (0..n.len()).filter(|i| n[*i] != 0.0).collect();
-                        let (tag, value) = match nz.as_slice() {
-                            [] => (ZERO, 0.0),
-                            [i] if n[*i] > 0.0 => (*i as u32, p[*i]),
-                            // n < 0: left iff x − p ≥ 0 ⟺ (−x) − (−p) ≤ 0, exactly
-                            // (negation is exact), so store −p and negate x.
-                            [i] => (LE_END + *i as u32, -p[*i]),
+                        let (tag, value, swap) = match nz.as_slice() {
+                            [] => (ZERO, 0.0, false),
+                            // n > 0: left iff x − p ≤ 0 ⟺ x ≤ p (finite x).
+                            [i] if n[*i] > 0.0 => (*i as u32, p[*i], false),
+                            // n < 0: left iff x − p ≥ 0 ⟺ x > next_down(p); with the
+                            // children swapped this is the same test as n > 0, so no
+                            // per-node sign (a branch that mispredicted half the time).
+                            [i] => (*i as u32, next_down(p[*i]), true),
                             many => {
                                 let start = out.coefs.len() as u32;
                                 out.coefs.extend(many.iter().map(|i| (*i as u32, n[*i], p[*i])));
                                 out.dots.push((start, many.len() as u32));
-                                (DOT, f64::from_bits(out.dots.len() as u64 - 1))
+                                (DOT, f64::from_bits(out.dots.len() as u64 - 1), false)
                             }
                         };
                         out.meta[at] = (children as u32) << 8 | tag;
                         out.value[at] = value;
-                        queue.push_back((left, children, depth + 1));
-                        queue.push_back((right, children + 1, depth + 1));
+                        let (first, second) = if swap { (right, left) } else { (left, right) };
+                        queue.push_back((first, children, depth + 1));
+                        queue.push_back((second, children + 1, depth + 1));
                     }
                 }
             }
@@ -151,11 +155,8 @@ impl FlatForest {
         let m = self.meta[i];
         let tag = m & 0xFF;
         let v = self.value[i];
-        let right = if tag < GE_END {
-            let neg = tag >= LE_END;
-            let d = tag - LE_END * u32::from(neg);
-            let sign = [1.0, -1.0][usize::from(neg)];
-            !(x[d as usize] * sign - v <= 0.0)
+        let right = if tag < LE_END {
+            !(x[tag as usize] <= v)
         } else if tag == DOT {
             let (start, len) = self.dots[v.to_bits() as usize];
             let cs = &self.coefs[start as usize..(start + len) as usize];
@@ -205,6 +206,17 @@ impl FlatForest {
     pub fn score_batch(&self, points: &[f64], out: &mut Vec<f64>) {
         out.clear();
         out.extend(points.chunks_exact(self.dims.max(1)).map(|x| self.score(x)));
+    }
+}
+
+/// The largest f64 below `p` (f64::next_down, which needs Rust 1.86).
+fn next_down(p: f64) -> f64 {
+    if p == 0.0 {
+        -f64::from_bits(1)
+    } else if p > 0.0 {
+        f64::from_bits(p.to_bits() - 1)
+    } else {
+        f64::from_bits(p.to_bits() + 1)
     }
 }
 
