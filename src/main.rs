@@ -20,6 +20,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Format of the diagnostic log on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -31,14 +34,41 @@ enum Command {
     FitDetector(commands::fit_detector::Args),
     Detect(commands::detect::Args),
     Nab(commands::nab::Args),
+    Run(commands::run::Args),
+    Config(commands::run::ConfigArgs),
+    Validate(commands::run::ValidateArgs),
+    /// Approve a proposal waiting on a running daemon (recommend mode).
+    Approve(commands::run::ClientArgs),
+    /// Reject a proposal waiting on a running daemon; it never runs.
+    Reject(commands::run::ClientArgs),
+    /// Kill switch: pause all acting on a running daemon at once.
+    Pause(commands::run::ClientArgs),
+    /// Resume acting after a pause (refused while the pause file exists).
+    Resume(commands::run::ClientArgs),
+    Explain(commands::provlog::ExplainArgs),
+    Log(commands::provlog::LogArgs),
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per event, structured fields included.
+    Json,
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // The daemon's decisions are its output, so `run` logs at info by default.
+    let default = if matches!(cli.command, Command::Run(_)) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SELFHEAL_LOG").unwrap_or_else(|_| default.into());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => fmt.init(),
+        LogFormat::Json => fmt.json().init(),
+    }
+    match cli.command {
         Command::Train(a) => commands::train::run(a),
         Command::Evaluate(a) => commands::evaluate::run(a),
         Command::Simulate(a) => commands::simulate::run(a),
@@ -46,5 +76,14 @@ fn main() -> Result<()> {
         Command::FitDetector(a) => commands::fit_detector::run(a),
         Command::Detect(a) => commands::detect::run(a),
         Command::Nab(a) => commands::nab::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Config(a) => commands::run::config(a),
+        Command::Validate(a) => commands::run::validate(a),
+        Command::Approve(a) => commands::run::client(commands::run::Ask::Approve, a),
+        Command::Reject(a) => commands::run::client(commands::run::Ask::Reject, a),
+        Command::Pause(a) => commands::run::client(commands::run::Ask::Pause, a),
+        Command::Resume(a) => commands::run::client(commands::run::Ask::Resume, a),
+        Command::Explain(a) => commands::provlog::run_explain(a),
+        Command::Log(a) => commands::provlog::run_log(a),
     }
 }

@@ -5,5 +5,7 @@ pub mod detect;
 pub mod evaluate;
 pub mod fit_detector;
 pub mod nab;
+pub mod provlog;
+pub mod run;
 pub mod simulate;
 pub mod train;

@@ -221,6 +221,17 @@ impl Learner for QLearner {
     }
 }
 
+/// The state whose row decides in state `s`: `s` itself when it was visited at
+/// least [`GreedyPolicy::MIN_VISITS`] times, else the first of the encoder's
+/// fallback states that was, else `s`. Shared by the greedy policy and the
+/// sidecar, which learns online and so cannot hold a fixed [`GreedyPolicy`].
+pub fn deciding_state(table: &QTable, encoder: &dyn StateEncoder, s: StateId) -> StateId {
+    if table.state_visits(s) >= GreedyPolicy::MIN_VISITS {
+        return s;
+    }
+    encoder.fallbacks(s).into_iter().find(|f| table.state_visits(*f) >= GreedyPolicy::MIN_VISITS).unwrap_or(s)
+}
+
 /// The greedy policy of a fixed table: what ships and what `evaluate` measures.
 ///
 /// In a state seen fewer than [`GreedyPolicy::MIN_VISITS`] times in training it
@@ -253,11 +264,10 @@ impl GreedyPolicy {
 
     /// The state whose row decides in state `s`.
     pub fn deciding_state(&self, s: StateId) -> StateId {
-        if self.table.state_visits(s) >= Self::MIN_VISITS {
-            return s;
+        match &self.encoder {
+            Some(enc) => deciding_state(&self.table, enc.as_ref(), s),
+            None => s,
         }
-        let Some(enc) = &self.encoder else { return s };
-        enc.fallbacks(s).into_iter().find(|f| self.table.state_visits(*f) >= Self::MIN_VISITS).unwrap_or(s)
     }
 
     /// The table.

@@ -145,6 +145,21 @@ pub struct Stamp {
     nanos: u32,
 }
 
+impl Stamp {
+    /// The instant as Unix milliseconds (the stamp read as UTC).
+    pub fn unix_ms(&self) -> i64 {
+        let [y, m, d, hh, mm, ss] = self.fields.map(i64::from);
+        // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
+        let y = if m <= 2 { y - 1 } else { y };
+        let era = y.div_euclid(400);
+        let yoe = y - era * 400;
+        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+        let days = era * 146_097 + doe - 719_468;
+        ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + i64::from(self.nanos / 1_000_000)
+    }
+}
+
 fn days_in_month(year: u16, month: u16) -> u16 {
     match month {
         2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
@@ -1096,5 +1111,13 @@ mod tests {
         for (r, profile) in results.iter().zip(&PROFILES) {
             assert!(r.normalized.is_finite() && r.normalized >= 0.0, "{}: {r:?}", profile.name);
         }
+    }
+
+    #[test]
+    fn stamp_to_unix_ms() {
+        assert_eq!(parse_stamp("1970-01-01 00:00:00").unwrap().unix_ms(), 0);
+        // date -u -d '2026-11-23 03:00:00' +%s
+        assert_eq!(parse_stamp("2026-11-23 03:00:00.250").unwrap().unix_ms(), 1_795_402_800_250);
+        assert_eq!(parse_stamp("2000-03-01 00:00:00").unwrap().unix_ms(), 951_868_800_000);
     }
 }

@@ -1,0 +1,498 @@
+//! The sidecar's configuration file (`sidecar.toml`).
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere) because a misspelt
+//! safety key that is silently ignored is worse than no key at all. Parsing
+//! checks shape; [`SidecarConfig::validate`] checks meaning and names the key
+//! of every problem it finds, without touching the network. [`EXAMPLE`] is the
+//! complete, commented example `selfheal config --example` prints; a test
+//! checks it parses and validates, so it cannot drift from the code.
+
+use crate::notify::WebhookConfig;
+use selfheal_guard::breaker::BreakerConfig;
+use selfheal_guard::budget::BudgetConfig;
+use selfheal_guard::confidence::ConfidenceGate;
+use selfheal_guard::retry::RetryPolicy;
+use selfheal_guard::timeout::TimeoutConfig;
+use selfheal_guard::Mode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SidecarConfig {
+    /// Process-level settings.
+    pub daemon: DaemonConfig,
+    /// The models the agent decides with.
+    pub model: ModelConfig,
+    /// Where telemetry comes from.
+    pub source: SourceConfig,
+    /// What applies actions.
+    pub actuator: ActuatorConfig,
+    /// Guardrails.
+    pub guard: GuardConfig,
+    /// Escalation webhook; escalations are only logged without it.
+    pub notify: Option<WebhookConfig>,
+}
+
+/// Process-level settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// HTTP address for /healthz, /readyz, /metrics, /ingest, /approvals.
+    pub listen: SocketAddr,
+    /// Directory for the provenance log, checkpoints and the pause file.
+    pub state_dir: PathBuf,
+    /// Save the Q table after this many online updates (and at shutdown).
+    pub checkpoint_every: u64,
+    /// Seconds allowed for a graceful shutdown before in-flight actions are cancelled.
+    pub shutdown_grace_secs: u64,
+    /// Also write healthy no-op decisions to the provenance log.
+    pub log_healthy: bool,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+            state_dir: PathBuf::from("selfheal-state"),
+            checkpoint_every: 500,
+            shutdown_grace_secs: 10,
+            log_healthy: false,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// The provenance log.
+    pub fn log_path(&self) -> PathBuf {
+        self.state_dir.join("provenance.jsonl")
+    }
+    /// The online Q table checkpoint.
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.state_dir.join("policy.json")
+    }
+    /// While this file exists, nothing is acted on.
+    pub fn pause_path(&self) -> PathBuf {
+        self.state_dir.join("PAUSE")
+    }
+}
+
+/// The models the agent decides with. Empty paths mean the shipped models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Q table (`selfheal-qtable` file); a checkpoint in `state_dir` wins over it.
+    pub policy: Option<PathBuf>,
+    /// Detector (`selfheal-detector` file) the policy was trained with.
+    pub detector: Option<PathBuf>,
+    /// Calibrated rules, logged beside each decision as the shadow choice.
+    pub rules: Option<PathBuf>,
+    /// Scenario whose pipeline shape (worker levels) the policy was trained for.
+    pub scenario: Option<PathBuf>,
+    /// Exploration rate online; 0 = always the greedy action.
+    pub epsilon: f64,
+    /// Windows observed after an action before its reward updates Q.
+    pub reward_windows: u32,
+    /// Learn online from what follows each decision.
+    pub learn: bool,
+    /// Seed of exploration and of retry jitter.
+    pub seed: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            policy: None,
+            detector: None,
+            rules: None,
+            scenario: None,
+            epsilon: 0.0,
+            reward_windows: 1,
+            learn: true,
+            seed: 0,
+        }
+    }
+}
+
+/// Where telemetry comes from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// The built-in simulator, with faults injected by its scenario.
+    Simulator {
+        /// Pipelines to simulate (`p1`, `p2`, ...).
+        #[serde(default = "default_pipelines")]
+        pipelines: u32,
+        /// Milliseconds of wall time per simulated step.
+        #[serde(default = "default_tick_ms")]
+        tick_ms: u64,
+        /// Seed of the first pipeline's episode; pipeline i uses seed + i.
+        #[serde(default)]
+        seed: u64,
+    },
+    /// Replay of a recorded file, to reprocess a past incident.
+    File {
+        /// NAB-style CSV (`timestamp,value`) or JSON lines of samples.
+        path: PathBuf,
+        /// Metric the CSV's value column carries.
+        #[serde(default = "default_csv_metric")]
+        metric: String,
+        /// Pipeline name for a CSV (JSON lines carry their own).
+        #[serde(default = "default_pipeline")]
+        pipeline: String,
+        /// `realtime` keeps the recorded spacing (divided by `speed`); `fast` does not wait.
+        #[serde(default)]
+        pace: Pace,
+        /// Speed-up of a realtime replay.
+        #[serde(default = "one")]
+        speed: f64,
+        /// Skip samples before this time (Unix ms or RFC 3339).
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// `POST /ingest` with JSON lines.
+    Http {
+        /// Environment variable holding the bearer token; unset means no token required.
+        #[serde(default)]
+        token_env: Option<String>,
+        /// Seconds per telemetry window.
+        #[serde(default = "default_window_secs")]
+        window_secs: u64,
+    },
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig::Simulator { pipelines: default_pipelines(), tick_ms: default_tick_ms(), seed: 0 }
+    }
+}
+
+/// Pace of a file replay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pace {
+    /// As fast as the loop decides.
+    #[default]
+    Fast,
+    /// The recorded spacing, divided by `speed`.
+    Realtime,
+}
+
+/// What applies actions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ActuatorConfig {
+    /// The built-in simulator (only with the simulator source).
+    #[default]
+    Simulator,
+    /// Records what it would do and does nothing.
+    DryRun,
+    /// Runs a program per action kind with the decision as JSON on stdin.
+    Command {
+        /// Action name → argv. The key `default` serves actions without their own entry.
+        commands: BTreeMap<String, Vec<String>>,
+    },
+}
+
+/// What to do with an action the confidence gate does not trust.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LowConfidence {
+    /// Wait for a human's approval.
+    #[default]
+    Propose,
+    /// Hand the incident to a human.
+    Escalate,
+}
+
+/// Guardrails, in the order they apply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// observe, recommend or act.
+    pub mode: Mode,
+    /// Seconds a proposal waits for approval before it expires.
+    pub approval_ttl_secs: u64,
+    /// Act-mode trust thresholds.
+    pub confidence: ConfidenceGate,
+    /// What an untrusted action becomes in act mode.
+    pub low_confidence: LowConfidence,
+    /// Actions per hour, cooldown, blast radius.
+    pub budget: BudgetConfig,
+    /// Circuit breaker per downstream endpoint.
+    pub breaker: BreakerConfig,
+    /// Concurrent calls per downstream endpoint.
+    pub bulkhead: u32,
+    /// Retries of a failed call.
+    pub retry: RetryPolicy,
+    /// Timeout of each call, learned from latency.
+    pub timeout: TimeoutConfig,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            mode: Mode::Act,
+            approval_ttl_secs: 900,
+            confidence: ConfidenceGate::default(),
+            low_confidence: LowConfidence::default(),
+            budget: BudgetConfig::default(),
+            breaker: BreakerConfig::default(),
+            bulkhead: 4,
+            retry: RetryPolicy::default(),
+            timeout: TimeoutConfig::default(),
+        }
+    }
+}
+
+fn default_pipelines() -> u32 {
+    3
+}
+fn default_tick_ms() -> u64 {
+    250
+}
+fn default_csv_metric() -> String {
+    "pipeline.latency.p95".into()
+}
+fn default_pipeline() -> String {
+    "replay".into()
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_window_secs() -> u64 {
+    60
+}
+
+/// A problem with a configuration, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape (unknown key, wrong type).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file.
+        origin: String,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// Values that parse but make no sense.
+    #[error("{origin}: {} problem(s):\n  {}", problems.len(), problems.join("\n  "))]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// One line per problem, each starting with its key.
+        problems: Vec<String>,
+    },
+}
+
+impl SidecarConfig {
+    /// Parse and validate a file.
+    pub fn load(path: &Path) -> Result<SidecarConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        SidecarConfig::from_toml_str(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate text; `origin` names it in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<SidecarConfig, ConfigError> {
+        let cfg: SidecarConfig = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        let problems = cfg.validate();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid { origin: origin.to_string(), problems })
+        }
+    }
+
+    /// Every problem, each naming its key. Checks no network and no files
+    /// except that the paths it names are not empty.
+    pub fn validate(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut need = |ok: bool, key: &str, what: String| {
+            if !ok {
+                p.push(format!("{key}: {what}"));
+            }
+        };
+        let d = &self.daemon;
+        need(d.checkpoint_every >= 1, "daemon.checkpoint_every", "must be at least 1".into());
+        need(d.shutdown_grace_secs <= 600, "daemon.shutdown_grace_secs", "must be at most 600".into());
+        need(!d.state_dir.as_os_str().is_empty(), "daemon.state_dir", "must not be empty".into());
+        let m = &self.model;
+        need((0.0..=1.0).contains(&m.epsilon), "model.epsilon", format!("must be within [0, 1], got {}", m.epsilon));
+        need((1..=100).contains(&m.reward_windows), "model.reward_windows", "must be within 1..=100".into());
+        match &self.source {
+            SourceConfig::Simulator { pipelines, tick_ms, .. } => {
+                need((1..=10_000).contains(pipelines), "source.pipelines", "must be within 1..=10000".into());
+                need(*tick_ms >= 1, "source.tick_ms", "must be at least 1".into());
+            }
+            SourceConfig::File { path, metric, speed, from, .. } => {
+                need(!path.as_os_str().is_empty(), "source.path", "must name a file".into());
+                need(
+                    selfheal_core::Metric::from_name(metric).is_some(),
+                    "source.metric",
+                    format!("unknown metric {metric:?}; `selfheal config --metrics` lists them"),
+                );
+                need(speed.is_finite() && *speed > 0.0, "source.speed", format!("must be > 0, got {speed}"));
+                if let Some(f) = from {
+                    if let Err(e) = crate::provenance::parse_time(f, 0) {
+                        need(false, "source.from", e);
+                    }
+                }
+            }
+            SourceConfig::Http { token_env, window_secs } => {
+                need(*window_secs >= 1, "source.window_secs", "must be at least 1".into());
+                if let Some(v) = token_env {
+                    need(!v.is_empty(), "source.token_env", "must name an environment variable".into());
+                }
+            }
+        }
+        match &self.actuator {
+            ActuatorConfig::Simulator => need(
+                matches!(self.source, SourceConfig::Simulator { .. }),
+                "actuator.kind",
+                "\"simulator\" needs source.kind = \"simulator\"".into(),
+            ),
+            ActuatorConfig::DryRun => {}
+            ActuatorConfig::Command { commands } => {
+                need(!commands.is_empty(), "actuator.commands", "must map at least one action to a program".into());
+                for (k, argv) in commands {
+                    let known = k == "default" || selfheal_core::Action::ALL.iter().any(|a| a.name() == k);
+                    need(known, &format!("actuator.commands.{k}"), "is not an action name (or `default`)".into());
+                    need(
+                        !argv.is_empty() && !argv[0].is_empty(),
+                        &format!("actuator.commands.{k}"),
+                        "must be a non-empty argv list".into(),
+                    );
+                }
+            }
+        }
+        let g = &self.guard;
+        need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1".into());
+        need(
+            g.confidence.min_lead.is_finite() && g.confidence.min_lead >= 0.0,
+            "guard.confidence.min_lead",
+            "must be finite and >= 0".into(),
+        );
+        need(g.budget.actions_per_hour >= 1, "guard.budget.actions_per_hour", "must be at least 1".into());
+        need(g.budget.blast_radius >= 1, "guard.budget.blast_radius", "must be at least 1".into());
+        let b = &g.breaker;
+        need(
+            b.failure_rate_threshold > 0.0 && b.failure_rate_threshold <= 100.0,
+            "guard.breaker.failure_rate_threshold",
+            "must be within (0, 100]".into(),
+        );
+        need(
+            b.slow_call_rate_threshold > 0.0 && b.slow_call_rate_threshold <= 100.0,
+            "guard.breaker.slow_call_rate_threshold",
+            "must be within (0, 100]".into(),
+        );
+        need(b.sliding_window_size >= 1, "guard.breaker.sliding_window_size", "must be at least 1".into());
+        need(
+            b.minimum_number_of_calls >= 1 && b.minimum_number_of_calls <= b.sliding_window_size,
+            "guard.breaker.minimum_number_of_calls",
+            "must be within 1..=sliding_window_size".into(),
+        );
+        need(
+            b.permitted_calls_in_half_open >= 1,
+            "guard.breaker.permitted_calls_in_half_open",
+            "must be at least 1".into(),
+        );
+        need(g.bulkhead >= 1, "guard.bulkhead", "must be at least 1".into());
+        need(g.retry.max_attempts >= 1, "guard.retry.max_attempts", "must be at least 1".into());
+        need(g.retry.base_ms <= g.retry.cap_ms, "guard.retry.base_ms", "must not exceed guard.retry.cap_ms".into());
+        let t = &g.timeout;
+        need(t.min_ms >= 1 && t.min_ms <= t.max_ms, "guard.timeout.min_ms", "must be within 1..=max_ms".into());
+        need(t.factor.is_finite() && t.factor >= 1.0, "guard.timeout.factor", "must be >= 1".into());
+        need(t.window >= 1, "guard.timeout.window", "must be at least 1".into());
+        if let Some(n) = &self.notify {
+            if let Err(e) = n.validate() {
+                p.push(e);
+            }
+        }
+        p
+    }
+}
+
+/// The complete, commented example printed by `selfheal config --example`.
+pub const EXAMPLE: &str = include_str!("sidecar.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_parses_and_validates() {
+        let cfg = SidecarConfig::from_toml_str(EXAMPLE, "example").unwrap();
+        assert_eq!(cfg.guard.mode, Mode::Act);
+        assert!(cfg.notify.is_some());
+    }
+
+    #[test]
+    fn example_sets_every_key() {
+        // Every key of the serialised defaults appears in the example, so a new
+        // key cannot be added without documenting it there.
+        let defaults = toml::to_string(&SidecarConfig {
+            notify: Some(toml::from_str("url = \"http://x\"").unwrap()),
+            ..SidecarConfig::default()
+        })
+        .unwrap();
+        for line in defaults.lines() {
+            if let Some((key, _)) = line.split_once(" = ") {
+                assert!(
+                    EXAMPLE.lines().any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} ="))),
+                    "key {key:?} is not documented in sidecar.example.toml"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let cfg = SidecarConfig::from_toml_str("", "empty").unwrap();
+        assert_eq!(cfg, SidecarConfig::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = SidecarConfig::from_toml_str("[guard]\nmode = \"act\"\nbudjet = 3\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("budjet"), "{e}");
+        let e = SidecarConfig::from_toml_str("[source]\nkind = \"simulator\"\npipelinez = 3\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("pipelinez"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_keys() {
+        let text =
+            "[model]\nepsilon = 2.0\n[guard.budget]\nactions_per_hour = 0\n[guard.retry]\nbase_ms = 10\ncap_ms = 1\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        for key in ["model.epsilon", "guard.budget.actions_per_hour", "guard.retry.base_ms"] {
+            assert!(e.contains(key), "{key} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn simulator_actuator_needs_simulator_source() {
+        let text = "[source]\nkind = \"http\"\n[actuator]\nkind = \"simulator\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("actuator.kind"), "{e}");
+    }
+
+    #[test]
+    fn command_keys_are_actions() {
+        let text = "[actuator]\nkind = \"command\"\n[actuator.commands]\nscale_upp = [\"/bin/true\"]\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("actuator.commands.scale_upp"), "{e}");
+    }
+}

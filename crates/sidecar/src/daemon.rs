@@ -1,0 +1,438 @@
+//! The async shell around the decision core: one loop owns the
+//! [`Controller`] and the provenance log, and everything else talks to it
+//! through channels: the source task sends windows, the HTTP handlers send
+//! commands, spawned action and escalation tasks send what became of them.
+//!
+//! Durability and restarts: a decision that will act is appended durably
+//! before its action starts, an approval before its 2xx answer, and every
+//! outcome durably; nothing is replayed at start, so an action acknowledged
+//! before a crash is never applied a second time by the next run. The Q table
+//! is checkpointed atomically every `checkpoint_every` updates and at
+//! shutdown. Shutdown is bounded: in-flight actions get
+//! `shutdown_grace_secs` to finish, then they are cancelled and logged as
+//! such, the Q table is saved, and the log is synced.
+
+use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
+use crate::config::SidecarConfig;
+use crate::decide::{Controller, Order, Output, Plan};
+use crate::http::{router, AppState, Command, Ingest, PendingView};
+use crate::metrics::{render, Snapshot};
+use crate::notify::{Delivery, Escalation, Notifier};
+use crate::now_ms;
+use crate::provenance::{one_line, EscalationRecord, ProvenanceError, ProvenanceLog, Record};
+use crate::source::TelemetrySource;
+use crate::window::Window;
+use selfheal_agent::QTable;
+use selfheal_guard::approvals::ApprovalError;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// Saves the Q table (atomically); the binary knows the model file format.
+pub type Checkpoint = Arc<dyn Fn(&QTable) -> Result<(), String> + Send + Sync>;
+
+/// Everything the daemon runs with.
+pub struct Daemon {
+    /// Configuration.
+    pub cfg: SidecarConfig,
+    /// The decision core.
+    pub controller: Controller,
+    /// Telemetry.
+    pub source: Box<dyn TelemetrySource>,
+    /// Applies actions.
+    pub actuator: Arc<dyn Actuator>,
+    /// The ingest endpoint, when the source is HTTP.
+    pub ingest: Option<Arc<Ingest>>,
+    /// Saves the Q table.
+    pub checkpoint: Checkpoint,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The provenance log.
+    #[error(transparent)]
+    Log(#[from] ProvenanceError),
+    /// The webhook.
+    #[error("notify: {0}")]
+    Notify(String),
+    /// Guard settings.
+    #[error("guard: {0}")]
+    Guard(String),
+    /// HTTP.
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// What a run did, for the caller's last log line.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// Windows decided on.
+    pub windows: u64,
+    /// Actions that succeeded.
+    pub succeeded: u64,
+    /// Actions that failed.
+    pub failed: u64,
+    /// Q updates.
+    pub q_updates: u64,
+}
+
+enum Done {
+    Executed(Order, Executed),
+    Escalated(String, Delivery),
+}
+
+struct Shell {
+    ctl: Controller,
+    log: Arc<Mutex<ProvenanceLog>>,
+    exec: Arc<Executor>,
+    notifier: Option<Arc<Notifier>>,
+    tasks: JoinSet<()>,
+    in_flight: HashMap<String, Order>,
+    done_tx: mpsc::Sender<Done>,
+    delivered: u64,
+    undelivered: u64,
+    checkpoint: Checkpoint,
+    checkpoint_every: u64,
+}
+
+impl Shell {
+    fn write(&mut self, out: &Output) -> Result<(), ProvenanceError> {
+        let mut log = self.log.lock().expect("log lock");
+        for (rec, durable) in &out.records {
+            log.append(rec, *durable)?;
+            match rec {
+                Record::Decision(d) if d.verdict == "noop" || d.verdict == "pending" => {
+                    tracing::debug!(target: "selfheal::decision", id = %d.id, "{}", one_line(rec))
+                }
+                Record::Decision(d) => tracing::info!(
+                    target: "selfheal::decision",
+                    id = %d.id, pipeline = %d.pipeline, action = %d.chosen, verdict = %d.verdict, score = d.score,
+                    "{}", one_line(rec)
+                ),
+                Record::Reward(_) | Record::Call(_) => {
+                    tracing::debug!(target: "selfheal::decision", id = %rec.id(), "{}", one_line(rec))
+                }
+                _ => tracing::info!(target: "selfheal::decision", id = %rec.id(), "{}", one_line(rec)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Log the records, then carry out the plan.
+    fn handle(&mut self, out: Output) -> Result<(), ProvenanceError> {
+        self.write(&out)?;
+        match out.plan {
+            None | Some(Plan::Nothing) => {}
+            Some(Plan::Act(order)) => self.start(order),
+            Some(Plan::Escalate(e)) => self.escalate(e)?,
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, order: Order) {
+        let exec = self.exec.clone();
+        let done = self.done_tx.clone();
+        self.in_flight.insert(order.id.clone(), order.clone());
+        self.tasks.spawn(async move {
+            let call = ActionCall {
+                id: order.id.clone(),
+                idempotency_key: order.key.clone(),
+                pipeline: order.pipeline.clone(),
+                action: order.action,
+                attempt: 1,
+            };
+            let result = exec.execute(call).await;
+            let _ = done.send(Done::Executed(order, result)).await;
+        });
+    }
+
+    fn escalate(&mut self, e: Escalation) -> Result<(), ProvenanceError> {
+        let Some(n) = self.notifier.clone() else {
+            self.undelivered += 1;
+            let rec = Record::Escalation(EscalationRecord {
+                id: e.id.clone(),
+                ts_ms: now_ms(),
+                delivered: false,
+                attempts: 0,
+                detail: format!("no [notify] webhook configured; logged only: {}", e.summary),
+            });
+            tracing::warn!(id = %e.id, pipeline = %e.pipeline, "escalation (no webhook configured): {}", e.summary);
+            return self.log.lock().expect("log lock").append(&rec, true);
+        };
+        let done = self.done_tx.clone();
+        self.tasks.spawn(async move {
+            let d = n.send(&e).await;
+            let _ = done.send(Done::Escalated(e.id, d)).await;
+        });
+        Ok(())
+    }
+
+    fn finished(&mut self, done: Done) -> Result<(), ProvenanceError> {
+        match done {
+            Done::Executed(order, r) => {
+                self.in_flight.remove(&order.id);
+                let detail = format!(
+                    "{} after {} attempt(s): {}",
+                    if r.ok { "applied" } else { "failed" },
+                    r.attempts,
+                    r.detail
+                );
+                let out = self.ctl.on_executed(&order, r.ok, detail, now_ms());
+                self.handle(out)
+            }
+            Done::Escalated(id, d) => {
+                if d.delivered {
+                    self.delivered += 1;
+                } else {
+                    self.undelivered += 1;
+                }
+                let rec = Record::Escalation(EscalationRecord {
+                    id,
+                    ts_ms: now_ms(),
+                    delivered: d.delivered,
+                    attempts: d.attempts,
+                    detail: d.last_error.unwrap_or_else(|| "delivered".into()),
+                });
+                self.write(&Output { records: vec![(rec, true)], plan: None })
+            }
+        }
+    }
+
+    fn command(
+        &mut self,
+        cmd: Command,
+        ingest: Option<&Ingest>,
+        pause_file: &std::path::Path,
+    ) -> Result<(), ProvenanceError> {
+        match cmd {
+            Command::Metrics(reply) => {
+                let (acc, rej) = ingest
+                    .map(|i| (i.accepted.load(Ordering::Relaxed), i.rejected.load(Ordering::Relaxed)))
+                    .unwrap_or((0, 0));
+                let snap = Snapshot {
+                    stats: self.ctl.stats.clone(),
+                    breakers: self.exec.breaker_states(),
+                    scores: self.ctl.scores(),
+                    ingest_accepted: acc,
+                    ingest_rejected: rej,
+                    proposals_pending: self.ctl.pending().len(),
+                    paused: self.ctl.kill_switch().paused().is_some(),
+                    escalations_delivered: self.delivered,
+                    escalations_failed: self.undelivered,
+                };
+                let _ = reply.send(render(&snap));
+            }
+            Command::Pending(reply) => {
+                let list = self
+                    .ctl
+                    .pending()
+                    .into_iter()
+                    .map(|(id, exp, p)| PendingView {
+                        id,
+                        pipeline: p.pipeline,
+                        action: p.action.name().into(),
+                        reason: p.reason,
+                        expires_at_ms: exp,
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
+            Command::Answer { id, approve, by, reply } => match self.ctl.answer(&id, approve, &by, now_ms()) {
+                Ok(out) => {
+                    // The approval record is durable before the answer goes out.
+                    self.write(&Output { records: out.records.clone(), plan: None })?;
+                    let msg = match &out.plan {
+                        Some(Plan::Act(o)) => format!("approved: running {} on {} ({id})", o.action, o.pipeline),
+                        _ => out
+                            .records
+                            .iter()
+                            .find_map(|(r, _)| match r {
+                                Record::Outcome(o) => Some(format!("{}: {}", o.status, o.detail)),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "recorded".into()),
+                    };
+                    let _ = reply.send((200, msg));
+                    if let Some(plan) = out.plan {
+                        self.handle(Output { records: Vec::new(), plan: Some(plan) })?;
+                    }
+                }
+                Err(e) => {
+                    let code = match e {
+                        ApprovalError::Unknown(_) => 404,
+                        _ => 409,
+                    };
+                    let _ = reply.send((code, e.to_string()));
+                }
+            },
+            Command::Pause { reason, reply } => {
+                let now = now_ms() as u64;
+                self.ctl.kill_switch().pause(reason.clone(), now);
+                tracing::warn!(reason = %reason, "kill switch on: all acting paused");
+                let _ = reply.send((200, format!("paused: {reason}")));
+            }
+            Command::Resume(reply) => {
+                if pause_file.exists() {
+                    let msg = format!("the pause file {} exists; remove it, then resume", pause_file.display());
+                    let _ = reply.send((409, msg));
+                } else {
+                    self.ctl.kill_switch().resume();
+                    tracing::warn!("kill switch off: acting resumed");
+                    let _ = reply.send((200, "resumed".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) {
+        let table = self.ctl.learner().table().clone();
+        match (self.checkpoint)(&table) {
+            Ok(()) => self.ctl.checkpointed(),
+            Err(e) => tracing::error!(error = %e, "checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// Run until `shutdown` resolves (or a replayed source is exhausted).
+pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
+    let Daemon { cfg, controller, mut source, actuator, ingest, checkpoint } = d;
+    std::fs::create_dir_all(&cfg.daemon.state_dir)
+        .map_err(|e| DaemonError::Log(ProvenanceError::Io { path: cfg.daemon.state_dir.clone(), source: e }))?;
+    let log = Arc::new(Mutex::new(ProvenanceLog::open(&cfg.daemon.log_path())?));
+    let g = &cfg.guard;
+    let guards = CallGuards { breaker: g.breaker, bulkhead: g.bulkhead, retry: g.retry, timeout: g.timeout };
+    let exec = Arc::new(
+        Executor::new(actuator, guards, cfg.model.seed, log.clone()).map_err(|e| DaemonError::Guard(e.to_string()))?,
+    );
+    let notifier = match &cfg.notify {
+        Some(n) => {
+            Some(Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?))
+        }
+        None => None,
+    };
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(1024);
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);
+    let (win_tx, mut win_rx) = mpsc::channel::<Vec<Window>>(256);
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = router(AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone() });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+    let source_name = source.name().to_string();
+    let reader = tokio::spawn(async move {
+        loop {
+            match source.next().await {
+                Ok(Some(ws)) => {
+                    if win_tx.send(ws).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(source = %source.name(), error = %e, "telemetry source failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    let mut sh = Shell {
+        ctl: controller,
+        log,
+        exec,
+        notifier,
+        tasks: JoinSet::new(),
+        in_flight: HashMap::new(),
+        done_tx,
+        delivered: 0,
+        undelivered: 0,
+        checkpoint,
+        checkpoint_every: cfg.daemon.checkpoint_every,
+    };
+    let pause_file = cfg.daemon.pause_path();
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        source = %source_name, actuator = %sh.exec.actuator_name(), mode = %sh.ctl.mode().name(),
+        log = %cfg.daemon.log_path().display(), "selfheal sidecar running"
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tokio::pin!(shutdown);
+    let mut source_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            Some(done) = done_rx.recv() => sh.finished(done)?,
+            Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file)?,
+            ws = win_rx.recv(), if source_open => match ws {
+                Some(ws) => for w in ws {
+                    let out = sh.ctl.on_window(&w, now_ms());
+                    sh.handle(out)?;
+                },
+                None => {
+                    tracing::info!(source = %source_name, "telemetry source exhausted; finishing");
+                    source_open = false;
+                }
+            },
+            _ = tick.tick() => {
+                let now = now_ms();
+                let out = sh.ctl.on_tick(now);
+                sh.handle(out)?;
+                if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {
+                    let why = format!("pause file {} exists", pause_file.display());
+                    tracing::warn!(reason = %why, "kill switch on: all acting paused");
+                    sh.ctl.kill_switch().pause(why, now as u64);
+                }
+                sh.log.lock().expect("log lock").flush(true)?;
+                if sh.ctl.updates_since_checkpoint() >= sh.checkpoint_every {
+                    sh.save();
+                }
+                if !source_open && sh.in_flight.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+
+    // Bounded shutdown.
+    ready.store(false, Ordering::Release);
+    reader.abort();
+    let grace = Duration::from_secs(cfg.daemon.shutdown_grace_secs);
+    let deadline = tokio::time::Instant::now() + grace;
+    while !sh.in_flight.is_empty() {
+        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+            Ok(Some(done)) => sh.finished(done)?,
+            _ => break,
+        }
+    }
+    let left: Vec<Order> = sh.in_flight.drain().map(|(_, o)| o).collect();
+    for order in &left {
+        let out = sh.ctl.on_cancelled(order, now_ms());
+        sh.write(&out)?;
+    }
+    sh.tasks.abort_all();
+    sh.save();
+    sh.log.lock().expect("log lock").flush(true)?;
+    let _ = stop_http.send(());
+    if let Ok(Err(e)) = server.await {
+        return Err(DaemonError::Http(e));
+    }
+    let st = &sh.ctl.stats;
+    Ok(Summary {
+        windows: st.windows,
+        succeeded: st.outcomes.get("succeeded").copied().unwrap_or(0),
+        failed: st.outcomes.get("failed").copied().unwrap_or(0),
+        q_updates: st.q_updates,
+    })
+}

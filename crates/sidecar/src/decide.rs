@@ -1,0 +1,579 @@
+//! The decision core: a window in, a decision out, and the Q update for the
+//! decision before it. Sync and free of I/O (the clock is passed in), so the
+//! whole path from sample to decision is tested and benchmarked without a
+//! runtime; [`crate::daemon`] does the I/O around it.
+//!
+//! For each window of a pipeline, in order:
+//! 1. **Feedback.** The reward of the previous decision's executed action,
+//!    computed from this window with the training reward function, updates Q
+//!    (after `reward_windows` windows).
+//! 2. **Detection and state.** The detector scores the window; the
+//!    pipeline's own encoder turns it into a state and the allowed actions.
+//! 3. **Choice.** ε-greedy over the shared Q table (ε may be 0), deciding in a
+//!    well-visited fallback state when this one was rarely seen in training;
+//!    the rule policy's choice is kept beside it (shadow).
+//! 4. **Guardrails**, in order: mode, kill switch, confidence gate, budget.
+//!    The breaker, bulkhead, timeout and retries of the call itself are the
+//!    executor's ([`crate::actuate`]).
+//!
+//! Budgets and cooldowns run on telemetry time (the latest window's
+//! timestamp), so a replayed incident or the simulated demo (a minute per
+//! step) meets the limits it would have met live; proposals expire on wall
+//! time, because people answer them.
+//!
+//! The executed action, not the chosen one, is what the encoder remembers
+//! and what Q learns from: a denied or proposed action did not happen, so the
+//! pipeline saw a no-op. A failed action teaches nothing and is escalated.
+
+use crate::notify::Escalation;
+use crate::provenance::{ApprovalRecord, DecisionRecord, OutcomeRecord, Record, RewardRecord, WindowSummary};
+use crate::window::Window;
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_agent::{deciding_state, QLearner, RulesPolicy};
+use selfheal_core::{
+    Action, ActionMask, Detector, Learner, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
+};
+use selfheal_guard::approvals::{ApprovalError, Approvals};
+use selfheal_guard::budget::{Budget, BudgetConfig};
+use selfheal_guard::confidence::{ConfidenceGate, Verdict as Confidence};
+use selfheal_guard::killswitch::KillSwitch;
+use selfheal_guard::Mode;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Settings of the decision core (from the config's model and guard sections).
+#[derive(Clone, Debug)]
+pub struct DecideConfig {
+    /// observe, recommend or act.
+    pub mode: Mode,
+    /// Act-mode trust thresholds.
+    pub confidence: ConfidenceGate,
+    /// Untrusted actions become proposals (true) or escalations (false).
+    pub propose_when_unsure: bool,
+    /// Proposal lifetime.
+    pub approval_ttl_ms: u64,
+    /// Budget.
+    pub budget: BudgetConfig,
+    /// Windows per reward.
+    pub reward_windows: u32,
+    /// Learn online.
+    pub learn: bool,
+    /// Exploration.
+    pub epsilon: f64,
+    /// Log healthy no-op decisions too.
+    pub log_healthy: bool,
+    /// Seed of exploration.
+    pub seed: u64,
+}
+
+/// A fresh state encoder for a newly seen pipeline.
+pub type EncoderFactory = Arc<dyn Fn() -> Box<dyn StateEncoder + Send> + Send + Sync>;
+
+/// The models a controller decides with.
+pub struct Parts {
+    /// Makes each pipeline's encoder (encoders remember attempts).
+    pub encoder: EncoderFactory,
+    /// The encoder's fallbacks and descriptions (stateless use).
+    pub describe: Arc<dyn StateEncoder + Send + Sync>,
+    /// Scores windows (the encoder's own detector), for the log.
+    pub detector: Arc<dyn Detector + Send + Sync>,
+    /// The Q table and its learning rule, shared by every pipeline.
+    pub learner: QLearner,
+    /// The rule policy, logged as the shadow choice.
+    pub rules: RulesPolicy,
+    /// The training reward.
+    pub reward: Box<dyn RewardFn + Send>,
+}
+
+/// What the daemon must do after a decision.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// Nothing.
+    Nothing,
+    /// Run the action through the executor.
+    Act(Order),
+    /// Tell a human.
+    Escalate(Escalation),
+}
+
+/// An action cleared to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Order {
+    /// Decision id.
+    pub id: String,
+    /// Idempotency key.
+    pub key: String,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Action.
+    pub action: Action,
+}
+
+/// Records to log and the plan, from one event.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Records, each with whether it must be durable before the plan runs.
+    pub records: Vec<(Record, bool)>,
+    /// What to do.
+    pub plan: Option<Plan>,
+}
+
+/// A proposal waiting for a human.
+#[derive(Clone, Debug)]
+pub struct Proposal {
+    /// Pipeline.
+    pub pipeline: String,
+    /// Proposed action.
+    pub action: Action,
+    /// Why it was not run alone.
+    pub reason: String,
+}
+
+struct PendingReward {
+    id: Option<String>,
+    state: StateId,
+    action: Action,
+    acc: f64,
+    windows: u32,
+}
+
+struct Pipeline {
+    encoder: Box<dyn StateEncoder + Send>,
+    rules: RulesPolicy,
+    pending: Option<PendingReward>,
+    score: f64,
+}
+
+/// Counters for `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct Stats {
+    /// Windows decided on.
+    pub windows: u64,
+    /// Decisions by (chosen action, verdict).
+    pub decisions: BTreeMap<(String, String), u64>,
+    /// Outcomes by status.
+    pub outcomes: BTreeMap<String, u64>,
+    /// Online Q updates.
+    pub q_updates: u64,
+    /// Sum of rewards observed.
+    pub reward_sum: f64,
+    /// Rewards observed.
+    pub rewards: u64,
+    /// Escalations raised.
+    pub escalations: u64,
+}
+
+/// The decision core.
+pub struct Controller {
+    cfg: DecideConfig,
+    parts: Parts,
+    pipelines: HashMap<String, Pipeline>,
+    budget: Budget,
+    approvals: Approvals<Proposal>,
+    kill: KillSwitch,
+    rng: Xoshiro256PlusPlus,
+    run: String,
+    seq: u64,
+    clock_ms: u64,
+    updates_since_checkpoint: u64,
+    /// Counters for `/metrics`.
+    pub stats: Stats,
+}
+
+/// Result of a human's answer to a proposal.
+pub type Answer = Result<Output, ApprovalError>;
+
+impl Controller {
+    /// A controller; `run` prefixes decision ids and must differ between runs
+    /// (the daemon uses its start time), so ids never repeat across restarts.
+    pub fn new(cfg: DecideConfig, parts: Parts, run: String) -> Controller {
+        let budget = Budget::new(cfg.budget);
+        let rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
+        Controller {
+            cfg,
+            parts,
+            pipelines: HashMap::new(),
+            budget,
+            approvals: Approvals::new(),
+            kill: KillSwitch::default(),
+            rng,
+            run,
+            seq: 0,
+            clock_ms: 0,
+            updates_since_checkpoint: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Mode {
+        self.cfg.mode
+    }
+
+    /// The learner (for checkpoints).
+    pub fn learner(&self) -> &QLearner {
+        &self.parts.learner
+    }
+
+    /// Updates since the last call to [`Controller::checkpointed`].
+    pub fn updates_since_checkpoint(&self) -> u64 {
+        self.updates_since_checkpoint
+    }
+
+    /// Note a checkpoint was written.
+    pub fn checkpointed(&mut self) {
+        self.updates_since_checkpoint = 0;
+    }
+
+    /// Last anomaly score per pipeline.
+    pub fn scores(&self) -> Vec<(String, f64)> {
+        let mut v: Vec<_> = self.pipelines.iter().map(|(k, p)| (k.clone(), p.score)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The kill switch.
+    pub fn kill_switch(&mut self) -> &mut KillSwitch {
+        &mut self.kill
+    }
+
+    /// Proposals waiting for a human: (id, expires at, proposal).
+    pub fn pending(&self) -> Vec<(String, u64, Proposal)> {
+        self.approvals.pending().map(|(id, exp, p)| (id.to_string(), exp, p.clone())).collect()
+    }
+
+    fn next_id(&mut self) -> String {
+        self.seq += 1;
+        format!("{}-{}", self.run, self.seq)
+    }
+
+    /// Decide on one window.
+    pub fn on_window(&mut self, w: &Window, now_ms: i64) -> Output {
+        self.stats.windows += 1;
+        self.clock_ms = self.clock_ms.max(w.ts_ms.max(0) as u64);
+        let mut out = Output::default();
+        let factory = self.parts.encoder.clone();
+        let rules = self.parts.rules.clone();
+        let p = self.pipelines.entry(w.pipeline.clone()).or_insert_with(|| Pipeline {
+            encoder: factory(),
+            rules,
+            pending: None,
+            score: 0.0,
+        });
+        let t = &w.telemetry;
+        let detection = self.parts.detector.detect(t);
+        p.score = detection.score;
+        let (state, mask) = p.encoder.encode(t);
+
+        // 1. Feedback for the previous decision.
+        if let Some(mut pend) = p.pending.take() {
+            let r = self.parts.reward.reward(pend.action, t);
+            pend.acc += self.parts.learner.params().gamma.powi(pend.windows as i32) * r;
+            pend.windows += 1;
+            if pend.windows < self.cfg.reward_windows {
+                p.pending = Some(pend);
+            } else {
+                let i = pend.action.index();
+                let q_before = self.parts.learner.table().row(pend.state)[i];
+                self.parts.learner.update(&Transition {
+                    state: pend.state,
+                    action: pend.action,
+                    reward: pend.acc,
+                    next_state: state,
+                    next_mask: mask,
+                    done: false,
+                });
+                let q_after = self.parts.learner.table().row(pend.state)[i];
+                self.stats.q_updates += 1;
+                self.stats.rewards += 1;
+                self.stats.reward_sum += pend.acc;
+                self.updates_since_checkpoint += 1;
+                if let Some(id) = pend.id {
+                    let rec = RewardRecord {
+                        id,
+                        ts_ms: now_ms,
+                        reward: pend.acc,
+                        windows: pend.windows,
+                        next_state: state,
+                        q_before,
+                        q_after,
+                    };
+                    out.records.push((Record::Reward(rec), false));
+                }
+            }
+        }
+        let settling = p.pending.is_some();
+
+        // 2-3. Choice, with the shadow beside it.
+        let table = self.parts.learner.table();
+        let deciding = deciding_state(table, self.parts.describe.as_ref(), state);
+        let greedy = table.best(deciding, mask);
+        let eps = self.cfg.epsilon;
+        let chosen = if eps > 0.0 && self.rng.gen::<f64>() < eps {
+            let k = self.rng.gen_range(0..mask.count());
+            mask.iter().nth(k).unwrap_or(Action::NoOp)
+        } else {
+            greedy
+        };
+        let probability = eps / mask.count() as f64 + if chosen == greedy { 1.0 - eps } else { 0.0 };
+        let obs = Observation { telemetry: t, state, mask };
+        let shadow = p.rules.act(&obs);
+        let mut row = [0.0; Action::COUNT];
+        row.copy_from_slice(table.row(deciding));
+        let mut visits = [0u32; Action::COUNT];
+        visits.copy_from_slice(table.visits(deciding));
+        let q: Vec<(String, f64)> = mask.iter().map(|a| (a.name().to_string(), row[a.index()])).collect();
+        let state_visits = table.state_visits(deciding);
+
+        // 4. Guardrails.
+        let (verdict, reason, executed, plan) = if settling {
+            (
+                "noop",
+                format!("observing the previous action for {} windows", self.cfg.reward_windows),
+                Action::NoOp,
+                None,
+            )
+        } else {
+            self.guard(&w.pipeline, chosen, &row, &visits, mask, &detection, state)
+        };
+        let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
+        p.encoder.record_action(executed);
+        let logged = detection.anomalous || chosen != Action::NoOp || self.cfg.log_healthy;
+        let id = if logged || plan.is_some() { Some(self.next_id()) } else { None };
+        if self.cfg.learn && !settling {
+            let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
+            p.pending = Some(PendingReward { id: id.clone(), state, action: executed, acc: 0.0, windows: 0 });
+        }
+        *self.stats.decisions.entry((chosen.name().to_string(), verdict.to_string())).or_default() += 1;
+        let Some(id) = id else { return out };
+        let key = format!("{id}/{}", chosen.name());
+        let plan = plan.map(|pl| match pl {
+            Pending::Act => {
+                Plan::Act(Order { id: id.clone(), key: key.clone(), pipeline: w.pipeline.clone(), action: chosen })
+            }
+            Pending::Propose(reason) => {
+                let ttl = self.cfg.approval_ttl_ms;
+                let prop = Proposal { pipeline: w.pipeline.clone(), action: chosen, reason };
+                if let Err(e) = self.approvals.propose(id.clone(), prop, now_ms as u64, ttl) {
+                    tracing::error!(id = %id, error = %e, "proposal not recorded");
+                }
+                Plan::Nothing
+            }
+            Pending::Escalate(summary) => {
+                self.stats.escalations += 1;
+                Plan::Escalate(Escalation {
+                    id: id.clone(),
+                    pipeline: w.pipeline.clone(),
+                    summary,
+                    detail: serde_json::json!({
+                        "score": detection.score, "signature": detection.signature, "chosen": chosen.name(),
+                        "shadow": shadow.name(), "state": self.parts.describe.describe(state),
+                    }),
+                })
+            }
+        });
+        let durable = !matches!(plan, None | Some(Plan::Nothing)) || verdict == "proposed";
+        let rec = DecisionRecord {
+            id,
+            ts_ms: now_ms,
+            pipeline: w.pipeline.clone(),
+            window: summary(w),
+            score: detection.score,
+            anomalous: detection.anomalous,
+            signature: detection.signature,
+            state,
+            state_text: self.parts.describe.describe(state),
+            q,
+            visits: state_visits,
+            chosen: chosen.name().into(),
+            probability,
+            shadow: shadow.name().into(),
+            mode: self.cfg.mode.name().into(),
+            verdict: verdict.into(),
+            reason,
+            idempotency_key: matches!(plan, Some(Plan::Act(_))).then_some(key),
+        };
+        out.records.insert(0, (Record::Decision(rec), durable));
+        out.plan = plan.filter(|p| *p != Plan::Nothing);
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn guard(
+        &mut self,
+        pipeline: &str,
+        chosen: Action,
+        row: &[f64],
+        visits: &[u32],
+        mask: ActionMask,
+        detection: &selfheal_core::Detection,
+        state: StateId,
+    ) -> (&'static str, String, Action, Option<Pending>) {
+        let escalation = |why: &str| {
+            format!(
+                "{pipeline}: {why} (anomaly score {:.2}, signature {}, state: {})",
+                detection.score,
+                detection.signature,
+                self.parts.describe.describe(state)
+            )
+        };
+        if chosen == Action::NoOp {
+            return ("noop", "the policy chose no action".into(), Action::NoOp, None);
+        }
+        if self.cfg.mode == Mode::Observe {
+            return ("observed", format!("observe mode: would {chosen}"), Action::NoOp, None);
+        }
+        if chosen == Action::Escalate {
+            let e = escalation("the policy hands this incident to a human");
+            return ("escalated", "the policy chose to escalate".into(), Action::Escalate, Some(Pending::Escalate(e)));
+        }
+        if let Some(pause) = self.kill.paused() {
+            return ("paused", format!("kill switch: {}", pause.reason), Action::NoOp, None);
+        }
+        // One open proposal per pipeline and action: the same advice again
+        // while a human has not answered adds nothing.
+        let waiting = self.approvals.pending().find(|(_, _, p)| p.pipeline == pipeline && p.action == chosen);
+        let propose = |why: String| match waiting {
+            Some((open, _, _)) => {
+                ("pending", format!("{why}; proposal {open} already awaits a human"), Action::NoOp, None)
+            }
+            None => ("proposed", why.clone(), Action::NoOp, Some(Pending::Propose(why))),
+        };
+        if self.cfg.mode == Mode::Recommend {
+            return propose("recommend mode: waits for approval".to_string());
+        }
+        let trust = self.cfg.confidence.check(row, visits, mask, chosen);
+        if let Confidence::Unsure { reason, .. } = trust {
+            let why = format!("low confidence: {reason}");
+            return if self.cfg.propose_when_unsure {
+                propose(why)
+            } else {
+                let e = escalation(&why);
+                ("escalated", why, Action::Escalate, Some(Pending::Escalate(e)))
+            };
+        }
+        let Confidence::Confident { visits, lead } = trust else { unreachable!() };
+        if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
+            return ("denied", denied.to_string(), Action::NoOp, None);
+        }
+        self.budget.start(self.clock_ms, pipeline, chosen);
+        ("allowed", format!("confident: {visits} visits, Q lead {lead:.2}"), chosen, Some(Pending::Act))
+    }
+
+    /// A human approved (`true`) or rejected a proposal.
+    pub fn answer(&mut self, id: &str, approve: bool, by: &str, now_ms: i64) -> Answer {
+        let now = now_ms as u64;
+        let prop = if approve { self.approvals.approve(id, now)? } else { self.approvals.reject(id, now)? };
+        let mut out = Output::default();
+        let note = if approve { "approved" } else { "rejected" };
+        out.records.push((
+            Record::Approval(ApprovalRecord {
+                id: id.into(),
+                ts_ms: now_ms,
+                approved: approve,
+                by: by.into(),
+                note: note.into(),
+            }),
+            true,
+        ));
+        if !approve {
+            self.outcome(&mut out, id, "rejected", format!("rejected by {by}; {} never ran", prop.action), now_ms);
+            return Ok(out);
+        }
+        if let Some(pause) = self.kill.paused() {
+            let why = format!("approved, but the kill switch is on ({}); not run", pause.reason);
+            self.outcome(&mut out, id, "skipped", why, now_ms);
+            return Ok(out);
+        }
+        if let Err(denied) = self.budget.check(self.clock_ms, &prop.pipeline, prop.action) {
+            self.outcome(&mut out, id, "skipped", format!("approved, but {denied}; not run"), now_ms);
+            return Ok(out);
+        }
+        self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
+        out.plan = Some(Plan::Act(Order {
+            id: id.into(),
+            key: format!("{id}/{}", prop.action.name()),
+            pipeline: prop.pipeline,
+            action: prop.action,
+        }));
+        Ok(out)
+    }
+
+    fn outcome(&mut self, out: &mut Output, id: &str, status: &str, detail: String, now_ms: i64) {
+        *self.stats.outcomes.entry(status.into()).or_default() += 1;
+        out.records.push((
+            Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: now_ms, status: status.into(), detail }),
+            true,
+        ));
+    }
+
+    /// An action finished. A failure is logged as one, teaches Q nothing, and
+    /// is escalated.
+    pub fn on_executed(&mut self, order: &Order, ok: bool, detail: String, now_ms: i64) -> Output {
+        self.budget.finish(&order.pipeline);
+        let mut out = Output::default();
+        let status = if ok { "succeeded" } else { "failed" };
+        self.outcome(&mut out, &order.id, status, detail.clone(), now_ms);
+        if !ok {
+            if let Some(p) = self.pipelines.get_mut(&order.pipeline) {
+                if p.pending.as_ref().is_some_and(|pend| pend.id.as_deref() == Some(order.id.as_str())) {
+                    p.pending = None;
+                }
+            }
+            self.stats.escalations += 1;
+            out.plan = Some(Plan::Escalate(Escalation {
+                id: order.id.clone(),
+                pipeline: order.pipeline.clone(),
+                summary: format!("{}: {} failed: {detail}", order.pipeline, order.action),
+                detail: serde_json::json!({ "action": order.action.name(), "error": detail }),
+            }));
+        }
+        out
+    }
+
+    /// An action cancelled at shutdown.
+    pub fn on_cancelled(&mut self, order: &Order, now_ms: i64) -> Output {
+        self.budget.finish(&order.pipeline);
+        let mut out = Output::default();
+        self.outcome(&mut out, &order.id, "cancelled", "cancelled at shutdown; may not have run".into(), now_ms);
+        out
+    }
+
+    /// Expire proposals past their time.
+    pub fn on_tick(&mut self, now_ms: i64) -> Output {
+        let mut out = Output::default();
+        for (id, prop) in self.approvals.expire(now_ms as u64) {
+            out.records.push((
+                Record::Approval(ApprovalRecord {
+                    id: id.clone(),
+                    ts_ms: now_ms,
+                    approved: false,
+                    by: "expiry".into(),
+                    note: "expired before a human answered".into(),
+                }),
+                true,
+            ));
+            self.outcome(&mut out, &id, "expired", format!("{} on {} never ran", prop.action, prop.pipeline), now_ms);
+        }
+        out
+    }
+}
+
+enum Pending {
+    Act,
+    Propose(String),
+    Escalate(String),
+}
+
+fn summary(w: &Window) -> WindowSummary {
+    let t = &w.telemetry;
+    WindowSummary {
+        ts_ms: w.ts_ms,
+        latency_p95_s: t.get(Metric::LatencyP95),
+        error_ratio: t.error_ratio(),
+        backlog: t.get(Metric::Backlog),
+        records_in: t.get(Metric::RecordsIn),
+        workers: t.get(Metric::Executors),
+    }
+}

@@ -1,0 +1,267 @@
+//! The daemon's HTTP face: health, metrics, ingest, approvals, kill switch.
+//!
+//! Handlers never touch the decision core directly: they send a [`Command`]
+//! to the daemon's loop and await its answer, so the core stays
+//! single-threaded and an approval is answered 2xx only after the loop has
+//! made its record durable. Ingest is the exception: it parses and assembles
+//! windows in the handler (that is the CPU-heavy part, and it runs on every
+//! core) and hands closed windows to the loop through a bounded channel.
+
+use crate::window::{parse_line, Assembler, SampleLine, Window};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// A proposal as `/approvals` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PendingView {
+    /// Decision id.
+    pub id: String,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Proposed action.
+    pub action: String,
+    /// Why it waits.
+    pub reason: String,
+    /// Expiry, Unix ms.
+    pub expires_at_ms: u64,
+}
+
+/// A request to the daemon's loop.
+#[derive(Debug)]
+pub enum Command {
+    /// Render `/metrics`.
+    Metrics(oneshot::Sender<String>),
+    /// List pending proposals.
+    Pending(oneshot::Sender<Vec<PendingView>>),
+    /// Approve or reject; the reply is the HTTP status and a message.
+    Answer {
+        /// Decision id.
+        id: String,
+        /// Approve (true) or reject.
+        approve: bool,
+        /// Who (`http`, `cli`).
+        by: String,
+        /// Status and message.
+        reply: oneshot::Sender<(u16, String)>,
+    },
+    /// Pause all acting.
+    Pause {
+        /// Why.
+        reason: String,
+        /// Done.
+        reply: oneshot::Sender<(u16, String)>,
+    },
+    /// Resume acting.
+    Resume(oneshot::Sender<(u16, String)>),
+}
+
+/// The ingest endpoint's state.
+pub struct Ingest {
+    asm: Mutex<Assembler>,
+    tx: mpsc::Sender<Vec<Window>>,
+    token: Option<String>,
+    /// Lines accepted.
+    pub accepted: AtomicU64,
+    /// Lines rejected.
+    pub rejected: AtomicU64,
+}
+
+impl Ingest {
+    /// Windows of `period_ms` go to `tx`; `token` is the bearer token required, if any.
+    pub fn new(period_ms: i64, tx: mpsc::Sender<Vec<Window>>, token: Option<String>) -> Ingest {
+        Ingest {
+            asm: Mutex::new(Assembler::new(period_ms)),
+            tx,
+            token,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Requests to the loop.
+    pub cmd: mpsc::Sender<Command>,
+    /// Present when the source is `http`.
+    pub ingest: Option<Arc<Ingest>>,
+    /// True once the models are loaded and the loop runs.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ingest", post(ingest))
+        .route("/approvals", get(pending))
+        .route("/approvals/{id}", post(answer))
+        .route("/pause", post(pause))
+        .route("/resume", post(resume))
+        .with_state(state)
+}
+
+fn text(code: u16, msg: impl Into<String>) -> Response {
+    let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (code, msg.into() + "\n").into_response()
+}
+
+fn loop_gone() -> Response {
+    text(503, "the daemon is shutting down")
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::Acquire) {
+        text(200, "ready")
+    } else {
+        text(503, "starting")
+    }
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.cmd.send(Command::Metrics(tx)).await.is_err() {
+        return loop_gone();
+    }
+    match rx.await {
+        Ok(body) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response(),
+        Err(_) => loop_gone(),
+    }
+}
+
+#[derive(Serialize)]
+struct IngestAnswer {
+    accepted: usize,
+    rejected: Vec<RejectedLine>,
+}
+
+#[derive(Serialize)]
+struct RejectedLine {
+    line: usize,
+    error: String,
+}
+
+async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(ing) = s.ingest.clone() else {
+        return text(404, "ingest is off: this daemon's source.kind is not \"http\"");
+    };
+    if let Some(token) = &ing.token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
+            return text(401, "missing or wrong bearer token");
+        }
+    }
+    // Parse outside the lock (the costly part), assemble under it.
+    let mut samples: Vec<(usize, SampleLine<'_>)> = Vec::with_capacity(body.len() / 80 + 1);
+    let mut rejected = Vec::new();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(sample) => samples.push((i + 1, sample)),
+            Err(error) => rejected.push(RejectedLine { line: i + 1, error }),
+        }
+    }
+    let mut windows = Vec::new();
+    let mut accepted = 0;
+    {
+        let mut asm = ing.asm.lock().expect("assembler lock");
+        for (line, sample) in &samples {
+            match asm.push(&sample.pipeline, sample.ts, &sample.metrics.0) {
+                Ok(w) => {
+                    accepted += 1;
+                    windows.extend(w);
+                }
+                Err(e) => rejected.push(RejectedLine { line: *line, error: e.to_string() }),
+            }
+        }
+    }
+    if !windows.is_empty() && ing.tx.send(windows).await.is_err() {
+        return loop_gone();
+    }
+    ing.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
+    ing.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
+    rejected.sort_by_key(|r| r.line);
+    let code = if rejected.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    (code, Json(IngestAnswer { accepted, rejected })).into_response()
+}
+
+async fn pending(State(s): State<AppState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.cmd.send(Command::Pending(tx)).await.is_err() {
+        return loop_gone();
+    }
+    match rx.await {
+        Ok(list) => Json(list).into_response(),
+        Err(_) => loop_gone(),
+    }
+}
+
+/// Body of `POST /approvals/{id}`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// Who answers (default `http`).
+    #[serde(default)]
+    pub by: Option<String>,
+}
+
+async fn answer(State(s): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
+    let parsed: AnswerBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return text(400, format!("expected {{\"decision\": \"approve\" | \"reject\"}}: {e}")),
+    };
+    let approve = match parsed.decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        other => return text(400, format!("decision must be \"approve\" or \"reject\", not {other:?}")),
+    };
+    let (tx, rx) = oneshot::channel();
+    let by = parsed.by.unwrap_or_else(|| "http".into());
+    if s.cmd.send(Command::Answer { id, approve, by, reply: tx }).await.is_err() {
+        return loop_gone();
+    }
+    match rx.await {
+        Ok((code, msg)) => text(code, msg),
+        Err(_) => loop_gone(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct PauseBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn pause(State(s): State<AppState>, body: Bytes) -> Response {
+    let reason = serde_json::from_slice::<PauseBody>(&body).ok().and_then(|b| b.reason);
+    let (tx, rx) = oneshot::channel();
+    let reason = reason.unwrap_or_else(|| "paused over HTTP".into());
+    if s.cmd.send(Command::Pause { reason, reply: tx }).await.is_err() {
+        return loop_gone();
+    }
+    rx.await.map(|(c, m)| text(c, m)).unwrap_or_else(|_| loop_gone())
+}
+
+async fn resume(State(s): State<AppState>) -> Response {
+    let (tx, rx) = oneshot::channel();
+    if s.cmd.send(Command::Resume(tx)).await.is_err() {
+        return loop_gone();
+    }
+    rx.await.map(|(c, m)| text(c, m)).unwrap_or_else(|_| loop_gone())
+}

@@ -1,0 +1,32 @@
+//! The sidecar controller: a tokio daemon that runs next to data pipelines.
+//!
+//! One sample's path, folder by folder: a [`source`] yields telemetry windows
+//! per pipeline; [`decide`] scores each window with the detector, encodes the
+//! state, asks the Q table, and puts the choice through the guardrails of
+//! `selfheal-guard`; [`actuate`] applies an allowed action through an
+//! [`actuate::Actuator`] with a breaker, a bulkhead, a learned timeout and
+//! jittered retries; the next windows come back to [`decide`] as a reward and
+//! a Q update; every step lands in the [`provenance`] log. [`daemon`] is the
+//! async shell around that sync core, [`http`] its endpoints, [`config`] the
+//! file that sets it all.
+
+pub mod actuate;
+pub mod config;
+pub mod daemon;
+pub mod decide;
+pub mod http;
+pub mod metrics;
+pub mod notify;
+pub mod provenance;
+pub mod source;
+pub mod window;
+
+/// A boxed future, the return type of the async seams ([`source::TelemetrySource`],
+/// [`actuate::Actuator`]), so they can be used as trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Wall-clock time in Unix milliseconds: the daemon's one clock read, passed
+/// down to the sync guards.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,120 @@
+//! `/metrics` in the Prometheus text exposition format (version 0.0.4).
+//!
+//! The counters live where they are counted (the decision core's
+//! [`Stats`], the executor's breakers, the ingest handler's atomics); this
+//! module only renders a snapshot of them. Hand-written because the format is
+//! a dozen lines of rules and a metrics crate would add a registry, a global
+//! and a second source of truth; `promtool check metrics` checks the result
+//! in the end-to-end tests.
+
+use crate::decide::Stats;
+use selfheal_guard::breaker::BreakerState;
+use std::fmt::Write;
+
+/// Everything `/metrics` shows, taken at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Decision counters.
+    pub stats: Stats,
+    /// (endpoint, breaker state, calls rejected by the breaker).
+    pub breakers: Vec<(String, BreakerState, u64)>,
+    /// Last anomaly score per pipeline.
+    pub scores: Vec<(String, f64)>,
+    /// Ingest lines accepted.
+    pub ingest_accepted: u64,
+    /// Ingest lines rejected.
+    pub ingest_rejected: u64,
+    /// Proposals waiting for approval.
+    pub proposals_pending: usize,
+    /// 1 while the kill switch is on.
+    pub paused: bool,
+    /// Escalations delivered / not delivered.
+    pub escalations_delivered: u64,
+    /// Escalations that could not be delivered.
+    pub escalations_failed: u64,
+}
+
+/// Label value escaping of the text format: backslash, quote, newline.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn num(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Render a snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut o = String::with_capacity(4096);
+    head(&mut o, "selfheal_windows_total", "counter", "Telemetry windows decided on.");
+    let _ = writeln!(o, "selfheal_windows_total {}", s.stats.windows);
+
+    head(&mut o, "selfheal_decisions_total", "counter", "Decisions by chosen action and guardrail verdict.");
+    for ((action, verdict), n) in &s.stats.decisions {
+        let _ = writeln!(o, "selfheal_decisions_total{{action=\"{}\",verdict=\"{}\"}} {n}", esc(action), esc(verdict));
+    }
+    head(&mut o, "selfheal_action_outcomes_total", "counter", "Actions by how they ended.");
+    for (status, n) in &s.stats.outcomes {
+        let _ = writeln!(o, "selfheal_action_outcomes_total{{status=\"{}\"}} {n}", esc(status));
+    }
+    head(&mut o, "selfheal_breaker_state", "gauge", "Circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.");
+    for (ep, st, _) in &s.breakers {
+        let _ =
+            writeln!(o, "selfheal_breaker_state{{endpoint=\"{}\",state=\"{}\"}} {}", esc(ep), st.name(), st.gauge());
+    }
+    head(&mut o, "selfheal_breaker_rejected_total", "counter", "Calls refused by an open breaker.");
+    for (ep, _, n) in &s.breakers {
+        let _ = writeln!(o, "selfheal_breaker_rejected_total{{endpoint=\"{}\"}} {n}", esc(ep));
+    }
+    head(&mut o, "selfheal_anomaly_score", "gauge", "Anomaly score of each pipeline's latest window, 0..1.");
+    for (p, v) in &s.scores {
+        let _ = writeln!(o, "selfheal_anomaly_score{{pipeline=\"{}\"}} {}", esc(p), num(*v));
+    }
+    head(&mut o, "selfheal_reward_sum", "counter", "Sum of rewards observed after decisions.");
+    let _ = writeln!(o, "selfheal_reward_sum {}", num(s.stats.reward_sum));
+    head(&mut o, "selfheal_rewards_total", "counter", "Rewards observed.");
+    let _ = writeln!(o, "selfheal_rewards_total {}", s.stats.rewards);
+    head(&mut o, "selfheal_q_updates_total", "counter", "Online Q-table updates.");
+    let _ = writeln!(o, "selfheal_q_updates_total {}", s.stats.q_updates);
+    head(&mut o, "selfheal_escalations_total", "counter", "Escalations raised, by delivery.");
+    let _ = writeln!(o, "selfheal_escalations_total{{delivered=\"true\"}} {}", s.escalations_delivered);
+    let _ = writeln!(o, "selfheal_escalations_total{{delivered=\"false\"}} {}", s.escalations_failed);
+    head(&mut o, "selfheal_ingest_lines_total", "counter", "Lines posted to /ingest, by result.");
+    let _ = writeln!(o, "selfheal_ingest_lines_total{{result=\"accepted\"}} {}", s.ingest_accepted);
+    let _ = writeln!(o, "selfheal_ingest_lines_total{{result=\"rejected\"}} {}", s.ingest_rejected);
+    head(&mut o, "selfheal_proposals_pending", "gauge", "Proposals waiting for a human.");
+    let _ = writeln!(o, "selfheal_proposals_pending {}", s.proposals_pending);
+    head(&mut o, "selfheal_paused", "gauge", "1 while the kill switch stops all acting.");
+    let _ = writeln!(o, "selfheal_paused {}", u8::from(s.paused));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_labels_escaped_and_every_family_typed() {
+        let mut s = Snapshot::default();
+        s.stats.decisions.insert(("scale_up".into(), "allowed".into()), 3);
+        s.scores.push(("a\"b".into(), 0.5));
+        let text = render(&s);
+        assert!(text.contains("selfheal_decisions_total{action=\"scale_up\",verdict=\"allowed\"} 3"));
+        assert!(text.contains("pipeline=\"a\\\"b\""));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
+        }
+    }
+}

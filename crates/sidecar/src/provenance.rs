@@ -1,0 +1,827 @@
+//! The append-only provenance log: why the sidecar did what it did.
+//!
+//! A controller that changes production pipelines on its own must be able to answer
+//! "why did it do that?" long after the fact, and the answer must survive a crash of
+//! the daemon. Every decision is therefore written down as JSON lines, one [`Record`]
+//! per line: the decision itself (the telemetry window, anomaly score, state, Q
+//! values, chosen action, the rule policy's shadow choice and the guardrail verdict),
+//! then, as they happen, approvals, every call attempt to a downstream endpoint, the
+//! outcome, escalations, and finally the reward and the Q update it caused. All the
+//! records of one decision share its `id`; [`explain`] joins them into a story and
+//! [`one_line`] / [`filter`] serve `selfheal log`.
+//!
+//! JSON lines because the log must be appendable without rewriting, readable with
+//! `grep` and `jq` during an incident, and robust to a torn write: a crash can only
+//! damage the last line, which [`ProvenanceLog::open`] cuts off and [`read_log`]
+//! skips and reports. A bad line in the middle (say, edited by hand) is reported by
+//! the reader and never stops it.
+//!
+//! # Durability (fsync policy)
+//!
+//! A record is durable once [`ProvenanceLog::append`] with `durable = true` has
+//! returned: the line is written, flushed and `fdatasync`ed. The sidecar appends
+//! durably
+//!
+//! * (a) a decision *before* its action is started, so no action ever runs without
+//!   its reason on disk;
+//! * (b) an approval *before* the HTTP 2xx answer, so an acknowledged approval is
+//!   never lost;
+//! * (c) the outcome of every action.
+//!
+//! Other records (no-op decisions, rewards and the like) are buffered, then flushed
+//! and synced every second and at shutdown via [`ProvenanceLog::flush`], so a crash
+//! can lose at most the last second of those, never an acknowledged decision.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Errors of the provenance log.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    /// Reading or writing the log file failed.
+    #[error("provenance log {}: {source}", path.display())]
+    Io {
+        /// The log file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The log file to read does not exist.
+    #[error("provenance log {} does not exist (check the path, or has the sidecar not written it yet?)", path.display())]
+    NotFound {
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A record could not be serialised.
+    #[error("cannot serialise provenance record: {0}")]
+    Serialize(#[from] serde_json::Error),
+    /// `explain` was asked about an id that has no decision record.
+    #[error("no decision with id {0:?} in the provenance log; run `selfheal log` to list decision ids")]
+    UnknownId(String),
+}
+
+/// One line of the provenance log. All records of one decision share its `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    /// The agent decided something about a pipeline (possibly to do nothing).
+    Decision(DecisionRecord),
+    /// A human approved or rejected a proposal, or it expired.
+    Approval(ApprovalRecord),
+    /// One attempt of one call to a downstream endpoint.
+    Call(CallRecord),
+    /// How the decision ended: succeeded, failed, expired, rejected, skipped, cancelled.
+    Outcome(OutcomeRecord),
+    /// The reward observed after the decision and the Q update it caused.
+    Reward(RewardRecord),
+    /// A notification sent to a human, delivered or not.
+    Escalation(EscalationRecord),
+}
+
+/// The telemetry window a decision was made on, reduced to what a human reads first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowSummary {
+    /// End of the window, Unix ms.
+    pub ts_ms: i64,
+    /// p95 latency in seconds.
+    pub latency_p95_s: f64,
+    /// Fraction of failed records or requests, 0..1.
+    pub error_ratio: f64,
+    /// Backlog / queue depth.
+    pub backlog: f64,
+    /// Records read in the window.
+    pub records_in: f64,
+    /// Workers (executors) the job ran with.
+    pub workers: f64,
+}
+
+/// A decision: what was seen, what the agent and the rules would do, what the guardrails said.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Decision id, shared by every later record of this decision.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// The pipeline decided about.
+    pub pipeline: String,
+    /// The telemetry window.
+    pub window: WindowSummary,
+    /// Anomaly score, 0..1.
+    pub score: f64,
+    /// Whether the detector flagged the window.
+    pub anomalous: bool,
+    /// Failure signature (k-means cluster) of the window.
+    pub signature: u16,
+    /// Discrete state id.
+    pub state: u32,
+    /// The state in words.
+    pub state_text: String,
+    /// Action name → Q value, for every allowed action.
+    pub q: Vec<(String, f64)>,
+    /// Visit count of the state.
+    pub visits: u64,
+    /// The chosen action's name.
+    pub chosen: String,
+    /// Probability with which the behaviour policy chose it (for off-policy evaluation).
+    pub probability: f64,
+    /// The rule policy's choice in the same situation.
+    pub shadow: String,
+    /// Operating mode: observe, recommend or act.
+    pub mode: String,
+    /// Guardrail verdict: noop, observed, proposed, allowed, escalated, paused or denied.
+    pub verdict: String,
+    /// Why, in words.
+    pub reason: String,
+    /// Idempotency key of the action, if one was started or proposed.
+    pub idempotency_key: Option<String>,
+}
+
+/// A human approved or rejected a proposal, or it expired.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    /// Decision id.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// Approved (true) or rejected / expired (false).
+    pub approved: bool,
+    /// Who answered: "http", "cli" or "expiry".
+    pub by: String,
+    /// Free text given with the answer.
+    pub note: String,
+}
+
+/// One attempt of one call to a downstream endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Decision id.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// The endpoint called (e.g. `glue.StartJobRun`).
+    pub endpoint: String,
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// Whether the attempt succeeded.
+    pub ok: bool,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// The timeout it ran under.
+    pub timeout_ms: u64,
+    /// The error, if it failed.
+    pub error: Option<String>,
+    /// Idempotency key sent with the call.
+    pub idempotency_key: String,
+}
+
+/// How a decision ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeRecord {
+    /// Decision id.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// "succeeded", "failed", "expired", "rejected", "skipped" or "cancelled".
+    pub status: String,
+    /// Details in words.
+    pub detail: String,
+}
+
+/// The reward observed after a decision and the Q update made with it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RewardRecord {
+    /// Decision id.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// The reward.
+    pub reward: f64,
+    /// Over how many windows it was observed.
+    pub windows: u32,
+    /// The state reached.
+    pub next_state: u32,
+    /// Q(state, chosen) before the update.
+    pub q_before: f64,
+    /// Q(state, chosen) after the update.
+    pub q_after: f64,
+}
+
+/// A notification sent to a human.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EscalationRecord {
+    /// Decision id.
+    pub id: String,
+    /// Wall clock of the daemon, Unix ms.
+    pub ts_ms: i64,
+    /// Whether it was delivered.
+    pub delivered: bool,
+    /// Delivery attempts made.
+    pub attempts: u32,
+    /// Where it went, or why it failed.
+    pub detail: String,
+}
+
+impl Record {
+    /// The decision id this record belongs to.
+    pub fn id(&self) -> &str {
+        match self {
+            Record::Decision(r) => &r.id,
+            Record::Approval(r) => &r.id,
+            Record::Call(r) => &r.id,
+            Record::Outcome(r) => &r.id,
+            Record::Reward(r) => &r.id,
+            Record::Escalation(r) => &r.id,
+        }
+    }
+
+    /// When the record was written, Unix ms (daemon wall clock).
+    pub fn ts_ms(&self) -> i64 {
+        match self {
+            Record::Decision(r) => r.ts_ms,
+            Record::Approval(r) => r.ts_ms,
+            Record::Call(r) => r.ts_ms,
+            Record::Outcome(r) => r.ts_ms,
+            Record::Reward(r) => r.ts_ms,
+            Record::Escalation(r) => r.ts_ms,
+        }
+    }
+
+    /// The pipeline, for decision records (other records name it only through their decision).
+    pub fn pipeline(&self) -> Option<&str> {
+        match self {
+            Record::Decision(r) => Some(&r.pipeline),
+            _ => None,
+        }
+    }
+}
+
+/// The writer: appends records to the log file, one JSON line each.
+#[derive(Debug)]
+pub struct ProvenanceLog {
+    path: PathBuf,
+    out: BufWriter<File>,
+    recovered: u64,
+}
+
+impl ProvenanceLog {
+    /// Opens (creating it and its parent directories if needed) the log at `path` for appending.
+    ///
+    /// If the file does not end in a newline, a crash tore the last write: the file is
+    /// truncated back to just after its last newline and synced, and the number of
+    /// bytes dropped is available from [`ProvenanceLog::recovered_bytes`]. A complete
+    /// last line that is not valid JSON is left alone ([`read_log`] reports it).
+    pub fn open(path: &Path) -> Result<ProvenanceLog, ProvenanceError> {
+        let io_err = |source| ProvenanceError::Io { path: path.to_owned(), source };
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = parent {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
+        let created = !path.exists();
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io_err)?;
+        if created {
+            // A durable append is only durable if the file's directory entry is, too.
+            sync_dir(parent.unwrap_or(Path::new("."))).map_err(io_err)?;
+        }
+        let recovered = truncate_torn_tail(&mut file).map_err(io_err)?;
+        if recovered > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = recovered,
+                "provenance log ended in a torn line (crash during a write); truncated it to the last complete line"
+            );
+        }
+        Ok(ProvenanceLog { path: path.to_owned(), out: BufWriter::new(file), recovered })
+    }
+
+    /// Bytes of a torn last line dropped by [`ProvenanceLog::open`] (0 if the file was clean).
+    pub fn recovered_bytes(&self) -> u64 {
+        self.recovered
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record as one line. With `durable`, the line is flushed and
+    /// `fdatasync`ed before this returns; otherwise it may sit in the buffer until
+    /// the next [`ProvenanceLog::flush`] (see the module doc for the policy).
+    pub fn append(&mut self, rec: &Record, durable: bool) -> Result<(), ProvenanceError> {
+        let mut line = serde_json::to_string(rec)?;
+        line.push('\n');
+        self.out.write_all(line.as_bytes()).map_err(|source| self.io_err(source))?;
+        if durable {
+            self.flush(true)?;
+        }
+        Ok(())
+    }
+
+    /// Writes buffered records to the file; with `sync`, also `fdatasync`s it.
+    pub fn flush(&mut self, sync: bool) -> Result<(), ProvenanceError> {
+        self.out.flush().map_err(|source| self.io_err(source))?;
+        if sync {
+            self.out.get_ref().sync_data().map_err(|source| self.io_err(source))?;
+        }
+        Ok(())
+    }
+
+    fn io_err(&self, source: io::Error) -> ProvenanceError {
+        ProvenanceError::Io { path: self.path.clone(), source }
+    }
+}
+
+/// Cuts the file back to just after its last newline; returns the bytes dropped.
+fn truncate_torn_tail(file: &mut File) -> io::Result<u64> {
+    const CHUNK: u64 = 64 * 1024;
+    let len = file.metadata()?.len();
+    let mut buf = vec![0u8; CHUNK as usize];
+    let mut end = len;
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(CHUNK);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    if keep < len {
+        file.set_len(keep)?;
+        file.sync_all()?;
+    }
+    Ok(len - keep)
+}
+
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// What [`read_log`] found: the records, and the lines it had to skip.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogRead {
+    /// Every record that parsed, in file order.
+    pub records: Vec<Record>,
+    /// Lines that did not parse: (1-based line number, why).
+    pub skipped: Vec<(usize, String)>,
+}
+
+/// Reads the whole log. Bad lines and a torn (newline-less) last line are skipped
+/// and reported in [`LogRead::skipped`], never fatal; blank lines are ignored.
+pub fn read_log(path: &Path) -> Result<LogRead, ProvenanceError> {
+    let bytes = fs::read(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => ProvenanceError::NotFound { path: path.to_owned() },
+        _ => ProvenanceError::Io { path: path.to_owned(), source },
+    })?;
+    let mut read = LogRead::default();
+    let pieces: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = pieces.len() - 1;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let line_no = i + 1;
+        if i == last {
+            // After the final newline: empty for a clean file, otherwise a torn line.
+            if !piece.is_empty() {
+                let why = format!(
+                    "incomplete last line ({} bytes without a newline): torn by a crash or still being written",
+                    piece.len()
+                );
+                read.skipped.push((line_no, why));
+            }
+            break;
+        }
+        let Ok(text) = std::str::from_utf8(piece) else {
+            read.skipped.push((line_no, "not valid UTF-8".to_owned()));
+            continue;
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(text) {
+            Ok(rec) => read.records.push(rec),
+            Err(e) => read.skipped.push((line_no, e.to_string())),
+        }
+    }
+    Ok(read)
+}
+
+/// Which records `selfheal log` shows. Every set field must match.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LogFilter {
+    /// Keep records with `ts_ms >= since_ms`.
+    pub since_ms: Option<i64>,
+    /// Keep records with `ts_ms < until_ms`.
+    pub until_ms: Option<i64>,
+    /// Keep records of decisions about this pipeline.
+    pub pipeline: Option<String>,
+    /// Keep records of decisions that chose this action.
+    pub action: Option<String>,
+    /// Keep records of decisions with this guardrail verdict.
+    pub verdict: Option<String>,
+    /// Keep records of this decision id.
+    pub id: Option<String>,
+}
+
+impl LogFilter {
+    /// Whether `rec` passes. Pipeline, action and verdict are properties of a
+    /// decision: a decision record is tested itself, any other record through its
+    /// decision (`decision_of_id`, looked up by id) and fails if that is unknown.
+    /// Time bounds test each record's own `ts_ms`.
+    pub fn matches(&self, rec: &Record, decision_of_id: Option<&DecisionRecord>) -> bool {
+        if self.id.as_deref().is_some_and(|id| id != rec.id()) {
+            return false;
+        }
+        if self.since_ms.is_some_and(|t| rec.ts_ms() < t) || self.until_ms.is_some_and(|t| rec.ts_ms() >= t) {
+            return false;
+        }
+        if self.pipeline.is_none() && self.action.is_none() && self.verdict.is_none() {
+            return true;
+        }
+        let decision = match rec {
+            Record::Decision(d) => Some(d),
+            _ => decision_of_id,
+        };
+        let Some(d) = decision else { return false };
+        let same = |want: &Option<String>, have: &str| want.iter().all(|w| w == have);
+        same(&self.pipeline, &d.pipeline) && same(&self.action, &d.chosen) && same(&self.verdict, &d.verdict)
+    }
+}
+
+/// The records passing `f`, in their original order. Non-decision records are
+/// judged by the decision with their id found anywhere in `records`.
+pub fn filter<'a>(records: &'a [Record], f: &LogFilter) -> Vec<&'a Record> {
+    let mut decisions: HashMap<&str, &DecisionRecord> = HashMap::new();
+    for rec in records {
+        if let Record::Decision(d) = rec {
+            decisions.entry(d.id.as_str()).or_insert(d);
+        }
+    }
+    records.iter().filter(|rec| f.matches(rec, decisions.get(rec.id()).copied())).collect()
+}
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// Parses a time given on the command line into Unix ms: Unix ms as an integer
+/// (`1795402800000`), RFC 3339 (`2026-11-23T03:00:00Z`, with optional fraction and
+/// `±HH:MM` offset), or relative to `now_ms` (`-30s`, `-15m`, `-2h`, `-1d`).
+pub fn parse_time(s: &str, now_ms: i64) -> Result<i64, String> {
+    let t = s.trim();
+    let bad = |why: &str| {
+        format!(
+            "invalid time {s:?}: {why}; expected Unix milliseconds (e.g. 1795402800000), \
+             RFC 3339 UTC (e.g. 2026-11-23T03:00:00Z) or a relative time (e.g. -15m, -2h, -1d)"
+        )
+    };
+    if t.is_empty() {
+        return Err(bad("empty"));
+    }
+    if let Some(rel) = t.strip_prefix('-') {
+        let unit_ms = match rel.chars().last() {
+            Some('s') => 1_000,
+            Some('m') => 60_000,
+            Some('h') => 3_600_000,
+            Some('d') => MS_PER_DAY,
+            _ => return Err(bad("a relative time needs a unit s, m, h or d")),
+        };
+        let digits = &rel[..rel.len() - 1];
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("a relative time is a minus sign, a whole number and a unit"));
+        }
+        let n: i64 = digits.parse().map_err(|_| bad("number out of range"))?;
+        return n
+            .checked_mul(unit_ms)
+            .and_then(|back| now_ms.checked_sub(back))
+            .ok_or_else(|| bad("number out of range"));
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| bad("number out of range"));
+    }
+    parse_rfc3339(t).map_err(|why| bad(&why))
+}
+
+/// `YYYY-MM-DD[T ]HH:MM:SS[.frac](Z|±HH:MM)` → Unix ms (fraction truncated to ms).
+fn parse_rfc3339(t: &str) -> Result<i64, String> {
+    let b = t.as_bytes();
+    let num = |from: usize, to: usize| -> Result<i64, String> {
+        let part = b.get(from..to).filter(|p| p.iter().all(u8::is_ascii_digit));
+        part.map(|p| p.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+            .ok_or_else(|| "not of the form YYYY-MM-DDTHH:MM:SSZ".to_owned())
+    };
+    let sep_ok = b.len() >= 19
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't' | b' ')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !sep_ok {
+        return Err("not of the form YYYY-MM-DDTHH:MM:SSZ".to_owned());
+    }
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let mut i = 19;
+    let mut millis = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return Err("a fraction of a second needs digits after the '.'".to_owned());
+        }
+        // Milliseconds are the first three digits, padded with zeros; the rest is cut.
+        let padded = b[start..i].iter().chain(std::iter::repeat(&b'0')).take(3);
+        millis = padded.fold(0, |acc, d| acc * 10 + i64::from(d - b'0'));
+    }
+    let offset_min = match &b[i..] {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] if [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit()) => {
+            let (h, m) = (i64::from((h1 - b'0') * 10 + (h2 - b'0')), i64::from((m1 - b'0') * 10 + (m2 - b'0')));
+            if h > 23 || m > 59 {
+                return Err("offset out of range".to_owned());
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        [] => return Err("missing time zone: end with Z for UTC".to_owned()),
+        _ => return Err("expected Z or ±HH:MM after the seconds".to_owned()),
+    };
+    if !(1..=12).contains(&month) {
+        return Err(format!("month {month} out of range"));
+    }
+    if day < 1 || day > days_in_month(year, month) {
+        return Err(format!("day {day} out of range for {year:04}-{month:02}"));
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return Err(format!("time {hour:02}:{minute:02}:{second:02} out of range"));
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3_600 + minute * 60 + second - offset_min * 60;
+    Ok(secs * 1_000 + millis)
+}
+
+fn is_leap(year: i64) -> bool {
+    year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The inverse of [`days_from_civil`]: (year, month, day).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds: `2026-11-23T03:12:05.123Z`.
+pub fn format_utc(ts_ms: i64) -> String {
+    let (year, month, day) = civil_from_days(ts_ms.div_euclid(MS_PER_DAY));
+    format!("{year:04}-{month:02}-{day:02}T{}Z", clock(ts_ms))
+}
+
+/// The UTC time of day of Unix ms: `03:12:05.123`.
+fn clock(ts_ms: i64) -> String {
+    let ms = ts_ms.rem_euclid(MS_PER_DAY);
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1_000 % 60, ms % 1_000);
+    format!("{h:02}:{m:02}:{s:02}.{frac:03}")
+}
+
+/// One human-readable line per record, for `selfheal log` and the daemon's console, e.g.
+/// `03:12:05.123 p2 d-42 anomalous (score 0.81, signature 3) → scale_up [allowed: confident, 412 visits]`.
+pub fn one_line(rec: &Record) -> String {
+    let at = clock(rec.ts_ms());
+    match rec {
+        Record::Decision(d) => {
+            let health = if d.anomalous { "anomalous" } else { "normal" };
+            let mut line = format!(
+                "{at} {} {} {health} (score {:.2}, signature {}) → {} [{}: {}]",
+                d.pipeline, d.id, d.score, d.signature, d.chosen, d.verdict, d.reason
+            );
+            if d.shadow != d.chosen {
+                let _ = write!(line, " (rules: {})", d.shadow);
+            }
+            line
+        }
+        Record::Approval(a) => {
+            let what = match (a.approved, a.by.as_str()) {
+                (false, "expiry") => "expired unapproved".to_owned(),
+                (true, by) => format!("approved by {by}"),
+                (false, by) => format!("rejected by {by}"),
+            };
+            with_note(format!("{at} {} {what}", a.id), &a.note)
+        }
+        Record::Call(c) => format!("{at} {} call {}", c.id, describe_call(c)),
+        Record::Outcome(o) => with_note(format!("{at} {} outcome {}", o.id, o.status), &o.detail),
+        Record::Reward(r) => format!(
+            "{at} {} reward {:.3} over {} windows → state {}; Q {:.3} → {:.3}",
+            r.id, r.reward, r.windows, r.next_state, r.q_before, r.q_after
+        ),
+        Record::Escalation(e) => with_note(format!("{at} {} escalation {}", e.id, describe_escalation(e)), &e.detail),
+    }
+}
+
+fn with_note(mut line: String, note: &str) -> String {
+    if !note.is_empty() {
+        let _ = write!(line, ": {note}");
+    }
+    line
+}
+
+fn describe_call(c: &CallRecord) -> String {
+    let result = match (&c.ok, &c.error) {
+        (true, _) => "ok".to_owned(),
+        (false, Some(err)) => format!("failed: {err}"),
+        (false, None) => "failed".to_owned(),
+    };
+    format!(
+        "{} attempt {}: {result} in {} ms (timeout {} ms, idempotency key {})",
+        c.endpoint, c.attempt, c.duration_ms, c.timeout_ms, c.idempotency_key
+    )
+}
+
+fn describe_escalation(e: &EscalationRecord) -> String {
+    let plural = if e.attempts == 1 { "" } else { "s" };
+    let state = if e.delivered { "delivered" } else { "NOT delivered" };
+    format!("{state} after {} attempt{plural}", e.attempts)
+}
+
+/// Tells the story of decision `id` in plain words: the window, the detector's
+/// verdict, the state, the ranked Q values, the choice and what the rules would have
+/// done, the guardrails, then every later record (approvals, call attempts, outcome,
+/// escalations, reward and Q update) in time order.
+pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> {
+    let d = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Decision(d) if d.id == id => Some(d),
+            _ => None,
+        })
+        .ok_or_else(|| ProvenanceError::UnknownId(id.to_owned()))?;
+    let w = &d.window;
+    let mut out = String::new();
+    // Writing to a String cannot fail; the results are ignored.
+    let _ = writeln!(out, "decision {} on pipeline {} at {} (mode {})", d.id, d.pipeline, format_utc(d.ts_ms), d.mode);
+    let _ = writeln!(
+        out,
+        "window ending {}: latency p95 {:.2} s, error ratio {:.1}%, backlog {:.0}, {:.0} workers, {:.0} records in",
+        format_utc(w.ts_ms),
+        w.latency_p95_s,
+        w.error_ratio * 100.0,
+        w.backlog,
+        w.workers,
+        w.records_in
+    );
+    let health = if d.anomalous { "anomalous" } else { "not anomalous" };
+    let _ = writeln!(out, "detector: {health}, anomaly score {:.3}, failure signature {}", d.score, d.signature);
+    let _ = writeln!(out, "state {}: {}", d.state, d.state_text);
+    let mut ranked: Vec<&(String, f64)> = d.q.iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let _ = writeln!(out, "Q values, best first (state visited {} times):", d.visits);
+    for (action, q) in ranked {
+        let mark = if *action == d.chosen { "  ← chosen" } else { "" };
+        let _ = writeln!(out, "  {action:<20} {q:>10.4}{mark}");
+    }
+    let _ = writeln!(out, "chosen: {} with probability {:.3}", d.chosen, d.probability);
+    let agreement = if d.shadow == d.chosen { "agrees" } else { "differs" };
+    let _ = writeln!(out, "rules would have chosen: {} ({agreement})", d.shadow);
+    let _ = writeln!(out, "guardrails: {} — {}", d.verdict, d.reason);
+    if let Some(key) = &d.idempotency_key {
+        let _ = writeln!(out, "idempotency key: {key}");
+    }
+
+    let mut later: Vec<&Record> =
+        records.iter().filter(|r| r.id() == id && !matches!(r, Record::Decision(_))).collect();
+    later.sort_by_key(|r| r.ts_ms());
+    if later.is_empty() {
+        let _ = writeln!(out, "nothing recorded after the decision (no approval, call, outcome or reward yet)");
+    }
+    let mut has_outcome = false;
+    for rec in later {
+        let at = format_utc(rec.ts_ms());
+        match rec {
+            Record::Decision(_) => {}
+            Record::Approval(a) => {
+                let what = match (a.approved, a.by.as_str()) {
+                    (false, "expiry") => "the proposal expired without approval".to_owned(),
+                    (true, by) => format!("approved via {by}"),
+                    (false, by) => format!("rejected via {by}"),
+                };
+                let _ = writeln!(out, "{at} approval: {}", with_note(what, &a.note));
+            }
+            Record::Call(c) => {
+                let _ = writeln!(out, "{at} call: {}", describe_call(c));
+            }
+            Record::Outcome(o) => {
+                has_outcome = true;
+                let _ = writeln!(out, "{at} outcome: {}", with_note(o.status.clone(), &o.detail));
+            }
+            Record::Escalation(e) => {
+                let _ = writeln!(out, "{at} escalation: {}", with_note(describe_escalation(e), &e.detail));
+            }
+            Record::Reward(r) => {
+                let _ = writeln!(
+                    out,
+                    "{at} reward: {:.3} over {} windows, next state {}; Q(state {}, {}) {:.4} → {:.4}",
+                    r.reward, r.windows, r.next_state, d.state, d.chosen, r.q_before, r.q_after
+                );
+            }
+        }
+    }
+    if !has_outcome && d.verdict != "noop" && d.verdict != "observed" {
+        let _ = writeln!(out, "no outcome recorded yet");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_round_trip_and_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        for days in (-800_000..800_000).step_by(97) {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    #[test]
+    fn rfc3339_forms() {
+        // `date -u -d 2026-11-23T03:00:00Z +%s` → 1795402800
+        assert_eq!(parse_rfc3339("2026-11-23T03:00:00Z"), Ok(1_795_402_800_000));
+        assert_eq!(parse_rfc3339("2026-11-23t03:00:00.5z"), Ok(1_795_402_800_500));
+        assert_eq!(parse_rfc3339("2026-11-23 03:00:00.123456Z"), Ok(1_795_402_800_123));
+        assert_eq!(parse_rfc3339("2026-11-23T04:30:00+01:30"), Ok(1_795_402_800_000));
+        assert_eq!(parse_rfc3339("2026-11-22T23:00:00-04:00"), Ok(1_795_402_800_000));
+        assert_eq!(parse_rfc3339("2024-02-29T00:00:00Z"), Ok(1_709_164_800_000));
+        assert!(parse_rfc3339("2023-02-29T00:00:00Z").is_err());
+        assert!(parse_rfc3339("2026-13-01T00:00:00Z").is_err());
+        assert!(parse_rfc3339("2026-11-23T24:00:00Z").is_err());
+        assert!(parse_rfc3339("2026-11-23T03:00:00").is_err());
+        assert!(parse_rfc3339("2026-11-23T03:00:00.Z").is_err());
+    }
+
+    #[test]
+    fn clock_and_format_handle_negative_times() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_utc(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(clock(1_795_402_800_000 + 725_123), "03:12:05.123");
+    }
+
+    #[test]
+    fn torn_tail_is_cut_back_to_the_last_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        fs::write(&path, b"{\"a\":1}\n{\"b\"").unwrap();
+        let mut f = OpenOptions::new().read(true).append(true).open(&path).unwrap();
+        assert_eq!(truncate_torn_tail(&mut f).unwrap(), 4);
+        assert_eq!(fs::read(&path).unwrap(), b"{\"a\":1}\n");
+        fs::write(&path, b"no newline at all").unwrap();
+        let mut f = OpenOptions::new().read(true).append(true).open(&path).unwrap();
+        assert_eq!(truncate_torn_tail(&mut f).unwrap(), 17);
+        assert_eq!(fs::read(&path).unwrap(), b"");
+    }
+}

@@ -1,0 +1,241 @@
+//! From samples to windows: what every source hands the decision loop.
+//!
+//! Telemetry arrives as samples (one pipeline, one time, some metrics); the
+//! agent decides on windows (one pipeline, one period, every metric). The
+//! assembler groups samples by pipeline and period: within a period the latest
+//! value of a metric wins (duplicates are harmless), a metric missing from a
+//! period keeps its last known value (CloudWatch and push clients drop points),
+//! and a window closes when the first sample of a later period arrives. A
+//! sample older than its pipeline's open period is late and refused, never
+//! reordered silently into the past.
+
+use selfheal_core::{Metric, Telemetry};
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+/// One pipeline's telemetry over one period: what the agent decides on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Window {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Start of the period, Unix milliseconds.
+    pub ts_ms: i64,
+    /// The latest value of every metric.
+    pub telemetry: Telemetry,
+}
+
+/// One sample as pushed to `POST /ingest` or replayed from JSON lines:
+/// `{"ts": 1795402800000, "pipeline": "orders", "metrics": {"pipeline.latency.p95": 42.0}}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleLine<'a> {
+    /// Unix milliseconds.
+    pub ts: i64,
+    /// Pipeline name.
+    #[serde(borrow)]
+    pub pipeline: Cow<'a, str>,
+    /// Stage the metrics describe (informational; each metric knows its stage).
+    #[serde(default, borrow)]
+    pub stage: Option<Cow<'a, str>>,
+    /// Metric name → value, names as in `selfheal config --metrics`.
+    pub metrics: MetricValues,
+}
+
+/// The metrics of one sample, checked as they are parsed: known names, finite values.
+#[derive(Debug, Default)]
+pub struct MetricValues(pub Vec<(Metric, f64)>);
+
+impl<'de> Deserialize<'de> for MetricValues {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetricValues;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of metric name to number")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetricValues, A::Error> {
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                    let metric = Metric::from_name(&name)
+                        .ok_or_else(|| de::Error::custom(format_args!("unknown metric {name:?}")))?;
+                    let v: f64 = map.next_value()?;
+                    if !v.is_finite() {
+                        return Err(de::Error::custom(format_args!("{name}: value {v} is not finite")));
+                    }
+                    out.push((metric, v));
+                }
+                Ok(MetricValues(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// Parse one JSON line into a sample.
+pub fn parse_line(line: &[u8]) -> Result<SampleLine<'_>, String> {
+    let s: SampleLine<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    if s.pipeline.is_empty() {
+        return Err("pipeline must not be empty".into());
+    }
+    if s.ts < 0 {
+        return Err(format!("ts {} is before 1970", s.ts));
+    }
+    Ok(s)
+}
+
+/// Why a sample was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Older than the pipeline's open window.
+    #[error("late sample: ts {ts} is before the open window of {pipeline:?}, which starts at {open}")]
+    Late {
+        /// Pipeline.
+        pipeline: String,
+        /// The sample's time.
+        ts: i64,
+        /// Start of the open window.
+        open: i64,
+    },
+}
+
+#[derive(Debug)]
+struct Open {
+    start: i64,
+    telemetry: Telemetry,
+}
+
+/// Groups samples into windows of `period_ms`, per pipeline.
+#[derive(Debug)]
+pub struct Assembler {
+    period_ms: i64,
+    open: HashMap<String, Open>,
+}
+
+impl Assembler {
+    /// Windows of `period_ms` (at least 1).
+    pub fn new(period_ms: i64) -> Assembler {
+        Assembler { period_ms: period_ms.max(1), open: HashMap::new() }
+    }
+
+    /// Add a sample; returns the window it closed, if any.
+    pub fn push(&mut self, pipeline: &str, ts: i64, metrics: &[(Metric, f64)]) -> Result<Option<Window>, Refused> {
+        let start = ts - ts.rem_euclid(self.period_ms);
+        let Some(open) = self.open.get_mut(pipeline) else {
+            let mut telemetry = Telemetry::default();
+            metrics.iter().for_each(|&(m, v)| telemetry.set(m, v));
+            self.open.insert(pipeline.to_string(), Open { start, telemetry });
+            return Ok(None);
+        };
+        if start < open.start {
+            return Err(Refused::Late { pipeline: pipeline.to_string(), ts, open: open.start });
+        }
+        let closed = if start > open.start {
+            let w = Window { pipeline: pipeline.to_string(), ts_ms: open.start, telemetry: open.telemetry };
+            open.start = start; // the telemetry carries over: missing metrics keep their last value
+            Some(w)
+        } else {
+            None
+        };
+        metrics.iter().for_each(|&(m, v)| open.telemetry.set(m, v));
+        Ok(closed)
+    }
+
+    /// Close every open window (end of a replay).
+    pub fn drain(&mut self) -> Vec<Window> {
+        let mut out: Vec<Window> = self
+            .open
+            .drain()
+            .map(|(pipeline, o)| Window { pipeline, ts_ms: o.start, telemetry: o.telemetry })
+            .collect();
+        out.sort_by(|a, b| (a.ts_ms, &a.pipeline).cmp(&(b.ts_ms, &b.pipeline)));
+        out
+    }
+}
+
+/// A body of JSON lines, parsed: the windows it closed and the lines refused.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Samples accepted.
+    pub accepted: usize,
+    /// Windows closed by them.
+    pub windows: Vec<Window>,
+    /// 1-based line number and why, for every refused line.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Parse a body of JSON lines into `asm`. Blank lines are skipped; a bad line
+/// is refused alone and the others still land.
+pub fn ingest_body(asm: &mut Assembler, body: &[u8]) -> Ingested {
+    let mut out = Ingested::default();
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match parse_line(line) {
+            Ok(s) => match asm.push(&s.pipeline, s.ts, &s.metrics.0) {
+                Ok(w) => {
+                    out.accepted += 1;
+                    out.windows.extend(w);
+                }
+                Err(e) => out.rejected.push((i + 1, e.to_string())),
+            },
+            Err(e) => out.rejected.push((i + 1, e)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAT: Metric = Metric::LatencyP95;
+
+    #[test]
+    fn windows_close_on_a_later_period_and_carry_missing_metrics() {
+        let mut a = Assembler::new(60_000);
+        assert_eq!(a.push("p", 0, &[(LAT, 10.0), (Metric::Backlog, 5.0)]), Ok(None));
+        assert_eq!(a.push("p", 30_000, &[(LAT, 20.0)]), Ok(None)); // same period: latest wins
+        let w = a.push("p", 60_000, &[(LAT, 30.0)]).unwrap().unwrap();
+        assert_eq!((w.ts_ms, w.telemetry.get(LAT), w.telemetry.get(Metric::Backlog)), (0, 20.0, 5.0));
+        let w = a.push("p", 180_000, &[]).unwrap().unwrap();
+        assert_eq!((w.ts_ms, w.telemetry.get(LAT), w.telemetry.get(Metric::Backlog)), (60_000, 30.0, 5.0));
+    }
+
+    #[test]
+    fn late_samples_are_refused_and_pipelines_are_separate() {
+        let mut a = Assembler::new(1000);
+        a.push("p", 5000, &[(LAT, 1.0)]).unwrap();
+        a.push("q", 1000, &[(LAT, 1.0)]).unwrap();
+        assert!(matches!(a.push("p", 3999, &[(LAT, 1.0)]), Err(Refused::Late { open: 5000, .. })));
+        assert_eq!(a.push("p", 5999, &[(LAT, 2.0)]), Ok(None)); // duplicate period is fine
+        assert_eq!(a.drain().len(), 2);
+    }
+
+    #[test]
+    fn body_with_bad_lines_keeps_the_good_ones() {
+        let body = b"{\"ts\":0,\"pipeline\":\"p\",\"metrics\":{\"pipeline.latency.p95\":1}}\n\
+not json\n\
+{\"ts\":1000,\"pipeline\":\"p\",\"metrics\":{\"nope\":1}}\n\
+\n\
+{\"ts\":1000,\"pipeline\":\"p\",\"metrics\":{\"pipeline.latency.p95\":2}}\n\
+{\"ts\":1000,\"pipeline\":\"\",\"metrics\":{}}\n";
+        let mut a = Assembler::new(1000);
+        let r = ingest_body(&mut a, body);
+        assert_eq!(r.accepted, 2);
+        assert_eq!(r.windows.len(), 1);
+        let lines: Vec<usize> = r.rejected.iter().map(|(l, _)| *l).collect();
+        assert_eq!(lines, vec![2, 3, 6]);
+        assert!(r.rejected[1].1.contains("unknown metric \"nope\""), "{:?}", r.rejected);
+    }
+
+    #[test]
+    fn huge_numbers_are_refused() {
+        let e = parse_line(b"{\"ts\":0,\"pipeline\":\"p\",\"metrics\":{\"pipeline.latency.p95\":1e999}}").unwrap_err();
+        assert!(!e.is_empty());
+    }
+}

@@ -1,0 +1,91 @@
+//! `selfheal log` and `selfheal explain`: read the sidecar's provenance log.
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use selfheal_sidecar::provenance::{explain, filter, one_line, parse_time, read_log, LogFilter, LogRead};
+use std::path::{Path, PathBuf};
+
+/// Where the log is: --log, else the default state directory's.
+#[derive(ClapArgs, Debug)]
+pub struct LogSource {
+    /// Provenance log (default: selfheal-state/provenance.jsonl, the daemon's default).
+    #[arg(long, default_value = "selfheal-state/provenance.jsonl")]
+    log: PathBuf,
+}
+
+fn read(path: &Path) -> Result<LogRead> {
+    let read = read_log(path)?;
+    for (line, why) in &read.skipped {
+        eprintln!("warning: {}:{line}: skipped: {why}", path.display());
+    }
+    Ok(read)
+}
+
+/// Tell the chain of one decision in plain words: the window, the anomaly,
+/// the state, the Q values, the choice, the rules' choice, the guardrail
+/// verdict, approvals, every call attempt, the outcome and the reward.
+#[derive(ClapArgs, Debug)]
+pub struct ExplainArgs {
+    /// Decision id (as the daemon logs it, e.g. 18c2f3a-42).
+    id: String,
+    #[command(flatten)]
+    source: LogSource,
+}
+
+pub fn run_explain(a: ExplainArgs) -> Result<()> {
+    let read = read(&a.source.log)?;
+    println!("{}", explain(&a.id, &read.records)?);
+    Ok(())
+}
+
+/// List provenance records, filtered by time, pipeline, action and verdict.
+/// Records of a decision (approvals, calls, outcome, reward) follow its
+/// filters. Times: Unix ms, RFC 3339 (2026-11-23T03:00:00Z) or relative (-15m, -2h).
+#[derive(ClapArgs, Debug)]
+pub struct LogArgs {
+    #[command(flatten)]
+    source: LogSource,
+    /// Records at or after this time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Records before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only this pipeline's decisions.
+    #[arg(long)]
+    pipeline: Option<String>,
+    /// Only decisions that chose this action (e.g. scale_up).
+    #[arg(long)]
+    action: Option<String>,
+    /// Only decisions with this verdict: noop, observed, proposed, pending, allowed, escalated, paused, denied.
+    #[arg(long)]
+    verdict: Option<String>,
+    /// Only this decision's records.
+    #[arg(long)]
+    id: Option<String>,
+    /// Print the records as JSON lines instead of one readable line each.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_log(a: LogArgs) -> Result<()> {
+    let now = selfheal_sidecar::now_ms();
+    let time = |s: &Option<String>| s.as_deref().map(|s| parse_time(s, now)).transpose().map_err(anyhow::Error::msg);
+    let f = LogFilter {
+        since_ms: time(&a.since)?,
+        until_ms: time(&a.until)?,
+        pipeline: a.pipeline,
+        action: a.action,
+        verdict: a.verdict,
+        id: a.id,
+    };
+    let read = read(&a.source.log)?;
+    for rec in filter(&read.records, &f) {
+        if a.json {
+            println!("{}", serde_json::to_string(rec)?);
+        } else {
+            println!("{}", one_line(rec));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! `selfheal run`: the sidecar controller, and the small commands around it
+//! (`config`, `validate`, `approve`, `reject`, `pause`, `resume`).
+//!
+//! This is the one place that knows which concrete source, actuator, encoder
+//! and models the daemon gets; `selfheal-sidecar` only knows their traits.
+
+use crate::{defaults, wiring};
+use anyhow::{bail, Context, Result};
+use clap::Args as ClapArgs;
+use selfheal_agent::store::ModelFile;
+use selfheal_agent::{DetectorEncoder, QLearner, RulesPolicy, TelemetryEncoder};
+use selfheal_core::{Detector, Metric, StateEncoder};
+use selfheal_detect::telemetry::TelemetryDetector;
+use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
+use selfheal_sidecar::config::{ActuatorConfig, LowConfidence, Pace, SidecarConfig, SourceConfig, EXAMPLE};
+use selfheal_sidecar::daemon::{self, Checkpoint, Daemon};
+use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Parts};
+use selfheal_sidecar::http::Ingest;
+use selfheal_sidecar::source::{FileSource, HttpSource, Pacing, SimFleet, SimSource, TelemetrySource};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Run the sidecar controller: watch pipelines, decide within guardrails,
+/// act, learn online, and log every decision.
+///
+/// With no --config it is a live demo: the built-in simulator with 3
+/// pipelines and injected faults, the shipped models, act mode. Every decision
+/// is one line on stderr; /metrics, /approvals and /healthz answer on
+/// 127.0.0.1:9477. Stop it with Ctrl-C (SIGINT) or SIGTERM: in-flight actions
+/// finish (or are cancelled after the grace period), the Q table is saved, the
+/// log is synced. `selfheal config --example` prints every setting.
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Configuration file (TOML); without it, the built-in simulator demo.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// HTTP address (overrides daemon.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Mode (overrides guard.mode): observe, recommend or act.
+    #[arg(long)]
+    mode: Option<selfheal_guard::Mode>,
+    /// State directory (overrides daemon.state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// Load the configuration the way `run` does.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<SidecarConfig> {
+    match path {
+        Some(p) => Ok(SidecarConfig::load(p)?),
+        None => Ok(SidecarConfig::default()),
+    }
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let mut cfg = load_config(a.config.as_deref())?;
+    if let Some(l) = a.listen {
+        cfg.daemon.listen = l;
+    }
+    if let Some(m) = a.mode {
+        cfg.guard.mode = m;
+    }
+    if let Some(d) = a.state_dir {
+        cfg.daemon.state_dir = d;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: SidecarConfig) -> Result<()> {
+    let scenario = defaults::scenario(cfg.model.scenario.as_deref())?;
+    let detector_model = defaults::detector(cfg.model.detector.as_deref())?;
+    let checkpoint_path = cfg.daemon.checkpoint_path();
+    let (model, from) = if checkpoint_path.exists() {
+        let m = ModelFile::load(&checkpoint_path).with_context(|| {
+            format!(
+                "the checkpoint {} does not load; move it away to start from the shipped model",
+                checkpoint_path.display()
+            )
+        })?;
+        (m, checkpoint_path.display().to_string())
+    } else {
+        let from = cfg.model.policy.as_ref().map_or("shipped models/policy.json".into(), |p| p.display().to_string());
+        (defaults::policy(cfg.model.policy.as_deref())?, from)
+    };
+    // Checks the policy against the scenario's shape and the detector.
+    let (enc, _) = wiring::learned(&model, &scenario, &detector_model)?;
+    let table = model.table(enc.as_ref())?;
+    tracing::info!(model = %from, states = table.visited_states().count(), "Q table loaded");
+    let enc_cfg = model.encoder.config.clone();
+    let detector: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector_model.clone()));
+    let encoder: EncoderFactory = match model.encoder.id.as_str() {
+        "telemetry-v1" => {
+            let c = enc_cfg.clone();
+            Arc::new(move || Box::new(TelemetryEncoder::new(c.clone())) as Box<dyn StateEncoder + Send>)
+        }
+        "detector-v1" => {
+            let (c, d) = (enc_cfg.clone(), detector.clone());
+            Arc::new(move || Box::new(DetectorEncoder::new(c.clone(), d.clone())) as Box<dyn StateEncoder + Send>)
+        }
+        other => bail!("unknown encoder {other:?}"),
+    };
+    let (_, describe) = wiring::encoder(&model.encoder.id, enc_cfg.clone(), &detector_model)?;
+    let rules_file = defaults::rules(cfg.model.rules.as_deref())?;
+    let reward = wiring::reward(&scenario);
+    let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
+    let mut learner = QLearner::from_table(table, model.meta.params, cfg.model.seed);
+    learner.set_epsilon(cfg.model.epsilon);
+    let parts = Parts { encoder, describe: describe.clone(), detector, learner, rules, reward: Box::new(reward) };
+    let g = &cfg.guard;
+    let dcfg = DecideConfig {
+        mode: g.mode,
+        confidence: g.confidence,
+        propose_when_unsure: g.low_confidence == LowConfidence::Propose,
+        approval_ttl_ms: g.approval_ttl_secs * 1000,
+        budget: g.budget,
+        reward_windows: cfg.model.reward_windows,
+        learn: cfg.model.learn,
+        epsilon: cfg.model.epsilon,
+        log_healthy: cfg.daemon.log_healthy,
+        seed: cfg.model.seed,
+    };
+    let run_id = format!("{:x}", selfheal_sidecar::now_ms());
+    let controller = Controller::new(dcfg, parts, run_id);
+
+    let mut fleet = None;
+    let mut ingest = None;
+    let source: Box<dyn TelemetrySource> = match &cfg.source {
+        SourceConfig::Simulator { pipelines, tick_ms, seed } => {
+            let f = Arc::new(Mutex::new(SimFleet::new(&scenario, *pipelines, *seed, selfheal_sidecar::now_ms())));
+            fleet = Some(f.clone());
+            Box::new(SimSource::new(f, Duration::from_millis(*tick_ms)))
+        }
+        SourceConfig::File { path, metric, pipeline, pace, speed, from } => {
+            let metric = Metric::from_name(metric).context("source.metric")?;
+            let pacing = match pace {
+                Pace::Fast => Pacing::Fast,
+                Pace::Realtime => Pacing::Realtime(*speed),
+            };
+            let from = match from {
+                Some(f) => Some(
+                    selfheal_sidecar::provenance::parse_time(f, selfheal_sidecar::now_ms())
+                        .map_err(anyhow::Error::msg)
+                        .context("source.from")?,
+                ),
+                None => None,
+            };
+            Box::new(FileSource::open(path, metric, pipeline, pacing, from)?)
+        }
+        SourceConfig::Http { token_env, window_secs } => {
+            let token = match token_env {
+                Some(var) => Some(
+                    std::env::var(var).with_context(|| format!("source.token_env names {var}, which is not set"))?,
+                ),
+                None => None,
+            };
+            let (tx, src) = HttpSource::channel(1024);
+            ingest = Some(Arc::new(Ingest::new(*window_secs as i64 * 1000, tx, token)));
+            Box::new(src)
+        }
+    };
+    let actuator: Arc<dyn Actuator> = match &cfg.actuator {
+        ActuatorConfig::Simulator => {
+            Arc::new(SimActuator(fleet.clone().context("actuator.kind = \"simulator\" needs the simulator source")?))
+        }
+        ActuatorConfig::DryRun => Arc::new(DryRun),
+        ActuatorConfig::Command { commands } => Arc::new(CommandActuator::new(commands.clone())),
+    };
+    let meta = model.meta.clone();
+    let path = checkpoint_path.clone();
+    let checkpoint: Checkpoint = Arc::new(move |table| {
+        ModelFile::new(meta.clone(), describe.as_ref(), enc_cfg.clone(), table).save(&path).map_err(|e| e.to_string())
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (daemon.listen / --listen)", cfg.daemon.listen))?;
+    eprintln!(
+        "selfheal sidecar: http://{} (healthz, readyz, metrics, approvals); log {}; stop with Ctrl-C",
+        listener.local_addr()?,
+        cfg.daemon.log_path().display()
+    );
+    let d = Daemon { cfg, controller, source, actuator, ingest, checkpoint };
+    let summary = daemon::run(d, listener, shutdown_signal()).await?;
+    eprintln!(
+        "selfheal sidecar stopped: {} windows, {} actions succeeded, {} failed, {} Q updates",
+        summary.windows, summary.succeeded, summary.failed, summary.q_updates
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::warn!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::warn!("SIGTERM: shutting down"),
+    }
+}
+
+/// Print the complete, commented example configuration.
+#[derive(ClapArgs, Debug)]
+pub struct ConfigArgs {
+    /// Print the example configuration (every key, documented, with its default).
+    #[arg(long)]
+    example: bool,
+    /// List the metric names sources accept.
+    #[arg(long)]
+    metrics: bool,
+}
+
+pub fn config(a: ConfigArgs) -> Result<()> {
+    if a.metrics {
+        for m in Metric::ALL {
+            println!("{}\t{}", m.name(), m.stage());
+        }
+        return Ok(());
+    }
+    if !a.example {
+        bail!("nothing to do: pass --example (the commented example config) or --metrics (metric names)");
+    }
+    print!("{EXAMPLE}");
+    Ok(())
+}
+
+/// Check a configuration without touching the network.
+#[derive(ClapArgs, Debug)]
+pub struct ValidateArgs {
+    /// The file to check.
+    #[arg(long)]
+    config: PathBuf,
+}
+
+pub fn validate(a: ValidateArgs) -> Result<()> {
+    let cfg = SidecarConfig::load(&a.config)?;
+    for (key, path) in [
+        ("model.policy", &cfg.model.policy),
+        ("model.detector", &cfg.model.detector),
+        ("model.rules", &cfg.model.rules),
+        ("model.scenario", &cfg.model.scenario),
+    ] {
+        if let Some(p) = path {
+            if !p.exists() {
+                bail!("{}: {key}: {} does not exist", a.config.display(), p.display());
+            }
+        }
+    }
+    if let SourceConfig::File { path, .. } = &cfg.source {
+        if !path.exists() {
+            bail!("{}: source.path: {} does not exist", a.config.display(), path.display());
+        }
+    }
+    println!(
+        "{}: ok (mode {}, source {}, actuator {})",
+        a.config.display(),
+        cfg.guard.mode,
+        source_kind(&cfg.source),
+        actuator_kind(&cfg.actuator)
+    );
+    Ok(())
+}
+
+fn source_kind(s: &SourceConfig) -> &'static str {
+    match s {
+        SourceConfig::Simulator { .. } => "simulator",
+        SourceConfig::File { .. } => "file",
+        SourceConfig::Http { .. } => "http",
+    }
+}
+
+fn actuator_kind(s: &ActuatorConfig) -> &'static str {
+    match s {
+        ActuatorConfig::Simulator => "simulator",
+        ActuatorConfig::DryRun => "dry-run",
+        ActuatorConfig::Command { .. } => "command",
+    }
+}
+
+/// Approve, reject, pause or resume on a running daemon.
+#[derive(ClapArgs, Debug)]
+pub struct ClientArgs {
+    /// Decision id (from the daemon's log, `selfheal log` or GET /approvals); not used by pause/resume.
+    id: Option<String>,
+    /// The daemon's HTTP address.
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    addr: String,
+    /// Reason (pause only).
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+/// What a client command asks the daemon.
+pub enum Ask {
+    Approve,
+    Reject,
+    Pause,
+    Resume,
+}
+
+pub fn client(ask: Ask, a: ClientArgs) -> Result<()> {
+    let (path, body) = match ask {
+        Ask::Approve | Ask::Reject => {
+            let id = a.id.as_deref().context("which decision? pass its id, e.g. `selfheal approve 18c2f-42`")?;
+            let decision = if matches!(ask, Ask::Approve) { "approve" } else { "reject" };
+            (format!("/approvals/{id}"), serde_json::json!({ "decision": decision, "by": "cli" }))
+        }
+        Ask::Pause => {
+            ("/pause".into(), serde_json::json!({ "reason": a.reason.unwrap_or_else(|| "paused from the CLI".into()) }))
+        }
+        Ask::Resume => ("/resume".into(), serde_json::json!({})),
+    };
+    let url = format!("http://{}{path}", a.addr);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (status, text) = rt.block_on(async {
+        let resp =
+            reqwest::Client::new().post(&url).json(&body).timeout(Duration::from_secs(10)).send().await.with_context(
+                || format!("cannot reach the daemon at {url}; is `selfheal run` listening there (--addr)?"),
+            )?;
+        let status = resp.status();
+        Ok::<_, anyhow::Error>((status, resp.text().await.unwrap_or_default()))
+    })?;
+    if !status.is_success() {
+        bail!("{status}: {}", text.trim());
+    }
+    println!("{}", text.trim());
+    Ok(())
+}
