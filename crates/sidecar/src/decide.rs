@@ -23,7 +23,8 @@
 //!
 //! The executed action, not the chosen one, is what the encoder remembers
 //! and what Q learns from: a denied or proposed action did not happen, so the
-//! pipeline saw a no-op. A failed action teaches nothing and is escalated.
+//! pipeline saw a no-op. A failed action teaches nothing and is escalated;
+//! so does one whose outcome is still unknown when the next window arrives.
 
 use crate::notify::Escalation;
 use crate::provenance::{ApprovalRecord, DecisionRecord, OutcomeRecord, Record, RewardRecord, WindowSummary};
@@ -176,6 +177,7 @@ pub struct Controller {
     run: String,
     seq: u64,
     clock_ms: u64,
+    in_flight: std::collections::HashSet<String>,
     updates_since_checkpoint: u64,
     /// Counters for `/metrics`.
     pub stats: Stats,
@@ -201,6 +203,7 @@ impl Controller {
             run,
             seq: 0,
             clock_ms: 0,
+            in_flight: Default::default(),
             updates_since_checkpoint: 0,
             stats: Stats::default(),
         }
@@ -266,8 +269,10 @@ impl Controller {
         p.score = detection.score;
         let (state, mask) = p.encoder.encode(t);
 
-        // 1. Feedback for the previous decision.
-        if let Some(mut pend) = p.pending.take() {
+        // 1. Feedback for the previous decision. An action still in flight has
+        // no known effect yet (it may yet fail): it teaches nothing.
+        let unknown = |pend: &PendingReward| pend.id.as_ref().is_some_and(|id| self.in_flight.contains(id));
+        if let Some(mut pend) = p.pending.take().filter(|pend| !unknown(pend)) {
             let r = self.parts.reward.reward(pend.action, t);
             pend.acc += self.parts.learner.params().gamma.powi(pend.windows as i32) * r;
             pend.windows += 1;
@@ -350,6 +355,7 @@ impl Controller {
         let key = format!("{id}/{}", chosen.name());
         let plan = plan.map(|pl| match pl {
             Pending::Act => {
+                self.in_flight.insert(id.clone());
                 Plan::Act(Order { id: id.clone(), key: key.clone(), pipeline: w.pipeline.clone(), action: chosen })
             }
             Pending::Propose(reason) => {
@@ -491,6 +497,7 @@ impl Controller {
             return Ok(out);
         }
         self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
+        self.in_flight.insert(id.to_string());
         out.plan = Some(Plan::Act(Order {
             id: id.into(),
             key: format!("{id}/{}", prop.action.name()),
@@ -512,6 +519,7 @@ impl Controller {
     /// is escalated.
     pub fn on_executed(&mut self, order: &Order, ok: bool, detail: String, now_ms: i64) -> Output {
         self.budget.finish(&order.pipeline);
+        self.in_flight.remove(&order.id);
         let mut out = Output::default();
         let status = if ok { "succeeded" } else { "failed" };
         self.outcome(&mut out, &order.id, status, detail.clone(), now_ms);
@@ -535,6 +543,7 @@ impl Controller {
     /// An action cancelled at shutdown.
     pub fn on_cancelled(&mut self, order: &Order, now_ms: i64) -> Output {
         self.budget.finish(&order.pipeline);
+        self.in_flight.remove(&order.id);
         let mut out = Output::default();
         self.outcome(&mut out, &order.id, "cancelled", "cancelled at shutdown; may not have run".into(), now_ms);
         out
@@ -575,5 +584,196 @@ fn summary(w: &Window) -> WindowSummary {
         backlog: t.get(Metric::Backlog),
         records_in: t.get(Metric::RecordsIn),
         workers: t.get(Metric::Executors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_agent::{EncoderConfig, QParams, QTable, RuleThresholds, TelemetryEncoder};
+    use selfheal_core::{Detection, RewardV1, Slo, Telemetry};
+
+    /// A detector with a fixed answer: the decision core only reads its output.
+    struct Fixed(f64);
+    impl Detector for Fixed {
+        fn id(&self) -> &str {
+            "fixed"
+        }
+        fn signatures(&self) -> u16 {
+            1
+        }
+        fn detect(&self, _t: &Telemetry) -> Detection {
+            Detection { score: self.0, anomalous: self.0 > 0.5, signature: u16::from(self.0 > 0.5) }
+        }
+    }
+
+    fn encoder() -> TelemetryEncoder {
+        TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4, 8], base_level: 1, detector: None })
+    }
+
+    fn window(ts_ms: i64) -> Window {
+        let mut t = Telemetry::default();
+        t.set(Metric::Executors, 4.0);
+        t.set(Metric::RecordsIn, 1000.0);
+        t.set(Metric::LatencyP95, 300.0);
+        Window { pipeline: "p".into(), ts_ms, telemetry: t }
+    }
+
+    /// A controller whose table makes `ScaleUp` the choice in the test window's
+    /// state, with `visits` visits and a lead of `lead`.
+    fn controller(mode: Mode, visits: u32, lead: f64) -> Controller {
+        let mut enc = encoder();
+        let (s, _) = enc.encode(&window(0).telemetry);
+        let mut table = QTable::new(enc.num_states());
+        let mut q = [-5.0; Action::COUNT];
+        q[Action::ScaleUp.index()] = -5.0 + lead;
+        table.set_row(s, &q, &[visits / Action::COUNT as u32; Action::COUNT]);
+        let th = RuleThresholds {
+            retry_error_ratio: None,
+            scale_up_cpu: None,
+            scale_up_heap: None,
+            restart_stalled_ms: None,
+            backpressure_backlog_steps: None,
+            escalate_after_steps: None,
+            base_workers: 4.0,
+        };
+        let shared = Arc::new(encoder());
+        let parts = Parts {
+            encoder: Arc::new(|| Box::new(encoder()) as Box<dyn StateEncoder + Send>),
+            describe: shared,
+            detector: Arc::new(Fixed(0.9)),
+            learner: QLearner::from_table(table, QParams::default(), 1),
+            rules: RulesPolicy::new(th, Slo::default()),
+            reward: Box::new(RewardV1::default()),
+        };
+        let cfg = DecideConfig {
+            mode,
+            confidence: ConfidenceGate { min_visits: 30, min_lead: 0.5 },
+            propose_when_unsure: true,
+            approval_ttl_ms: 1000,
+            budget: BudgetConfig { actions_per_hour: 2, cooldown_secs: 0, blast_radius: 5 },
+            reward_windows: 1,
+            learn: true,
+            epsilon: 0.0,
+            log_healthy: false,
+            seed: 1,
+        };
+        Controller::new(cfg, parts, "t".into())
+    }
+
+    fn decision(out: &Output) -> &DecisionRecord {
+        match &out.records[0].0 {
+            Record::Decision(d) => d,
+            other => panic!("expected a decision first, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn confident_act_mode_acts_with_a_durable_record_first() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        let out = c.on_window(&window(0), 0);
+        let d = decision(&out);
+        assert_eq!((d.chosen.as_str(), d.verdict.as_str()), ("scale_up", "allowed"));
+        assert!(out.records[0].1, "an acting decision is durable before the action");
+        assert_eq!(d.probability, 1.0);
+        let Some(Plan::Act(o)) = &out.plan else { panic!("no action planned") };
+        assert_eq!(d.idempotency_key.as_deref(), Some(o.key.as_str()));
+    }
+
+    #[test]
+    fn observe_mode_never_acts() {
+        let mut c = controller(Mode::Observe, 1000, 2.0);
+        let out = c.on_window(&window(0), 0);
+        assert_eq!(decision(&out).verdict, "observed");
+        assert!(out.plan.is_none());
+    }
+
+    #[test]
+    fn low_visits_or_small_lead_become_one_proposal() {
+        for (visits, lead) in [(10, 2.0), (1000, 0.1)] {
+            let mut c = controller(Mode::Act, visits, lead);
+            let out = c.on_window(&window(0), 0);
+            assert_eq!(decision(&out).verdict, "proposed", "visits {visits} lead {lead}");
+            assert!(out.plan.is_none());
+            let again = c.on_window(&window(60_000), 1);
+            assert_eq!(decision(&again).verdict, "pending", "the same advice is not proposed twice");
+            assert_eq!(c.pending().len(), 1);
+        }
+    }
+
+    #[test]
+    fn kill_switch_pauses_and_budget_denies() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        c.kill_switch().pause("test".into(), 0);
+        assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, "paused");
+        c.kill_switch().resume();
+        let mut verdicts = Vec::new();
+        for i in 1..=3 {
+            let out = c.on_window(&window(i * 60_000), i);
+            if let Some(Plan::Act(o)) = &out.plan {
+                let done = c.on_executed(o, true, "ok".into(), i);
+                assert!(done.plan.is_none());
+            }
+            verdicts.push(decision(&out).verdict.clone());
+        }
+        assert_eq!(verdicts, ["allowed", "allowed", "denied"], "2 actions per hour");
+        // An hour of telemetry time later the budget is back.
+        assert_eq!(decision(&c.on_window(&window(3_700_000), 10)).verdict, "allowed");
+    }
+
+    #[test]
+    fn recommend_mode_runs_only_what_is_approved_in_time() {
+        let mut c = controller(Mode::Recommend, 1000, 2.0);
+        let id = decision(&c.on_window(&window(0), 0)).id.clone();
+        let out = c.answer(&id, true, "test", 500).unwrap();
+        assert!(matches!(out.plan, Some(Plan::Act(ref o)) if o.action == Action::ScaleUp));
+        assert!(c.answer(&id, true, "test", 600).is_err(), "approved once only");
+        let late = decision(&c.on_window(&window(60_000), 700)).id.clone();
+        let expired = c.on_tick(2000);
+        assert!(expired.records.iter().any(|(r, _)| matches!(r, Record::Outcome(o) if o.status == "expired")));
+        assert!(c.answer(&late, true, "test", 2001).is_err(), "an expired proposal never runs");
+        let rejected = decision(&c.on_window(&window(120_000), 3000)).id.clone();
+        let out = c.answer(&rejected, false, "test", 3001).unwrap();
+        assert!(out.plan.is_none());
+    }
+
+    #[test]
+    fn failure_is_escalated_and_teaches_nothing() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        let out = c.on_window(&window(0), 0);
+        let Some(Plan::Act(o)) = out.plan.clone() else { panic!("no action") };
+        let q_before = c.learner().table().row(decision(&out).state)[Action::ScaleUp.index()];
+        let done = c.on_executed(&o, false, "exit 1".into(), 1);
+        assert!(matches!(&done.records[0].0, Record::Outcome(r) if r.status == "failed"));
+        assert!(matches!(done.plan, Some(Plan::Escalate(_))));
+        let next = c.on_window(&window(60_000), 2);
+        assert!(!next.records.iter().any(|(r, _)| matches!(r, Record::Reward(_))));
+        assert_eq!(c.learner().table().row(decision(&out).state)[Action::ScaleUp.index()], q_before);
+    }
+
+    #[test]
+    fn an_action_still_in_flight_teaches_nothing() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        assert!(matches!(c.on_window(&window(0), 0).plan, Some(Plan::Act(_))));
+        let next = c.on_window(&window(60_000), 1);
+        assert!(!next.records.iter().any(|(r, _)| matches!(r, Record::Reward(_))));
+        assert_eq!(c.stats.q_updates, 0);
+    }
+
+    #[test]
+    fn a_succeeded_action_is_rewarded_and_updates_q() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        let out = c.on_window(&window(0), 0);
+        let Some(Plan::Act(o)) = out.plan else { panic!("no action") };
+        c.on_executed(&o, true, "ok".into(), 1);
+        let next = c.on_window(&window(60_000), 2);
+        let reward = next.records.iter().find_map(|(r, _)| match r {
+            Record::Reward(r) => Some(r.clone()),
+            _ => None,
+        });
+        let r = reward.expect("a reward record for the acting decision");
+        assert_eq!(r.id, o.id);
+        assert_ne!(r.q_before, r.q_after);
+        assert_eq!(c.stats.q_updates, 1);
     }
 }
