@@ -45,8 +45,17 @@ enum Command {
     Pause(commands::run::ClientArgs),
     /// Resume acting after a pause (refused while the pause file exists).
     Resume(commands::run::ClientArgs),
+    Rollback(commands::run::RollbackArgs),
     Explain(commands::provlog::ExplainArgs),
     Log(commands::provlog::LogArgs),
+    Report(commands::report::Args),
+    Playbook(commands::playbook::Args),
+    Shadow(commands::shadow::Args),
+    Ope(commands::ope::Args),
+    Diff(commands::diff::Args),
+    /// Write a simulated provenance log (development: off-policy evaluation checks, benchmarks).
+    #[command(hide = true)]
+    Simlog(commands::ope::SimLogArgs),
 }
 
 /// Log output format.
@@ -83,7 +92,14 @@ fn main() -> Result<()> {
         Command::Reject(a) => commands::run::client(commands::run::Ask::Reject, a),
         Command::Pause(a) => commands::run::client(commands::run::Ask::Pause, a),
         Command::Resume(a) => commands::run::client(commands::run::Ask::Resume, a),
+        Command::Rollback(a) => commands::run::rollback(a),
         Command::Explain(a) => commands::provlog::run_explain(a),
         Command::Log(a) => commands::provlog::run_log(a),
+        Command::Report(a) => commands::report::run(a),
+        Command::Playbook(a) => commands::playbook::run(a),
+        Command::Shadow(a) => commands::shadow::run(a),
+        Command::Ope(a) => commands::ope::run(a),
+        Command::Diff(a) => commands::diff::run(a),
+        Command::Simlog(a) => commands::ope::run_simlog(a),
     }
 }

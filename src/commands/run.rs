@@ -150,6 +150,7 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
             };
             Box::new(FileSource::open(path, metric, pipeline, pacing, from)?)
         }
+        SourceConfig::Cloudwatch(c) => cloudwatch_source(&cfg, c).await?,
         SourceConfig::Http { token_env, window_secs } => {
             let token = match token_env {
                 Some(var) => Some(
@@ -168,6 +169,7 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
         }
         ActuatorConfig::DryRun => Arc::new(DryRun),
         ActuatorConfig::Command { commands } => Arc::new(CommandActuator::new(commands.clone())),
+        ActuatorConfig::Glue { pipelines } => glue_actuator(&cfg, pipelines).await?,
     };
     let meta = model.meta.clone();
     let path = checkpoint_path.clone();
@@ -189,6 +191,82 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
         summary.windows, summary.succeeded, summary.failed, summary.q_updates
     );
     Ok(())
+}
+
+#[cfg(feature = "aws")]
+async fn cloudwatch_source(
+    cfg: &SidecarConfig,
+    c: &selfheal_sidecar::config::CloudWatchConfig,
+) -> Result<Box<dyn TelemetrySource>> {
+    let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
+    let client = selfheal_aws::cloudwatch::Client::new(&sdk);
+    let now = selfheal_sidecar::now_ms() / 1000;
+    Ok(Box::new(selfheal_aws::cloudwatch::CloudWatchSource::new(client, c.clone(), now, cfg.model.seed)))
+}
+
+#[cfg(feature = "aws")]
+async fn glue_actuator(
+    cfg: &SidecarConfig,
+    pipelines: &[selfheal_sidecar::config::GluePipeline],
+) -> Result<Arc<dyn Actuator>> {
+    let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
+    let client = selfheal_aws::glue::Client::new(&sdk);
+    Ok(Arc::new(selfheal_aws::glue::GlueActuator::new(client, pipelines.to_vec(), cfg.model.seed)))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn cloudwatch_source(
+    _cfg: &SidecarConfig,
+    _c: &selfheal_sidecar::config::CloudWatchConfig,
+) -> Result<Box<dyn TelemetrySource>> {
+    bail!("source.kind = \"cloudwatch\" needs the `aws` feature; rebuild with default features")
+}
+
+#[cfg(not(feature = "aws"))]
+async fn glue_actuator(
+    _cfg: &SidecarConfig,
+    _pipelines: &[selfheal_sidecar::config::GluePipeline],
+) -> Result<Arc<dyn Actuator>> {
+    bail!("actuator.kind = \"glue\" needs the `aws` feature; rebuild with default features")
+}
+
+/// Undo a schema remap: restore the previous version of a pipeline's Glue
+/// table (Glue keeps every version; `GetTableVersions`, then `UpdateTable`).
+#[derive(ClapArgs, Debug)]
+pub struct RollbackArgs {
+    /// The sidecar configuration naming the pipeline's table (`[[actuator.pipelines]]`).
+    #[arg(long)]
+    config: PathBuf,
+    /// Pipeline whose table to restore.
+    #[arg(long)]
+    pipeline: String,
+}
+
+#[cfg(feature = "aws")]
+pub fn rollback(a: RollbackArgs) -> Result<()> {
+    let cfg = SidecarConfig::load(&a.config)?;
+    let ActuatorConfig::Glue { pipelines } = &cfg.actuator else {
+        bail!("{}: actuator.kind is not \"glue\"; rollback restores Glue tables", a.config.display());
+    };
+    let p = pipelines
+        .iter()
+        .find(|p| p.name == a.pipeline)
+        .with_context(|| format!("no [[actuator.pipelines]] entry named {:?}", a.pipeline))?;
+    let (Some(db), Some(table)) = (&p.database, &p.table) else {
+        bail!("pipeline {:?} has no database/table configured", a.pipeline);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let msg = rt.block_on(async {
+        let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
+        selfheal_aws::glue::rollback(&selfheal_aws::glue::Client::new(&sdk), db, table).await
+    })?;
+    println!("{msg}");
+    Ok(())
+}
+
+#[cfg(not(feature = "aws"))]
+pub fn rollback(_a: RollbackArgs) -> Result<()> {
+    bail!("rollback needs the `aws` feature; rebuild with default features")
 }
 
 async fn shutdown_signal() {
@@ -266,6 +344,7 @@ fn source_kind(s: &SourceConfig) -> &'static str {
         SourceConfig::Simulator { .. } => "simulator",
         SourceConfig::File { .. } => "file",
         SourceConfig::Http { .. } => "http",
+        SourceConfig::Cloudwatch(_) => "cloudwatch",
     }
 }
 
@@ -274,6 +353,7 @@ fn actuator_kind(s: &ActuatorConfig) -> &'static str {
         ActuatorConfig::Simulator => "simulator",
         ActuatorConfig::DryRun => "dry-run",
         ActuatorConfig::Command { .. } => "command",
+        ActuatorConfig::Glue { .. } => "glue",
     }
 }
 

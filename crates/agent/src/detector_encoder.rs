@@ -9,7 +9,7 @@
 //! isolation forests or k-means.
 
 use crate::encoder::{action_mask, EncoderConfig};
-use selfheal_core::{Action, ActionMask, Detector, Metric, StateEncoder, StateId, Telemetry};
+use selfheal_core::{Action, ActionMask, Detection, Detector, Metric, StateEncoder, StateId, Telemetry};
 use std::sync::Arc;
 
 const LATENCY_BUCKETS: u32 = 4;
@@ -47,6 +47,7 @@ pub struct DetectorEncoder {
     attempted: bool,
     escalated: bool,
     unhealthy: bool,
+    last: Option<Detection>,
 }
 
 impl std::fmt::Debug for DetectorEncoder {
@@ -59,7 +60,15 @@ impl DetectorEncoder {
     /// An encoder over `detector`'s output.
     pub fn new(config: EncoderConfig, detector: Arc<dyn Detector + Send + Sync>) -> DetectorEncoder {
         let signatures = u32::from(detector.signatures());
-        DetectorEncoder { config, detector, signatures, attempted: false, escalated: false, unhealthy: false }
+        DetectorEncoder {
+            config,
+            detector,
+            signatures,
+            attempted: false,
+            escalated: false,
+            unhealthy: false,
+            last: None,
+        }
     }
 
     /// Its configuration.
@@ -151,10 +160,12 @@ impl StateEncoder for DetectorEncoder {
         self.attempted = false;
         self.escalated = false;
         self.unhealthy = false;
+        self.last = None;
     }
 
     fn encode(&mut self, t: &Telemetry) -> (StateId, ActionMask) {
         let d = self.detector.detect(t);
+        self.last = Some(d);
         let latency = latency_bucket(t);
         let errors = error_bucket(t);
         let throttled = t.get(Metric::IngestThrottled) > 0.5;
@@ -200,6 +211,10 @@ impl StateEncoder for DetectorEncoder {
             p.attempted,
             p.escalated,
         )
+    }
+
+    fn last_detection(&self) -> Option<Detection> {
+        self.last
     }
 
     fn fallbacks(&self, s: StateId) -> Vec<StateId> {
@@ -288,8 +303,10 @@ mod tests {
         let mut t = Telemetry::default();
         t.set(Metric::Executors, 10.0);
         t.set(Metric::LatencyP95, 400.0);
+        assert_eq!(e.last_detection(), None);
         let (s, _) = e.encode(&t);
         assert_eq!(e.unpack(s).signature, 3);
+        assert_eq!(e.last_detection(), Some(Detection { score: 0.9, anomalous: true, signature: 3 }));
         assert_eq!(e.unpack(s).latency, 2);
         e.record_action(Action::Restart);
         let (s, _) = e.encode(&t);

@@ -71,6 +71,12 @@ pub trait StateEncoder {
     fn fallbacks(&self, _s: StateId) -> Vec<StateId> {
         Vec::new()
     }
+    /// What the encoder's own detector said about the window of the last
+    /// `encode`, if it has one, so a caller that also reports the detection
+    /// need not score the window a second time. Default: none.
+    fn last_detection(&self) -> Option<Detection> {
+        None
+    }
 }
 
 /// What happened in one step, beyond telemetry: ground truth for scoring.

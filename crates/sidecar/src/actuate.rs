@@ -71,6 +71,11 @@ pub trait Actuator: Send + Sync {
     fn endpoint(&self, pipeline: &str, action: Action) -> String;
     /// Apply the action; `Ok` carries a short description of what was done.
     fn apply<'a>(&'a self, call: &'a ActionCall) -> BoxFuture<'a, Result<String, ActError>>;
+    /// A wait the action itself calls for before it runs (the backoff of a
+    /// `retry_with_backoff`), outside the call's timeout. Default: none.
+    fn delay(&self, _call: &ActionCall) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Applies actions to the built-in simulator.
@@ -284,6 +289,10 @@ impl Executor {
         let mut last = String::new();
         for attempt in 1..=retry.max_attempts.max(1) {
             call.attempt = attempt;
+            let own = self.actuator.delay(&call);
+            if !own.is_zero() {
+                tokio::time::sleep(own).await;
+            }
             if attempt > 1 {
                 let delay = retry.delay_ms(attempt - 1, &mut *self.rng.lock().expect("rng lock"));
                 tokio::time::sleep(Duration::from_millis(delay)).await;

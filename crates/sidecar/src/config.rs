@@ -35,6 +35,91 @@ pub struct SidecarConfig {
     pub guard: GuardConfig,
     /// Escalation webhook; escalations are only logged without it.
     pub notify: Option<WebhookConfig>,
+    /// How to reach AWS (CloudWatch source, Glue actuator).
+    pub aws: AwsConfig,
+}
+
+/// How to reach AWS: the standard credential chain and region, plus overrides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AwsConfig {
+    /// Region; unset = the standard chain (AWS_REGION, profile).
+    pub region: Option<String>,
+    /// Named profile; unset = the standard chain (AWS_PROFILE, default).
+    pub profile: Option<String>,
+    /// Endpoint override for every AWS call (a local AWS API server, a VPC
+    /// endpoint); unset = `AWS_ENDPOINT_URL` if set, else AWS itself.
+    pub endpoint_url: Option<String>,
+}
+
+/// CloudWatch source settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudWatchConfig {
+    /// Pipelines to watch.
+    pub pipelines: Vec<WatchedPipeline>,
+    /// Seconds per window: the CloudWatch period queried.
+    #[serde(default = "default_period")]
+    pub period_secs: u32,
+    /// CloudWatch data arrives late: periods younger than this are not read yet.
+    #[serde(default = "default_lag")]
+    pub lag_secs: u64,
+    /// Seconds between polls.
+    #[serde(default = "default_poll")]
+    pub poll_secs: u64,
+    /// At start, read this far back.
+    #[serde(default = "default_lookback")]
+    pub lookback_secs: u64,
+    /// Namespace of the pipeline.* metrics (Glue job metrics are read from `Glue`).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Metrics to read (names as `selfheal config --metrics` lists); unset = all.
+    #[serde(default)]
+    pub metrics: Option<Vec<String>>,
+}
+
+/// One pipeline watched in CloudWatch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchedPipeline {
+    /// Pipeline name (the `Pipeline` dimension of the custom namespace).
+    pub name: String,
+    /// Glue job name (the `JobName` dimension of Glue job metrics).
+    pub job_name: String,
+}
+
+/// Glue actuator settings: what each pipeline's actions act on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GluePipeline {
+    /// Pipeline name, as the source names it.
+    pub name: String,
+    /// The Glue job that runs the pipeline's transform.
+    pub job_name: String,
+    /// Worker type of scaled runs.
+    #[serde(default = "default_worker_type")]
+    pub worker_type: String,
+    /// Worker counts scale_up/scale_down step through, ascending.
+    #[serde(default = "default_worker_levels")]
+    pub worker_levels: Vec<u32>,
+    /// Workers when no run says otherwise.
+    #[serde(default = "default_workers")]
+    pub default_workers: u32,
+    /// Glue database of the tables below.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// Table the job reads, whose schema schema_remap updates.
+    #[serde(default)]
+    pub table: Option<String>,
+    /// Table that reflects the data as it arrives now (e.g. crawled), the target of a remap.
+    #[serde(default)]
+    pub source_table: Option<String>,
+    /// Where quarantined records go (passed as `--dead-letter-path`).
+    #[serde(default)]
+    pub dead_letter_path: Option<String>,
+    /// Rate limit a backpressured run is started with (`--max-records-per-second`).
+    #[serde(default = "default_backpressure_rate")]
+    pub backpressure_records_per_second: u64,
 }
 
 /// Process-level settings.
@@ -153,6 +238,8 @@ pub enum SourceConfig {
         #[serde(default)]
         from: Option<String>,
     },
+    /// CloudWatch `GetMetricData` polls (needs the `aws` feature).
+    Cloudwatch(CloudWatchConfig),
     /// `POST /ingest` with JSON lines.
     Http {
         /// Environment variable holding the bearer token; unset means no token required.
@@ -194,6 +281,11 @@ pub enum ActuatorConfig {
     Command {
         /// Action name → argv. The key `default` serves actions without their own entry.
         commands: BTreeMap<String, Vec<String>>,
+    },
+    /// AWS Glue API calls (needs the `aws` feature).
+    Glue {
+        /// One entry per pipeline acted on.
+        pipelines: Vec<GluePipeline>,
     },
 }
 
@@ -265,6 +357,33 @@ fn one() -> f64 {
 }
 fn default_window_secs() -> u64 {
     60
+}
+fn default_period() -> u32 {
+    60
+}
+fn default_lag() -> u64 {
+    120
+}
+fn default_poll() -> u64 {
+    60
+}
+fn default_lookback() -> u64 {
+    900
+}
+fn default_namespace() -> String {
+    "Selfheal/Pipeline".into()
+}
+fn default_worker_type() -> String {
+    "G.1X".into()
+}
+fn default_worker_levels() -> Vec<u32> {
+    vec![2, 4, 8, 16]
+}
+fn default_workers() -> u32 {
+    4
+}
+fn default_backpressure_rate() -> u64 {
+    1000
 }
 
 /// A problem with a configuration, naming the key.
@@ -351,6 +470,29 @@ impl SidecarConfig {
                     }
                 }
             }
+            SourceConfig::Cloudwatch(c) => {
+                need(!c.pipelines.is_empty(), "source.pipelines", "must list at least one pipeline".into());
+                need(c.period_secs >= 1, "source.period_secs", "must be at least 1".into());
+                need(c.poll_secs >= 1, "source.poll_secs", "must be at least 1".into());
+                need(!c.namespace.is_empty(), "source.namespace", "must not be empty".into());
+                for (i, p) in c.pipelines.iter().enumerate() {
+                    need(!p.name.is_empty(), &format!("source.pipelines[{i}].name"), "must not be empty".into());
+                    need(
+                        !p.job_name.is_empty(),
+                        &format!("source.pipelines[{i}].job_name"),
+                        "must not be empty".into(),
+                    );
+                }
+                for m in c.metrics.iter().flatten() {
+                    need(
+                        selfheal_core::Metric::from_name(m).is_some(),
+                        "source.metrics",
+                        format!(
+                            "unknown metric {m:?}; `selfheal config --metrics` lists the metrics a source can read"
+                        ),
+                    );
+                }
+            }
             SourceConfig::Http { token_env, window_secs } => {
                 need(*window_secs >= 1, "source.window_secs", "must be at least 1".into());
                 if let Some(v) = token_env {
@@ -359,6 +501,23 @@ impl SidecarConfig {
             }
         }
         match &self.actuator {
+            ActuatorConfig::Glue { pipelines } => {
+                need(!pipelines.is_empty(), "actuator.pipelines", "must list at least one pipeline".into());
+                for (i, p) in pipelines.iter().enumerate() {
+                    let key = |k: &str| format!("actuator.pipelines[{i}].{k}");
+                    need(!p.job_name.is_empty(), &key("job_name"), "must not be empty".into());
+                    need(
+                        !p.worker_levels.is_empty() && p.worker_levels.windows(2).all(|w| w[0] < w[1]),
+                        &key("worker_levels"),
+                        "must be a non-empty ascending list".into(),
+                    );
+                    need(
+                        p.table.is_none() || (p.database.is_some() && p.source_table.is_some()),
+                        &key("table"),
+                        "schema_remap needs database, table and source_table together".into(),
+                    );
+                }
+            }
             ActuatorConfig::Simulator => need(
                 matches!(self.source, SourceConfig::Simulator { .. }),
                 "actuator.kind",
@@ -487,6 +646,15 @@ mod tests {
         let text = "[source]\nkind = \"http\"\n[actuator]\nkind = \"simulator\"\n";
         let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("actuator.kind"), "{e}");
+    }
+
+    #[test]
+    fn unknown_cloudwatch_metric_is_named() {
+        let text = "[source]\nkind = \"cloudwatch\"\nmetrics = [\"glue.driver.aggregate.numFailedTasks\", \"pipeline.latency.p99\"]\n\
+                    [[source.pipelines]]\nname = \"orders\"\njob_name = \"orders-etl\"\n[actuator]\nkind = \"dry-run\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("source.metrics") && e.contains("pipeline.latency.p99"), "{e}");
+        assert!(!e.contains("numFailedTasks"), "a known metric is not an error: {e}");
     }
 
     #[test]

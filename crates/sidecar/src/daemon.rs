@@ -8,8 +8,8 @@
 //! outcome durably; nothing is replayed at start, so an action acknowledged
 //! before a crash is never applied a second time by the next run. The Q table
 //! is checkpointed atomically every `checkpoint_every` updates and at
-//! shutdown. Shutdown is bounded: in-flight actions get
-//! `shutdown_grace_secs` to finish, then they are cancelled and logged as
+//! shutdown. Shutdown is bounded: in-flight actions and escalation deliveries
+//! get `shutdown_grace_secs` to finish, then they are cancelled and logged as
 //! such, the Q table is saved, and the log is synced.
 
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
@@ -94,6 +94,8 @@ struct Shell {
     notifier: Option<Arc<Notifier>>,
     tasks: JoinSet<()>,
     in_flight: HashMap<String, Order>,
+    /// Ids of escalations being delivered; shutdown waits for them (within the grace).
+    escalating: Vec<String>,
     done_tx: mpsc::Sender<Done>,
     delivered: u64,
     undelivered: u64,
@@ -166,6 +168,7 @@ impl Shell {
             return self.log.lock().expect("log lock").append(&rec, true);
         };
         let done = self.done_tx.clone();
+        self.escalating.push(e.id.clone());
         self.tasks.spawn(async move {
             let d = n.send(&e).await;
             let _ = done.send(Done::Escalated(e.id, d)).await;
@@ -187,6 +190,9 @@ impl Shell {
                 self.handle(out)
             }
             Done::Escalated(id, d) => {
+                if let Some(i) = self.escalating.iter().position(|e| *e == id) {
+                    self.escalating.swap_remove(i);
+                }
                 if d.delivered {
                     self.delivered += 1;
                 } else {
@@ -354,6 +360,7 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
         notifier,
         tasks: JoinSet::new(),
         in_flight: HashMap::new(),
+        escalating: Vec::new(),
         done_tx,
         delivered: 0,
         undelivered: 0,
@@ -410,7 +417,9 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     reader.abort();
     let grace = Duration::from_secs(cfg.daemon.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
-    while !sh.in_flight.is_empty() {
+    // Escalations being delivered (including those of actions failing now)
+    // get the same grace: their records must not be lost.
+    while !sh.in_flight.is_empty() || !sh.escalating.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(done)) => sh.finished(done)?,
             _ => break,
@@ -420,6 +429,17 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     for order in &left {
         let out = sh.ctl.on_cancelled(order, now_ms());
         sh.write(&out)?;
+    }
+    for id in std::mem::take(&mut sh.escalating) {
+        sh.undelivered += 1;
+        let rec = Record::Escalation(EscalationRecord {
+            id,
+            ts_ms: now_ms(),
+            delivered: false,
+            attempts: 0,
+            detail: "shutdown grace ran out before the webhook answered; delivery cancelled".into(),
+        });
+        sh.write(&Output { records: vec![(rec, true)], plan: None })?;
     }
     sh.tasks.abort_all();
     sh.save();

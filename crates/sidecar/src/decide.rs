@@ -265,9 +265,10 @@ impl Controller {
             score: 0.0,
         });
         let t = &w.telemetry;
-        let detection = self.parts.detector.detect(t);
-        p.score = detection.score;
         let (state, mask) = p.encoder.encode(t);
+        // A detector-v1 encoder has just scored the window; score it once only.
+        let detection = p.encoder.last_detection().unwrap_or_else(|| self.parts.detector.detect(t));
+        p.score = detection.score;
 
         // 1. Feedback for the previous decision. An action still in flight has
         // no known effect yet (it may yet fail): it teaches nothing.

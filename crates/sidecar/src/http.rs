@@ -63,6 +63,11 @@ pub enum Command {
     Resume(oneshot::Sender<(u16, String)>),
 }
 
+/// Most windows handed to the decision loop in one message. With the
+/// channel's capacity in messages this bounds the windows waiting for a loop
+/// that falls behind, so ingest slows down instead of memory growing.
+pub const WINDOWS_PER_SEND: usize = 64;
+
 /// The ingest endpoint's state.
 pub struct Ingest {
     asm: Mutex<Assembler>,
@@ -189,8 +194,15 @@ async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
             }
         }
     }
-    if !windows.is_empty() && ing.tx.send(windows).await.is_err() {
-        return loop_gone();
+    // In small batches: the channel bounds batches, not windows, so one batch
+    // per body would let a loop that falls behind queue a whole body's windows
+    // per slot (a body of full samples closes a window per line).
+    let mut windows = windows.into_iter().peekable();
+    while windows.peek().is_some() {
+        let batch: Vec<Window> = windows.by_ref().take(WINDOWS_PER_SEND).collect();
+        if ing.tx.send(batch).await.is_err() {
+            return loop_gone();
+        }
     }
     ing.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     ing.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
@@ -264,4 +276,33 @@ async fn resume(State(s): State<AppState>) -> Response {
         return loop_gone();
     }
     rx.await.map(|(c, m)| text(c, m)).unwrap_or_else(|_| loop_gone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ingest_hands_windows_to_the_loop_in_bounded_batches() {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let (cmd, _cmd_rx) = mpsc::channel(1);
+        let ing = Arc::new(Ingest::new(1000, tx, None));
+        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)) };
+        // 200 pipelines in two periods: the second body closes 200 windows.
+        let body = |ts: i64| -> String {
+            (0..200)
+                .map(|p| format!("{{\"ts\":{ts},\"pipeline\":\"p{p}\",\"metrics\":{{\"pipeline.latency.p95\":1}}}}\n"))
+                .collect()
+        };
+        for ts in [0, 1000] {
+            let r = ingest(State(state.clone()), HeaderMap::new(), Bytes::from(body(ts))).await;
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+        let mut sizes = Vec::new();
+        while let Ok(batch) = rx.try_recv() {
+            sizes.push(batch.len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 200);
+        assert!(sizes.iter().all(|&n| n <= WINDOWS_PER_SEND), "{sizes:?}");
+    }
 }

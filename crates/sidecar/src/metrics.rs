@@ -81,8 +81,11 @@ pub fn render(s: &Snapshot) -> String {
     for (p, v) in &s.scores {
         let _ = writeln!(o, "selfheal_anomaly_score{{pipeline=\"{}\"}} {}", esc(p), num(*v));
     }
-    head(&mut o, "selfheal_reward_sum", "counter", "Sum of rewards observed after decisions.");
+    // A summary without quantiles: rewards are mostly negative, so their sum falls,
+    // which a counter may not; `_sum` is only a valid suffix on a summary or histogram.
+    head(&mut o, "selfheal_reward", "summary", "Rewards observed after decisions.");
     let _ = writeln!(o, "selfheal_reward_sum {}", num(s.stats.reward_sum));
+    let _ = writeln!(o, "selfheal_reward_count {}", s.stats.rewards);
     head(&mut o, "selfheal_rewards_total", "counter", "Rewards observed.");
     let _ = writeln!(o, "selfheal_rewards_total {}", s.stats.rewards);
     head(&mut o, "selfheal_q_updates_total", "counter", "Online Q-table updates.");
@@ -113,7 +116,9 @@ mod tests {
         assert!(text.contains("selfheal_decisions_total{action=\"scale_up\",verdict=\"allowed\"} 3"));
         assert!(text.contains("pipeline=\"a\\\"b\""));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let name = line.split(['{', ' ']).next().unwrap();
+            let sample = line.split(['{', ' ']).next().unwrap();
+            let summary = sample.strip_suffix("_sum").or_else(|| sample.strip_suffix("_count"));
+            let name = summary.filter(|f| text.contains(&format!("# TYPE {f} summary"))).unwrap_or(sample);
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
         }
     }

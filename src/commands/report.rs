@@ -1,0 +1,332 @@
+//! `selfheal report`: the policy review (HTML, Markdown, JSON, CSV), and the
+//! simulation behind it, shared by `playbook`.
+
+use crate::{defaults, wiring};
+use anyhow::{Context, Result};
+use selfheal_agent::store::{ModelFile, RulesFile};
+use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
+use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
+use selfheal_detect::telemetry::DetectorModel;
+use selfheal_harness::{aggregate, run_episode, Comparison, Controller, Fixed};
+use selfheal_report::eval::{ActionMix, Evaluation, MixRow, PolicyMix};
+use selfheal_report::playbook::SignatureSample;
+use selfheal_report::policy::{note, PolicyView, SeenMap};
+use selfheal_report::render::{self, ReportInput};
+use selfheal_sim::{Oracle, Scenario, Simulator};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The shipped policy's learning curve.
+pub const SHIPPED_CURVE: &str = include_str!("../../models/policy.curve.csv");
+
+/// Write a review of a policy: `report.html` (self-contained: inline SVG
+/// charts and CSS, no scripts, fonts or network), `report.md`, `policy.json`
+/// and `policy.csv`.
+///
+/// Without arguments it reviews the shipped policy: the evaluation runs on the
+/// shipped scenario's evaluation seeds (the same as `selfheal evaluate`), the
+/// learning curve is the shipped one.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Policy model file; defaults to the shipped models/policy.json.
+    #[arg(long)]
+    policy: Option<PathBuf>,
+    /// `selfheal evaluate --format json` output to show instead of evaluating here.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Provenance log of the sidecar (live behaviour).
+    #[arg(long)]
+    log: Option<PathBuf>,
+    /// Learning curve CSV; defaults to the policy path with .curve.csv (the shipped curve for the shipped policy).
+    #[arg(long)]
+    training: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long, default_value = "report")]
+    out: PathBuf,
+    #[command(flatten)]
+    sim: SimArgs,
+}
+
+/// Where the simulated episodes run.
+#[derive(clap::Args, Clone)]
+pub struct SimArgs {
+    /// Rule thresholds; defaults to the shipped models/rules.json.
+    #[arg(long)]
+    rules: Option<PathBuf>,
+    /// Detector model; defaults to the shipped models/detector.json.
+    #[arg(long)]
+    detector: Option<PathBuf>,
+    /// Scenario file; defaults to the shipped scenario.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Seeds `A..B`; defaults to the scenario's evaluation seeds (as `evaluate`).
+    #[arg(long, value_parser = defaults::parse_seeds)]
+    seeds: Option<std::ops::Range<u64>>,
+}
+
+/// What the simulated evaluation episodes showed.
+pub struct Sim {
+    /// The comparison, exactly as `evaluate` computes it.
+    pub eval: Evaluation,
+    /// Action mix per fault kind.
+    pub mix: ActionMix,
+    /// States met by the learned policy, with the rules' shadow choice.
+    pub seen: SeenMap,
+    /// Windows per signature (no-op and learned episodes).
+    pub signatures: BTreeMap<u32, SignatureSample>,
+}
+
+/// A metric read from a window.
+pub type Reading = fn(&Telemetry) -> f64;
+
+/// Metrics a playbook states ranges for.
+pub const SYMPTOM_METRICS: [(&str, Reading); 13] = [
+    ("latency p95 (s)", |t| t.get(Metric::LatencyP95)),
+    ("error ratio", |t| t.error_ratio()),
+    ("CPU load", |t| t.get(Metric::CpuLoad)),
+    ("heap usage", |t| t.get(Metric::HeapUsage)),
+    ("backlog (records)", |t| t.get(Metric::Backlog)),
+    ("records read", |t| t.get(Metric::RecordsRead)),
+    ("skewness", |t| t.get(Metric::Skewness)),
+    ("failed tasks", |t| t.get(Metric::FailedTasks)),
+    ("upstream 5xx errors", |t| t.get(Metric::Errors5xx)),
+    ("timeout errors", |t| t.get(Metric::ErrorsTimeout)),
+    ("schema-mismatch errors", |t| t.get(Metric::ErrorsSchema)),
+    ("data-quality errors", |t| t.get(Metric::ErrorsDataQuality)),
+    ("sink errors", |t| t.get(Metric::ErrorsSink)),
+];
+
+const SAMPLE_CAP: usize = 20_000;
+
+struct Recorder<'a> {
+    inner: Box<dyn Controller<Simulator> + 'a>,
+    view: &'a PolicyView,
+    shadow: Option<RulesPolicy>,
+    sample: bool,
+    learned: bool,
+    mix: Vec<[u64; Action::COUNT]>,
+    seen: SeenMap,
+    sigs: BTreeMap<u32, SignatureSample>,
+}
+
+impl Controller<Simulator> for Recorder<'_> {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn reset(&mut self, seed: u64) {
+        self.inner.reset(seed);
+        if let Some(r) = &mut self.shadow {
+            r.reset(seed);
+        }
+    }
+    fn decide(&mut self, env: &Simulator, obs: &Observation<'_>) -> Action {
+        let a = self.inner.decide(env, obs);
+        let faults = env.state().faults();
+        if faults.is_empty() {
+            self.mix[0][a.index()] += 1;
+        }
+        for k in faults.iter() {
+            self.mix[1 + k.index()][a.index()] += 1;
+        }
+        if let Some(r) = &mut self.shadow {
+            note(&mut self.seen, obs.state, Some(r.act(obs)));
+        }
+        if self.sample {
+            if let Some(p) = self.view.parts(obs.state) {
+                let s = self.sigs.entry(p.signature).or_default();
+                s.windows += 1;
+                if s.metrics.is_empty() {
+                    s.metrics = SYMPTOM_METRICS.iter().map(|(n, _)| (n.to_string(), Vec::new())).collect();
+                }
+                if s.metrics[0].1.len() < SAMPLE_CAP {
+                    for ((_, g), (_, v)) in SYMPTOM_METRICS.iter().zip(s.metrics.iter_mut()) {
+                        v.push(g(obs.telemetry));
+                    }
+                }
+                if faults.is_empty() {
+                    *s.faults.entry("none".into()).or_default() += 1;
+                }
+                for k in faults.iter() {
+                    *s.faults.entry(k.name().into()).or_default() += 1;
+                }
+                if self.learned {
+                    *s.actions.entry((p.attempted, a.name().to_string())).or_default() += 1;
+                }
+            }
+        }
+        a
+    }
+}
+
+/// Run every policy on `seeds` exactly as `evaluate` does, recording the
+/// action mix, the rules' shadow choices and per-signature windows on the way.
+pub fn simulate(
+    scenario: &Scenario,
+    seeds: std::ops::Range<u64>,
+    model: &ModelFile,
+    rules: &RulesFile,
+    detector: &DetectorModel,
+    view: &PolicyView,
+) -> Result<Sim> {
+    let oracle = Oracle::solve(scenario);
+    let usd = wiring::worker_step_usd(scenario);
+    let reward = wiring::reward(scenario);
+    let (mut lines, mut mix) = (Vec::new(), Vec::new());
+    let (mut seen, mut sigs) = (SeenMap::new(), BTreeMap::<u32, SignatureSample>::new());
+    for name in wiring::POLICIES {
+        let mut env = Simulator::new(scenario);
+        let (mut enc, greedy) = wiring::learned(model, scenario, detector)?;
+        let inner: Box<dyn Controller<Simulator>> = match name {
+            "noop" => Box::new(Fixed(NoOpPolicy)),
+            "random" => Box::new(Fixed(RandomPolicy::new(0))),
+            "rules" => Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
+            "learned" => Box::new(Fixed(greedy)),
+            _ => Box::new(wiring::OracleController(&oracle)),
+        };
+        let mut rec = Recorder {
+            inner,
+            view,
+            shadow: (name == "learned").then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
+            sample: name == "learned" || name == "noop",
+            learned: name == "learned",
+            mix: vec![[0; Action::COUNT]; 1 + FaultKind::COUNT],
+            seen: SeenMap::new(),
+            sigs: BTreeMap::new(),
+        };
+        let episodes: Vec<_> =
+            seeds.clone().map(|seed| run_episode(&mut env, &mut rec, enc.as_mut(), &reward, seed, |_| {})).collect();
+        lines.push(aggregate(name, &episodes, usd));
+        let rows = rec
+            .mix
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.iter().sum::<u64>() > 0)
+            .map(|(i, c)| MixRow {
+                fault: if i == 0 { "healthy".into() } else { FaultKind::ALL[i - 1].name().into() },
+                decisions: c.iter().sum(),
+                counts: c.to_vec(),
+            })
+            .collect();
+        mix.push(PolicyMix { name: name.to_string(), rows });
+        if name == "learned" {
+            seen = rec.seen;
+        }
+        for (k, s) in rec.sigs {
+            let t = sigs.entry(k).or_default();
+            t.windows += s.windows;
+            if t.metrics.is_empty() {
+                t.metrics = s.metrics;
+            } else {
+                for ((_, a), (_, b)) in t.metrics.iter_mut().zip(s.metrics) {
+                    a.extend(b);
+                }
+            }
+            for (f, n) in s.faults {
+                *t.faults.entry(f).or_default() += n;
+            }
+            for (f, n) in s.actions {
+                *t.actions.entry(f).or_default() += n;
+            }
+        }
+    }
+    let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
+    let eval = Evaluation::from_json(&serde_json::to_string(&c)?, "<evaluation>")?;
+    Ok(Sim {
+        eval,
+        mix: ActionMix { seeds: format!("{}..{}", seeds.start, seeds.end), policies: mix },
+        seen,
+        signatures: sigs,
+    })
+}
+
+/// Load what a review needs: the policy (and its view), rules, detector, scenario and seeds.
+pub struct Loaded {
+    pub model: ModelFile,
+    pub view: PolicyView,
+    pub rules: RulesFile,
+    pub detector: DetectorModel,
+    pub scenario: Scenario,
+    pub seeds: std::ops::Range<u64>,
+    pub source: String,
+}
+
+pub fn load(policy: Option<&Path>, sim: &SimArgs) -> Result<Loaded> {
+    let model = defaults::policy(policy)?;
+    let view = PolicyView::new(model.clone())?;
+    let scenario = defaults::scenario(sim.scenario.as_deref())?;
+    let seeds = sim.seeds.clone().unwrap_or_else(|| scenario.eval_seeds());
+    Ok(Loaded {
+        model,
+        view,
+        rules: defaults::rules(sim.rules.as_deref())?,
+        detector: defaults::detector(sim.detector.as_deref())?,
+        scenario,
+        seeds,
+        source: policy.map_or("shipped models/policy.json".into(), |p| p.display().to_string()),
+    })
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let started = Instant::now();
+    let l = load(a.policy.as_deref(), &a.sim)?;
+    let sim = simulate(&l.scenario, l.seeds.clone(), &l.model, &l.rules, &l.detector, &l.view)?;
+    let (eval, eval_source) = match &a.eval {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            (Evaluation::from_json(&text, &p.display().to_string())?, format!("from {}", p.display()))
+        }
+        None => (
+            sim.eval.clone(),
+            format!("evaluated here on seeds {}..{} (as `selfheal evaluate`)", l.seeds.start, l.seeds.end),
+        ),
+    };
+    let (curve_text, curve_source) = match (&a.training, &a.policy) {
+        (Some(p), _) => (
+            Some(std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+            p.display().to_string(),
+        ),
+        (None, None) => (Some(SHIPPED_CURVE.to_string()), "shipped models/policy.curve.csv".into()),
+        (None, Some(p)) => {
+            let c = p.with_extension("curve.csv");
+            (std::fs::read_to_string(&c).ok(), c.display().to_string())
+        }
+    };
+    let curve = curve_text.map(|t| selfheal_report::curve::parse(&t, &curve_source)).transpose()?;
+    let mut seen = sim.seen.clone();
+    let mut rules_source = format!(
+        "the rule policy's most frequent choice in the state, kept as a shadow beside the learned policy (fed the same windows, as the sidecar does) over its evaluation episodes on seeds {}..{}",
+        l.seeds.start, l.seeds.end
+    );
+    let live = match &a.log {
+        Some(p) => {
+            let log = selfheal_report::log::read(p)?;
+            for j in &log.decisions {
+                let shadow = Action::ALL.into_iter().find(|x| x.name() == j.d.shadow);
+                note(&mut seen, j.d.state, shadow);
+            }
+            rules_source.push_str(&format!(", and the shadow choices logged in {}", p.display()));
+            Some(render::live(&log, &p.display().to_string(), 60))
+        }
+        None => None,
+    };
+    let lines = l.view.lines(&seen);
+    let input = ReportInput {
+        policy: &l.view,
+        policy_source: l.source.clone(),
+        lines,
+        rules_source,
+        curve,
+        curve_source,
+        eval,
+        eval_source,
+        mix: Some(sim.mix),
+        live,
+    };
+    let files = render::write_all(&input, &a.out)?;
+    for f in &files {
+        println!("wrote {}", f.display());
+    }
+    eprintln!("report in {:.2} s", started.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! Helpers of the sidecar's end-to-end tests: start the real `selfheal run`
+//! as a process, talk to it over plain HTTP/1.1 (std only), stop it, read its
+//! provenance log. Shared by `tests/sidecar.rs` and `tests/sidecar_kill.rs`;
+//! each uses a part, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use selfheal_sidecar::provenance::{read_log, CallRecord, DecisionRecord, LogRead, OutcomeRecord, Record};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_selfheal")
+}
+
+/// Run `selfheal ARGS` to completion.
+pub fn selfheal(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run selfheal")
+}
+
+/// Wall clock, Unix ms (the daemon's clock too: same machine).
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A port nobody listens on right now: bind port 0, read it, let it go.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `cond` every 20 ms until it holds; panic naming `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A response of the tiny client.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// One HTTP/1.1 request with `Connection: close`; reads the answer to EOF.
+pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(req.as_bytes())?;
+    s.write_all(body.as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {:?}", String::from_utf8_lossy(&raw))))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut payload = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
+        payload = dechunk(&payload);
+    }
+    Ok(Response { status, headers, body: String::from_utf8_lossy(&payload).into_owned() })
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        let start = eol + 2;
+        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
+        b = &b[(start + size + 2).min(b.len())..];
+    }
+    out
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in a metrics body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(s, _)| *s == series).and_then(|(_, v)| v.parse().ok()))
+}
+
+/// `promtool check metrics` on `body`; fails loudly if promtool is missing.
+pub fn promtool_check(body: &str) {
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "promtool is required by this test and could not be started ({e}).\n\
+             Install it: `apt-get install -y prometheus` (Debian/Ubuntu; it ships /usr/bin/promtool), \
+             or put promtool from https://prometheus.io/download/ on PATH."
+        ),
+    };
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics rejected /metrics:\n{}{}\n--- body ---\n{body}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Write an executable `sh` script.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// A scenario where faults come often and last (for guard tests that need
+/// pipelines in trouble most of the time).
+pub fn fault_heavy_scenario(dir: &Path) -> PathBuf {
+    let path = dir.join("fault-heavy.toml");
+    std::fs::write(
+        &path,
+        r#"name = "fault-heavy"
+description = "Faults nearly all the time, two at once, none of them fading by itself"
+horizon = 240
+
+[faults]
+rate = 0.5
+max_concurrent = 2
+
+[faults.mix]
+schema_drift = 1.0
+memory_pressure = 1.0
+stuck_job = 1.0
+poison_records = 1.0
+"#,
+    )
+    .unwrap();
+    path
+}
+
+/// Lines of a text file (empty if it does not exist).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
+}
+
+/// A running `selfheal run`, killed (SIGKILL) when dropped, even on panic.
+pub struct Sidecar {
+    child: Option<Child>,
+    pub addr: String,
+    pub state: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// How to start one.
+pub struct Start<'a> {
+    /// Temp dir for the config file and the daemon's stderr.
+    pub work: &'a Path,
+    /// `--state-dir`.
+    pub state: &'a Path,
+    /// Config file text; None runs without `--config`.
+    pub config: Option<&'a str>,
+    /// More arguments of `selfheal run`.
+    pub args: &'a [&'a str],
+    /// Environment variables of the daemon.
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Sidecar {
+    /// Start and wait for /readyz 200 (retrying on another port if the free
+    /// port was taken meanwhile).
+    pub fn start(s: Start<'_>) -> Sidecar {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let addr = format!("127.0.0.1:{}", free_port());
+            let stderr = s.work.join(format!("daemon-{n}.stderr"));
+            let mut cmd = Command::new(bin());
+            cmd.arg("run").args(["--listen", &addr]).arg("--state-dir").arg(s.state);
+            if let Some(text) = s.config {
+                let path = s.work.join(format!("sidecar-{n}.toml"));
+                std::fs::write(&path, text).unwrap();
+                cmd.arg("--config").arg(path);
+            }
+            cmd.args(s.args)
+                .envs(s.env.iter().copied())
+                .env("NO_COLOR", "1")
+                .current_dir(s.work)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&stderr).unwrap());
+            let child = cmd.spawn().expect("start selfheal run");
+            let mut sc = Sidecar { child: Some(child), addr, state: s.state.to_path_buf(), stderr };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(30) {
+                if let Ok(r) = sc.get("/readyz") {
+                    if r.status == 200 {
+                        return sc;
+                    }
+                }
+                if let Some(st) = sc.child.as_mut().unwrap().try_wait().unwrap() {
+                    last = format!("exited with {st} before it was ready:\n{}", sc.stderr_tail());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !last.contains("cannot listen") {
+                break;
+            }
+        }
+        panic!("selfheal run did not get ready: {last}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The last lines of the daemon's stderr (for failure messages).
+    pub fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        http(&self.addr, "GET", path, &[], "")
+    }
+
+    pub fn post(&self, path: &str, body: &str) -> Response {
+        http(&self.addr, "POST", path, &[("Content-Type", "application/json")], body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.stderr_tail()))
+    }
+
+    pub fn metrics(&self) -> String {
+        let r = self.get("/metrics").unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.stderr_tail()));
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
+        r.body
+    }
+
+    /// Pending proposals as (id, expires_at_ms, pipeline, action).
+    pub fn approvals(&self) -> Vec<(String, i64, String, String)> {
+        let r = self.get("/approvals").expect("GET /approvals");
+        assert_eq!(r.status, 200, "GET /approvals: {}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).expect("approvals JSON");
+        v.as_array()
+            .expect("a list")
+            .iter()
+            .map(|p| {
+                (
+                    p["id"].as_str().unwrap().to_string(),
+                    p["expires_at_ms"].as_i64().unwrap(),
+                    p["pipeline"].as_str().unwrap().to_string(),
+                    p["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.state.join("provenance.jsonl")
+    }
+
+    /// The provenance log as it is now (records of the last ~0.5 s may still be buffered).
+    pub fn log(&self) -> LogRead {
+        if !self.log_path().exists() {
+            return LogRead::default();
+        }
+        read_log(&self.log_path()).expect("read the provenance log")
+    }
+
+    /// SIGTERM; the exit status, which must come within `within`.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let pid = self.pid().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+        assert!(st.success(), "kill -TERM {pid} failed");
+        let start = Instant::now();
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            if start.elapsed() > within {
+                panic!("selfheal run did not exit within {within:?} of SIGTERM:\n{}", self.stderr_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, no grace.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Run a client command (`approve ID`, `pause`, ...) against this daemon.
+    pub fn client(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--addr", &self.addr]);
+        selfheal(&all)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Decision records.
+pub fn decisions(recs: &[Record]) -> Vec<&DecisionRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Decision(d) => Some(d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Call records.
+pub fn calls(recs: &[Record]) -> Vec<&CallRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Call(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Outcome records.
+pub fn outcomes(recs: &[Record]) -> Vec<&OutcomeRecord> {
+    recs.iter()
+        .filter_map(|r| match r {
+            Record::Outcome(o) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Outcome status by decision id (the last one, if several).
+pub fn outcome_of(recs: &[Record]) -> HashMap<String, String> {
+    outcomes(recs).into_iter().map(|o| (o.id.clone(), o.status.clone())).collect()
+}
+
+/// A tiny webhook receiver: answers 200 to every request and keeps
+/// (method, path, headers, body) of each.
+pub struct Receiver {
+    pub url: String,
+    pub got: Arc<Got>,
+}
+
+impl Receiver {
+    pub fn start(path: &str) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}{path}", listener.local_addr().unwrap());
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let keep = got.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let keep = keep.clone();
+                std::thread::spawn(move || serve_one(stream, &keep));
+            }
+        });
+        Receiver { url, got }
+    }
+}
+
+/// A received request: method, path, headers (names lower-cased), body.
+pub type Request = (String, String, Vec<(String, String)>, String);
+/// Every request received so far.
+pub type Got = Mutex<Vec<Request>>;
+
+fn serve_one(mut s: TcpStream, keep: &Got) {
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut fill = |buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    };
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if !fill(&mut buf) {
+            return;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next().unwrap_or("").split(' ');
+    let (method, path) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let body_start = head_end + 4;
+    while buf.len() < body_start + len {
+        if !fill(&mut buf) {
+            return;
+        }
+    }
+    let body = String::from_utf8_lossy(&buf[body_start..body_start + len]).into_owned();
+    keep.lock().unwrap().push((method, path, headers, body));
+    // One request per connection: the answer closes it.
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
