@@ -46,39 +46,8 @@ if ! command -v wrk >/dev/null; then
     $sudo apt-get install -y wrk || { $sudo apt-get update && $sudo apt-get install -y wrk; } || true
     command -v wrk >/dev/null || die "wrk is missing: install the Debian package (apt-get install -y wrk) or https://github.com/wg/wrk"
 fi
-command -v curl >/dev/null || die "curl is missing (apt-get install -y curl)"
-
-if [ -n "${SELFHEAL_BIN:-}" ]; then
-    bin=$SELFHEAL_BIN # a binary built elsewhere (to compare two builds)
-else
-    say "cargo build --release"
-    cargo build --release --quiet
-    bin=target/release/selfheal
-fi
-
-free_port() {
-    if command -v python3 >/dev/null; then
-        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    else
-        local p
-        while :; do
-            p=$((20000 + RANDOM % 40000))
-            ss -ltn "sport = :$p" | grep -q LISTEN || break
-        done
-        echo "$p"
-    fi
-}
-
-tmp=$(mktemp -d)
-pid=""
-cleanup() {
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+# shellcheck source=benches/common.sh
+. benches/common.sh
 
 metric() { # metric NAME_WITH_LABELS: its value in the last /metrics scrape
     awk -v m="$1" '$1 == m { print $2 }' "$tmp/metrics"

@@ -11,28 +11,39 @@ cd "$(dirname "$0")/.."
 
 stage() { printf '\n==> %s\n' "$*"; }
 
-# The end-to-end tests check /metrics with `promtool check metrics`; promtool
-# comes with Debian's `prometheus` package. Installed here when missing (it
-# takes about half a minute), before anything else, so a machine without it
-# fails in seconds rather than after the build.
+# Install a Debian package when its command is missing, before anything is
+# built, so a machine without it fails in seconds rather than after the build.
+# Uses sudo when not root; waits up to 5 min for another apt/dpkg; runs
+# `apt-get update` once if the first install fails.
+ensure_debian() { # ensure_debian PACKAGE COMMAND...
+    local pkg="$1"; shift
+    local have=""
+    for c in "$@"; do command -v "$c" >/dev/null && have="$c"; done
+    if [ -z "$have" ]; then
+        local sudo=""
+        if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
+        apt_install() {
+            $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
+                --no-install-recommends "$pkg"
+        }
+        apt_install || { $sudo apt-get -o DPkg::Lock::Timeout=300 update && apt_install; } || true
+        for c in "$@"; do command -v "$c" >/dev/null && have="$c"; done
+    fi
+    if [ -z "$have" ]; then
+        echo "tests/run.sh: none of [$*] is on PATH and Debian's $pkg could not be installed." >&2
+        echo "  Install it (Debian/Ubuntu: sudo apt-get install -y --no-install-recommends $pkg) and run again." >&2
+        exit 1
+    fi
+    "$have" --version 2>&1 | sed -n 1p
+}
+
+# The end-to-end tests check /metrics with `promtool check metrics`.
 stage "promtool (Debian package prometheus) for the end-to-end tests"
-if ! command -v promtool >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
-    # Wait up to 5 min for another apt/dpkg to finish rather than fail at once.
-    apt_install() {
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
-            --no-install-recommends prometheus
-    }
-    apt_install || { $sudo apt-get -o DPkg::Lock::Timeout=300 update && apt_install; } || true
-fi
-if ! command -v promtool >/dev/null; then
-    echo "tests/run.sh: promtool is not on PATH and could not be installed." >&2
-    echo "  Install it (Debian/Ubuntu: sudo apt-get install -y --no-install-recommends prometheus," >&2
-    echo "  or a release from https://github.com/prometheus/prometheus/releases) and run again." >&2
-    exit 1
-fi
-promtool --version 2>&1 | sed -n 1p
+ensure_debian prometheus promtool
+
+# tests/report_browser.rs opens report.html in headless Chromium.
+stage "chromium (Debian package) for the report browser test"
+ensure_debian chromium chromium chromium-browser
 
 # The AWS end-to-end tests (tests/aws.rs) run against moto's standalone server,
 # a real local AWS API server, installed here into the ignored .venv (pinned:
@@ -60,24 +71,6 @@ if [ ! -x "$moto_server" ]; then
 fi
 "$(dirname "$moto_server")/python" -c 'import moto; print("moto", moto.__version__)' 2>/dev/null \
     || echo "moto_server at $moto_server"
-
-# tests/report_browser.rs opens report.html in headless Chromium (Debian package chromium).
-stage "chromium (Debian package) for the report browser test"
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-    sudo=""
-    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
-    chromium_install() {
-        $sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y \
-            --no-install-recommends chromium
-    }
-    chromium_install || { $sudo apt-get -o DPkg::Lock::Timeout=300 update && chromium_install; } || true
-fi
-if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
-    echo "tests/run.sh: chromium is not on PATH and could not be installed." >&2
-    echo "  Install it (Debian/Ubuntu: sudo apt-get install -y chromium) and run again." >&2
-    exit 1
-fi
-chromium --version 2>/dev/null || chromium-browser --version
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check
