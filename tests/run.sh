@@ -34,7 +34,8 @@ ensure_debian() { # ensure_debian PACKAGE COMMAND...
         echo "  Install it (Debian/Ubuntu: sudo apt-get install -y --no-install-recommends $pkg) and run again." >&2
         exit 1
     fi
-    "$have" --version 2>&1 | sed -n 1p
+    # (Debian's chromium wrapper prints a harmless shell warning on stderr.)
+    "$have" --version 2>/dev/null | sed -n 1p
 }
 
 # The end-to-end tests check /metrics with `promtool check metrics`.
