@@ -393,6 +393,9 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
                 }
             },
             _ = tick.tick() => {
+                // A JoinSet keeps finished tasks until they are joined: reap them,
+                // or a long run grows by one entry per action.
+                while sh.tasks.try_join_next().is_some() {}
                 let now = now_ms();
                 let out = sh.ctl.on_tick(now);
                 sh.handle(out)?;

@@ -11,7 +11,10 @@ use crate::window::{parse_line, Assembler, Window};
 use crate::BoxFuture;
 use selfheal_core::{Action, Environment, Metric};
 use selfheal_sim::{Scenario, Simulator};
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
+
+/// Idempotency keys the simulator actuator remembers.
+const KEYS_KEPT: usize = 10_000;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,7 +68,10 @@ struct SimPipeline {
 #[derive(Debug)]
 pub struct SimFleet {
     pipelines: Vec<SimPipeline>,
+    /// Idempotency keys applied, oldest first in `applied_order`; bounded,
+    /// because a retry comes within minutes, not after thousands of actions.
     applied: HashSet<String>,
+    applied_order: VecDeque<String>,
     stride: u64,
     step: u64,
     start_ms: i64,
@@ -87,7 +93,15 @@ impl SimFleet {
             })
             .collect();
         let step_ms = i64::from(scenario.pipeline.step_seconds) * 1000;
-        SimFleet { pipelines, applied: HashSet::new(), stride: u64::from(n.max(1)), step: 0, start_ms, step_ms }
+        SimFleet {
+            pipelines,
+            applied: HashSet::new(),
+            applied_order: VecDeque::new(),
+            stride: u64::from(n.max(1)),
+            step: 0,
+            start_ms,
+            step_ms,
+        }
     }
 
     /// Step every pipeline with its pending action; a finished episode starts
@@ -120,6 +134,11 @@ impl SimFleet {
             .ok_or_else(|| format!("no simulated pipeline {pipeline:?}"))?;
         if !self.applied.insert(key.to_string()) {
             return Ok(false);
+        }
+        self.applied_order.push_back(key.to_string());
+        if self.applied_order.len() > KEYS_KEPT {
+            let oldest = self.applied_order.pop_front().expect("not empty");
+            self.applied.remove(&oldest);
         }
         p.pending = action;
         Ok(true)
