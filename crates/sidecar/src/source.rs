@@ -12,13 +12,13 @@ use crate::BoxFuture;
 use selfheal_core::{Action, Environment, Metric};
 use selfheal_sim::{Scenario, Simulator};
 use std::collections::{HashSet, VecDeque};
-
-/// Idempotency keys the simulator actuator remembers.
-const KEYS_KEPT: usize = 10_000;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+/// Idempotency keys the simulator actuator remembers.
+const KEYS_KEPT: usize = 10_000;
 
 /// Why a source failed.
 #[derive(Debug, thiserror::Error)]
