@@ -20,5 +20,5 @@ pub mod store;
 pub use baselines::{NoOpPolicy, RandomPolicy, RuleThresholds, RulesPolicy};
 pub use detector_encoder::DetectorEncoder;
 pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
-pub use qlearn::{deciding_state, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
+pub use qlearn::{deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
 pub use store::{ModelFile, ModelMeta, StoreError};

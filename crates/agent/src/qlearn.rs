@@ -221,6 +221,21 @@ impl Learner for QLearner {
     }
 }
 
+/// ε-greedy: a uniformly random allowed action with probability `eps`, else
+/// `greedy`; returns the choice and the probability the rule gave it. The
+/// sidecar logs that probability and off-policy evaluation divides by it, so
+/// both use this one function.
+pub fn epsilon_greedy(rng: &mut impl Rng, eps: f64, greedy: Action, mask: ActionMask) -> (Action, f64) {
+    let chosen = if eps > 0.0 && rng.gen::<f64>() < eps {
+        let k = rng.gen_range(0..mask.count());
+        mask.iter().nth(k).unwrap_or(Action::NoOp)
+    } else {
+        greedy
+    };
+    let p = eps / mask.count() as f64 + if chosen == greedy { 1.0 - eps } else { 0.0 };
+    (chosen, p)
+}
+
 /// The state whose row decides in state `s`: `s` itself when it was visited at
 /// least [`GreedyPolicy::MIN_VISITS`] times, else the first of the encoder's
 /// fallback states that was, else `s`. Shared by the greedy policy and the

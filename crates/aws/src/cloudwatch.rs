@@ -25,7 +25,7 @@ use crate::errors::AwsFailure;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Metric as CwMetric, MetricDataQuery, MetricStat, ScanBy};
 pub use aws_sdk_cloudwatch::Client;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_core::{Metric, Telemetry};
 use selfheal_sidecar::config::CloudWatchConfig;
@@ -215,9 +215,7 @@ impl CloudWatchSource {
     }
 
     fn backoff(&mut self) -> Duration {
-        // Full jitter, base 1 s, cap 60 s.
-        let bound = 1000u64.saturating_mul(1 << self.failures.min(6)).min(60_000);
-        Duration::from_millis(self.rng.gen_range(0..=bound))
+        Duration::from_millis(crate::BACKOFF.delay_ms(self.failures, &mut self.rng))
     }
 }
 

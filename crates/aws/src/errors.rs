@@ -120,7 +120,11 @@ impl AwsFailure {
             SdkError::ResponseError(ctx) => (None, Some(ctx.raw().status_code()), format!("{e}")),
             other => (None, None, format!("{other}: {}", source_chain(other))),
         };
-        let kind = classify(code.as_deref(), status);
+        // A request that could not even be built fails the same way every time.
+        let kind = match e {
+            SdkError::ConstructionFailure(_) => ErrorKind::Validation,
+            _ => classify(code.as_deref(), status),
+        };
         let code = code.unwrap_or_else(|| status.map_or("no response".into(), |s| format!("HTTP {s}")));
         AwsFailure { kind, message: format!("{operation}: {code} ({}): {msg}", kind.name()) }
     }

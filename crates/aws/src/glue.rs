@@ -26,7 +26,7 @@
 use crate::errors::AwsFailure;
 use aws_sdk_glue::types::{Column, JobRunState, JobUpdate, StorageDescriptor, Table, TableInput, WorkerType};
 pub use aws_sdk_glue::Client;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_core::Action;
 use selfheal_sidecar::actuate::{ActError, ActionCall, Actuator};
@@ -341,10 +341,10 @@ impl GlueActuator {
         if now - e.1 > 30 * 60_000 {
             e.0 = 0;
         }
-        let bound = 1000u64.saturating_mul(1 << e.0.min(6)).min(60_000);
+        let retry = e.0;
         e.0 += 1;
         e.1 = now;
-        Duration::from_millis(self.rng.lock().expect("rng lock").gen_range(0..=bound))
+        Duration::from_millis(crate::BACKOFF.delay_ms(retry, &mut *self.rng.lock().expect("rng lock")))
     }
 }
 

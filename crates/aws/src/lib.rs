@@ -25,6 +25,11 @@ use selfheal_sidecar::config::AwsConfig;
 use std::time::Duration;
 
 pub use aws_config::SdkConfig;
+
+/// Full-jitter backoff of a throttled CloudWatch poll and of a
+/// `retry_with_backoff` on Glue: retry n waits up to min(60 s, 1 s · 2^n).
+pub const BACKOFF: selfheal_guard::retry::RetryPolicy =
+    selfheal_guard::retry::RetryPolicy { max_attempts: u32::MAX, base_ms: 1000, cap_ms: 60_000 };
 /// The SDK crates themselves, for embedders and for the end-to-end tests
 /// (which set up Glue tables and publish metrics with them): a crate that
 /// reaches the SDK through here needs no SDK dependency of its own, so

@@ -315,13 +315,6 @@ impl Explorer {
 
     /// Choose: uniformly among `mask` with probability ε, else `greedy`; with the probability of the choice.
     pub fn choose(&mut self, greedy: Action, mask: ActionMask) -> (Action, f64) {
-        let chosen = if self.epsilon > 0.0 && self.rng.gen::<f64>() < self.epsilon {
-            let k = self.rng.gen_range(0..mask.count());
-            mask.iter().nth(k).unwrap_or(Action::NoOp)
-        } else {
-            greedy
-        };
-        let p = self.epsilon / mask.count() as f64 + if chosen == greedy { 1.0 - self.epsilon } else { 0.0 };
-        (chosen, p)
+        selfheal_agent::epsilon_greedy(&mut self.rng, self.epsilon, greedy, mask)
     }
 }

@@ -279,9 +279,12 @@ impl Shell {
             },
             Command::Pause { reason, reply } => {
                 let now = now_ms() as u64;
-                self.ctl.kill_switch().pause(reason.clone(), now);
-                tracing::warn!(reason = %reason, "kill switch on: all acting paused");
-                let _ = reply.send((200, format!("paused: {reason}")));
+                if self.ctl.kill_switch().pause(reason.clone(), now) {
+                    tracing::warn!(reason = %reason, "kill switch on: all acting paused");
+                }
+                // An earlier pause stays in force with its own reason.
+                let on = self.ctl.kill_switch().paused().map(|p| p.reason.clone()).unwrap_or(reason);
+                let _ = reply.send((200, format!("paused: {on}")));
             }
             Command::Resume(reply) => {
                 if pause_file.exists() {
@@ -298,8 +301,7 @@ impl Shell {
     }
 
     fn save(&mut self) {
-        let table = self.ctl.learner().table().clone();
-        match (self.checkpoint)(&table) {
+        match (self.checkpoint)(self.ctl.learner().table()) {
             Ok(()) => self.ctl.checkpointed(),
             Err(e) => tracing::error!(error = %e, "checkpoint failed; will retry"),
         }

@@ -29,9 +29,9 @@
 use crate::notify::Escalation;
 use crate::provenance::{ApprovalRecord, DecisionRecord, OutcomeRecord, Record, RewardRecord, WindowSummary};
 use crate::window::Window;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use selfheal_agent::{deciding_state, QLearner, RulesPolicy};
+use selfheal_agent::{deciding_state, epsilon_greedy, QLearner, RulesPolicy};
 use selfheal_core::{
     Action, ActionMask, Detector, Learner, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
 };
@@ -161,8 +161,6 @@ pub struct Stats {
     pub reward_sum: f64,
     /// Rewards observed.
     pub rewards: u64,
-    /// Escalations raised.
-    pub escalations: u64,
 }
 
 /// The decision core.
@@ -315,14 +313,7 @@ impl Controller {
         let table = self.parts.learner.table();
         let deciding = deciding_state(table, self.parts.describe.as_ref(), state);
         let greedy = table.best(deciding, mask);
-        let eps = self.cfg.epsilon;
-        let chosen = if eps > 0.0 && self.rng.gen::<f64>() < eps {
-            let k = self.rng.gen_range(0..mask.count());
-            mask.iter().nth(k).unwrap_or(Action::NoOp)
-        } else {
-            greedy
-        };
-        let probability = eps / mask.count() as f64 + if chosen == greedy { 1.0 - eps } else { 0.0 };
+        let (chosen, probability) = epsilon_greedy(&mut self.rng, self.cfg.epsilon, greedy, mask);
         let obs = Observation { telemetry: t, state, mask };
         let shadow = p.rules.act(&obs);
         let mut row = [0.0; Action::COUNT];
@@ -367,18 +358,15 @@ impl Controller {
                 }
                 Plan::Nothing
             }
-            Pending::Escalate(summary) => {
-                self.stats.escalations += 1;
-                Plan::Escalate(Escalation {
-                    id: id.clone(),
-                    pipeline: w.pipeline.clone(),
-                    summary,
-                    detail: serde_json::json!({
-                        "score": detection.score, "signature": detection.signature, "chosen": chosen.name(),
-                        "shadow": shadow.name(), "state": self.parts.describe.describe(state),
-                    }),
-                })
-            }
+            Pending::Escalate(summary) => Plan::Escalate(Escalation {
+                id: id.clone(),
+                pipeline: w.pipeline.clone(),
+                summary,
+                detail: serde_json::json!({
+                    "score": detection.score, "signature": detection.signature, "chosen": chosen.name(),
+                    "shadow": shadow.name(), "state": self.parts.describe.describe(state),
+                }),
+            }),
         });
         let durable = !matches!(plan, None | Some(Plan::Nothing)) || verdict == "proposed";
         let rec = DecisionRecord {
@@ -530,7 +518,6 @@ impl Controller {
                     p.pending = None;
                 }
             }
-            self.stats.escalations += 1;
             out.plan = Some(Plan::Escalate(Escalation {
                 id: order.id.clone(),
                 pipeline: order.pipeline.clone(),
