@@ -7,7 +7,7 @@
 //! windows in the handler (that is the CPU-heavy part, and it runs on every
 //! core) and hands closed windows to the loop through a bounded channel.
 
-use crate::window::{parse_line, Assembler, SampleLine, Window};
+use crate::window::{assemble, parse_body, Assembler, Ingested, Window};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -168,32 +168,9 @@ async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
         }
     }
     // Parse outside the lock (the costly part), assemble under it.
-    let mut samples: Vec<(usize, SampleLine<'_>)> = Vec::with_capacity(body.len() / 80 + 1);
-    let mut rejected = Vec::new();
-    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match parse_line(line) {
-            Ok(sample) => samples.push((i + 1, sample)),
-            Err(error) => rejected.push(RejectedLine { line: i + 1, error }),
-        }
-    }
-    let mut windows = Vec::new();
-    let mut accepted = 0;
-    {
-        let mut asm = ing.asm.lock().expect("assembler lock");
-        for (line, sample) in &samples {
-            match asm.push(&sample.pipeline, sample.ts, &sample.metrics.0) {
-                Ok(w) => {
-                    accepted += 1;
-                    windows.extend(w);
-                }
-                Err(e) => rejected.push(RejectedLine { line: *line, error: e.to_string() }),
-            }
-        }
-    }
+    let (samples, refused) = parse_body(&body);
+    let Ingested { accepted, windows, rejected } =
+        assemble(&mut ing.asm.lock().expect("assembler lock"), &samples, refused);
     // In small batches: the channel bounds batches, not windows, so one batch
     // per body would let a loop that falls behind queue a whole body's windows
     // per slot (a body of full samples closes a window per line).
@@ -206,8 +183,8 @@ async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> R
     }
     ing.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     ing.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    rejected.sort_by_key(|r| r.line);
     let code = if rejected.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let rejected = rejected.into_iter().map(|(line, error)| RejectedLine { line, error }).collect();
     (code, Json(IngestAnswer { accepted, rejected })).into_response()
 }
 

@@ -155,37 +155,53 @@ impl Assembler {
     }
 }
 
-/// A body of JSON lines, parsed: the windows it closed and the lines refused.
-#[derive(Debug, Default)]
-pub struct Ingested {
-    /// Samples accepted.
-    pub accepted: usize,
-    /// Windows closed by them.
-    pub windows: Vec<Window>,
-    /// 1-based line number and why, for every refused line.
-    pub rejected: Vec<(usize, String)>,
-}
+/// Lines of a body: (1-based line number, what it holds).
+pub type Numbered<T> = Vec<(usize, T)>;
 
-/// Parse a body of JSON lines into `asm`. Blank lines are skipped; a bad line
-/// is refused alone and the others still land.
-pub fn ingest_body(asm: &mut Assembler, body: &[u8]) -> Ingested {
-    let mut out = Ingested::default();
+/// Parse a body of JSON lines: the samples with their 1-based line numbers,
+/// and the lines refused with why. Blank lines are skipped; a bad line is
+/// refused alone. Pure parsing, so `/ingest` runs it outside its lock.
+pub fn parse_body(body: &[u8]) -> (Numbered<SampleLine<'_>>, Numbered<String>) {
+    let mut samples = Vec::with_capacity(body.len() / 80 + 1);
+    let mut rejected = Vec::new();
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match parse_line(line) {
-            Ok(s) => match asm.push(&s.pipeline, s.ts, &s.metrics.0) {
-                Ok(w) => {
-                    out.accepted += 1;
-                    out.windows.extend(w);
-                }
-                Err(e) => out.rejected.push((i + 1, e.to_string())),
-            },
-            Err(e) => out.rejected.push((i + 1, e)),
+            Ok(s) => samples.push((i + 1, s)),
+            Err(e) => rejected.push((i + 1, e)),
         }
     }
+    (samples, rejected)
+}
+
+/// What a body of samples did to an assembler.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Samples accepted.
+    pub accepted: usize,
+    /// Windows closed by them.
+    pub windows: Vec<Window>,
+    /// 1-based line number and why, for every refused line, in line order.
+    pub rejected: Numbered<String>,
+}
+
+/// Push parsed samples into `asm`; lines already refused by parsing are kept
+/// in the result, so a bad line is refused alone and the others still land.
+pub fn assemble(asm: &mut Assembler, samples: &[(usize, SampleLine<'_>)], refused: Numbered<String>) -> Ingested {
+    let mut out = Ingested { rejected: refused, ..Ingested::default() };
+    for (line, s) in samples {
+        match asm.push(&s.pipeline, s.ts, &s.metrics.0) {
+            Ok(w) => {
+                out.accepted += 1;
+                out.windows.extend(w);
+            }
+            Err(e) => out.rejected.push((*line, e.to_string())),
+        }
+    }
+    out.rejected.sort_by_key(|r| r.0);
     out
 }
 
@@ -225,7 +241,8 @@ not json\n\
 {\"ts\":1000,\"pipeline\":\"p\",\"metrics\":{\"pipeline.latency.p95\":2}}\n\
 {\"ts\":1000,\"pipeline\":\"\",\"metrics\":{}}\n";
         let mut a = Assembler::new(1000);
-        let r = ingest_body(&mut a, body);
+        let (samples, refused) = parse_body(body);
+        let r = assemble(&mut a, &samples, refused);
         assert_eq!(r.accepted, 2);
         assert_eq!(r.windows.len(), 1);
         let lines: Vec<usize> = r.rejected.iter().map(|(l, _)| *l).collect();
