@@ -12,6 +12,7 @@ pub mod action;
 pub mod fault;
 pub mod reward;
 pub mod seams;
+pub mod stats;
 pub mod telemetry;
 
 pub use action::{Action, ActionMask};

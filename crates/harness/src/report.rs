@@ -14,6 +14,7 @@
 use crate::episode::EpisodeStats;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::stats::percentile_interval_95;
 use selfheal_core::FaultKind;
 use serde::Serialize;
 
@@ -84,16 +85,6 @@ fn mean(xs: &[f64]) -> f64 {
     }
 }
 
-fn percentile_interval(mut xs: Vec<f64>) -> [f64; 2] {
-    xs.retain(|x| x.is_finite());
-    if xs.is_empty() {
-        return [f64::NAN, f64::NAN];
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| xs[((q * (xs.len() - 1) as f64).round() as usize).min(xs.len() - 1)];
-    [at(0.025), at(0.975)]
-}
-
 const RESAMPLES: usize = 2000;
 
 /// Summarise one policy's episodes (one per seed). `worker_step_usd` prices a
@@ -128,10 +119,10 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
     PolicyReport {
         name: name.to_string(),
         mean_return: mean(&returns),
-        return_ci95: percentile_interval(boot_ret),
+        return_ci95: percentile_interval_95(boot_ret),
         pct_of_oracle: f64::NAN,
         mttr_steps: mttr_of(&mut (0..n)),
-        mttr_ci95: percentile_interval(boot_mttr),
+        mttr_ci95: percentile_interval_95(boot_mttr),
         unresolved: episodes.iter().map(|e| u64::from(e.unresolved)).sum(),
         slo_attainment: episodes.iter().map(|e| u64::from(e.slo_steps)).sum::<u64>() as f64 / steps.max(1) as f64,
         auto_resolved: if incidents == 0 {

@@ -31,6 +31,7 @@ use crate::policy::PolicyView;
 use crate::ReportError;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::stats::percentile_interval_95;
 use selfheal_core::{Action, ActionMask};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -181,7 +182,7 @@ pub fn estimate(candidate: &PolicyView, log: &Log, cfg: OpeConfig) -> Result<Ope
             boots[k].push(e[k]);
         }
     }
-    let est = |k: usize| Estimate { value: point[k], ci95: percentiles(boots[k].clone()) };
+    let est = |k: usize| Estimate { value: point[k], ci95: percentile_interval_95(boots[k].clone()) };
     let ess = [0usize, 10, 50]
         .iter()
         .map(|&t| {
@@ -248,16 +249,6 @@ fn estimators(eps: &[Episode], idx: &[usize], gamma: f64) -> [f64; 4] {
         disc *= gamma;
     }
     [behaviour, direct, wis, dr]
-}
-
-fn percentiles(mut xs: Vec<f64>) -> [f64; 2] {
-    xs.retain(|x| x.is_finite());
-    if xs.is_empty() {
-        return [f64::NAN, f64::NAN];
-    }
-    xs.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| xs[((q * (xs.len() - 1) as f64).round() as usize).min(xs.len() - 1)];
-    [at(0.025), at(0.975)]
 }
 
 /// The report in words.
