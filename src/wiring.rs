@@ -2,9 +2,11 @@
 //! together. The only place that knows them all.
 
 use anyhow::{bail, Result};
+use selfheal_agent::confidence::ConfidenceGate;
 use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{
-    DetectorEncoder, DetectorRef, EncoderConfig, GreedyPolicy, NoOpPolicy, RandomPolicy, RulesPolicy, TelemetryEncoder,
+    DetectorRef, EncoderConfig, EncoderKind, GreedyPolicy, NoOpPolicy, RandomPolicy, RulesPolicy, Supervised,
+    WatchdogConfig,
 };
 use selfheal_core::{Action, Detector, Observation, RewardV1, Slo, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
@@ -49,18 +51,11 @@ pub fn encoder(
     config: EncoderConfig,
     detector: &DetectorModel,
 ) -> Result<(Encoder, Arc<dyn StateEncoder + Send + Sync>)> {
-    Ok(match id {
-        "telemetry-v1" => {
-            let e = TelemetryEncoder::new(config);
-            (Box::new(e.clone()), Arc::new(e))
-        }
-        "detector-v1" => {
-            let d: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector.clone()));
-            let e = DetectorEncoder::new(config, d);
-            (Box::new(e.clone()), Arc::new(e))
-        }
-        other => bail!("unknown encoder {other:?}; expected telemetry-v1 or detector-v1"),
-    })
+    let Some(kind) = EncoderKind::parse(id) else {
+        bail!("unknown encoder {id:?}; expected one of {}", EncoderKind::known())
+    };
+    let d: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector.clone()));
+    Ok((kind.build(config.clone(), d.clone()), Arc::from(kind.build(config, d))))
 }
 
 /// The reference a `detector-v1` policy keeps to its detector.
@@ -103,29 +98,75 @@ pub fn learned(model: &ModelFile, s: &Scenario, detector: &DetectorModel) -> Res
 /// Names of the policies `evaluate` knows, in report order.
 pub const POLICIES: [&str; 5] = ["noop", "random", "rules", "learned", "oracle"];
 
-/// Run one named policy on every seed.
-pub fn run_policy(
-    name: &str,
-    s: &Scenario,
-    seeds: std::ops::Range<u64>,
-    model: &ModelFile,
-    rules: &RulesFile,
-    oracle: Option<&Oracle>,
-    detector: &DetectorModel,
-) -> Result<Vec<EpisodeStats>> {
-    let mut env = Simulator::new(s);
-    let (mut enc, greedy) = learned(model, s, detector)?;
-    let reward = reward(s);
-    let mut ctl: Box<dyn Controller<Simulator> + '_> = match name {
-        "noop" => Box::new(Fixed(NoOpPolicy)),
-        "random" => Box::new(Fixed(RandomPolicy::new(0))),
-        "rules" => Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
-        "learned" => Box::new(Fixed(greedy)),
-        "oracle" => match oracle {
-            Some(o) => Box::new(OracleController(o)),
-            None => bail!("the oracle was not solved"),
-        },
-        other => bail!("unknown policy {other:?}; expected one of {}", POLICIES.join(", ")),
-    };
-    Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, seed, |_| {})).collect())
+/// Everything a named policy may need: the learned model and its detector,
+/// the rule thresholds, the oracle (solved once), and the policy stack's
+/// settings (the same defaults as the sidecar's `[guard]` section).
+pub struct PolicyParts<'a> {
+    /// The scenario the policies run in.
+    pub scenario: &'a Scenario,
+    /// The learned policy's model.
+    pub model: &'a ModelFile,
+    /// Its detector.
+    pub detector: &'a DetectorModel,
+    /// Rule thresholds.
+    pub rules: &'a RulesFile,
+    /// The oracle, where `oracle` is wanted.
+    pub oracle: Option<&'a Oracle>,
+    /// The confidence gate on an unhealthy window's silence.
+    pub gate: ConfidenceGate,
+    /// The watchdog.
+    pub watchdog: WatchdogConfig,
+}
+
+impl<'a> PolicyParts<'a> {
+    /// Parts with the default gate and watchdog.
+    pub fn new(
+        scenario: &'a Scenario,
+        model: &'a ModelFile,
+        detector: &'a DetectorModel,
+        rules: &'a RulesFile,
+        oracle: Option<&'a Oracle>,
+    ) -> PolicyParts<'a> {
+        PolicyParts {
+            scenario,
+            model,
+            detector,
+            rules,
+            oracle,
+            gate: ConfidenceGate::default(),
+            watchdog: WatchdogConfig::default(),
+        }
+    }
+
+    /// The rule policy.
+    pub fn rules_policy(&self) -> RulesPolicy {
+        RulesPolicy::new(self.rules.thresholds, Slo::default())
+    }
+
+    /// The learned policy's encoder, and the named policy as a controller:
+    /// `learned` is the greedy table supervised by the gate and the watchdog
+    /// ([`Supervised`]), exactly as the sidecar decides.
+    pub fn controller(&self, name: &str) -> Result<(Encoder, Box<dyn Controller<Simulator> + 'a>)> {
+        let (enc, greedy) = learned(self.model, self.scenario, self.detector)?;
+        let ctl: Box<dyn Controller<Simulator> + 'a> = match name {
+            "noop" => Box::new(Fixed(NoOpPolicy)),
+            "random" => Box::new(Fixed(RandomPolicy::new(0))),
+            "rules" => Box::new(Fixed(self.rules_policy())),
+            "learned" => Box::new(Supervised::new(greedy, self.rules_policy(), self.gate, self.watchdog)),
+            "oracle" => match self.oracle {
+                Some(o) => Box::new(OracleController(o)),
+                None => bail!("the oracle was not solved"),
+            },
+            other => bail!("unknown policy {other:?}; expected one of {}", POLICIES.join(", ")),
+        };
+        Ok((enc, ctl))
+    }
+
+    /// Run one named policy on every seed.
+    pub fn run(&self, name: &str, seeds: std::ops::Range<u64>) -> Result<Vec<EpisodeStats>> {
+        let mut env = Simulator::new(self.scenario);
+        let (mut enc, mut ctl) = self.controller(name)?;
+        let reward = reward(self.scenario);
+        Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, seed, |_| {})).collect())
+    }
 }

@@ -119,7 +119,7 @@ fn train(mdp: &Mdp, params: QParams, episodes: u64, seed: u64) -> QLearner {
         let mut s = mdp.reset(&mut rng);
         for _ in 0..TIME_LIMIT {
             let state = s as StateId;
-            let action = learner.act(&Observation { telemetry: &telemetry, state, mask });
+            let action = learner.act(&Observation { telemetry: &telemetry, state, mask, anomalous: false });
             let o = mdp.step(s, action.index(), &mut rng);
             learner.update(&Transition {
                 state,
@@ -163,7 +163,8 @@ fn evaluate(mdp: &Mdp, policy: &mut impl Policy, episodes: usize, seed: u64) -> 
             let start = mdp.reset(&mut rng);
             let (mut s, mut ret) = (start, 0.0);
             for _ in 0..TIME_LIMIT {
-                let action = policy.act(&Observation { telemetry: &telemetry, state: s as StateId, mask });
+                let action =
+                    policy.act(&Observation { telemetry: &telemetry, state: s as StateId, mask, anomalous: false });
                 let o = mdp.step(s, action.index(), &mut rng);
                 ret += o.reward;
                 if o.terminated {

@@ -46,6 +46,12 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
+    /// The learned policy's watchdog: after this many consecutive unhealthy
+    /// windows with no action and no page, it pages a person (once per
+    /// incident), then falls back to the rule policy (as the sidecar's
+    /// `[guard.watchdog] windows`).
+    #[arg(long, default_value_t = selfheal_agent::WatchdogConfig::default().windows)]
+    watchdog_windows: u32,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -63,8 +69,12 @@ pub fn run(a: Args) -> Result<()> {
     tracing::info!(states = oracle.num_states(), secs = started.elapsed().as_secs_f64(), "oracle solved");
     let usd = wiring::worker_step_usd(&scenario);
     let mut lines = Vec::new();
+    let mut parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, Some(&oracle));
+    parts.watchdog.windows = a.watchdog_windows;
+    parts.watchdog.stale_after = parts.watchdog.stale_after.max(a.watchdog_windows);
+    parts.watchdog.check()?;
     for name in wiring::POLICIES {
-        let episodes = wiring::run_policy(name, &scenario, seeds.clone(), &model, &rules, Some(&oracle), &detector)?;
+        let episodes = parts.run(name, seeds.clone())?;
         lines.push(aggregate(name, &episodes, usd));
     }
     let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
@@ -78,11 +88,11 @@ pub fn run(a: Args) -> Result<()> {
 
 fn csv(c: &Comparison) -> String {
     let mut out = String::from(
-        "scenario,seeds,name,mean_return,return_ci95_lo,return_ci95_hi,pct_of_oracle,mttr_steps,mttr_ci95_lo,mttr_ci95_hi,unresolved,slo_attainment,auto_resolved,escalations,records_lost,dead_lettered,cost,false_actions\n",
+        "scenario,seeds,name,mean_return,return_ci95_lo,return_ci95_hi,pct_of_oracle,mttr_steps,mttr_ci95_lo,mttr_ci95_hi,unresolved,slo_attainment,auto_resolved,escalations,records_lost,dead_lettered,cost,false_actions,episodes_with_loss,worst_return,incident_p95_steps,longest_idle_streak,watchdog_firings\n",
     );
     for p in &c.policies {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.scenario,
             c.seeds,
             p.name,
@@ -100,7 +110,12 @@ fn csv(c: &Comparison) -> String {
             p.records_lost,
             p.dead_lettered,
             p.cost,
-            p.false_actions
+            p.false_actions,
+            p.episodes_with_loss,
+            p.worst_return,
+            p.incident_p95_steps,
+            p.longest_idle_streak,
+            p.watchdog_firings
         ));
     }
     out
@@ -142,6 +157,21 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
             p.dead_lettered,
             p.cost,
             p.false_actions
+        ));
+    }
+    out.push_str(&format!(
+        "\ntails: episodes that lost records, the worst episode, the 95th percentile of incident duration,\nthe longest unhealthy streak with neither action nor page, and watchdog firings:\n{:<8} {:>11} {:>10} {:>13} {:>12} {:>9}\n",
+        "policy", "loss eps", "worst", "incident p95", "idle streak", "watchdog"
+    ));
+    for p in &c.policies {
+        out.push_str(&format!(
+            "{:<8} {:>11} {:>10.1} {:>13.0} {:>12} {:>9}\n",
+            p.name,
+            format!("{}/{}", p.episodes_with_loss, c.seeds),
+            p.worst_return,
+            p.incident_p95_steps,
+            p.longest_idle_streak,
+            p.watchdog_firings
         ));
     }
     out.push_str("\nMTTR by the fault kind that opened the incident (unresolved in brackets):\n");

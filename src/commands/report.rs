@@ -4,10 +4,10 @@
 use crate::{defaults, wiring};
 use anyhow::{Context, Result};
 use selfheal_agent::store::{ModelFile, RulesFile};
-use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
+use selfheal_agent::RulesPolicy;
 use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
 use selfheal_detect::telemetry::DetectorModel;
-use selfheal_harness::{aggregate, run_episode, Comparison, Controller, Fixed};
+use selfheal_harness::{aggregate, run_episode, Comparison, Controller};
 use selfheal_report::eval::{ActionMix, Evaluation, MixRow, PolicyMix};
 use selfheal_report::playbook::SignatureSample;
 use selfheal_report::policy::{note, PolicyView, SeenMap};
@@ -114,6 +114,9 @@ impl Controller<Simulator> for Recorder<'_> {
     fn name(&self) -> &str {
         self.inner.name()
     }
+    fn watchdog_fired(&self) -> bool {
+        self.inner.watchdog_fired()
+    }
     fn reset(&mut self, seed: u64) {
         self.inner.reset(seed);
         if let Some(r) = &mut self.shadow {
@@ -174,16 +177,10 @@ pub fn simulate(
     let reward = wiring::reward(scenario);
     let (mut lines, mut mix) = (Vec::new(), Vec::new());
     let (mut seen, mut sigs) = (SeenMap::new(), BTreeMap::<u32, SignatureSample>::new());
+    let parts = wiring::PolicyParts::new(scenario, model, detector, rules, Some(&oracle));
     for name in wiring::POLICIES {
         let mut env = Simulator::new(scenario);
-        let (mut enc, greedy) = wiring::learned(model, scenario, detector)?;
-        let inner: Box<dyn Controller<Simulator>> = match name {
-            "noop" => Box::new(Fixed(NoOpPolicy)),
-            "random" => Box::new(Fixed(RandomPolicy::new(0))),
-            "rules" => Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
-            "learned" => Box::new(Fixed(greedy)),
-            _ => Box::new(wiring::OracleController(&oracle)),
-        };
+        let (mut enc, inner) = parts.controller(name)?;
         let mut rec = Recorder {
             inner,
             view,

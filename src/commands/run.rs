@@ -8,7 +8,7 @@ use crate::{defaults, wiring};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use selfheal_agent::store::ModelFile;
-use selfheal_agent::{DetectorEncoder, QLearner, RulesPolicy, TelemetryEncoder};
+use selfheal_agent::{EncoderKind, QLearner, RulesPolicy};
 use selfheal_core::{Detector, Metric, StateEncoder};
 use selfheal_detect::telemetry::TelemetryDetector;
 use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
@@ -92,16 +92,12 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
     tracing::info!(model = %from, states = table.visited_states().count(), "Q table loaded");
     let enc_cfg = model.encoder.config.clone();
     let detector: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector_model.clone()));
-    let encoder: EncoderFactory = match model.encoder.id.as_str() {
-        "telemetry-v1" => {
-            let c = enc_cfg.clone();
-            Arc::new(move || Box::new(TelemetryEncoder::new(c.clone())) as Box<dyn StateEncoder + Send>)
-        }
-        "detector-v1" => {
-            let (c, d) = (enc_cfg.clone(), detector.clone());
-            Arc::new(move || Box::new(DetectorEncoder::new(c.clone(), d.clone())) as Box<dyn StateEncoder + Send>)
-        }
-        other => bail!("unknown encoder {other:?}"),
+    let Some(kind) = EncoderKind::parse(&model.encoder.id) else {
+        bail!("unknown encoder {:?}; this build knows {}", model.encoder.id, EncoderKind::known())
+    };
+    let encoder: EncoderFactory = {
+        let (c, d) = (enc_cfg.clone(), detector.clone());
+        Arc::new(move || kind.build(c.clone(), d.clone()) as Box<dyn StateEncoder + Send>)
     };
     let (_, describe) = wiring::encoder(&model.encoder.id, enc_cfg.clone(), &detector_model)?;
     let rules_file = defaults::rules(cfg.model.rules.as_deref())?;

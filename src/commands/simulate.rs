@@ -1,10 +1,9 @@
 //! `selfheal simulate`: one episode as JSON lines.
 
 use crate::{defaults, wiring};
-use anyhow::{bail, Result};
-use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
-use selfheal_core::{FaultKind, Slo};
-use selfheal_harness::{run_episode, Controller, Fixed};
+use anyhow::Result;
+use selfheal_core::FaultKind;
+use selfheal_harness::run_episode;
 use selfheal_sim::{Oracle, Simulator};
 use serde_json::json;
 use std::io::Write;
@@ -40,19 +39,9 @@ pub fn run(a: Args) -> Result<()> {
     let model = defaults::policy(a.model.as_deref())?;
     let rules = defaults::rules(a.rules.as_deref())?;
     let detector = defaults::detector(a.detector.as_deref())?;
-    let (mut enc, greedy) = wiring::learned(&model, &scenario, &detector)?;
-    let oracle;
-    let mut ctl: Box<dyn Controller<Simulator>> = match a.policy.as_str() {
-        "noop" => Box::new(Fixed(NoOpPolicy)),
-        "random" => Box::new(Fixed(RandomPolicy::new(0))),
-        "rules" => Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
-        "learned" => Box::new(Fixed(greedy)),
-        "oracle" => {
-            oracle = Oracle::solve(&scenario);
-            Box::new(wiring::OracleController(&oracle))
-        }
-        other => bail!("unknown policy {other:?}; expected one of {}", wiring::POLICIES.join(", ")),
-    };
+    let oracle = (a.policy == "oracle").then(|| Oracle::solve(&scenario));
+    let parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, oracle.as_ref());
+    let (mut enc, mut ctl) = parts.controller(&a.policy)?;
     let mut env = Simulator::new(&scenario);
     let reward = wiring::reward(&scenario);
     let (describer, _) = wiring::encoder(&model.encoder.id, model.encoder.config.clone(), &detector)?;

@@ -204,7 +204,7 @@ mod tests {
     }
 
     fn act(p: &mut RulesPolicy, t: &Telemetry) -> Action {
-        p.act(&Observation { telemetry: t, state: 0, mask: ActionMask::ALL })
+        p.act(&Observation { telemetry: t, state: 0, mask: ActionMask::ALL, anomalous: false })
     }
 
     #[test]

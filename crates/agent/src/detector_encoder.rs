@@ -1,10 +1,17 @@
-//! Detector output → discrete state (encoder `detector-v1`).
+//! Detector output → discrete state (encoders `detector-v1` and `detector-v2`).
 //!
 //! The analysis layer replaces hand-written symptom rules: the state is the
 //! failure signature the detector assigns (0 when the window is not anomalous),
 //! a latency bucket, an error bucket, the worker level (the resource the agent
 //! controls), whether ingest is throttled, and the incident's history (actions
-//! already taken, whether a human was paged). The encoder holds the detector
+//! already taken, whether a human was paged).
+//!
+//! `detector-v2` adds the incident's **age** in three buckets (1–2, 3–9 and 10
+//! or more unhealthy windows). Without it a state cannot tell "just started"
+//! from "nothing has helped for an hour", so waiting, which is right in the
+//! first windows of a transient fault, was learned as right forever: the
+//! standard remedy is to put the elapsed time into the state (a partially
+//! observed problem made closer to Markov by the history that matters). The encoder holds the detector
 //! behind the core `Detector` trait, so the agent still knows nothing of
 //! isolation forests or k-means.
 
@@ -16,6 +23,17 @@ const LATENCY_BUCKETS: u32 = 4;
 const LATENCY_NAMES: [&str; 4] = ["<=135s", "<=300s", "<=900s", ">900s"];
 const ERROR_BUCKETS: u32 = 3;
 const ERROR_NAMES: [&str; 3] = ["none", "<5%", ">=5%"];
+const AGE_BUCKETS: u32 = 3;
+const AGE_NAMES: [&str; 3] = ["<=2", "3-9", ">=10"];
+
+/// Age bucket of an incident `age` windows old (0 = healthy, bucket 0).
+pub fn age_bucket(age: u32) -> u32 {
+    match age {
+        0..=2 => 0,
+        3..=9 => 1,
+        _ => 2,
+    }
+}
 
 /// The parts of a `detector-v1` state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +54,8 @@ pub struct DetectorState {
     pub attempted: bool,
     /// A human was paged for this incident.
     pub escalated: bool,
+    /// Incident age bucket ([`age_bucket`]); always 0 in `detector-v1`.
+    pub age: u32,
 }
 
 /// The `detector-v1` state encoder.
@@ -47,6 +67,9 @@ pub struct DetectorEncoder {
     attempted: bool,
     escalated: bool,
     unhealthy: bool,
+    age: u32,
+    /// Age buckets in the state (`detector-v2`) or not (`detector-v1`).
+    with_age: bool,
     last: Option<Detection>,
 }
 
@@ -57,7 +80,7 @@ impl std::fmt::Debug for DetectorEncoder {
 }
 
 impl DetectorEncoder {
-    /// An encoder over `detector`'s output.
+    /// A `detector-v1` encoder over `detector`'s output.
     pub fn new(config: EncoderConfig, detector: Arc<dyn Detector + Send + Sync>) -> DetectorEncoder {
         let signatures = u32::from(detector.signatures());
         DetectorEncoder {
@@ -67,7 +90,22 @@ impl DetectorEncoder {
             attempted: false,
             escalated: false,
             unhealthy: false,
+            age: 0,
+            with_age: false,
             last: None,
+        }
+    }
+
+    /// A `detector-v2` encoder: `detector-v1` with the incident's age bucket.
+    pub fn with_age(config: EncoderConfig, detector: Arc<dyn Detector + Send + Sync>) -> DetectorEncoder {
+        DetectorEncoder { with_age: true, ..DetectorEncoder::new(config, detector) }
+    }
+
+    fn age_buckets(&self) -> u32 {
+        if self.with_age {
+            AGE_BUCKETS
+        } else {
+            1
         }
     }
 
@@ -89,11 +127,14 @@ impl DetectorEncoder {
         id = id * 2 + u32::from(p.cpu_hot);
         id = id * 2 + u32::from(p.throttled);
         id = id * 2 + u32::from(p.attempted);
-        id * 2 + u32::from(p.escalated)
+        id = id * 2 + u32::from(p.escalated);
+        id * self.age_buckets() + p.age.min(self.age_buckets() - 1)
     }
 
     /// Unpack a state id.
     pub fn unpack(&self, mut id: StateId) -> DetectorState {
+        let age = id % self.age_buckets();
+        id /= self.age_buckets();
         let escalated = id % 2 == 1;
         id /= 2;
         let attempted = id % 2 == 1;
@@ -116,6 +157,7 @@ impl DetectorEncoder {
             throttled,
             attempted,
             escalated,
+            age,
         }
     }
 
@@ -149,17 +191,23 @@ pub fn error_bucket(t: &Telemetry) -> u32 {
 
 impl StateEncoder for DetectorEncoder {
     fn id(&self) -> &'static str {
-        "detector-v1"
+        if self.with_age {
+            "detector-v2"
+        } else {
+            "detector-v1"
+        }
     }
 
     fn num_states(&self) -> usize {
-        (self.signatures as usize + 1) * (LATENCY_BUCKETS * ERROR_BUCKETS * self.levels() * 16) as usize
+        (self.signatures as usize + 1)
+            * (LATENCY_BUCKETS * ERROR_BUCKETS * self.levels() * 16 * self.age_buckets()) as usize
     }
 
     fn reset(&mut self) {
         self.attempted = false;
         self.escalated = false;
         self.unhealthy = false;
+        self.age = 0;
         self.last = None;
     }
 
@@ -170,10 +218,13 @@ impl StateEncoder for DetectorEncoder {
         let errors = error_bucket(t);
         let throttled = t.get(Metric::IngestThrottled) > 0.5;
         let cpu_hot = t.get(Metric::CpuLoad) > 0.9;
-        self.unhealthy = d.anomalous || latency > 0 || errors > 1 || throttled || cpu_hot;
-        if !self.unhealthy {
+        self.unhealthy = crate::supervise::window_unhealthy(t, d.anomalous);
+        if self.unhealthy {
+            self.age = self.age.saturating_add(1);
+        } else {
             self.attempted = false;
             self.escalated = false;
+            self.age = 0;
         }
         let level = self.level_of(t);
         let state = DetectorState {
@@ -185,6 +236,7 @@ impl StateEncoder for DetectorEncoder {
             throttled,
             attempted: self.attempted,
             escalated: self.escalated,
+            age: if self.with_age { age_bucket(self.age) } else { 0 },
         };
         (self.pack(state), action_mask(level, self.levels(), throttled, self.escalated))
     }
@@ -200,8 +252,9 @@ impl StateEncoder for DetectorEncoder {
 
     fn describe(&self, s: StateId) -> String {
         let p = self.unpack(s);
+        let age = if self.with_age { format!(" age={}", AGE_NAMES[p.age as usize]) } else { String::new() };
         format!(
-            "signature={} latency={} errors={} workers={} cpu_hot={} throttled={} attempted={} escalated={}",
+            "signature={} latency={} errors={} workers={} cpu_hot={} throttled={} attempted={} escalated={}{age}",
             if p.signature == 0 { "normal".to_string() } else { p.signature.to_string() },
             LATENCY_NAMES[p.latency as usize],
             ERROR_NAMES[p.errors as usize],
@@ -233,6 +286,10 @@ impl StateEncoder for DetectorEncoder {
         }
         if q.escalated {
             q.escalated = false;
+            push(q);
+        }
+        while q.age > 0 {
+            q.age -= 1;
             push(q);
         }
         let mut l = q;
@@ -291,10 +348,33 @@ mod tests {
             throttled: true,
             attempted: true,
             escalated: true,
+            age: 0,
         };
         let id = e.pack(p);
         assert_eq!(e.unpack(id), p);
         assert_eq!(id as usize, e.num_states() - 1, "the last state is the largest id");
+        let v2 = DetectorEncoder::with_age(e.config().clone(), Arc::new(Fixed(3)));
+        let p2 = DetectorState { age: 2, ..p };
+        assert_eq!(v2.unpack(v2.pack(p2)), p2);
+        assert_eq!(v2.pack(p2) as usize, v2.num_states() - 1);
+        assert_eq!(v2.num_states(), 3 * e.num_states());
+    }
+
+    #[test]
+    fn v2_counts_the_incidents_age_and_falls_back_to_younger_states() {
+        let mut e = DetectorEncoder::with_age(enc(3).config().clone(), Arc::new(Fixed(3)));
+        assert_eq!(e.id(), "detector-v2");
+        let mut t = Telemetry::default();
+        t.set(Metric::Executors, 10.0);
+        let ages: Vec<u32> = (0..12).map(|_| e.unpack(e.encode(&t).0).age).collect();
+        assert_eq!(ages, [0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2]);
+        let (s, _) = e.encode(&t);
+        assert!(e.describe(s).ends_with("age=>=10"), "{}", e.describe(s));
+        let f = e.fallbacks(s);
+        assert_eq!(e.unpack(f[0]).age, 1);
+        assert_eq!(e.unpack(f[1]).age, 0);
+        e.reset();
+        assert_eq!(e.unpack(e.encode(&t).0).age, 0);
     }
 
     #[test]
@@ -314,5 +394,6 @@ mod tests {
         assert!(e.describe(s).contains("signature=3"));
         let f = e.fallbacks(s);
         assert_eq!(e.unpack(f[0]), DetectorState { attempted: false, ..e.unpack(s) });
+        assert_eq!(e.unpack(s).age, 0, "detector-v1 has no age");
     }
 }

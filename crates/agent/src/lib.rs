@@ -5,6 +5,9 @@
 //!   (the agent never sees the true fault);
 //! - [`qlearn`]: tabular Q-learning with ε schedules and action masking;
 //! - [`baselines`]: the no-op, random and calibrated rule-based policies;
+//! - [`confidence`], [`watchdog`], [`supervise`]: the policy stack around the
+//!   table (a gate on unsure choices, silence included, and a watchdog that
+//!   bounds inaction), shared by evaluation and the sidecar;
 //! - [`store`]: versioned model files, written atomically.
 //!
 //! The agent knows the core vocabulary only: not the simulator, not AWS.
@@ -12,13 +15,20 @@
 #![forbid(unsafe_code)]
 
 pub mod baselines;
+pub mod confidence;
 pub mod detector_encoder;
 pub mod encoder;
+pub mod kind;
 pub mod qlearn;
 pub mod store;
+pub mod supervise;
+pub mod watchdog;
 
 pub use baselines::{NoOpPolicy, RandomPolicy, RuleThresholds, RulesPolicy};
 pub use detector_encoder::DetectorEncoder;
 pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
+pub use kind::EncoderKind;
 pub use qlearn::{deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
 pub use store::{ModelFile, ModelMeta, StoreError};
+pub use supervise::{window_unhealthy, Cause, Supervised, Supervisor};
+pub use watchdog::{Watchdog, WatchdogConfig};

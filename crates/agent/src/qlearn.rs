@@ -347,7 +347,7 @@ mod tests {
         let mask = ActionMask::ALL.without(Action::Escalate).without(Action::NoOp);
         let t = selfheal_core::Telemetry::default();
         for _ in 0..1000 {
-            let a = l.act(&Observation { telemetry: &t, state: 0, mask });
+            let a = l.act(&Observation { telemetry: &t, state: 0, mask, anomalous: false });
             assert!(mask.allows(a));
         }
         let p: f64 = mask.iter().map(|a| l.action_probability(0, mask, a)).sum();

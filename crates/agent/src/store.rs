@@ -23,7 +23,7 @@ pub const RULES_FORMAT: &str = "selfheal-rules";
 /// Current version of both formats.
 pub const VERSION: u32 = 1;
 /// State encoders this build can rebuild from a model file.
-pub const ENCODERS: [&str; 2] = ["telemetry-v1", "detector-v1"];
+pub const ENCODERS: [&str; 3] = ["telemetry-v1", "detector-v1", "detector-v2"];
 
 /// What can go wrong reading or writing a model file.
 #[derive(Debug, thiserror::Error)]
@@ -232,10 +232,11 @@ impl ModelFile {
                 ),
             });
         }
-        if (m.encoder.id == "detector-v1") != m.encoder.config.detector.is_some() {
+        let uses_detector = crate::EncoderKind::parse(&m.encoder.id).is_some_and(|k| k.uses_detector());
+        if uses_detector != m.encoder.config.detector.is_some() {
             return Err(StoreError::Mismatch {
                 path,
-                message: "a detector-v1 policy names its detector, and only it does".into(),
+                message: "a detector-v1 or detector-v2 policy names its detector, and only it does".into(),
             });
         }
         for row in &m.states {

@@ -16,6 +16,10 @@ pub struct Observation<'a> {
     pub state: StateId,
     /// The actions allowed now.
     pub mask: ActionMask,
+    /// Whether the encoder's detector flagged the window (false for encoders
+    /// without one). With the SLO it tells a policy's watchdog that the
+    /// pipeline is unhealthy.
+    pub anomalous: bool,
 }
 
 /// Chooses an action.

@@ -21,7 +21,9 @@ pub mod mode;
 
 pub mod killswitch;
 
-pub mod confidence;
+/// The confidence gate lives in the policy stack (the evaluation harness uses it
+/// too); re-exported here in the order the sidecar applies it.
+pub use selfheal_agent::confidence;
 
 pub mod budget;
 

@@ -16,6 +16,11 @@ pub trait Controller<E> {
     fn decide(&mut self, env: &E, obs: &Observation<'_>) -> Action;
     /// Learn from the transition that followed (default: nothing).
     fn learn(&mut self, _t: &Transition) {}
+    /// Whether the last decision was forced by a watchdog (the policy stack's
+    /// guard against inaction, [`selfheal_agent::watchdog`]). Default: never.
+    fn watchdog_fired(&self) -> bool {
+        false
+    }
 }
 
 /// A [`Policy`] as a controller: it sees only the observation.
@@ -31,6 +36,23 @@ impl<E, P: Policy> Controller<E> for Fixed<P> {
     }
     fn decide(&mut self, _env: &E, obs: &Observation<'_>) -> Action {
         self.0.act(obs)
+    }
+}
+
+/// A [`selfheal_agent::Supervised`] policy as a controller, so the harness
+/// counts its watchdog's firings.
+impl<E> Controller<E> for selfheal_agent::Supervised {
+    fn name(&self) -> &str {
+        Policy::name(self)
+    }
+    fn reset(&mut self, seed: u64) {
+        Policy::reset(self, seed);
+    }
+    fn decide(&mut self, _env: &E, obs: &Observation<'_>) -> Action {
+        self.act(obs)
+    }
+    fn watchdog_fired(&self) -> bool {
+        self.last_cause().is_watchdog()
     }
 }
 
@@ -81,6 +103,13 @@ pub struct EpisodeStats {
     pub ledger: RecordLedger,
     /// How often each action was taken.
     pub action_counts: [u32; Action::COUNT],
+    /// Longest run of consecutive steps in which the pipeline was unhealthy
+    /// (an incident open or the SLO missed, by the simulator's ground truth),
+    /// the policy chose `NoOp`, nobody had been paged for the incident and no
+    /// backpressure held ingest: a pipeline left to burn with nobody on it.
+    pub longest_idle_streak: u32,
+    /// Decisions forced by the policy's watchdog.
+    pub watchdog_firings: u32,
 }
 
 struct OpenIncident {
@@ -111,9 +140,20 @@ where
     let mut stats = EpisodeStats::default();
     let mut open: Vec<OpenIncident> = Vec::new();
     let mut healthy = true;
+    let mut idle = 0u32;
     let horizon = env.horizon();
     for _ in 0..horizon {
-        let action = ctl.decide(env, &Observation { telemetry: &telemetry, state, mask });
+        let anomalous = enc.last_detection().is_some_and(|d| d.anomalous);
+        let action = ctl.decide(env, &Observation { telemetry: &telemetry, state, mask, anomalous });
+        stats.watchdog_firings += u32::from(ctl.watchdog_fired());
+        let paged = open.iter().any(|i| i.escalated);
+        let held = telemetry.get(selfheal_core::Metric::IngestThrottled) > 0.5;
+        if !healthy && action == Action::NoOp && !paged && !held {
+            idle += 1;
+            stats.longest_idle_streak = stats.longest_idle_streak.max(idle);
+        } else {
+            idle = 0;
+        }
         enc.record_action(action);
         let step = env.step(action);
         let r = reward.reward(action, &step.telemetry);

@@ -49,6 +49,18 @@ pub struct PolicyReport {
     pub cost: f64,
     /// Remedial actions in healthy windows.
     pub false_actions: u64,
+    /// Episodes that lost any record.
+    pub episodes_with_loss: u64,
+    /// The worst episode's return.
+    pub worst_return: f64,
+    /// 95th percentile of incident duration, steps (nearest rank, over every
+    /// incident of every episode, unresolved ones with their time to the end).
+    pub incident_p95_steps: f64,
+    /// Longest unhealthy streak with neither action nor escalation, steps,
+    /// over all episodes (see [`EpisodeStats::longest_idle_streak`]).
+    pub longest_idle_streak: u32,
+    /// Decisions forced by the policy's watchdog.
+    pub watchdog_firings: u64,
     /// Incidents and MTTR per fault kind that opened them.
     pub by_fault: Vec<FaultLine>,
 }
@@ -135,8 +147,26 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
         dead_lettered: episodes.iter().map(|e| e.ledger.dead_lettered).sum(),
         cost: episodes.iter().map(|e| e.worker_steps as f64 * worker_step_usd).sum::<f64>() / n.max(1) as f64,
         false_actions: episodes.iter().map(|e| u64::from(e.false_actions)).sum(),
+        episodes_with_loss: episodes.iter().filter(|e| e.ledger.lost > 0).count() as u64,
+        worst_return: returns.iter().copied().fold(f64::NAN, f64::min),
+        incident_p95_steps: percentile_nearest_rank(
+            episodes.iter().flat_map(|e| e.incident_steps.iter().map(|x| f64::from(*x))).collect(),
+            0.95,
+        ),
+        longest_idle_streak: episodes.iter().map(|e| e.longest_idle_streak).max().unwrap_or(0),
+        watchdog_firings: episodes.iter().map(|e| u64::from(e.watchdog_firings)).sum(),
         by_fault: by_fault(episodes),
     }
+}
+
+/// The `q` quantile by the nearest-rank method (NaN for no data).
+fn percentile_nearest_rank(mut xs: Vec<f64>, q: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_by(f64::total_cmp);
+    let rank = (q * xs.len() as f64).ceil().max(1.0) as usize;
+    xs[rank - 1]
 }
 
 fn by_fault(episodes: &[EpisodeStats]) -> Vec<FaultLine> {
@@ -205,5 +235,23 @@ mod tests {
         assert!(r.return_ci95[0] <= r.mean_return && r.mean_return <= r.return_ci95[1]);
         assert!((r.slo_attainment - 0.5).abs() < 1e-12);
         assert!((r.cost - 0.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tails_count_losses_worst_episode_p95_and_idle_streaks() {
+        let mut a = ep(-1.0, &[2, 4]);
+        a.ledger.lost = 500;
+        a.longest_idle_streak = 7;
+        a.watchdog_firings = 2;
+        let mut b = ep(-9.0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 30]);
+        b.longest_idle_streak = 3;
+        let r = aggregate("x", &[a, b, ep(-2.0, &[])], 0.0);
+        assert_eq!(r.episodes_with_loss, 1);
+        assert_eq!(r.worst_return, -9.0);
+        // 20 incidents: the 19th smallest (nearest rank of 0.95 × 20) is 4.
+        assert_eq!(r.incident_p95_steps, 4.0);
+        assert_eq!(r.longest_idle_streak, 7);
+        assert_eq!(r.watchdog_firings, 2);
+        assert!(aggregate("y", &[ep(0.0, &[])], 0.0).incident_p95_steps.is_nan());
     }
 }

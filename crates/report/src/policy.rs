@@ -132,9 +132,13 @@ impl PolicyView {
     pub fn new(model: ModelFile) -> Result<PolicyView, ReportError> {
         let cfg = model.encoder.config.clone();
         let (encoder, detector): (Arc<dyn StateEncoder + Send + Sync>, _) = match model.encoder.id.as_str() {
-            "detector-v1" => {
+            "detector-v1" | "detector-v2" => {
                 let sigs = cfg.detector.as_ref().map(|d| d.signatures).unwrap_or(0);
-                let e = DetectorEncoder::new(cfg, Arc::new(Shape(sigs)));
+                let e = if model.encoder.id == "detector-v2" {
+                    DetectorEncoder::with_age(cfg, Arc::new(Shape(sigs)))
+                } else {
+                    DetectorEncoder::new(cfg, Arc::new(Shape(sigs)))
+                };
                 (Arc::new(e.clone()), Some(e))
             }
             "telemetry-v1" => (Arc::new(TelemetryEncoder::new(cfg)), None),

@@ -314,7 +314,7 @@ impl Controller {
         let deciding = deciding_state(table, self.parts.describe.as_ref(), state);
         let greedy = table.best(deciding, mask);
         let (chosen, probability) = epsilon_greedy(&mut self.rng, self.cfg.epsilon, greedy, mask);
-        let obs = Observation { telemetry: t, state, mask };
+        let obs = Observation { telemetry: t, state, mask, anomalous: detection.anomalous };
         let shadow = p.rules.act(&obs);
         let mut row = [0.0; Action::COUNT];
         row.copy_from_slice(table.row(deciding));

@@ -3,8 +3,12 @@
 //! A tabular agent is only as good as its experience of a state. A state seen a
 //! handful of times, or one where the chosen action barely beats the next best,
 //! is where a learned policy is most likely wrong; there the sidecar proposes to a
-//! human instead of acting. The gate concerns remedial actions: the sidecar need
-//! not gate `NoOp` or `Escalate`, which are always safe to take.
+//! human instead of acting. `Escalate` is always safe to take. `NoOp` is not
+//! when the window is unhealthy: inaction while a pipeline burns is a decision
+//! too, so the policy stack ([`crate::supervise`]) puts an unhealthy window's
+//! `NoOp` through the same gate and lets the rule policy decide where the table
+//! has not earned its silence. It lives in the agent crate because both the
+//! evaluation harness and the sidecar's guardrails use it.
 
 use selfheal_core::{Action, ActionMask};
 use serde::{Deserialize, Serialize};
@@ -160,9 +164,9 @@ mod tests {
 
     #[test]
     fn config_defaults_and_unknown_fields() {
-        assert_eq!(crate::test_util::from_pairs::<ConfidenceGate>(&[]).unwrap(), ConfidenceGate::default());
-        let g = crate::test_util::from_pairs::<ConfidenceGate>(&[("min_visits", 5)]).unwrap();
+        assert_eq!(serde_json::from_str::<ConfidenceGate>("{}").unwrap(), ConfidenceGate::default());
+        let g: ConfidenceGate = serde_json::from_str(r#"{"min_visits": 5}"#).unwrap();
         assert_eq!(g, ConfidenceGate { min_visits: 5, min_lead: 0.5 });
-        assert!(crate::test_util::from_pairs::<ConfidenceGate>(&[("min_visit", 5)]).is_err());
+        assert!(serde_json::from_str::<ConfidenceGate>(r#"{"min_visit": 5}"#).is_err());
     }
 }
