@@ -6,7 +6,7 @@
 //! calls instead of 200,000). Results are recorded in `benches/RESULTS.md`.
 //!
 //! Setup, as in `src/commands/run.rs` with the shipped models: the Q table of
-//! `models/policy.json` (encoder `detector-v1`, so every pipeline's encoder
+//! `models/policy.json` (encoder `detector-v2`, so every pipeline's encoder
 //! holds the detector of `models/detector.json`), the rules of
 //! `models/rules.json` as the shadow, `reward-v1` of the built-in scenario,
 //! online learning on, ε = 0, act mode, the default confidence gate (30 visits,
@@ -36,7 +36,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use selfheal_agent::store::{ModelFile, RulesFile};
-use selfheal_agent::{DetectorEncoder, QLearner, RulesPolicy};
+use selfheal_agent::{EncoderKind, QLearner, RulesPolicy};
 use selfheal_core::{Detector, Metric, RewardV1, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_guard::budget::BudgetConfig;
@@ -76,15 +76,15 @@ fn controller() -> (Controller, i64) {
     let scenario = Scenario::builtin_default();
     let model = ModelFile::from_json(POLICY_JSON, "models/policy.json").expect("shipped policy");
     let detector_model = DetectorModel::from_json(DETECTOR_JSON, "models/detector.json").expect("shipped detector");
-    assert_eq!(model.encoder.id, "detector-v1", "the shipped policy decides on detector-v1 states");
+    let kind = EncoderKind::parse(&model.encoder.id).expect("the shipped policy's encoder is known");
+    assert!(kind.uses_detector(), "the shipped policy decides on detector states");
     let enc_cfg = model.encoder.config.clone();
     let detector: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector_model));
-    let describe: Arc<dyn StateEncoder + Send + Sync> =
-        Arc::new(DetectorEncoder::new(enc_cfg.clone(), detector.clone()));
+    let describe: Arc<dyn StateEncoder + Send + Sync> = Arc::from(kind.build(enc_cfg.clone(), detector.clone()));
     let table = model.table(describe.as_ref()).expect("the policy fits its encoder");
     let encoder: EncoderFactory = {
         let (c, d) = (enc_cfg, detector.clone());
-        Arc::new(move || Box::new(DetectorEncoder::new(c.clone(), d.clone())) as Box<dyn StateEncoder + Send>)
+        Arc::new(move || kind.build(c.clone(), d.clone()) as Box<dyn StateEncoder + Send>)
     };
     let rules_file = RulesFile::from_json(RULES_JSON, "models/rules.json").expect("shipped rules");
     let reward = RewardV1 { unit_records: f64::from(scenario.pipeline.unit_records), ..RewardV1::default() };
@@ -95,6 +95,7 @@ fn controller() -> (Controller, i64) {
     let cfg = DecideConfig {
         mode: Mode::Act,
         confidence: ConfidenceGate::default(),
+        watchdog: Default::default(),
         propose_when_unsure: true,
         approval_ttl_ms: 900_000,
         budget: BudgetConfig { actions_per_hour: 10_000, cooldown_secs: 0, blast_radius: PIPELINES },

@@ -102,6 +102,52 @@ impl Environment for Simulator {
         render(&self.model, &self.state, &f, 0, &u)
     }
 
+    /// Faults drawn from the scenario's mix (one, or two where the scenario
+    /// allows it, each with probability ½; an outage throttled with
+    /// probability ½), a backlog uniform in `0..=backlog_limit` and any worker
+    /// level; the first window shows them. The faults are not counted as onsets: the episode starts inside
+    /// the incident.
+    fn reset_exploring(&mut self, seed: u64) -> Telemetry {
+        self.reset(seed);
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(mix_seed(seed, 4));
+        let total: f64 = self.model.arrival_p.iter().sum();
+        let draw = |rng: &mut Xoshiro256PlusPlus| {
+            let u = rng.gen::<f64>() * total;
+            let mut acc = 0.0;
+            FaultKind::ALL.into_iter().find(|k| {
+                acc += self.model.arrival_p[k.index()];
+                u < acc
+            })
+        };
+        if total > 0.0 {
+            let n = if rng.gen::<bool>() { 2 } else { 1 };
+            for _ in 0..n {
+                if let Some(kind) = draw(&mut rng) {
+                    if self.model.may_arrive(self.state.slots, kind) {
+                        self.state.slots = Model::with_fault(self.state.slots, kind);
+                    }
+                }
+            }
+        }
+        // An outage may already be throttled (backpressure applied earlier):
+        // late stages of a long outage, a full backlog behind a held ingest,
+        // are where a policy must choose between dead letters and expiry.
+        if rng.gen::<bool>() {
+            for c in &mut self.state.slots {
+                if *c == FaultKind::DownstreamOutage as u8 {
+                    *c = crate::model::OUTAGE_THROTTLED;
+                }
+            }
+            self.state.slots.sort_unstable();
+        }
+        self.state.backlog = rng.gen_range(0..=self.model.backlog_limit);
+        self.state.level = rng.gen_range(0..self.model.capacity.len()) as u8;
+        let f =
+            self.model.flows(self.state.slots, self.state.level, self.state.backlog, crate::model::FlowModifier::None);
+        let u = draws(&mut self.noise);
+        render(&self.model, &self.state, &f, 0, &u)
+    }
+
     fn step(&mut self, action: Action) -> Step {
         let m = &self.model;
         let d = m.decide(&self.state, action);

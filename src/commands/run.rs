@@ -110,6 +110,7 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
     let dcfg = DecideConfig {
         mode: g.mode,
         confidence: g.confidence,
+        watchdog: g.watchdog,
         propose_when_unsure: g.low_confidence == LowConfidence::Propose,
         approval_ttl_ms: g.approval_ttl_secs * 1000,
         budget: g.budget,

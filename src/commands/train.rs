@@ -7,7 +7,7 @@ use selfheal_agent::qlearn::{EpsilonSchedule, QParams};
 use selfheal_agent::store::{write_atomic, ModelFile, ModelMeta};
 use selfheal_agent::QLearner;
 use selfheal_core::RewardFn;
-use selfheal_harness::{train, CurveWriter, TrainConfig};
+use selfheal_harness::{train, Coverage, CurveWriter, TrainConfig};
 use selfheal_sim::Simulator;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -22,16 +22,17 @@ pub struct Args {
     /// Scenario file (TOML); defaults to the shipped default scenario.
     #[arg(long)]
     scenario: Option<PathBuf>,
-    /// State encoder: detector-v1 (the detector's failure signatures plus
-    /// latency, error and resource buckets; the shipped policy) or telemetry-v1
+    /// State encoder: detector-v2 (the detector's failure signatures plus
+    /// latency, error and resource buckets and the incident's age; the shipped
+    /// policy), detector-v1 (the same without the age) or telemetry-v1
     /// (hand-written symptom rules; the foundation's encoder).
-    #[arg(long, default_value = "detector-v1")]
+    #[arg(long, default_value = "detector-v2")]
     encoder: String,
-    /// Detector model for detector-v1; defaults to the shipped models/detector.json.
+    /// Detector model for detector-v1/v2; defaults to the shipped models/detector.json.
     #[arg(long)]
     detector: Option<PathBuf>,
     /// Episodes to train.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 400_000)]
     episodes: u64,
     /// Training seed.
     #[arg(long, default_value_t = 1)]
@@ -63,6 +64,19 @@ pub struct Args {
     /// Share of the episodes over which ε decays.
     #[arg(long, default_value_t = 0.7)]
     epsilon_decay: f64,
+    /// Share of episodes that start inside an incident (faults from the
+    /// scenario's mix already active, a backlog, any worker level), so rare
+    /// combinations and late stages are trained on.
+    #[arg(long, default_value_t = Coverage::default().exploring_starts)]
+    exploring_starts: f64,
+    /// In such an episode the behaviour first waits up to this many steps
+    /// (drawn uniformly), so old incidents with nothing tried are visited.
+    #[arg(long, default_value_t = Coverage::default().idle_prefix)]
+    idle_prefix: u32,
+    /// Worker threads generating episodes [default: the cores available].
+    /// The model does not depend on it.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -76,6 +90,12 @@ pub fn run(a: Args) -> Result<()> {
         "ε must be in [0, 1]"
     );
     anyhow::ensure!((0.0..=1.0).contains(&a.epsilon_decay), "--epsilon-decay is a share of the episodes, in [0, 1]");
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.exploring_starts),
+        "--exploring-starts is a share of the episodes, in [0, 1]"
+    );
+    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    anyhow::ensure!((1..=256).contains(&threads), "--threads must be in 1..=256");
     let params = QParams {
         alpha: a.alpha,
         alpha_power: a.alpha_power,
@@ -88,12 +108,15 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut config = wiring::encoder_config(&scenario);
     let detector = defaults::detector(a.detector.as_deref())?;
-    if a.encoder == "detector-v1" {
+    if selfheal_agent::EncoderKind::parse(&a.encoder).is_some_and(|k| k.uses_detector()) {
         config.detector = Some(wiring::detector_ref(&detector));
     }
-    let (mut enc, _) = wiring::encoder(&a.encoder, config.clone(), &detector)?;
+    let (enc, _) = wiring::encoder(&a.encoder, config.clone(), &detector)?;
     let reward = wiring::reward(&scenario);
-    let mut env = Simulator::new(&scenario);
+    let mut workers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        workers.push((Simulator::new(&scenario), wiring::encoder(&a.encoder, config.clone(), &detector)?.0));
+    }
     let mut learner = QLearner::new(enc.num_states(), params, selfheal_core::seeds::mix(a.seed, 0xA6E7));
 
     let bar = ProgressBar::new(a.episodes);
@@ -105,7 +128,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut curve = CurveWriter::new(a.curve_block.unwrap_or(a.episodes.div_ceil(2000)));
     let mut recent = std::collections::VecDeque::with_capacity(500);
     let started = Instant::now();
-    train(&mut env, enc.as_mut(), &reward, &mut learner, TrainConfig { episodes: a.episodes, seed: a.seed }, |p| {
+    let coverage = Coverage { exploring_starts: a.exploring_starts, idle_prefix: a.idle_prefix, ..Coverage::default() };
+    let cfg = TrainConfig { episodes: a.episodes, seed: a.seed, coverage };
+    train(&mut workers, &reward, &mut learner, cfg, |p| {
         curve.push(p);
         if recent.len() == 500 {
             recent.pop_front();
@@ -134,7 +159,7 @@ pub fn run(a: Args) -> Result<()> {
     let curve_path = a.curve.unwrap_or_else(|| a.out.with_extension("curve.csv"));
     write_atomic(&curve_path, curve.finish().as_bytes())?;
     eprintln!(
-        "trained {} episodes ({} steps) in {secs:.1} s; {} states visited; model {}; curve {}",
+        "trained {} episodes ({} steps) on {threads} threads in {secs:.1} s; {} states visited; model {}; curve {}",
         a.episodes,
         a.episodes * u64::from(scenario.horizon),
         model.states.len(),

@@ -366,7 +366,12 @@ mod tests {
         assert_eq!(e.id(), "detector-v2");
         let mut t = Telemetry::default();
         t.set(Metric::Executors, 10.0);
-        let ages: Vec<u32> = (0..12).map(|_| e.unpack(e.encode(&t).0).age).collect();
+        let ages: Vec<u32> = (0..12)
+            .map(|_| {
+                let s = e.encode(&t).0;
+                e.unpack(s).age
+            })
+            .collect();
         assert_eq!(ages, [0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2]);
         let (s, _) = e.encode(&t);
         assert!(e.describe(s).ends_with("age=>=10"), "{}", e.describe(s));
@@ -374,7 +379,8 @@ mod tests {
         assert_eq!(e.unpack(f[0]).age, 1);
         assert_eq!(e.unpack(f[1]).age, 0);
         e.reset();
-        assert_eq!(e.unpack(e.encode(&t).0).age, 0);
+        let s = e.encode(&t).0;
+        assert_eq!(e.unpack(s).age, 0);
     }
 
     #[test]

@@ -31,10 +31,12 @@ pub fn window_unhealthy(t: &Telemetry, anomalous: bool) -> bool {
     anomalous || !Slo::default().met(t) || t.get(Metric::IngestThrottled) > 0.5 || t.get(Metric::CpuLoad) > 0.9
 }
 
-/// Why the stack chose what it chose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why the stack chose what it chose (in provenance logs by [`Cause::name`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// The policy's own choice.
+    #[default]
     Policy,
     /// The policy chose `NoOp` in an unhealthy window without the gate's
     /// confidence: the rule policy's action was taken.

@@ -118,6 +118,15 @@ pub struct Step {
 pub trait Environment {
     /// Start a new episode; the same seed gives the same episode.
     fn reset(&mut self, seed: u64) -> Telemetry;
+    /// Start a training episode from an **exploring start**: a state drawn
+    /// from those an episode can reach (faults already active, a backlog, a
+    /// worker level), so training covers what evaluation meets, rare
+    /// combinations and late incident stages included (Sutton & Barto,
+    /// *Reinforcement Learning*, 2nd ed., §5.3). The same seed gives the same
+    /// start. Default: the ordinary start.
+    fn reset_exploring(&mut self, seed: u64) -> Telemetry {
+        self.reset(seed)
+    }
     /// Apply `action` for one step.
     fn step(&mut self, action: Action) -> Step;
     /// Steps per episode.

@@ -118,6 +118,15 @@ struct OpenIncident {
     escalated: bool,
 }
 
+/// How an episode starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// [`Environment::reset`]: the episodes `evaluate` measures.
+    Ordinary,
+    /// [`Environment::reset_exploring`]: training coverage.
+    Exploring,
+}
+
 /// Run one episode of `ctl` on `env` with seed `seed`; `observe` sees every step.
 pub fn run_episode<E, C, S, R>(
     env: &mut E,
@@ -125,6 +134,25 @@ pub fn run_episode<E, C, S, R>(
     enc: &mut S,
     reward: &R,
     seed: u64,
+    observe: impl FnMut(&StepRecord<'_>),
+) -> EpisodeStats
+where
+    E: Environment,
+    C: Controller<E> + ?Sized,
+    S: StateEncoder + ?Sized,
+    R: RewardFn + ?Sized,
+{
+    run_episode_from(env, ctl, enc, reward, seed, Start::Ordinary, observe)
+}
+
+/// [`run_episode`] with a chosen [`Start`].
+pub fn run_episode_from<E, C, S, R>(
+    env: &mut E,
+    ctl: &mut C,
+    enc: &mut S,
+    reward: &R,
+    seed: u64,
+    start: Start,
     mut observe: impl FnMut(&StepRecord<'_>),
 ) -> EpisodeStats
 where
@@ -133,7 +161,10 @@ where
     S: StateEncoder + ?Sized,
     R: RewardFn + ?Sized,
 {
-    let mut telemetry = env.reset(seed);
+    let mut telemetry = match start {
+        Start::Ordinary => env.reset(seed),
+        Start::Exploring => env.reset_exploring(seed),
+    };
     enc.reset();
     ctl.reset(seed);
     let (mut state, mut mask) = enc.encode(&telemetry);

@@ -12,6 +12,6 @@ pub mod episode;
 pub mod report;
 pub mod train;
 
-pub use episode::{run_episode, Controller, EpisodeStats, Fixed, StepRecord};
+pub use episode::{run_episode, run_episode_from, Controller, EpisodeStats, Fixed, Start, StepRecord};
 pub use report::{aggregate, Comparison, PolicyReport};
-pub use train::{train, CurvePoint, CurveWriter, TrainConfig};
+pub use train::{train, Coverage, CurvePoint, CurveWriter, TrainConfig};

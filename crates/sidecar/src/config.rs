@@ -8,6 +8,7 @@
 //! checks it parses and validates, so it cannot drift from the code.
 
 use crate::notify::WebhookConfig;
+use selfheal_agent::WatchdogConfig;
 use selfheal_guard::breaker::BreakerConfig;
 use selfheal_guard::budget::BudgetConfig;
 use selfheal_guard::confidence::ConfidenceGate;
@@ -310,6 +311,9 @@ pub struct GuardConfig {
     pub approval_ttl_secs: u64,
     /// Act-mode trust thresholds.
     pub confidence: ConfidenceGate,
+    /// The watchdog against inaction: pages after this many unhealthy windows
+    /// with nothing done, then falls back to the rule policy.
+    pub watchdog: WatchdogConfig,
     /// What an untrusted action becomes in act mode.
     pub low_confidence: LowConfidence,
     /// Actions per hour, cooldown, blast radius.
@@ -330,6 +334,7 @@ impl Default for GuardConfig {
             mode: Mode::Act,
             approval_ttl_secs: 900,
             confidence: ConfidenceGate::default(),
+            watchdog: WatchdogConfig::default(),
             low_confidence: LowConfidence::default(),
             budget: BudgetConfig::default(),
             breaker: BreakerConfig::default(),
@@ -544,6 +549,9 @@ impl SidecarConfig {
             "guard.confidence.min_lead",
             "must be finite and >= 0".into(),
         );
+        if let Err(e) = g.watchdog.check() {
+            need(false, "guard.watchdog", e.to_string());
+        }
         need(g.budget.actions_per_hour >= 1, "guard.budget.actions_per_hour", "must be at least 1".into());
         need(g.budget.blast_radius >= 1, "guard.budget.blast_radius", "must be at least 1".into());
         let b = &g.breaker;

@@ -11,7 +11,14 @@
 //!    pipeline's own encoder turns it into a state and the allowed actions.
 //! 3. **Choice.** ε-greedy over the shared Q table (ε may be 0), deciding in a
 //!    well-visited fallback state when this one was rarely seen in training;
-//!    the rule policy's choice is kept beside it (shadow).
+//!    the rule policy's choice is kept beside it (shadow). The policy stack's
+//!    [`Supervisor`] (the same one `evaluate` measures) then gates an unhealthy
+//!    window's silence and runs the watchdog: after `guard.watchdog.windows`
+//!    unhealthy windows with nothing executed it pages a person once per
+//!    incident (the webhook carries the pipeline's recent trail), then falls
+//!    back to the rule policy's action. A fallback action is the runbook's, not
+//!    the table's, so the confidence gate does not judge it; mode, kill switch
+//!    and budget do.
 //! 4. **Guardrails**, in order: mode, kill switch, confidence gate, budget.
 //!    The breaker, bulkhead, timeout and retries of the call itself are the
 //!    executor's ([`crate::actuate`]).
@@ -31,7 +38,10 @@ use crate::provenance::{ApprovalRecord, DecisionRecord, OutcomeRecord, Record, R
 use crate::window::Window;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use selfheal_agent::{deciding_state, epsilon_greedy, QLearner, RulesPolicy};
+use selfheal_agent::supervise::{Cause, Inputs};
+use selfheal_agent::{
+    deciding_state, epsilon_greedy, window_unhealthy, QLearner, RulesPolicy, Supervisor, WatchdogConfig,
+};
 use selfheal_core::{
     Action, ActionMask, Detector, Learner, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
 };
@@ -50,6 +60,8 @@ pub struct DecideConfig {
     pub mode: Mode,
     /// Act-mode trust thresholds.
     pub confidence: ConfidenceGate,
+    /// The watchdog against inaction.
+    pub watchdog: WatchdogConfig,
     /// Untrusted actions become proposals (true) or escalations (false).
     pub propose_when_unsure: bool,
     /// Proposal lifetime.
@@ -142,9 +154,15 @@ struct PendingReward {
 struct Pipeline {
     encoder: Box<dyn StateEncoder + Send>,
     rules: RulesPolicy,
+    supervisor: Supervisor,
     pending: Option<PendingReward>,
     score: f64,
+    /// The last decisions, oldest first: the trail a watchdog page carries.
+    trail: std::collections::VecDeque<serde_json::Value>,
 }
+
+/// Decisions a watchdog page carries.
+const TRAIL: usize = 12;
 
 /// Counters for `/metrics`.
 #[derive(Clone, Debug, Default)]
@@ -161,6 +179,9 @@ pub struct Stats {
     pub reward_sum: f64,
     /// Rewards observed.
     pub rewards: u64,
+    /// Choices the policy stack overrode, by cause (`gate_fallback`,
+    /// `watchdog_escalate`, `watchdog_fallback`).
+    pub overrides: BTreeMap<String, u64>,
 }
 
 /// The decision core.
@@ -256,11 +277,14 @@ impl Controller {
         let mut out = Output::default();
         let factory = self.parts.encoder.clone();
         let rules = self.parts.rules.clone();
+        let supervisor = Supervisor::new(self.cfg.confidence, self.cfg.watchdog);
         let p = self.pipelines.entry(w.pipeline.clone()).or_insert_with(|| Pipeline {
             encoder: factory(),
             rules,
+            supervisor,
             pending: None,
             score: 0.0,
+            trail: Default::default(),
         });
         let t = &w.telemetry;
         let (state, mask) = p.encoder.encode(t);
@@ -313,7 +337,7 @@ impl Controller {
         let table = self.parts.learner.table();
         let deciding = deciding_state(table, self.parts.describe.as_ref(), state);
         let greedy = table.best(deciding, mask);
-        let (chosen, probability) = epsilon_greedy(&mut self.rng, self.cfg.epsilon, greedy, mask);
+        let (learned, mut probability) = epsilon_greedy(&mut self.rng, self.cfg.epsilon, greedy, mask);
         let obs = Observation { telemetry: t, state, mask, anomalous: detection.anomalous };
         let shadow = p.rules.act(&obs);
         let mut row = [0.0; Action::COUNT];
@@ -322,6 +346,26 @@ impl Controller {
         visits.copy_from_slice(table.visits(deciding));
         let q: Vec<(String, f64)> = mask.iter().map(|a| (a.name().to_string(), row[a.index()])).collect();
         let state_visits = table.state_visits(deciding);
+        let choice = if settling {
+            selfheal_agent::supervise::Choice { action: learned, cause: Cause::Policy }
+        } else {
+            p.supervisor.choose(Inputs {
+                unhealthy: window_unhealthy(t, detection.anomalous),
+                held: t.get(Metric::IngestThrottled) > 0.5,
+                learned,
+                row: &row,
+                visits: &visits,
+                mask,
+                rules: shadow,
+            })
+        };
+        let chosen = choice.action;
+        if choice.cause != Cause::Policy {
+            // Not the behaviour policy's draw: off-policy evaluation must not
+            // weigh it as one.
+            probability = 1.0;
+            *self.stats.overrides.entry(choice.cause.name().to_string()).or_default() += 1;
+        }
 
         // 4. Guardrails.
         let (verdict, reason, executed, plan) = if settling {
@@ -332,10 +376,22 @@ impl Controller {
                 None,
             )
         } else {
-            self.guard(&w.pipeline, chosen, &row, &visits, mask, &detection, state)
+            let idle = p.supervisor.watchdog().idle();
+            self.guard(&w.pipeline, choice.cause, idle, chosen, &row, &visits, mask, &detection, state)
         };
         let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
         p.encoder.record_action(executed);
+        if !settling {
+            p.supervisor.record(executed);
+        }
+        if p.trail.len() == TRAIL {
+            p.trail.pop_front();
+        }
+        p.trail.push_back(serde_json::json!({
+            "ts_ms": w.ts_ms, "score": detection.score, "chosen": chosen.name(), "verdict": verdict,
+            "state": self.parts.describe.describe(state),
+        }));
+        let trail: Vec<serde_json::Value> = p.trail.iter().cloned().collect();
         let logged = detection.anomalous || chosen != Action::NoOp || self.cfg.log_healthy;
         let id = if logged || plan.is_some() { Some(self.next_id()) } else { None };
         if self.cfg.learn && !settling {
@@ -365,6 +421,7 @@ impl Controller {
                 detail: serde_json::json!({
                     "score": detection.score, "signature": detection.signature, "chosen": chosen.name(),
                     "shadow": shadow.name(), "state": self.parts.describe.describe(state),
+                    "cause": choice.cause.name(), "trail": trail,
                 }),
             }),
         });
@@ -388,6 +445,7 @@ impl Controller {
             verdict: verdict.into(),
             reason,
             idempotency_key: matches!(plan, Some(Plan::Act(_))).then_some(key),
+            cause: choice.cause,
         };
         out.records.insert(0, (Record::Decision(rec), durable));
         out.plan = plan.filter(|p| *p != Plan::Nothing);
@@ -398,6 +456,8 @@ impl Controller {
     fn guard(
         &mut self,
         pipeline: &str,
+        cause: Cause,
+        idle: u32,
         chosen: Action,
         row: &[f64],
         visits: &[u32],
@@ -420,8 +480,14 @@ impl Controller {
             return ("observed", format!("observe mode: would {chosen}"), Action::NoOp, None);
         }
         if chosen == Action::Escalate {
-            let e = escalation("the policy hands this incident to a human");
-            return ("escalated", "the policy chose to escalate".into(), Action::Escalate, Some(Pending::Escalate(e)));
+            let (why, reason) = if cause == Cause::WatchdogEscalate {
+                let why = format!("watchdog: {idle} consecutive unhealthy windows with no action and no page");
+                (why.clone(), why)
+            } else {
+                ("the policy hands this incident to a human".into(), "the policy chose to escalate".into())
+            };
+            let e = escalation(&why);
+            return ("escalated", reason, Action::Escalate, Some(Pending::Escalate(e)));
         }
         if let Some(pause) = self.kill.paused() {
             return ("paused", format!("kill switch: {}", pause.reason), Action::NoOp, None);
@@ -437,6 +503,20 @@ impl Controller {
         };
         if self.cfg.mode == Mode::Recommend {
             return propose("recommend mode: waits for approval".to_string());
+        }
+        if matches!(cause, Cause::GateFallback | Cause::WatchdogFallback) {
+            // The runbook's action: the table's confidence does not judge it.
+            if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
+                return ("denied", denied.to_string(), Action::NoOp, None);
+            }
+            self.budget.start(self.clock_ms, pipeline, chosen);
+            let why = match cause {
+                Cause::GateFallback => {
+                    "the policy's silence is unsure in an unhealthy window: the rule policy's action"
+                }
+                _ => "watchdog: still unhealthy with nothing done after a page: the rule policy's action",
+            };
+            return ("allowed", why.into(), chosen, Some(Pending::Act));
         }
         let trust = self.cfg.confidence.check(row, visits, mask, chosen);
         if let Confidence::Unsure { reason, .. } = trust {
@@ -637,6 +717,7 @@ mod tests {
         let cfg = DecideConfig {
             mode,
             confidence: ConfidenceGate { min_visits: 30, min_lead: 0.5 },
+            watchdog: WatchdogConfig::default(),
             propose_when_unsure: true,
             approval_ttl_ms: 1000,
             budget: BudgetConfig { actions_per_hour: 2, cooldown_secs: 0, blast_radius: 5 },

@@ -64,6 +64,16 @@ pub fn render(s: &Snapshot) -> String {
     for ((action, verdict), n) in &s.stats.decisions {
         let _ = writeln!(o, "selfheal_decisions_total{{action=\"{}\",verdict=\"{}\"}} {n}", esc(action), esc(verdict));
     }
+    head(
+        &mut o,
+        "selfheal_policy_overrides_total",
+        "counter",
+        "Choices the policy stack overrode: gate_fallback (unsure silence), watchdog_escalate, watchdog_fallback.",
+    );
+    for cause in ["gate_fallback", "watchdog_escalate", "watchdog_fallback"] {
+        let n = s.stats.overrides.get(cause).copied().unwrap_or(0);
+        let _ = writeln!(o, "selfheal_policy_overrides_total{{cause=\"{cause}\"}} {n}");
+    }
     head(&mut o, "selfheal_action_outcomes_total", "counter", "Actions by how they ended.");
     for (status, n) in &s.stats.outcomes {
         let _ = writeln!(o, "selfheal_action_outcomes_total{{status=\"{}\"}} {n}", esc(status));

@@ -138,6 +138,10 @@ pub struct DecisionRecord {
     pub reason: String,
     /// Idempotency key of the action, if one was started or proposed.
     pub idempotency_key: Option<String>,
+    /// Why the policy stack chose it: `policy`, `gate_fallback`,
+    /// `watchdog_escalate` or `watchdog_fallback` (empty in older logs).
+    #[serde(default)]
+    pub cause: selfheal_agent::Cause,
 }
 
 /// A human approved or rejected a proposal, or it expired.
