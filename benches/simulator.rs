@@ -120,8 +120,8 @@ fn q_update(c: &mut Criterion) {
 
 fn train_episode(c: &mut Criterion) {
     let scenario = Scenario::builtin_default();
-    let mut env = Simulator::new(&scenario);
-    let mut enc = encoder(&scenario);
+    let enc = encoder(&scenario);
+    let mut workers = vec![(Simulator::new(&scenario), Box::new(enc.clone()))];
     let reward = RewardV1 { unit_records: f64::from(scenario.pipeline.unit_records), ..RewardV1::default() };
     // `train` starts each call at episode 0; a flat ε of 0.1 stands for the
     // bulk of a training run rather than its fully random first episode.
@@ -133,8 +133,8 @@ fn train_episode(c: &mut Criterion) {
     g.bench_function("episode", |b| {
         b.iter(|| {
             seed += 1;
-            let cfg = TrainConfig { episodes: 1, seed };
-            train(&mut env, &mut enc, &reward, &mut learner, cfg, |p| {
+            let cfg = TrainConfig { episodes: 1, seed, coverage: Default::default() };
+            train(&mut workers, &reward, &mut learner, cfg, |p| {
                 black_box(p);
             });
         })
