@@ -67,7 +67,10 @@ fn one_playbook_per_signature_naming_the_action_taken_there() {
     let sigs = m.encoder.config.detector.as_ref().unwrap().signatures;
     assert_eq!(sigs, 16);
     // Rebuild the policy independently of the report crate.
-    let enc = DetectorEncoder::new(m.encoder.config.clone(), Arc::new(Shape(sigs)));
+    let enc = match m.encoder.id.as_str() {
+        "detector-v2" => DetectorEncoder::with_age(m.encoder.config.clone(), Arc::new(Shape(sigs))),
+        _ => DetectorEncoder::new(m.encoder.config.clone(), Arc::new(Shape(sigs))),
+    };
     let table = m.table(&enc).unwrap();
     let levels = m.encoder.config.worker_levels.len() as u32;
     for k in 1..=u32::from(sigs) {
