@@ -126,8 +126,11 @@ impl Supervisor {
             }
             Call::Escalate | Call::Fallback => match (rules, i.learned) {
                 (Some(r), _) => Choice { action: r, cause: Cause::WatchdogFallback },
-                // The rules would wait too: nothing to force.
-                (None, learned) => Choice { action: learned, cause: Cause::Policy },
+                // The rules would wait: the policy's own action, if it has one,
+                // runs now rather than waiting on a proposal (the sidecar's
+                // gate does not judge a watchdog's choice).
+                (None, Action::NoOp) => Choice { action: Action::NoOp, cause: Cause::Policy },
+                (None, learned) => Choice { action: learned, cause: Cause::WatchdogFallback },
             },
             Call::Quiet => {
                 let silent_unsure = i.unhealthy
