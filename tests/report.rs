@@ -54,6 +54,14 @@ fn report_writes_four_files_with_every_visited_state() {
     assert_eq!(json["format"], "selfheal-policy-review");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("id=\"policy-table\"") && html.contains("id=\"eval-table\""));
+    // The tails of every evaluation, with a value in each policy's row.
+    for key in ["episodes_with_loss", "worst_return", "incident_p95_steps", "longest_idle_streak", "watchdog_firings"] {
+        assert!(html.contains(&format!("<th data-key=\"{key}\">")), "column {key}");
+        let row = &html[html.find("<tr data-policy=\"learned\">").unwrap()..];
+        let at = format!("<td data-key=\"{key}\" data-value=\"");
+        let value = &row[row.find(&at).unwrap() + at.len()..];
+        assert!(!value.starts_with('"'), "{key} has a value in the learned row");
+    }
     assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("@import"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Evaluation") && md.contains("## The policy in words"));

@@ -5,8 +5,17 @@
 
 mod common;
 
-use selfheal_agent::WatchdogConfig;
-use selfheal_core::{Action, Metric};
+use selfheal_agent::store::{ModelFile, RulesFile};
+use selfheal_agent::{EncoderKind, QLearner, RulesPolicy, WatchdogConfig};
+use selfheal_core::{Action, Detector, Environment, Metric, RewardV1, StateEncoder};
+use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
+use selfheal_guard::budget::BudgetConfig;
+use selfheal_guard::confidence::ConfidenceGate;
+use selfheal_guard::Mode;
+use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Parts, Plan};
+use selfheal_sidecar::window::Window;
+use selfheal_sim::{Scenario, Simulator};
+use std::sync::Arc;
 
 /// The default `watchdog_windows` (checked against the code below).
 const W: u32 = 10;
@@ -42,11 +51,6 @@ impl Streak {
         }
         self.healthy = healthy_after;
     }
-}
-
-#[test]
-fn the_default_watchdog_is_the_one_tested() {
-    assert_eq!(W, WatchdogConfig::default().windows);
 }
 
 #[test]
@@ -97,4 +101,81 @@ fn evaluate_over_1000_held_out_seeds_never_idles_past_the_watchdog() {
     // The measure can fail: the no-op policy idles through whole episodes.
     assert!(noop["longest_idle_streak"].as_u64().unwrap() > 100);
     assert!(noop["episodes_with_loss"].as_u64().unwrap() > 0);
+}
+
+/// The sidecar's decision core wired like `selfheal run` with the shipped
+/// models, in act mode with the default gate and watchdog; the budget is
+/// generous so the watchdog, not the budget, is what is tested.
+fn sidecar_core() -> Controller {
+    let scenario = Scenario::builtin_default();
+    let model = ModelFile::load(std::path::Path::new("models/policy.json")).expect("shipped policy");
+    let text = std::fs::read_to_string("models/detector.json").unwrap();
+    let detector_model = DetectorModel::from_json(&text, "models/detector.json").expect("shipped detector");
+    let kind = EncoderKind::parse(&model.encoder.id).expect("a known encoder");
+    let enc_cfg = model.encoder.config.clone();
+    let detector: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector_model));
+    let describe: Arc<dyn StateEncoder + Send + Sync> = Arc::from(kind.build(enc_cfg.clone(), detector.clone()));
+    let table = model.table(describe.as_ref()).expect("the policy fits its encoder");
+    let encoder: EncoderFactory = {
+        let (c, d) = (enc_cfg, detector.clone());
+        Arc::new(move || kind.build(c.clone(), d.clone()) as Box<dyn StateEncoder + Send>)
+    };
+    let rules = RulesFile::load(std::path::Path::new("models/rules.json")).expect("shipped rules");
+    let reward = RewardV1 { unit_records: f64::from(scenario.pipeline.unit_records), ..RewardV1::default() };
+    let mut learner = QLearner::from_table(table, model.meta.params, 0);
+    learner.set_epsilon(0.0);
+    let rules = RulesPolicy::new(rules.thresholds, reward.slo);
+    let parts = Parts { encoder, describe, detector, learner, rules, reward: Box::new(reward) };
+    let cfg = DecideConfig {
+        mode: Mode::Act,
+        confidence: ConfidenceGate::default(),
+        watchdog: WatchdogConfig::default(),
+        propose_when_unsure: true,
+        approval_ttl_ms: 900_000,
+        budget: BudgetConfig { actions_per_hour: 100_000, cooldown_secs: 0, blast_radius: 1_000 },
+        reward_windows: 1,
+        learn: false,
+        epsilon: 0.0,
+        log_healthy: false,
+        seed: 0,
+    };
+    Controller::new(cfg, parts, "watchdog-test".into())
+}
+
+#[test]
+fn the_sidecar_core_fed_the_same_windows_never_idles_past_the_watchdog() {
+    assert_eq!(W, WatchdogConfig::default().windows);
+    let scenario = Scenario::builtin_default();
+    let mut ctl = sidecar_core();
+    let mut sim = Simulator::new(&scenario);
+    let (mut longest, mut pages) = (0, 0);
+    for seed in 100_000..101_000u64 {
+        let pipeline = format!("sim-{seed}");
+        let mut t = sim.reset(seed);
+        let mut streak = Streak::new();
+        for step in 0..scenario.horizon {
+            let ts = 1_795_000_020_000 + i64::from(step) * 60_000;
+            let w = Window { pipeline: pipeline.clone(), ts_ms: ts, telemetry: t };
+            let out = ctl.on_window(&w, ts);
+            let executed = match out.plan {
+                Some(Plan::Act(order)) => {
+                    let a = order.action;
+                    ctl.on_executed(&order, true, "applied to the simulator".into(), ts);
+                    a
+                }
+                Some(Plan::Escalate(_)) => {
+                    pages += 1;
+                    Action::Escalate
+                }
+                _ => Action::NoOp,
+            };
+            let throttled = t.get(Metric::IngestThrottled) > 0.5;
+            let s = sim.step(executed);
+            streak.step(executed, throttled, s.info.healthy);
+            t = s.telemetry;
+        }
+        longest = longest.max(streak.longest);
+    }
+    assert!(longest <= W, "the sidecar core left a pipeline idle for {longest} windows (watchdog: {W})");
+    assert!(pages > 0, "incidents over 1,000 episodes were paged at least once");
 }

@@ -219,7 +219,7 @@ mod tests {
     }
 
     fn sup(windows: u32) -> Supervisor {
-        Supervisor::new(ConfidenceGate::default(), WatchdogConfig { windows, stale_after: 1000 })
+        Supervisor::new(ConfidenceGate::default(), WatchdogConfig { windows, stale_after: 1000, clear_after: 1 })
     }
 
     #[test]

@@ -9,6 +9,11 @@ fn nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
     Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
+/// A field present in the file (null for not-a-number); absent is `None`.
+fn nan_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(Some(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN)))
+}
+
 fn nan2<'de, D: Deserializer<'de>>(d: D) -> Result<[f64; 2], D::Error> {
     let v = <[Option<f64>; 2]>::deserialize(d)?;
     Ok([v[0].unwrap_or(f64::NAN), v[1].unwrap_or(f64::NAN)])
@@ -67,6 +72,21 @@ pub struct EvalLine {
     pub cost: f64,
     /// Remedial actions in healthy windows.
     pub false_actions: u64,
+    /// Episodes in which any record was lost (absent in older evaluations).
+    #[serde(default)]
+    pub episodes_with_loss: Option<u64>,
+    /// The worst episode's return.
+    #[serde(default, deserialize_with = "nan_opt")]
+    pub worst_return: Option<f64>,
+    /// 95th percentile of incident duration, steps.
+    #[serde(default, deserialize_with = "nan_opt")]
+    pub incident_p95_steps: Option<f64>,
+    /// Longest unhealthy streak with no action, no page and no backpressure.
+    #[serde(default)]
+    pub longest_idle_streak: Option<u64>,
+    /// Watchdog firings (pages and fallbacks).
+    #[serde(default)]
+    pub watchdog_firings: Option<u64>,
     /// Per fault kind.
     #[serde(default)]
     pub by_fault: Vec<FaultLine>,

@@ -138,7 +138,7 @@ fn f(x: f64, d: usize) -> String {
 }
 
 /// The evaluation columns: key, header, display precision, percent.
-const EVAL_COLS: [(&str, &str); 14] = [
+const EVAL_COLS: [(&str, &str); 19] = [
     ("mean_return", "return"),
     ("return_ci95", "return 95 % CI"),
     ("pct_of_oracle", "% of oracle"),
@@ -152,6 +152,11 @@ const EVAL_COLS: [(&str, &str); 14] = [
     ("dead_lettered", "dead-lettered"),
     ("cost", "cost $/episode"),
     ("false_actions", "false actions"),
+    ("episodes_with_loss", "episodes with loss"),
+    ("worst_return", "worst return"),
+    ("incident_p95_steps", "incident p95 (steps)"),
+    ("longest_idle_streak", "longest idle streak"),
+    ("watchdog_firings", "watchdog firings"),
     ("by_fault", ""),
 ];
 
@@ -159,6 +164,9 @@ const EVAL_COLS: [(&str, &str); 14] = [
 fn eval_cell(p: &EvalLine, key: &str) -> (Vec<f64>, String) {
     let ci = |c: [f64; 2], d| (c.to_vec(), format!("[{}, {}]", f(c[0], d), f(c[1], d)));
     let n = |x: u64| (vec![x as f64], x.to_string());
+    // Tails are absent from evaluations written before they existed.
+    let opt_n = |x: Option<u64>| x.map_or((vec![], "–".into()), n);
+    let opt_f = |x: Option<f64>, d| x.map_or((vec![], "–".into()), |v| (vec![v], f(v, d)));
     match key {
         "mean_return" => (vec![p.mean_return], f(p.mean_return, 2)),
         "return_ci95" => ci(p.return_ci95, 1),
@@ -173,6 +181,11 @@ fn eval_cell(p: &EvalLine, key: &str) -> (Vec<f64>, String) {
         "dead_lettered" => n(p.dead_lettered),
         "cost" => (vec![p.cost], f(p.cost, 2)),
         "false_actions" => n(p.false_actions),
+        "episodes_with_loss" => opt_n(p.episodes_with_loss),
+        "worst_return" => opt_f(p.worst_return, 2),
+        "incident_p95_steps" => opt_f(p.incident_p95_steps, 0),
+        "longest_idle_streak" => opt_n(p.longest_idle_streak),
+        "watchdog_firings" => opt_n(p.watchdog_firings),
         _ => (vec![], String::new()),
     }
 }
