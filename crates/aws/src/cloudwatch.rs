@@ -6,16 +6,27 @@
 //! (`JobName` = the pipeline's job, `JobRunId` = `ALL`, `Type` = `count` or
 //! `gauge`); a `pipeline.*` metric from the configured custom namespace with
 //! the dimension `Pipeline` = the pipeline's name. Counts are read as the
-//! period's `Sum`, gauges as its `Average`.
+//! period's `Sum`, gauges as its `Average`. Glue 4.0's observability metrics
+//! carry one more dimension, `ObservabilityGroup` (`job_performance` for
+//! `glue.driver.skewness.job`, `error` for the `glue.error.*` classes), and
+//! `glue.driver.aggregate.elapsedTime` is published as `Type=count` with the
+//! `Sum` statistic; a query without the exact dimension set matches no
+//! datapoint at all. Sources: "Monitoring AWS Glue using Amazon CloudWatch
+//! metrics" (<https://docs.aws.amazon.com/glue/latest/dg/monitoring-awsglue-with-cloudwatch-metrics.html>)
+//! and "Monitoring with AWS Glue Observability metrics"
+//! (<https://docs.aws.amazon.com/glue/latest/dg/monitor-observability.html>).
 //!
 //! **Late, duplicate and missing data.** CloudWatch publishes a period's
 //! datapoint late and may revise it, so a poll reads only periods that ended
 //! at least `lag_secs` ago, aligned to the period. Each pipeline has a cursor
 //! just past the last period it emitted: a period is emitted once, so a point
 //! seen by two polls is not decided on twice, and data that arrives later
-//! than the lag is still read, as long as nothing newer was emitted before it. A metric missing from a period keeps its last value (as
-//! the window assembler does for pushed samples); a period with no datapoint at all for a pipeline
-//! is skipped, not invented.
+//! than the lag is still read, as long as nothing newer was emitted before it.
+//! A metric missing from a period is read as the window assembler reads it
+//! ([`selfheal_sidecar::window::Carry`]): a count is 0 (CloudWatch has no
+//! datapoint for a count when nothing happened), a level keeps its last value
+//! until stale, a metric never seen is absent; a period with no datapoint at
+//! all for a pipeline is skipped, not invented.
 //!
 //! **Pagination and throttling.** `NextToken` pages are followed; a throttled
 //! or failed poll backs off with full jitter (capped), then tries again, and
@@ -27,10 +38,10 @@ use aws_sdk_cloudwatch::types::{Dimension, Metric as CwMetric, MetricDataQuery, 
 pub use aws_sdk_cloudwatch::Client;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
-use selfheal_core::{Metric, Telemetry};
+use selfheal_core::Metric;
 use selfheal_sidecar::config::CloudWatchConfig;
 use selfheal_sidecar::source::{SourceError, TelemetrySource};
-use selfheal_sidecar::window::Window;
+use selfheal_sidecar::window::{Carry, Window};
 use selfheal_sidecar::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -50,41 +61,25 @@ pub struct MetricQuery {
 
 /// Whether a metric counts events in the period (else it is a level).
 pub fn is_count(m: Metric) -> bool {
-    use Metric::*;
-    matches!(
-        m,
-        FailedTasks
-            | RecordsRead
-            | ErrorsAll
-            | ErrorsOom
-            | Errors5xx
-            | ErrorsTimeout
-            | ErrorsSchema
-            | ErrorsDataQuality
-            | ErrorsSink
-            | RecordsIn
-            | RecordsDelivered
-            | RecordsDeadLettered
-            | RecordsLost
-    )
+    m.is_count()
 }
 
 /// The documented mapping of a feature onto CloudWatch.
 pub fn query_for(m: Metric, pipeline: &str, job_name: &str, namespace: &str) -> MetricQuery {
-    let count = is_count(m);
+    // elapsedTime is a level for the windows but Glue publishes it as a
+    // count: `Type=count`, statistic `Sum`.
+    let count = is_count(m) || m == Metric::ElapsedTime;
     let stat = if count { "Sum" } else { "Average" };
     if m.name().starts_with("glue.") {
         let kind = if count { "count" } else { "gauge" };
-        MetricQuery {
-            namespace: "Glue".into(),
-            name: m.name().into(),
-            dimensions: vec![
-                ("JobName".into(), job_name.into()),
-                ("JobRunId".into(), "ALL".into()),
-                ("Type".into(), kind.into()),
-            ],
-            stat,
+        let mut dimensions =
+            vec![("JobName".into(), job_name.into()), ("JobRunId".into(), "ALL".into()), ("Type".into(), kind.into())];
+        match m {
+            Metric::Skewness => dimensions.push(("ObservabilityGroup".into(), "job_performance".into())),
+            Metric::ErrorsAll | Metric::ErrorsOom => dimensions.push(("ObservabilityGroup".into(), "error".into())),
+            _ => {}
         }
+        MetricQuery { namespace: "Glue".into(), name: m.name().into(), dimensions, stat }
     } else {
         MetricQuery {
             namespace: namespace.into(),
@@ -103,7 +98,7 @@ pub struct CloudWatchSource {
     /// Per pipeline, the start of the next period to emit, Unix seconds.
     cursors: Vec<i64>,
     first: bool,
-    last: HashMap<usize, Telemetry>,
+    last: HashMap<usize, Carry>,
     rng: Xoshiro256PlusPlus,
     failures: u32,
 }
@@ -199,15 +194,16 @@ impl CloudWatchSource {
             }
         }
         // Periods older than the lag are final: each becomes a window now,
-        // its missing metrics carried from the pipeline's previous window.
+        // its missing metrics read from the pipeline's previous window by kind.
         let mut windows = Vec::new();
         for ((t, pi), values) in points {
-            let telemetry = self.last.entry(pi).or_default();
-            values.iter().for_each(|&(m, v)| telemetry.set(m, v));
+            let carry = self.last.entry(pi).or_insert_with(|| Carry::new(t * 1000));
+            carry.roll(t * 1000, period * 1000);
+            carry.set(&values);
             windows.push(Window {
                 pipeline: self.cfg.pipelines[pi].name.clone(),
                 ts_ms: t * 1000,
-                telemetry: *telemetry,
+                telemetry: *carry.telemetry(),
             });
             self.cursors[pi] = t + period;
         }
@@ -264,6 +260,15 @@ mod tests {
         assert!(q.dimensions.contains(&("Type".into(), "count".into())));
         let q = query_for(Metric::HeapUsage, "orders", "orders-etl", "Selfheal/Pipeline");
         assert_eq!((q.stat, q.dimensions[2].1.as_str()), ("Average", "gauge"));
+        let q = query_for(Metric::Skewness, "orders", "orders-etl", "Selfheal/Pipeline");
+        assert!(q.dimensions.contains(&("ObservabilityGroup".into(), "job_performance".into())));
+        let q = query_for(Metric::ErrorsOom, "orders", "orders-etl", "Selfheal/Pipeline");
+        assert!(q.dimensions.contains(&("ObservabilityGroup".into(), "error".into())));
+        assert_eq!(q.stat, "Sum");
+        let q = query_for(Metric::ElapsedTime, "orders", "orders-etl", "Selfheal/Pipeline");
+        assert_eq!((q.stat, q.dimensions[2].1.as_str()), ("Sum", "count"));
+        let q = query_for(Metric::DriverHeapUsage, "orders", "orders-etl", "Selfheal/Pipeline");
+        assert_eq!((q.namespace.as_str(), q.stat, q.dimensions.len()), ("Glue", "Average", 3));
         let q = query_for(Metric::LatencyP95, "orders", "orders-etl", "Selfheal/Pipeline");
         assert_eq!(q.namespace, "Selfheal/Pipeline");
         assert_eq!(q.dimensions, vec![("Pipeline".to_string(), "orders".to_string())]);

@@ -111,6 +111,11 @@ metrics! {
     Backlog = "pipeline.backlog.records", Ingest;
     /// 1 while ingest is throttled by backpressure, else 0.
     IngestThrottled = "pipeline.ingest.throttled", Ingest;
+    /// Heap usage of the driver, 0..1 (Glue job metric, `Type=gauge`; the
+    /// executors' heap is [`Metric::HeapUsage`]). AWS's OOM walkthrough tells
+    /// a driver OOM (many small files) from an executor OOM by this metric:
+    /// <https://docs.aws.amazon.com/glue/latest/dg/monitor-profile-debug-oom-abnormalities.html>.
+    DriverHeapUsage = "glue.driver.jvm.heap.usage", Transform;
 }
 
 impl Metric {
@@ -125,6 +130,37 @@ impl Metric {
     /// Dense index.
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether the metric counts events in its period (CloudWatch `Sum`),
+    /// else it is a level (a gauge, CloudWatch `Average`). The difference
+    /// matters when a metric is missing from a period: CloudWatch publishes no
+    /// datapoint for a count when nothing happened, so an absent count is 0,
+    /// while an absent level is unknown.
+    pub fn is_count(self) -> bool {
+        use Metric::*;
+        matches!(
+            self,
+            FailedTasks
+                | RecordsRead
+                | ErrorsAll
+                | ErrorsOom
+                | Errors5xx
+                | ErrorsTimeout
+                | ErrorsSchema
+                | ErrorsDataQuality
+                | ErrorsSink
+                | RecordsIn
+                | RecordsDelivered
+                | RecordsDeadLettered
+                | RecordsLost
+        )
+    }
+
+    /// One bit per metric, for [`Telemetry`]'s presence mask.
+    #[inline]
+    fn bit(self) -> u64 {
+        1u64 << (self as usize)
     }
 
     /// The error-count metrics whose sum is the pipeline's error count.
@@ -151,29 +187,69 @@ impl<'de> Deserialize<'de> for Metric {
     }
 }
 
-/// One step's window of pipeline telemetry: a value per [`Metric`].
+/// One step's window of pipeline telemetry: a value per [`Metric`], and
+/// which of them the pipeline actually reported.
+///
+/// A metric that was never set is **absent**: [`Telemetry::get`] reads it as
+/// 0 (the neutral value for arithmetic), and [`Telemetry::is_present`] tells
+/// it from a measured 0. Consumers that would be misled by a 0 (the
+/// detector's features, the reward) check presence: a Glue job publishes
+/// none of the `pipeline.*` metrics unless its script does.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Telemetry {
     values: [f64; Metric::COUNT],
+    present: u64,
 }
 
 impl Default for Telemetry {
     fn default() -> Self {
-        Telemetry { values: [0.0; Metric::COUNT] }
+        Telemetry { values: [0.0; Metric::COUNT], present: 0 }
     }
 }
 
+const _: () = assert!(Metric::COUNT <= 64, "the presence mask has 64 bits");
+
 impl Telemetry {
-    /// The value of `m`.
+    /// The value of `m` (0 when absent).
     #[inline]
     pub fn get(&self, m: Metric) -> f64 {
         self.values[m as usize]
     }
 
-    /// Set the value of `m`.
+    /// The value of `m`, if the pipeline reported it.
+    #[inline]
+    pub fn value(&self, m: Metric) -> Option<f64> {
+        self.is_present(m).then(|| self.values[m as usize])
+    }
+
+    /// Set the value of `m` (it is present from now on).
     #[inline]
     pub fn set(&mut self, m: Metric, v: f64) {
         self.values[m as usize] = v;
+        self.present |= m.bit();
+    }
+
+    /// Forget `m`: absent, read as 0.
+    #[inline]
+    pub fn clear(&mut self, m: Metric) {
+        self.values[m as usize] = 0.0;
+        self.present &= !m.bit();
+    }
+
+    /// Whether the pipeline reported `m`.
+    #[inline]
+    pub fn is_present(&self, m: Metric) -> bool {
+        self.present & m.bit() != 0
+    }
+
+    /// Whether every one of `ms` is present.
+    pub fn all_present(&self, ms: &[Metric]) -> bool {
+        ms.iter().all(|m| self.is_present(*m))
+    }
+
+    /// The metrics present, in [`Metric::ALL`] order.
+    pub fn present(&self) -> impl Iterator<Item = Metric> + '_ {
+        Metric::ALL.iter().copied().filter(|m| self.is_present(*m))
     }
 
     /// All values, in [`Metric::ALL`] order.
@@ -202,9 +278,10 @@ impl Telemetry {
 impl Serialize for Telemetry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
-        let mut map = s.serialize_map(Some(Metric::COUNT))?;
-        for m in Metric::ALL {
-            map.serialize_entry(m.name(), &self.get(*m))?;
+        // Absent metrics are left out, never written as 0.
+        let mut map = s.serialize_map(Some(self.present().count()))?;
+        for m in self.present() {
+            map.serialize_entry(m.name(), &self.get(m))?;
         }
         map.end()
     }
@@ -260,6 +337,20 @@ mod tests {
             assert_eq!(m.index(), i);
             assert_eq!(Metric::from_name(m.name()), Some(*m));
         }
+    }
+
+    #[test]
+    fn an_absent_metric_is_told_from_a_measured_zero() {
+        let mut t = Telemetry::default();
+        assert!(!t.is_present(Metric::LatencyP95) && t.value(Metric::LatencyP95).is_none());
+        t.set(Metric::LatencyP95, 0.0);
+        assert_eq!(t.value(Metric::LatencyP95), Some(0.0));
+        assert!(t.all_present(&[Metric::LatencyP95]) && !t.all_present(&[Metric::LatencyP95, Metric::Backlog]));
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, r#"{"pipeline.latency.p95":0.0}"#, "absent metrics are not serialised");
+        t.clear(Metric::LatencyP95);
+        assert!(!t.is_present(Metric::LatencyP95));
+        assert!(Metric::ErrorsOom.is_count() && !Metric::DriverHeapUsage.is_count());
     }
 
     #[test]

@@ -125,6 +125,26 @@ pub const TELEMETRY_FEATURES: [&str; 13] = [
     "log_failed_tasks",
 ];
 
+/// The metrics each [`TelemetryFeatures`] dimension is computed from, in
+/// order. A dimension with an absent input is not computed from a 0: the
+/// detector reads it at the healthy baseline (see
+/// [`TelemetryFeatures::present`]).
+pub const TELEMETRY_FEATURE_INPUTS: [&[Metric]; 13] = [
+    &[Metric::Errors5xx, Metric::RecordsIn],
+    &[Metric::ErrorsTimeout, Metric::RecordsIn],
+    &[Metric::ErrorsSchema, Metric::RecordsIn],
+    &[Metric::ErrorsDataQuality, Metric::RecordsIn],
+    &[Metric::ErrorsSink, Metric::RecordsIn],
+    &[Metric::HeapUsage],
+    &[Metric::CpuLoad],
+    &[Metric::Skewness],
+    &[Metric::RecordsRead, Metric::RecordsIn],
+    &[Metric::ElapsedTime],
+    &[Metric::LatencyP95],
+    &[Metric::Backlog, Metric::RecordsIn],
+    &[Metric::FailedTasks],
+];
+
 /// Per-window features of pipeline telemetry (see the module doc).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TelemetryFeatures;
@@ -132,6 +152,17 @@ pub struct TelemetryFeatures;
 impl TelemetryFeatures {
     /// Dimension.
     pub const DIMS: usize = TELEMETRY_FEATURES.len();
+
+    /// Which dimensions of [`TelemetryFeatures::extract`] the window has every
+    /// input of ([`TELEMETRY_FEATURE_INPUTS`]).
+    pub fn present(t: &Telemetry) -> [bool; Self::DIMS] {
+        TELEMETRY_FEATURE_INPUTS.map(|inputs| t.all_present(inputs))
+    }
+
+    /// The metrics the features read, each once, in [`Metric::ALL`] order.
+    pub fn inputs() -> Vec<Metric> {
+        Metric::ALL.iter().copied().filter(|m| TELEMETRY_FEATURE_INPUTS.iter().any(|i| i.contains(m))).collect()
+    }
 
     /// The feature vector of one window.
     pub fn extract(t: &Telemetry) -> [f64; Self::DIMS] {

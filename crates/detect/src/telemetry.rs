@@ -196,6 +196,20 @@ pub fn scaled(x: &[f64], median: &[f64], scale: &[f64]) -> Vec<f64> {
     out
 }
 
+/// The features of `t`, a feature with an absent input read at the healthy
+/// baseline `median` (z = 0): a metric the pipeline does not publish is no
+/// evidence either way, where reading it as 0 put an ordinary Glue window
+/// hundreds of deviations from a baseline that had it.
+pub fn impute(t: &Telemetry, median: &[f64]) -> [f64; TelemetryFeatures::DIMS] {
+    let mut raw = TelemetryFeatures::extract(t);
+    for (j, present) in TelemetryFeatures::present(t).into_iter().enumerate() {
+        if !present {
+            raw[j] = median[j];
+        }
+    }
+    raw
+}
+
 impl DetectorModel {
     /// Fit on healthy windows, then find signatures among the `candidates`
     /// (windows of faulty runs) that the forest flags.
@@ -209,11 +223,31 @@ impl DetectorModel {
         if raw.is_empty() {
             return Err(DetectorError::Forest(ForestError::InsufficientData { needed: p.forest.sample_size, got: 0 }));
         }
-        let med: Vec<f64> = (0..TelemetryFeatures::DIMS).map(|j| median(raw.iter().map(|x| x[j]).collect())).collect();
-        let scale: Vec<f64> = (0..TelemetryFeatures::DIMS)
-            .map(|j| (1.4826 * median(raw.iter().map(|x| (x[j] - med[j]).abs()).collect())).max(SCALE_FLOOR))
+        // The baseline of each feature from the windows that have its inputs;
+        // a feature no healthy window has sits at 0 with the floor scale.
+        let has: Vec<[bool; TelemetryFeatures::DIMS]> = healthy.iter().map(TelemetryFeatures::present).collect();
+        let column = |j: usize| -> Vec<f64> { raw.iter().zip(&has).filter(|(_, h)| h[j]).map(|(x, _)| x[j]).collect() };
+        let med: Vec<f64> = (0..TelemetryFeatures::DIMS)
+            .map(|j| {
+                let c = column(j);
+                if c.is_empty() {
+                    0.0
+                } else {
+                    median(c)
+                }
+            })
             .collect();
-        let to_vec = |t: &Telemetry| scaled(&TelemetryFeatures::extract(t), &med, &scale);
+        let scale: Vec<f64> = (0..TelemetryFeatures::DIMS)
+            .map(|j| {
+                let dev: Vec<f64> = column(j).iter().map(|x| (x - med[j]).abs()).collect();
+                if dev.is_empty() {
+                    SCALE_FLOOR
+                } else {
+                    (1.4826 * median(dev)).max(SCALE_FLOOR)
+                }
+            })
+            .collect();
+        let to_vec = |t: &Telemetry| scaled(&impute(t, &med), &med, &scale);
         let train: Vec<Vec<f64>> = healthy.iter().map(to_vec).collect();
         let repr = ForestRepr::grow(&train, &p.forest)?;
         let flat = FlatForest::compile(&repr);
@@ -344,7 +378,7 @@ impl Detector for TelemetryDetector {
     }
 
     fn detect(&self, t: &Telemetry) -> Detection {
-        let x = scaled(&TelemetryFeatures::extract(t), &self.model.median, &self.model.scale);
+        let x = scaled(&impute(t, &self.model.median), &self.model.median, &self.model.scale);
         let score = self.flat.score(&x);
         let anomalous = score >= self.model.threshold;
         let signature = if anomalous {
@@ -434,6 +468,30 @@ mod tests {
             let x = scaled(&TelemetryFeatures::extract(&t), &d.model().median, &d.model().scale);
             assert!((d.detect(&t).score - dense.score(&x)).abs() < 1e-9);
         }
+    }
+
+    #[test]
+    fn an_absent_metric_is_neutral_not_zero() {
+        let d = TelemetryDetector::new(fitted());
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(6);
+        // A healthy window without latency (a Glue job publishes none): read
+        // as 0, its log-latency sat far below the baseline of ~60 s.
+        let full = window(&mut rng, 0);
+        let mut partial = full;
+        partial.clear(Metric::LatencyP95);
+        let zero = {
+            let mut z = full;
+            z.set(Metric::LatencyP95, 0.0);
+            z
+        };
+        let x = impute(&partial, &d.model().median);
+        assert_eq!(x[10], d.model().median[10], "the latency feature sits at the baseline");
+        assert!(!d.detect(&partial).anomalous, "absent is not evidence");
+        assert!(d.detect(&zero).score > d.detect(&partial).score, "a measured 0 is");
+        // A fault still shows through the metrics that are there.
+        let mut oom = window(&mut rng, 2);
+        oom.clear(Metric::LatencyP95);
+        assert!(d.detect(&oom).anomalous);
     }
 
     #[test]

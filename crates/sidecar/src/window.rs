@@ -3,9 +3,17 @@
 //! Telemetry arrives as samples (one pipeline, one time, some metrics); the
 //! agent decides on windows (one pipeline, one period, every metric). The
 //! assembler groups samples by pipeline and period: within a period the latest
-//! value of a metric wins (duplicates are harmless), a metric missing from a
-//! period keeps its last known value (CloudWatch and push clients drop points),
-//! and a window closes when the first sample of a later period arrives. A
+//! value of a metric wins (duplicates are harmless), and a window closes when
+//! the first sample of a later period arrives.
+//!
+//! A metric missing from a period is read by its kind ([`Metric::is_count`]):
+//! a **count** is 0 for that period, because CloudWatch publishes no datapoint
+//! for a count when nothing happened ("Sum" over no events); carrying the last
+//! count forward turned one minute of 300 upstream errors into half an hour of
+//! them. A **level** (heap, latency, backlog) keeps its last value for up to
+//! [`STALE_PERIODS`] periods (push clients and CloudWatch drop points), then
+//! becomes absent: stale evidence is not evidence. A metric the pipeline never
+//! reported is absent, never 0 (see [`selfheal_core::Telemetry`]). A
 //! sample older than its pipeline's open period is late and refused, never
 //! reordered silently into the past.
 
@@ -101,17 +109,65 @@ pub enum Refused {
     },
 }
 
-#[derive(Debug)]
-struct Open {
+/// Periods a level metric may go unreported before it is treated as absent.
+pub const STALE_PERIODS: i64 = 5;
+
+/// One pipeline's open window and what carries into the next period (see
+/// the module doc): shared by the push assembler and the CloudWatch source.
+#[derive(Clone, Debug)]
+pub struct Carry {
     start: i64,
     telemetry: Telemetry,
+    /// Start of the period each metric was last reported in.
+    seen: [i64; Metric::COUNT],
+}
+
+impl Carry {
+    /// Nothing known yet; the open period starts at `start` (ms).
+    pub fn new(start: i64) -> Carry {
+        Carry { start, telemetry: Telemetry::default(), seen: [i64::MIN; Metric::COUNT] }
+    }
+
+    /// The open period's telemetry so far.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Start of the open period, ms.
+    pub fn start(&self) -> i64 {
+        self.start
+    }
+
+    /// Values reported in the open period (the latest wins).
+    pub fn set(&mut self, metrics: &[(Metric, f64)]) {
+        for &(m, v) in metrics {
+            self.telemetry.set(m, v);
+            self.seen[m.index()] = self.start;
+        }
+    }
+
+    /// Move to the period starting at `start` (ms): counts of the pipeline
+    /// read 0 until reported, levels carry over until stale.
+    pub fn roll(&mut self, start: i64, period_ms: i64) {
+        for &m in Metric::ALL {
+            if !self.telemetry.is_present(m) {
+                continue;
+            }
+            if m.is_count() {
+                self.telemetry.set(m, 0.0);
+            } else if start - self.seen[m.index()] > STALE_PERIODS * period_ms {
+                self.telemetry.clear(m);
+            }
+        }
+        self.start = start;
+    }
 }
 
 /// Groups samples into windows of `period_ms`, per pipeline.
 #[derive(Debug)]
 pub struct Assembler {
     period_ms: i64,
-    open: HashMap<String, Open>,
+    open: HashMap<String, Carry>,
 }
 
 impl Assembler {
@@ -124,9 +180,9 @@ impl Assembler {
     pub fn push(&mut self, pipeline: &str, ts: i64, metrics: &[(Metric, f64)]) -> Result<Option<Window>, Refused> {
         let start = ts - ts.rem_euclid(self.period_ms);
         let Some(open) = self.open.get_mut(pipeline) else {
-            let mut telemetry = Telemetry::default();
-            metrics.iter().for_each(|&(m, v)| telemetry.set(m, v));
-            self.open.insert(pipeline.to_string(), Open { start, telemetry });
+            let mut open = Carry::new(start);
+            open.set(metrics);
+            self.open.insert(pipeline.to_string(), open);
             return Ok(None);
         };
         if start < open.start {
@@ -134,12 +190,12 @@ impl Assembler {
         }
         let closed = if start > open.start {
             let w = Window { pipeline: pipeline.to_string(), ts_ms: open.start, telemetry: open.telemetry };
-            open.start = start; // the telemetry carries over: missing metrics keep their last value
+            open.roll(start, self.period_ms);
             Some(w)
         } else {
             None
         };
-        metrics.iter().for_each(|&(m, v)| open.telemetry.set(m, v));
+        open.set(metrics);
         Ok(closed)
     }
 
@@ -212,7 +268,7 @@ mod tests {
     const LAT: Metric = Metric::LatencyP95;
 
     #[test]
-    fn windows_close_on_a_later_period_and_carry_missing_metrics() {
+    fn windows_close_on_a_later_period_and_carry_missing_levels() {
         let mut a = Assembler::new(60_000);
         assert_eq!(a.push("p", 0, &[(LAT, 10.0), (Metric::Backlog, 5.0)]), Ok(None));
         assert_eq!(a.push("p", 30_000, &[(LAT, 20.0)]), Ok(None)); // same period: latest wins
@@ -220,6 +276,27 @@ mod tests {
         assert_eq!((w.ts_ms, w.telemetry.get(LAT), w.telemetry.get(Metric::Backlog)), (0, 20.0, 5.0));
         let w = a.push("p", 180_000, &[]).unwrap().unwrap();
         assert_eq!((w.ts_ms, w.telemetry.get(LAT), w.telemetry.get(Metric::Backlog)), (60_000, 30.0, 5.0));
+        assert!(!w.telemetry.is_present(Metric::HeapUsage), "never reported: absent, not 0");
+    }
+
+    #[test]
+    fn a_count_absent_from_a_period_is_zero_and_a_level_goes_stale() {
+        let mut a = Assembler::new(60_000);
+        a.push("p", 0, &[(Metric::Errors5xx, 300.0), (Metric::HeapUsage, 0.5)]).unwrap();
+        let w = a.push("p", 60_000, &[]).unwrap().unwrap();
+        assert_eq!(w.telemetry.get(Metric::Errors5xx), 300.0);
+        let w = a.push("p", 120_000, &[]).unwrap().unwrap();
+        assert_eq!(w.telemetry.value(Metric::Errors5xx), Some(0.0), "no datapoint for a count: nothing happened");
+        assert_eq!(w.telemetry.value(Metric::HeapUsage), Some(0.5), "a level carries over");
+        let mut last = w;
+        for i in 3..=8 {
+            if let Some(w) = a.push("p", i * 60_000, &[]).unwrap() {
+                last = w;
+            }
+        }
+        assert_eq!(last.ts_ms, 7 * 60_000);
+        assert!(!last.telemetry.is_present(Metric::HeapUsage), "unreported for over {STALE_PERIODS} periods: absent");
+        assert_eq!(last.telemetry.value(Metric::Errors5xx), Some(0.0));
     }
 
     #[test]
