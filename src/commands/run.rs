@@ -45,6 +45,11 @@ pub struct Args {
     /// State directory (overrides daemon.state_dir).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Keep learning from the checkpoint in the state directory even though
+    /// it grew from another model than the configured one (without this flag
+    /// such a checkpoint is refused: its online updates belong to that model).
+    #[arg(long)]
+    resume_from_checkpoint: bool,
 }
 
 /// Load the configuration the way `run` does.
@@ -67,25 +72,45 @@ pub fn run(a: Args) -> Result<()> {
         cfg.daemon.state_dir = d;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    rt.block_on(serve(cfg))
+    rt.block_on(serve(cfg, a.resume_from_checkpoint))
 }
 
-async fn serve(cfg: SidecarConfig) -> Result<()> {
+/// The model to start from: the configured one, or the checkpoint in the
+/// state directory if it grew from that model (or `resume` says so). Returns
+/// the model, where it came from and the identity of the trained model it
+/// grew from (what the next checkpoint records).
+pub fn starting_model(cfg: &SidecarConfig, resume: bool) -> Result<(ModelFile, String, String)> {
+    let checkpoint_path = cfg.daemon.checkpoint_path();
+    let configured_from =
+        cfg.model.policy.as_ref().map_or("shipped models/policy.json".into(), |p| p.display().to_string());
+    let configured = defaults::policy(cfg.model.policy.as_deref())?;
+    let identity = configured.identity();
+    if !checkpoint_path.exists() {
+        return Ok((configured, configured_from, identity));
+    }
+    let m = ModelFile::load(&checkpoint_path).with_context(|| {
+        format!(
+            "the checkpoint {} does not load; move it away to start from the configured model",
+            checkpoint_path.display()
+        )
+    })?;
+    let grown = m.meta.grown_from.clone().unwrap_or_else(|| m.identity());
+    if grown != identity && !resume {
+        bail!(
+            "the checkpoint {} grew from the model {grown}, not from the configured model {identity} ({configured_from}); \
+             its online updates belong to that model. Move the checkpoint away to start from the configured model, \
+             or pass --resume-from-checkpoint to keep learning from it",
+            checkpoint_path.display()
+        );
+    }
+    Ok((m, checkpoint_path.display().to_string(), grown))
+}
+
+async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     let scenario = defaults::scenario(cfg.model.scenario.as_deref())?;
     let detector_model = defaults::detector(cfg.model.detector.as_deref())?;
     let checkpoint_path = cfg.daemon.checkpoint_path();
-    let (model, from) = if checkpoint_path.exists() {
-        let m = ModelFile::load(&checkpoint_path).with_context(|| {
-            format!(
-                "the checkpoint {} does not load; move it away to start from the shipped model",
-                checkpoint_path.display()
-            )
-        })?;
-        (m, checkpoint_path.display().to_string())
-    } else {
-        let from = cfg.model.policy.as_ref().map_or("shipped models/policy.json".into(), |p| p.display().to_string());
-        (defaults::policy(cfg.model.policy.as_deref())?, from)
-    };
+    let (model, from, grown_from) = starting_model(&cfg, resume)?;
     // Checks the policy against the scenario's shape and the detector.
     let (enc, _) = wiring::learned(&model, &scenario, &detector_model)?;
     let table = model.table(enc.as_ref())?;
@@ -168,7 +193,8 @@ async fn serve(cfg: SidecarConfig) -> Result<()> {
         ActuatorConfig::Command { commands } => Arc::new(CommandActuator::new(commands.clone())),
         ActuatorConfig::Glue { pipelines } => glue_actuator(&cfg, pipelines).await?,
     };
-    let meta = model.meta.clone();
+    let mut meta = model.meta.clone();
+    meta.grown_from = Some(grown_from);
     let path = checkpoint_path.clone();
     let checkpoint: Checkpoint = Arc::new(move |table| {
         ModelFile::new(meta.clone(), describe.as_ref(), enc_cfg.clone(), table).save(&path).map_err(|e| e.to_string())
@@ -402,4 +428,35 @@ pub fn client(ask: Ask, a: ClientArgs) -> Result<()> {
     }
     println!("{}", text.trim());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_of_another_model_is_refused_unless_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SidecarConfig::default();
+        cfg.daemon.state_dir = dir.path().to_path_buf();
+        // No checkpoint: the configured (shipped) model.
+        let (m, from, grown) = starting_model(&cfg, false).unwrap();
+        assert!(from.contains("models/policy.json"));
+        assert_eq!(grown, m.identity());
+        // A checkpoint that grew from the same model is taken.
+        let mut same = m.clone();
+        same.meta.grown_from = Some(m.identity());
+        same.save(&cfg.daemon.checkpoint_path()).unwrap();
+        let (_, from, _) = starting_model(&cfg, false).unwrap();
+        assert_eq!(from, cfg.daemon.checkpoint_path().display().to_string());
+        // One that grew from another model is refused, naming both sides.
+        let mut other = m.clone();
+        other.meta.grown_from = Some("detector-v1/other/seed=9/episodes=10/states=1".into());
+        other.save(&cfg.daemon.checkpoint_path()).unwrap();
+        let err = format!("{:#}", starting_model(&cfg, false).unwrap_err());
+        assert!(err.contains("detector-v1/other/seed=9") && err.contains(&m.identity()), "{err}");
+        assert!(err.contains("--resume-from-checkpoint"), "{err}");
+        let (_, _, grown) = starting_model(&cfg, true).unwrap();
+        assert_eq!(grown, "detector-v1/other/seed=9/episodes=10/states=1", "resuming keeps the lineage");
+    }
 }

@@ -152,6 +152,7 @@ pub fn run(a: Args) -> Result<()> {
         reward_fn: reward.version().to_string(),
         params,
         selfheal_version: env!("CARGO_PKG_VERSION").to_string(),
+        grown_from: None,
     };
     let table = learner.into_table();
     let model = ModelFile::new(meta, enc.as_ref(), config, &table);

@@ -16,17 +16,44 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// A dense Q table with visit counts.
+///
+/// Two counts per cell: **training** visits ([`QTable::visits`]), which the
+/// confidence gate and the fallback to a trained neighbour read, and
+/// **online** visits ([`QTable::online_visits`]), the updates a sidecar made
+/// from live windows. They are kept apart so that a state the simulator
+/// never taught cannot talk itself over the gate: thirty online updates of a
+/// never-trained state once made it stop borrowing a trained neighbour's
+/// choice and take the first of its untried, all-zero actions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QTable {
     num_states: usize,
     q: Vec<f64>,
     visits: Vec<u32>,
+    online: Vec<u32>,
 }
 
 impl QTable {
     /// A zero table over `num_states` states.
     pub fn new(num_states: usize) -> QTable {
-        QTable { num_states, q: vec![0.0; num_states * Action::COUNT], visits: vec![0; num_states * Action::COUNT] }
+        let cells = num_states * Action::COUNT;
+        QTable { num_states, q: vec![0.0; cells], visits: vec![0; cells], online: vec![0; cells] }
+    }
+
+    /// The online (live) update counts of a state's actions.
+    pub fn online_visits(&self, s: StateId) -> &[u32] {
+        let i = s as usize * Action::COUNT;
+        &self.online[i..i + Action::COUNT]
+    }
+
+    /// Set a state's online counts (loading a checkpoint).
+    pub fn set_online(&mut self, s: StateId, online: &[u32]) {
+        let i = s as usize * Action::COUNT;
+        self.online[i..i + Action::COUNT].copy_from_slice(online);
+    }
+
+    /// States with any online update.
+    pub fn online_states(&self) -> impl Iterator<Item = StateId> + '_ {
+        (0..self.num_states as StateId).filter(|s| self.online_visits(*s).iter().any(|v| *v > 0))
     }
 
     /// Number of states.
@@ -207,6 +234,20 @@ impl Policy for QLearner {
         } else {
             self.table.best(obs.state, obs.mask)
         }
+    }
+}
+
+impl QLearner {
+    /// A Q update from a live window: the same rule as [`Learner::update`]
+    /// (the step size decays with all updates of the cell), counted as an
+    /// **online** visit, never as a training one (see [`QTable`]).
+    pub fn update_online(&mut self, t: &Transition) {
+        let bootstrap = if t.done { 0.0 } else { self.params.gamma * self.table.max(t.next_state, t.next_mask) };
+        let i = t.state as usize * Action::COUNT + t.action.index();
+        self.table.online[i] = self.table.online[i].saturating_add(1);
+        let n = self.table.visits[i].saturating_add(self.table.online[i]);
+        let alpha = self.params.alpha.max(f64::from(n).powf(-self.params.alpha_power));
+        self.table.q[i] += alpha * (t.reward + bootstrap - self.table.q[i]);
     }
 }
 

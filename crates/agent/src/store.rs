@@ -117,6 +117,10 @@ pub struct ModelMeta {
     pub params: QParams,
     /// selfheal version that trained it.
     pub selfheal_version: String,
+    /// In a sidecar checkpoint: the [`ModelFile::identity`] of the trained
+    /// model it grew from by online updates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grown_from: Option<String>,
 }
 
 /// The encoder a table was trained with.
@@ -141,6 +145,10 @@ pub struct StateRow {
     pub visits: Vec<u32>,
     /// Q per action.
     pub q: Vec<f64>,
+    /// Online (live) updates per action, in a sidecar checkpoint; absent in a
+    /// trained model. Never counted as training visits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<Vec<u32>>,
 }
 
 /// A Q-table model file.
@@ -166,13 +174,20 @@ pub struct ModelFile {
 impl ModelFile {
     /// Package a trained table.
     pub fn new(meta: ModelMeta, encoder: &dyn StateEncoder, config: EncoderConfig, table: &QTable) -> ModelFile {
-        let states = table
-            .visited_states()
-            .map(|s| StateRow {
-                id: s,
-                desc: encoder.describe(s),
-                visits: table.visits(s).to_vec(),
-                q: table.row(s).to_vec(),
+        let mut ids: Vec<selfheal_core::StateId> = table.visited_states().chain(table.online_states()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let states = ids
+            .into_iter()
+            .map(|s| {
+                let online = table.online_visits(s);
+                StateRow {
+                    id: s,
+                    desc: encoder.describe(s),
+                    visits: table.visits(s).to_vec(),
+                    q: table.row(s).to_vec(),
+                    online: online.iter().any(|v| *v > 0).then(|| online.to_vec()),
+                }
             })
             .collect();
         ModelFile {
@@ -271,8 +286,21 @@ impl ModelFile {
         let mut t = QTable::new(self.num_states);
         for row in &self.states {
             t.set_row(row.id, &row.q, &row.visits);
+            if let Some(online) = &row.online {
+                t.set_online(row.id, online);
+            }
         }
         Ok(t)
+    }
+
+    /// What identifies a trained model: encoder, scenario, seed, episodes and
+    /// state-space size (`detector-v2/default-train/seed=1/episodes=400000/states=43008`).
+    /// A checkpoint names the identity of the model it grew from.
+    pub fn identity(&self) -> String {
+        format!(
+            "{}/{}/seed={}/episodes={}/states={}",
+            self.encoder.id, self.meta.scenario, self.meta.seed, self.meta.episodes, self.num_states
+        )
     }
 }
 
@@ -382,6 +410,7 @@ mod tests {
             reward_fn: "reward-v1".into(),
             params: QParams::default(),
             selfheal_version: "test".into(),
+            grown_from: None,
         };
         (ModelFile::new(meta, &enc, cfg, &t), enc)
     }
@@ -397,6 +426,40 @@ mod tests {
         assert_eq!(back.table(&enc).unwrap().row(42)[9], 0.125);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temp file left behind");
+    }
+
+    #[test]
+    fn online_updates_are_kept_apart_from_training_visits() {
+        use crate::qlearn::QLearner;
+        use selfheal_core::{ActionMask, Transition};
+        let (m, enc) = sample();
+        let mut l = QLearner::from_table(m.table(&enc).unwrap(), QParams::default(), 0);
+        // A state the training never reached, updated 50 times online.
+        for _ in 0..50 {
+            l.update_online(&Transition {
+                state: 7,
+                action: Action::Restart,
+                reward: -1.0,
+                next_state: 7,
+                next_mask: ActionMask::ALL,
+                done: false,
+            });
+        }
+        let t = l.table();
+        assert_eq!(t.state_visits(7), 0, "online updates are not training visits");
+        assert_eq!(t.online_visits(7)[Action::Restart.index()], 50);
+        assert!(t.row(7)[Action::Restart.index()] < -0.5, "but they do move Q");
+        let gate = crate::confidence::ConfidenceGate::default();
+        let verdict = gate.check(t.row(7), t.visits(7), ActionMask::ALL, t.best(7, ActionMask::ALL));
+        assert!(!verdict.is_confident(), "50 online updates do not lift the state over the gate");
+        // The checkpoint keeps them apart too.
+        let mut meta = m.meta.clone();
+        meta.grown_from = Some(m.identity());
+        let ck = ModelFile::new(meta, &enc, m.encoder.config.clone(), t);
+        let back = ModelFile::from_json(&ck.to_json(), "ck.json").unwrap().table(&enc).unwrap();
+        assert_eq!((back.state_visits(7), back.online_visits(7)[Action::Restart.index()]), (0, 50));
+        assert_eq!(back.visits(42), m.table(&enc).unwrap().visits(42));
+        assert!(ck.meta.grown_from.as_deref().unwrap().starts_with("telemetry-v1/default/seed=7/episodes=10/"));
     }
 
     #[test]

@@ -13,6 +13,15 @@ pub trait RewardFn {
     fn version(&self) -> &'static str;
     /// Reward for having taken `action` and then observed `next`.
     fn reward(&self, action: Action, next: &Telemetry) -> f64;
+    /// The metrics a window must have for [`RewardFn::reward`] to mean
+    /// anything; a window without one of them teaches nothing.
+    fn inputs(&self) -> &'static [Metric] {
+        &[]
+    }
+    /// Whether `next` has every one of [`RewardFn::inputs`].
+    fn computable(&self, next: &Telemetry) -> bool {
+        next.all_present(self.inputs())
+    }
 }
 
 /// The service-level objective a window is judged against.
@@ -94,6 +103,13 @@ impl RewardV1 {
 impl RewardFn for RewardV1 {
     fn version(&self) -> &'static str {
         "reward-v1"
+    }
+
+    /// The SLO's inputs: without the latency and the delivered records the
+    /// reward cannot tell a healthy window from a failing one (on a job that
+    /// publishes only Glue's metrics it read −0.04 in every window).
+    fn inputs(&self) -> &'static [Metric] {
+        &[Metric::LatencyP95, Metric::RecordsDelivered]
     }
 
     fn reward(&self, action: Action, next: &Telemetry) -> f64 {

@@ -152,4 +152,9 @@ pub trait Detector {
     fn signatures(&self) -> u16;
     /// Score one window.
     fn detect(&self, t: &Telemetry) -> Detection;
+    /// The metrics its features read (a pipeline that never reports one of
+    /// them is detected with less evidence: warned about at start).
+    fn inputs(&self) -> Vec<crate::Metric> {
+        Vec::new()
+    }
 }

@@ -19,7 +19,7 @@ use crate::features::{squash, TelemetryFeatures, TELEMETRY_FEATURES};
 use crate::flat::FlatForest;
 use crate::forest::{ForestError, ForestParams, ForestRepr, NodeRepr, TreeRepr};
 use crate::signature::{SignatureError, Signatures};
-use selfheal_core::{Detection, Detector, Telemetry};
+use selfheal_core::{Detection, Detector, Metric, Telemetry};
 use serde::{Deserialize, Serialize};
 
 /// Format tag of detector model files.
@@ -377,6 +377,10 @@ impl Detector for TelemetryDetector {
         self.model.signatures.len() as u16
     }
 
+    fn inputs(&self) -> Vec<Metric> {
+        TelemetryFeatures::inputs()
+    }
+
     fn detect(&self, t: &Telemetry) -> Detection {
         let x = scaled(&impute(t, &self.model.median), &self.model.median, &self.model.scale);
         let score = self.flat.score(&x);
@@ -397,7 +401,6 @@ mod tests {
     use crate::forest::CrateForest;
     use rand::{Rng, SeedableRng};
     use rand_xoshiro::Xoshiro256PlusPlus;
-    use selfheal_core::Metric;
 
     fn window(rng: &mut Xoshiro256PlusPlus, fault: u8) -> Telemetry {
         let mut t = Telemetry::default();

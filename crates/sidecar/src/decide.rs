@@ -43,7 +43,7 @@ use selfheal_agent::{
     deciding_state, epsilon_greedy, window_unhealthy, QLearner, RulesPolicy, Supervisor, WatchdogConfig,
 };
 use selfheal_core::{
-    Action, ActionMask, Detector, Learner, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
+    Action, ActionMask, Detector, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
 };
 use selfheal_guard::approvals::{ApprovalError, Approvals};
 use selfheal_guard::budget::{Budget, BudgetConfig};
@@ -159,7 +159,16 @@ struct Pipeline {
     score: f64,
     /// The last decisions, oldest first: the trail a watchdog page carries.
     trail: std::collections::VecDeque<serde_json::Value>,
+    /// Metrics the pipeline has reported at least once.
+    seen: [bool; Metric::COUNT],
+    /// Windows decided for this pipeline.
+    windows: u64,
 }
+
+/// Windows after which an expected metric that never arrived is warned about
+/// (every metric a Glue job or a push client publishes shows within a few
+/// periods; CloudWatch may hold a datapoint back one).
+const EXPECT_AFTER: u64 = 3;
 
 /// Decisions a watchdog page carries.
 const TRAIL: usize = 12;
@@ -182,6 +191,12 @@ pub struct Stats {
     /// Choices the policy stack overrode, by cause (`gate_fallback`,
     /// `watchdog_escalate`, `watchdog_fallback`).
     pub overrides: BTreeMap<String, u64>,
+    /// Per pipeline, the metrics the detector or the reward read that it has
+    /// not reported in its first windows (`selfheal_expected_metric_missing`).
+    pub missing: BTreeMap<String, Vec<&'static str>>,
+    /// Rewards not computed because the window lacked one of their inputs
+    /// (those windows taught the table nothing).
+    pub rewards_skipped: u64,
 }
 
 /// The decision core.
@@ -285,8 +300,33 @@ impl Controller {
             pending: None,
             score: 0.0,
             trail: Default::default(),
+            seen: [false; Metric::COUNT],
+            windows: 0,
         });
         let t = &w.telemetry;
+        p.windows += 1;
+        t.present().for_each(|m| p.seen[m.index()] = true);
+        if p.windows >= EXPECT_AFTER {
+            let mut expected = self.parts.detector.inputs();
+            expected.extend_from_slice(self.parts.reward.inputs());
+            expected.sort();
+            expected.dedup();
+            let missing: Vec<&'static str> =
+                expected.into_iter().filter(|m| !p.seen[m.index()]).map(Metric::name).collect();
+            let before = self.stats.missing.get(&w.pipeline);
+            if p.windows == EXPECT_AFTER && !missing.is_empty() {
+                tracing::warn!(pipeline = %w.pipeline, missing = ?missing, windows = p.windows,
+                    "expected metrics have not arrived: the detector reads them at the healthy baseline and the \
+                     reward skips windows without its inputs; publish them or fit the detector on this pipeline");
+            }
+            if before.map(Vec::as_slice) != Some(missing.as_slice()) {
+                if missing.is_empty() {
+                    self.stats.missing.remove(&w.pipeline);
+                } else {
+                    self.stats.missing.insert(w.pipeline.clone(), missing);
+                }
+            }
+        }
         let (state, mask) = p.encoder.encode(t);
         // A detector-v1 encoder has just scored the window; score it once only.
         let detection = p.encoder.last_detection().unwrap_or_else(|| self.parts.detector.detect(t));
@@ -295,7 +335,13 @@ impl Controller {
         // 1. Feedback for the previous decision. An action still in flight has
         // no known effect yet (it may yet fail): it teaches nothing.
         let unknown = |pend: &PendingReward| pend.id.as_ref().is_some_and(|id| self.in_flight.contains(id));
-        if let Some(mut pend) = p.pending.take().filter(|pend| !unknown(pend)) {
+        // No reward without its inputs: such a window teaches nothing.
+        let computable = self.parts.reward.computable(t);
+        let pending = p.pending.take().filter(|pend| !unknown(pend));
+        if pending.is_some() && !computable {
+            self.stats.rewards_skipped += 1;
+        }
+        if let Some(mut pend) = pending.filter(|_| computable) {
             let r = self.parts.reward.reward(pend.action, t);
             pend.acc += self.parts.learner.params().gamma.powi(pend.windows as i32) * r;
             pend.windows += 1;
@@ -304,7 +350,7 @@ impl Controller {
             } else {
                 let i = pend.action.index();
                 let q_before = self.parts.learner.table().row(pend.state)[i];
-                self.parts.learner.update(&Transition {
+                self.parts.learner.update_online(&Transition {
                     state: pend.state,
                     action: pend.action,
                     reward: pend.acc,
@@ -684,6 +730,7 @@ mod tests {
         t.set(Metric::Executors, 4.0);
         t.set(Metric::RecordsIn, 1000.0);
         t.set(Metric::LatencyP95, 300.0);
+        t.set(Metric::RecordsDelivered, 1000.0);
         Window { pipeline: "p".into(), ts_ms, telemetry: t }
     }
 
@@ -844,5 +891,31 @@ mod tests {
         assert_eq!(r.id, o.id);
         assert_ne!(r.q_before, r.q_after);
         assert_eq!(c.stats.q_updates, 1);
+    }
+
+    #[test]
+    fn a_window_without_the_rewards_inputs_teaches_nothing_and_the_gap_is_named() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        let glue_only = |ts| {
+            let mut w = window(ts);
+            w.telemetry.clear(Metric::RecordsDelivered);
+            w
+        };
+        let out = c.on_window(&glue_only(0), 0);
+        let Some(Plan::Act(o)) = out.plan else { panic!("no action") };
+        c.on_executed(&o, true, "ok".into(), 1);
+        let next = c.on_window(&glue_only(60_000), 2);
+        assert!(!next.records.iter().any(|(r, _)| matches!(r, Record::Reward(_))), "no reward without its inputs");
+        assert_eq!((c.stats.q_updates, c.stats.rewards_skipped), (0, 1));
+        assert!(c.stats.missing.is_empty(), "not judged before {EXPECT_AFTER} windows");
+        c.on_window(&glue_only(120_000), 3);
+        assert_eq!(c.stats.missing["p"], vec!["pipeline.records.delivered"]);
+        let text = crate::metrics::render(&crate::metrics::Snapshot { stats: c.stats.clone(), ..Default::default() });
+        assert!(
+            text.contains("selfheal_expected_metric_missing{pipeline=\"p\",metric=\"pipeline.records.delivered\"} 1")
+        );
+        // Once it arrives, the gap closes.
+        c.on_window(&window(180_000), 4);
+        assert!(c.stats.missing.is_empty());
     }
 }

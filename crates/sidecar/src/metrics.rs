@@ -74,6 +74,24 @@ pub fn render(s: &Snapshot) -> String {
         let n = s.stats.overrides.get(cause).copied().unwrap_or(0);
         let _ = writeln!(o, "selfheal_policy_overrides_total{{cause=\"{cause}\"}} {n}");
     }
+    head(
+        &mut o,
+        "selfheal_expected_metric_missing",
+        "gauge",
+        "1 for each metric the detector or the reward reads that a pipeline has not reported in its first windows.",
+    );
+    for (pipeline, missing) in &s.stats.missing {
+        for m in missing {
+            let _ = writeln!(o, "selfheal_expected_metric_missing{{pipeline=\"{}\",metric=\"{m}\"}} 1", esc(pipeline));
+        }
+    }
+    head(
+        &mut o,
+        "selfheal_rewards_skipped_total",
+        "counter",
+        "Windows whose reward could not be computed (an input metric absent): no Q update.",
+    );
+    let _ = writeln!(o, "selfheal_rewards_skipped_total {}", s.stats.rewards_skipped);
     head(&mut o, "selfheal_action_outcomes_total", "counter", "Actions by how they ended.");
     for (status, n) in &s.stats.outcomes {
         let _ = writeln!(o, "selfheal_action_outcomes_total{{status=\"{}\"}} {n}", esc(status));
