@@ -328,3 +328,73 @@ fn a_start_job_run_answered_after_the_timeout_is_not_applied_twice() {
     assert!(o.detail.contains("already started for this decision"), "{}", o.detail);
     assert_eq!(per_key.get(c.decision.idempotency_key.as_deref().unwrap()), Some(&1));
 }
+
+// ------------------------------------------------------------------ 5. a run still running
+// Field case "starting a run while one is running": a job's MaxConcurrentRuns
+// is 1 by default, and moto (like Glue) answers a second StartJobRun with
+// ConcurrentRunsExceededException while the first lives. moto's state manager
+// holds the run in STARTING (manual progression).
+
+#[test]
+fn a_run_still_running_is_named_at_once_never_retried_as_throttling() {
+    use selfheal_aws::errors::{AwsFailure, ErrorKind};
+    use selfheal_aws::glue::GlueActuator;
+    use selfheal_sidecar::actuate::{ActError, ActionCall, Actuator};
+    use selfheal_sidecar::config::GluePipeline;
+    let dir = tempfile::tempdir().unwrap();
+    let moto = aws_support::moto::Moto::start(&dir.path().join("moto.log"));
+    let hold = r#"{"model_name": "glue::job_run", "transition": {"progression": "manual", "times": 1000}}"#;
+    let r = common::http(&moto.addr, "POST", "/moto-api/state-manager/set-transition", &[], hold).unwrap();
+    assert!(r.status / 100 == 2, "set-transition: {} {}", r.status, r.body);
+    let glue = glue_client(&moto.url);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use selfheal_aws::aws_sdk_glue::types::{ExecutionProperty, JobCommand};
+        glue.create_job()
+            .name("orders-etl")
+            .role("arn:aws:iam::123456789012:role/glue")
+            .command(JobCommand::builder().name("glueetl").script_location("s3://bucket/orders.py").build())
+            .execution_property(ExecutionProperty::builder().max_concurrent_runs(1).build())
+            .send()
+            .await
+            .expect("CreateJob");
+        let first = glue.start_job_run().job_name("orders-etl").send().await.expect("first StartJobRun");
+        let first = first.job_run_id().unwrap().to_string();
+        // The error itself is told apart from throttling, and not retried.
+        let e = glue.start_job_run().job_name("orders-etl").send().await.expect_err("a second run while one lives");
+        let f = AwsFailure::from_sdk("StartJobRun", &e);
+        assert_eq!(f.kind, ErrorKind::RunInProgress, "{}", f.message);
+        assert!(!f.kind.retryable() && !f.message.contains("throttling"), "{}", f.message);
+        // The actuator looks at the runs first and says why at once.
+        let p = GluePipeline {
+            name: "orders".into(),
+            job_name: "orders-etl".into(),
+            worker_type: "G.1X".into(),
+            worker_levels: vec![2, 4, 8, 16],
+            default_workers: 4,
+            database: None,
+            table: None,
+            source_table: None,
+            dead_letter_path: None,
+            backpressure_records_per_second: 1000,
+        };
+        let act = GlueActuator::new(glue.clone(), vec![p], 1);
+        let call = |action| ActionCall {
+            id: "d1".into(),
+            idempotency_key: format!("d1/{action}"),
+            pipeline: "orders".into(),
+            action,
+            attempt: 1,
+        };
+        for action in [Action::RetryWithBackoff, Action::Reschedule, Action::Quarantine] {
+            match act.apply(&call(action)).await {
+                Err(ActError::Failed(m)) => {
+                    assert!(m.contains(&first) && m.contains("MaxConcurrentRuns") && m.contains("restart"), "{m}")
+                }
+                other => panic!("{action}: expected a failure naming the running run, got {other:?}"),
+            }
+        }
+        let runs = glue.get_job_runs().job_name("orders-etl").send().await.unwrap();
+        assert_eq!(runs.job_runs().len(), 1, "no second StartJobRun was sent");
+    });
+}

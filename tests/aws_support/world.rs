@@ -115,7 +115,7 @@ max_ms = {max}
     )
 }
 
-fn glue_client(endpoint: &str) -> glue::Client {
+pub fn glue_client(endpoint: &str) -> glue::Client {
     use glue::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
     let conf = glue::Config::builder()
         .behavior_version(BehaviorVersion::latest())

@@ -17,6 +17,7 @@
 pub mod baselines;
 pub mod confidence;
 pub mod detector_encoder;
+pub mod diagnose;
 pub mod encoder;
 pub mod kind;
 pub mod qlearn;

@@ -18,6 +18,7 @@
 //! [`Policy`] that `evaluate`, `simulate` and the report measure.
 
 use crate::confidence::ConfidenceGate;
+use crate::diagnose::{diagnose, Finding};
 use crate::qlearn::GreedyPolicy;
 use crate::watchdog::{Call, Health, Watchdog, WatchdogConfig};
 use crate::RulesPolicy;
@@ -45,6 +46,11 @@ pub enum Cause {
     WatchdogEscalate,
     /// The watchdog fired again after a page: the rule policy's action.
     WatchdogFallback,
+    /// Glue's metrics name a fault scaling cannot fix ([`crate::diagnose`]):
+    /// a person was paged with the explanation.
+    EvidenceEscalate,
+    /// The policy chose to scale up against such a finding: not run.
+    EvidenceVeto,
 }
 
 impl Cause {
@@ -60,6 +66,8 @@ impl Cause {
             Cause::GateFallback => "gate_fallback",
             Cause::WatchdogEscalate => "watchdog_escalate",
             Cause::WatchdogFallback => "watchdog_fallback",
+            Cause::EvidenceEscalate => "evidence_escalate",
+            Cause::EvidenceVeto => "evidence_veto",
         }
     }
 }
@@ -91,6 +99,8 @@ pub struct Inputs<'a> {
     pub mask: ActionMask,
     /// The rule policy's choice for the same window.
     pub rules: Action,
+    /// What Glue's metrics name outright ([`crate::diagnose::diagnose`]).
+    pub finding: Option<Finding>,
 }
 
 /// Steps 2–3 of the stack for one pipeline: the gate on silence and the watchdog.
@@ -98,17 +108,20 @@ pub struct Inputs<'a> {
 pub struct Supervisor {
     gate: ConfidenceGate,
     watchdog: Watchdog,
+    /// The finding a person was paged about, until a window shows none.
+    paged_for: Option<&'static str>,
 }
 
 impl Supervisor {
     /// A supervisor with this gate and watchdog.
     pub fn new(gate: ConfidenceGate, watchdog: WatchdogConfig) -> Supervisor {
-        Supervisor { gate, watchdog: Watchdog::new(watchdog) }
+        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None }
     }
 
     /// Forget the current incident.
     pub fn reset(&mut self) {
         self.watchdog.reset();
+        self.paged_for = None;
     }
 
     /// The watchdog (its incident memory).
@@ -119,6 +132,24 @@ impl Supervisor {
     /// Choose for one window. Call [`Supervisor::record`] with what was
     /// executed afterwards.
     pub fn choose(&mut self, i: Inputs<'_>) -> Choice {
+        let choice = self.choose_unchecked(i);
+        // Step 4: evidence. A finding scaling cannot fix pages once and vetoes
+        // scaling up.
+        let Some(f) = i.finding else {
+            self.paged_for = None;
+            return choice;
+        };
+        if f.escalate() && self.paged_for != Some(f.name()) && i.mask.allows(Action::Escalate) {
+            self.paged_for = Some(f.name());
+            return Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate };
+        }
+        if choice.action == Action::ScaleUp {
+            return Choice { action: Action::NoOp, cause: Cause::EvidenceVeto };
+        }
+        choice
+    }
+
+    fn choose_unchecked(&mut self, i: Inputs<'_>) -> Choice {
         let rules = (i.rules != Action::NoOp && i.mask.allows(i.rules)).then_some(i.rules);
         match self.watchdog.observe(Health::of(i.unhealthy, i.held)) {
             Call::Escalate if i.mask.allows(Action::Escalate) => {
@@ -203,6 +234,7 @@ impl Policy for Supervised {
             visits: table.visits(deciding),
             mask: obs.mask,
             rules,
+            finding: diagnose(obs.telemetry),
         });
         self.supervisor.record(choice.action);
         self.last = choice.cause;
@@ -215,7 +247,7 @@ mod tests {
     use super::*;
 
     fn inputs<'a>(unhealthy: bool, learned: Action, row: &'a [f64], visits: &'a [u32], rules: Action) -> Inputs<'a> {
-        Inputs { unhealthy, held: false, learned, row, visits, mask: ActionMask::ALL, rules }
+        Inputs { unhealthy, held: false, learned, row, visits, mask: ActionMask::ALL, rules, finding: None }
     }
 
     fn sup(windows: u32) -> Supervisor {

@@ -25,6 +25,12 @@ pub enum ErrorKind {
     Validation,
     /// Any other 4xx: do not retry.
     Client,
+    /// A run of the job is still running and the job allows no more at once
+    /// (`ConcurrentRunsExceededException`; `MaxConcurrentRuns` is 1 by
+    /// default, <https://docs.aws.amazon.com/glue/latest/webapi/API_ExecutionProperty.html>).
+    /// Not throttling: retrying cannot succeed while that run lives; wait
+    /// for it, stop it, or tell a person.
+    RunInProgress,
 }
 
 impl ErrorKind {
@@ -42,17 +48,17 @@ impl ErrorKind {
             ErrorKind::NotFound => "not-found",
             ErrorKind::Validation => "validation",
             ErrorKind::Client => "client",
+            ErrorKind::RunInProgress => "run-in-progress",
         }
     }
 }
 
-const THROTTLING: [&str; 7] = [
+const THROTTLING: [&str; 6] = [
     "Throttling",
     "ThrottlingException",
     "ThrottledException",
     "TooManyRequestsException",
     "RequestLimitExceeded",
-    "ConcurrentRunsExceededException",
     "SlowDown",
 ];
 const ACCESS: [&str; 5] =
@@ -72,6 +78,9 @@ const VALIDATION: [&str; 6] = [
 /// unknown: a connection that broke has neither).
 pub fn classify(code: Option<&str>, status: Option<u16>) -> ErrorKind {
     if let Some(c) = code {
+        if c == "ConcurrentRunsExceededException" {
+            return ErrorKind::RunInProgress;
+        }
         if THROTTLING.contains(&c) {
             return ErrorKind::Throttling;
         }
@@ -172,7 +181,7 @@ mod tests {
             (Some("ThrottlingException"), Some(400), ErrorKind::Throttling, true),
             (Some("Throttling"), Some(400), ErrorKind::Throttling, true),
             (None, Some(429), ErrorKind::Throttling, true),
-            (Some("ConcurrentRunsExceededException"), Some(400), ErrorKind::Throttling, true),
+            (Some("ConcurrentRunsExceededException"), Some(400), ErrorKind::RunInProgress, false),
             (Some("InternalServiceException"), Some(500), ErrorKind::Server, true),
             (None, Some(503), ErrorKind::Server, true),
             (None, None, ErrorKind::Server, true),

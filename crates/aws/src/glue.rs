@@ -208,6 +208,43 @@ impl GlueActuator {
         })
     }
 
+    /// A run of the job that is still alive and not this decision's own:
+    /// while it lives, `StartJobRun` fails with
+    /// `ConcurrentRunsExceededException` (a job's `MaxConcurrentRuns` is 1
+    /// by default, <https://docs.aws.amazon.com/glue/latest/webapi/API_ExecutionProperty.html>),
+    /// so the actuator looks before it starts one.
+    fn active_run<'r>(
+        call: &ActionCall,
+        runs: &'r [aws_sdk_glue::types::JobRun],
+    ) -> Option<&'r aws_sdk_glue::types::JobRun> {
+        runs.iter().filter(|r| r.arguments().and_then(|a| a.get(KEY_ARG)) != Some(&call.idempotency_key)).find(|r| {
+            matches!(
+                r.job_run_state(),
+                Some(JobRunState::Running | JobRunState::Starting | JobRunState::Waiting | JobRunState::Stopping)
+            )
+        })
+    }
+
+    /// `Failed` (not retried) when another run is alive: say which, and what
+    /// will start a new one.
+    fn refuse_if_active(
+        p: &GluePipeline,
+        call: &ActionCall,
+        runs: &[aws_sdk_glue::types::JobRun],
+    ) -> Result<(), ActError> {
+        match Self::active_run(call, runs) {
+            Some(r) if Self::started_by(call, runs).is_none() => Err(ActError::Failed(format!(
+                "{} cannot start a run for {}: run {} is {} and the job allows no second run at once \
+                 (MaxConcurrentRuns); wait for it to end, or restart (which stops it first)",
+                p.job_name,
+                call.action,
+                r.id().unwrap_or("?"),
+                r.job_run_state().map_or("alive", |s| s.as_str())
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The run this decision already started, if any (a retried attempt whose
     /// first `StartJobRun` timed out after Glue had started the run).
     fn started_by<'r>(
@@ -225,6 +262,7 @@ impl GlueActuator {
             let n = r.number_of_workers().unwrap_or(0);
             return Ok(format!("run {} with {n} workers already started for this decision", r.id().unwrap_or("?")));
         }
+        Self::refuse_if_active(p, call, &runs)?;
         let now = Self::current_workers(p, &runs);
         let next = if up {
             p.worker_levels.iter().copied().find(|&l| l > now)
@@ -409,17 +447,20 @@ impl Actuator for GlueActuator {
                 Action::Restart => self.restart(p, call).await,
                 Action::RetryWithBackoff | Action::Reschedule => {
                     let runs = self.runs(&p.job_name).await?;
+                    Self::refuse_if_active(p, call, &runs)?;
                     let workers = Self::current_workers(p, &runs);
                     self.start(p, call, Some(workers), &[], &runs).await
                 }
                 Action::Backpressure => {
                     let runs = self.runs(&p.job_name).await?;
+                    Self::refuse_if_active(p, call, &runs)?;
                     let rate = p.backpressure_records_per_second.to_string();
                     let workers = Self::current_workers(p, &runs);
                     self.start(p, call, Some(workers), &[("--max-records-per-second", rate)], &runs).await
                 }
                 Action::Quarantine => {
                     let runs = self.runs(&p.job_name).await?;
+                    Self::refuse_if_active(p, call, &runs)?;
                     let mut args = vec![("--quarantine-bad-records", "true".to_string())];
                     if let Some(d) = &p.dead_letter_path {
                         args.push(("--dead-letter-path", d.clone()));

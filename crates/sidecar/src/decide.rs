@@ -392,6 +392,7 @@ impl Controller {
         visits.copy_from_slice(table.visits(deciding));
         let q: Vec<(String, f64)> = mask.iter().map(|a| (a.name().to_string(), row[a.index()])).collect();
         let state_visits = table.state_visits(deciding);
+        let finding = selfheal_agent::diagnose::diagnose(t);
         let choice = if settling {
             selfheal_agent::supervise::Choice { action: learned, cause: Cause::Policy }
         } else {
@@ -403,6 +404,7 @@ impl Controller {
                 visits: &visits,
                 mask,
                 rules: shadow,
+                finding,
             })
         };
         let chosen = choice.action;
@@ -423,7 +425,7 @@ impl Controller {
             )
         } else {
             let idle = p.supervisor.watchdog().idle();
-            self.guard(&w.pipeline, choice.cause, idle, chosen, &row, &visits, mask, &detection, state)
+            self.guard(&w.pipeline, choice.cause, idle, finding, chosen, &row, &visits, mask, &detection, state)
         };
         let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
         p.encoder.record_action(executed);
@@ -504,6 +506,7 @@ impl Controller {
         pipeline: &str,
         cause: Cause,
         idle: u32,
+        finding: Option<selfheal_agent::diagnose::Finding>,
         chosen: Action,
         row: &[f64],
         visits: &[u32],
@@ -519,14 +522,21 @@ impl Controller {
                 self.parts.describe.describe(state)
             )
         };
+        let explain = || finding.map_or_else(String::new, |f| f.explain());
         if chosen == Action::NoOp {
+            if cause == Cause::EvidenceVeto {
+                return ("vetoed", format!("scale_up not run: {}", explain()), Action::NoOp, None);
+            }
             return ("noop", "the policy chose no action".into(), Action::NoOp, None);
         }
         if self.cfg.mode == Mode::Observe {
             return ("observed", format!("observe mode: would {chosen}"), Action::NoOp, None);
         }
         if chosen == Action::Escalate {
-            let (why, reason) = if cause == Cause::WatchdogEscalate {
+            let (why, reason) = if cause == Cause::EvidenceEscalate {
+                let why = format!("Glue's metrics name the fault: {}", explain());
+                (why.clone(), why)
+            } else if cause == Cause::WatchdogEscalate {
                 let why = format!("watchdog: {idle} consecutive unhealthy windows with no action and no page");
                 (why.clone(), why)
             } else {

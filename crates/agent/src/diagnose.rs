@@ -1,0 +1,147 @@
+//! Findings: faults that Glue's own metrics name outright, and what they rule out.
+//!
+//! A tabular policy sees a window through a handful of buckets; two Glue
+//! failures look like "memory pressure" there and are made worse by its usual
+//! answer, more workers:
+//!
+//! - **Driver out of memory.** A job reading very many small files exhausts the
+//!   *driver's* heap (`glue.driver.jvm.heap.usage`) while the executors idle.
+//!   More workers add tasks for the driver to track; AWS's OOM walkthrough
+//!   fixes it by grouping the input files (`groupFiles`/`groupSize`), not by
+//!   scaling ("Debugging OOM exceptions and job abnormalities",
+//!   <https://docs.aws.amazon.com/glue/latest/dg/monitor-profile-debug-oom-abnormalities.html>).
+//! - **One executor doing all the reading.** A JDBC read through a single
+//!   connection runs in one task on one executor
+//!   (`glue.driver.ExecutorAllocationManager.executors.numberAllExecutors` = 1)
+//!   until it runs out of memory; added workers get no partition to read.
+//!   The fix is a partitioned read (`hashfield`/`hashpartitions`), a code
+//!   change: a person's job (same page, "executor OOM").
+//!
+//! A [`Finding`] vetoes scaling up (never applied alone against it) and, once
+//! the evidence is strong (heap near full, or an out-of-memory error),
+//! escalates once per incident with the explanation. Pure: a function of one
+//! window. The simulator publishes neither the driver heap nor a single
+//! executor, so a policy's evaluation is unchanged by this step.
+
+use selfheal_core::{Metric, Telemetry};
+
+/// Driver heap above the executors' by this much: the driver is the side
+/// running out of memory (the executors idle while it tracks tasks).
+pub const DRIVER_LEAD: f64 = 0.2;
+/// Heap share at which an out-of-memory failure is imminent: escalate.
+pub const HEAP_CRITICAL: f64 = 0.8;
+
+/// A fault the window's Glue metrics name, against which scaling up cannot help.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Finding {
+    /// The driver, not the executors, is running out of memory.
+    DriverMemory {
+        /// `glue.driver.jvm.heap.usage`, 0..1.
+        driver_heap: f64,
+        /// `glue.ALL.jvm.heap.usage`, 0..1 (0 when absent).
+        executor_heap: f64,
+    },
+    /// One active executor, under memory pressure or failing with OOM.
+    SingleExecutor {
+        /// Active executors.
+        executors: f64,
+        /// Executor heap, 0..1 (0 when absent).
+        heap: f64,
+        /// `glue.error.OUT_OF_MEMORY_ERROR` in the period (0 when absent).
+        oom_errors: f64,
+    },
+}
+
+impl Finding {
+    /// Whether the evidence is strong enough to page a person now.
+    pub fn escalate(&self) -> bool {
+        match *self {
+            Finding::DriverMemory { driver_heap, .. } => driver_heap >= HEAP_CRITICAL,
+            Finding::SingleExecutor { heap, oom_errors, .. } => oom_errors > 0.0 || heap >= HEAP_CRITICAL,
+        }
+    }
+
+    /// Stable name (provenance, pages).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Finding::DriverMemory { .. } => "driver_memory",
+            Finding::SingleExecutor { .. } => "single_executor",
+        }
+    }
+
+    /// Why scaling up will not help, and what will: one sentence for a page.
+    pub fn explain(&self) -> String {
+        match *self {
+            Finding::DriverMemory { driver_heap, executor_heap } => format!(
+                "the driver is running out of memory (driver heap {:.0} %, executors {:.0} %): more workers add tasks \
+                 for the driver to track and will not help; group the input files (groupFiles/groupSize) or give \
+                 the driver a larger worker type",
+                100.0 * driver_heap,
+                100.0 * executor_heap
+            ),
+            Finding::SingleExecutor { executors, heap, oom_errors } => format!(
+                "one executor does all the work ({executors:.0} active, heap {:.0} %, {oom_errors:.0} out-of-memory \
+                 errors): added workers get nothing to read and will not help; partition the read \
+                 (hashfield/hashpartitions) or raise the executor's memory",
+                100.0 * heap
+            ),
+        }
+    }
+}
+
+/// What the window's Glue metrics say outright, if anything (see the module doc).
+pub fn diagnose(t: &Telemetry) -> Option<Finding> {
+    let executor_heap = t.value(Metric::HeapUsage).unwrap_or(0.0);
+    if let Some(driver_heap) = t.value(Metric::DriverHeapUsage) {
+        if driver_heap >= executor_heap + DRIVER_LEAD {
+            return Some(Finding::DriverMemory { driver_heap, executor_heap });
+        }
+    }
+    if let Some(executors) = t.value(Metric::Executors) {
+        let oom_errors = t.value(Metric::ErrorsOom).unwrap_or(0.0);
+        if executors <= 1.0 && (oom_errors > 0.0 || executor_heap >= 0.5) {
+            return Some(Finding::SingleExecutor { executors, heap: executor_heap, oom_errors });
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn glue(heap: f64, executors: f64) -> Telemetry {
+        let mut t = Telemetry::default();
+        t.set(Metric::HeapUsage, heap);
+        t.set(Metric::Executors, executors);
+        t
+    }
+
+    #[test]
+    fn a_busy_driver_with_idle_executors_is_a_driver_finding() {
+        let mut t = glue(0.03, 9.0);
+        assert_eq!(diagnose(&t), None, "no driver metric, no driver finding");
+        t.set(Metric::DriverHeapUsage, 0.3);
+        let f = diagnose(&t).expect("driver heap well above the executors'");
+        assert!(!f.escalate(), "0.30: not yet critical");
+        t.set(Metric::DriverHeapUsage, 0.9);
+        let f = diagnose(&t).unwrap();
+        assert!(f.escalate() && f.explain().contains("driver") && f.explain().contains("groupFiles"));
+        // A driver as busy as its executors is no finding.
+        let mut even = glue(0.7, 9.0);
+        even.set(Metric::DriverHeapUsage, 0.75);
+        assert_eq!(diagnose(&even), None);
+    }
+
+    #[test]
+    fn one_executor_out_of_memory_is_a_single_executor_finding() {
+        assert_eq!(diagnose(&glue(0.5, 9.0)), None, "many executors: scaling may help");
+        assert_eq!(diagnose(&glue(0.3, 1.0)), None, "one idle executor: nothing to say");
+        let f = diagnose(&glue(0.55, 1.0)).unwrap();
+        assert!(!f.escalate());
+        let mut t = glue(0.6, 1.0);
+        t.set(Metric::ErrorsOom, 1.0);
+        let f = diagnose(&t).unwrap();
+        assert!(f.escalate() && f.explain().contains("one executor"));
+    }
+}

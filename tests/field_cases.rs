@@ -1,0 +1,98 @@
+//! The field cases of `../shared/field-cases` (small inputs made from public
+//! reports of Glue jobs in production), replayed through `selfheal run` as
+//! their README describes: the `file` source at `pace = "fast"`, the
+//! `dry-run` actuator, act mode, `log_healthy = true`, the shipped models.
+//! Each asserts what a user would want, read from the provenance log.
+
+mod common;
+
+use common::decisions;
+use selfheal_sidecar::provenance::{read_log, DecisionRecord};
+use std::path::Path;
+
+/// The shared field-case directory (never copied into the repository).
+fn case(name: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/field-cases").join(name);
+    assert!(p.exists(), "{} is missing: the tests read ../shared beside the repository", p.display());
+    p.canonicalize().unwrap().display().to_string()
+}
+
+/// Replay `file` to its end (the daemon stops when a `fast` file source is
+/// exhausted) and return every decision and the daemon's stderr.
+fn replay(file: &str) -> (Vec<DecisionRecord>, String) {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let config = work.path().join("sidecar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"file\"\npath = \"{}\"\npace = \"fast\"\n\n[actuator]\nkind = \"dry-run\"\n\n\
+             [guard]\nmode = \"act\"\n\n[daemon]\nlog_healthy = true\nlisten = \"127.0.0.1:0\"\n",
+            case(file)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("NO_COLOR", "1")
+        .current_dir(work.path())
+        .output()
+        .expect("run selfheal");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "selfheal run failed:\n{stderr}");
+    let log = read_log(&state.join("provenance.jsonl")).expect("a provenance log");
+    (decisions(&log.records).into_iter().cloned().collect(), stderr)
+}
+
+/// No scale-up ran; one escalation says why scaling will not help.
+fn assert_escalated_not_scaled(ds: &[DecisionRecord], words: &str) {
+    let scaled: Vec<_> =
+        ds.iter().filter(|d| d.chosen == "scale_up" && d.verdict == "allowed").map(|d| d.ts_ms).collect();
+    assert!(scaled.is_empty(), "scale_up applied alone at {scaled:?}");
+    let paged: Vec<_> = ds.iter().filter(|d| d.verdict == "escalated").collect();
+    assert!(!paged.is_empty(), "no escalation; verdicts: {:?}", ds.iter().map(|d| &d.verdict).collect::<Vec<_>>());
+    let first = paged[0];
+    assert!(first.reason.contains(words) && first.reason.contains("will not help"), "reason: {}", first.reason);
+}
+
+#[test]
+fn driver_oom_is_escalated_with_the_driver_heap_never_scaled() {
+    // 21 rows, one a minute: 20 windows close, the last drains at the end.
+    let (ds, stderr) = replay("driver-oom.jsonl");
+    assert_eq!(ds.len(), 21, "one decision per window");
+    assert_escalated_not_scaled(&ds, "the driver is running out of memory");
+    // The driver heap is read: the page comes by the time it reaches 0.8
+    // (rows 15.. carry 0.30, 0.52, 0.68, 0.81, 0.90, 0.97).
+    let paged = ds.iter().find(|d| d.verdict == "escalated").unwrap();
+    let onset = ds[15].window.ts_ms;
+    let late = (paged.window.ts_ms - onset) / 60_000;
+    assert!((0..=3).contains(&late), "paged {late} min after onset");
+    assert!(!stderr.contains("unknown metric"), "the driver heap metric is read: {stderr}");
+}
+
+#[test]
+fn single_reader_executor_oom_is_escalated_never_scaled() {
+    let (ds, _) = replay("executor-oom-single-reader.jsonl");
+    assert_eq!(ds.len(), 25);
+    assert_escalated_not_scaled(&ds, "one executor does all the work");
+    // Paged once the heap is near full or the OOM error shows (rows 20..
+    // carry one executor; the OOM error metric is 1 from row 22).
+    let paged = ds.iter().position(|d| d.verdict == "escalated").unwrap();
+    assert!((20..=22).contains(&paged), "paged at row {paged}");
+}
+
+#[test]
+fn a_count_that_stops_reporting_is_zero_not_carried() {
+    let (ds, _) = replay("count-stops-reporting.jsonl");
+    assert_eq!(ds.len(), 40);
+    // One minute of 300 upstream errors, then the count is simply absent.
+    let burst = ds.iter().position(|d| d.window.error_ratio > 0.1).expect("the burst window");
+    for d in &ds[burst + 2..] {
+        assert!(d.window.error_ratio < 0.01, "error ratio {} carried to {}", d.window.error_ratio, d.ts_ms);
+    }
+    let acting_late = ds[burst + 3..].iter().filter(|d| d.chosen != "noop").count();
+    assert_eq!(acting_late, 0, "nothing to do once the burst is over");
+}
