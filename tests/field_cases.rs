@@ -9,6 +9,7 @@ mod common;
 use common::decisions;
 use selfheal_sidecar::provenance::{read_log, DecisionRecord};
 use std::path::Path;
+use std::time::Duration;
 
 /// The shared field-case directory (never copied into the repository).
 fn case(name: &str) -> String {
@@ -95,4 +96,36 @@ fn a_count_that_stops_reporting_is_zero_not_carried() {
     }
     let acting_late = ds[burst + 3..].iter().filter(|d| d.chosen != "noop").count();
     assert_eq!(acting_late, 0, "nothing to do once the burst is over");
+}
+
+#[test]
+fn a_glue_job_state_change_event_on_ingest_reaches_the_decision_as_evidence() {
+    use common::{http, Sidecar, Start};
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let cfg =
+        "[source]\nkind = \"http\"\nwindow_secs = 60\n[actuator]\nkind = \"dry-run\"\n[daemon]\nlog_healthy = true\n";
+    let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(cfg), args: &[], env: &[] });
+    let sample = |ts: i64| {
+        format!(
+            r#"{{"ts": {ts}, "pipeline": "orders-etl", "metrics": {{"glue.ALL.jvm.heap.usage": 0.5, "glue.driver.ExecutorAllocationManager.executors.numberAllExecutors": 4}}}}"#
+        )
+    };
+    let event = std::fs::read_to_string(case("glue-job-state-change-failed.json")).unwrap();
+    // 2026-11-23T03:24Z, the event at 03:25Z (closes 03:24), then 03:26Z (closes 03:25).
+    let body = [sample(1_795_404_240_000), event.trim().to_string(), sample(1_795_404_360_000)].join("\n");
+    let r = http(&d.addr, "POST", "/ingest", &[], &body).unwrap();
+    assert_eq!(r.status, 200, "the event is accepted: {}", r.body);
+    common::wait_for(Duration::from_secs(20), "two windows decided", || decisions(&d.log().records).len() >= 2);
+    d.terminate(Duration::from_secs(20));
+    let log = d.log();
+    let ds = decisions(&log.records);
+    let failed = ds.iter().find(|x| x.window.ts_ms == 1_795_404_300_000).expect("the 03:25 window was decided");
+    assert!(
+        failed.evidence.iter().any(|e| e == "selfheal.glue.runsFailed.outOfMemory=1"),
+        "evidence: {:?}",
+        failed.evidence
+    );
+    let before = ds.iter().find(|x| x.window.ts_ms == 1_795_404_240_000).unwrap();
+    assert!(before.evidence.is_empty(), "no evidence before the run failed: {:?}", before.evidence);
 }

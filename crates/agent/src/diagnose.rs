@@ -17,6 +17,10 @@
 //!   The fix is a partitioned read (`hashfield`/`hashpartitions`), a code
 //!   change: a person's job (same page, "executor OOM").
 //!
+//! A failed job run (see `selfheal_core::evidence`) says more: a schema
+//! mismatch is no case for more workers, an access refusal no case for any
+//! action but a page.
+//!
 //! A [`Finding`] vetoes scaling up (never applied alone against it) and, once
 //! the evidence is strong (heap near full, or an out-of-memory error),
 //! escalates once per incident with the explanation. Pure: a function of one
@@ -50,6 +54,12 @@ pub enum Finding {
         /// `glue.error.OUT_OF_MEMORY_ERROR` in the period (0 when absent).
         oom_errors: f64,
     },
+    /// A job run failed on a schema mismatch: a remap's business, not
+    /// more workers'.
+    SchemaMismatch,
+    /// A job run was refused by IAM or a resource policy: no action of the
+    /// agent grants a permission; a person must.
+    AccessDenied,
 }
 
 impl Finding {
@@ -58,6 +68,8 @@ impl Finding {
         match *self {
             Finding::DriverMemory { driver_heap, .. } => driver_heap >= HEAP_CRITICAL,
             Finding::SingleExecutor { heap, oom_errors, .. } => oom_errors > 0.0 || heap >= HEAP_CRITICAL,
+            Finding::SchemaMismatch => false,
+            Finding::AccessDenied => true,
         }
     }
 
@@ -66,6 +78,8 @@ impl Finding {
         match self {
             Finding::DriverMemory { .. } => "driver_memory",
             Finding::SingleExecutor { .. } => "single_executor",
+            Finding::SchemaMismatch => "schema_mismatch",
+            Finding::AccessDenied => "access_denied",
         }
     }
 
@@ -85,12 +99,22 @@ impl Finding {
                  (hashfield/hashpartitions) or raise the executor's memory",
                 100.0 * heap
             ),
+            Finding::SchemaMismatch => "a job run failed on a schema mismatch: more workers read the same mismatched \
+                                        data and will not help; remap the schema"
+                .into(),
+            Finding::AccessDenied => "a job run was refused by IAM or a resource policy: no retry, restart or scaling \
+                                      will help; a person must grant the permission"
+                .into(),
         }
     }
 }
 
 /// What the window's Glue metrics say outright, if anything (see the module doc).
 pub fn diagnose(t: &Telemetry) -> Option<Finding> {
+    let runs = |m: Metric| t.value(m).unwrap_or(0.0) > 0.0;
+    if runs(Metric::RunsFailedAccess) {
+        return Some(Finding::AccessDenied);
+    }
     let executor_heap = t.value(Metric::HeapUsage).unwrap_or(0.0);
     if let Some(driver_heap) = t.value(Metric::DriverHeapUsage) {
         if driver_heap >= executor_heap + DRIVER_LEAD {
@@ -103,7 +127,7 @@ pub fn diagnose(t: &Telemetry) -> Option<Finding> {
             return Some(Finding::SingleExecutor { executors, heap: executor_heap, oom_errors });
         }
     }
-    None
+    runs(Metric::RunsFailedSchema).then_some(Finding::SchemaMismatch)
 }
 
 #[cfg(test)]
@@ -131,6 +155,18 @@ mod tests {
         let mut even = glue(0.7, 9.0);
         even.set(Metric::DriverHeapUsage, 0.75);
         assert_eq!(diagnose(&even), None);
+    }
+
+    #[test]
+    fn failed_runs_name_what_scaling_cannot_fix() {
+        let mut t = glue(0.5, 9.0);
+        t.set(Metric::RunsFailedSchema, 1.0);
+        let f = diagnose(&t).unwrap();
+        assert_eq!(f, Finding::SchemaMismatch);
+        assert!(!f.escalate(), "the policy remaps; no page needed");
+        t.set(Metric::RunsFailedAccess, 1.0);
+        let f = diagnose(&t).unwrap();
+        assert!(f == Finding::AccessDenied && f.escalate() && f.explain().contains("permission"));
     }
 
     #[test]

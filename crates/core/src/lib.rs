@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod action;
+pub mod evidence;
 pub mod fault;
 pub mod reward;
 pub mod seams;

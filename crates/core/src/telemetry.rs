@@ -116,6 +116,20 @@ metrics! {
     /// a driver OOM (many small files) from an executor OOM by this metric:
     /// <https://docs.aws.amazon.com/glue/latest/dg/monitor-profile-debug-oom-abnormalities.html>.
     DriverHeapUsage = "glue.driver.jvm.heap.usage", Transform;
+    /// Glue job runs that ended `FAILED`, `TIMEOUT` or `ERROR` in the period:
+    /// evidence from `GetJobRuns` or a "Glue Job State Change" event, not a
+    /// CloudWatch metric (hence the `selfheal.` prefix); see [`crate::evidence`].
+    RunsFailed = "selfheal.glue.runsFailed", Transform;
+    /// Of them, out of memory (`Container killed by YARN for exceeding memory limits`, `OutOfMemoryError`, …).
+    RunsFailedOom = "selfheal.glue.runsFailed.outOfMemory", Transform;
+    /// Of them, a schema mismatch (`AnalysisException: cannot resolve …`, …).
+    RunsFailedSchema = "selfheal.glue.runsFailed.schemaMismatch", Transform;
+    /// Of them, a connection failure or timeout (including the run's own `TIMEOUT`).
+    RunsFailedConnection = "selfheal.glue.runsFailed.connection", Transform;
+    /// Of them, throttled by a service (`Rate exceeded`, `SlowDown`, …).
+    RunsFailedThrottling = "selfheal.glue.runsFailed.throttling", Transform;
+    /// Of them, refused by IAM or a resource policy (`AccessDenied`, `not authorized`, …).
+    RunsFailedAccess = "selfheal.glue.runsFailed.accessDenied", Transform;
 }
 
 impl Metric {
@@ -154,6 +168,12 @@ impl Metric {
                 | RecordsDelivered
                 | RecordsDeadLettered
                 | RecordsLost
+                | RunsFailed
+                | RunsFailedOom
+                | RunsFailedSchema
+                | RunsFailedConnection
+                | RunsFailedThrottling
+                | RunsFailedAccess
         )
     }
 

@@ -43,7 +43,7 @@ use selfheal_agent::{
     deciding_state, epsilon_greedy, window_unhealthy, QLearner, RulesPolicy, Supervisor, WatchdogConfig,
 };
 use selfheal_core::{
-    Action, ActionMask, Detector, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Transition,
+    Action, ActionMask, Detector, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Telemetry, Transition,
 };
 use selfheal_guard::approvals::{ApprovalError, Approvals};
 use selfheal_guard::budget::{Budget, BudgetConfig};
@@ -169,6 +169,24 @@ struct Pipeline {
 /// (every metric a Glue job or a push client publishes shows within a few
 /// periods; CloudWatch may hold a datapoint back one).
 const EXPECT_AFTER: u64 = 3;
+
+/// The metrics a decision record lists as evidence when present and non-zero.
+const EVIDENCE: [Metric; 9] = [
+    Metric::RunsFailed,
+    Metric::RunsFailedOom,
+    Metric::RunsFailedSchema,
+    Metric::RunsFailedConnection,
+    Metric::RunsFailedThrottling,
+    Metric::RunsFailedAccess,
+    Metric::ErrorsAll,
+    Metric::ErrorsOom,
+    Metric::DriverHeapUsage,
+];
+
+/// `metric=value` for each [`EVIDENCE`] metric the window has (non-zero).
+fn evidence(t: &Telemetry) -> Vec<String> {
+    EVIDENCE.iter().filter_map(|m| t.value(*m).filter(|v| *v != 0.0).map(|v| format!("{}={v}", m.name()))).collect()
+}
 
 /// Decisions a watchdog page carries.
 const TRAIL: usize = 12;
@@ -494,6 +512,7 @@ impl Controller {
             reason,
             idempotency_key: matches!(plan, Some(Plan::Act(_))).then_some(key),
             cause: choice.cause,
+            evidence: evidence(t),
         };
         out.records.insert(0, (Record::Decision(rec), durable));
         out.plan = plan.filter(|p| *p != Plan::Nothing);

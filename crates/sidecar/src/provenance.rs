@@ -142,6 +142,11 @@ pub struct DecisionRecord {
     /// `watchdog_escalate` or `watchdog_fallback` (empty in older logs).
     #[serde(default)]
     pub cause: selfheal_agent::Cause,
+    /// Evidence beyond the detector in the window (job runs that failed and
+    /// why, Glue's error categories, the driver heap): `metric=value`, absent
+    /// in records of older versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
 }
 
 /// A human approved or rejected a proposal, or it expired.

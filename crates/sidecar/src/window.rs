@@ -82,9 +82,48 @@ impl<'de> Deserialize<'de> for MetricValues {
     }
 }
 
-/// Parse one JSON line into a sample.
+/// An EventBridge event as Glue emits it for a job run's end
+/// (<https://docs.aws.amazon.com/glue/latest/dg/automating-awsglue-with-cloudwatch-events.html>).
+#[derive(Debug, Deserialize)]
+struct Event {
+    #[serde(rename = "detail-type")]
+    detail_type: String,
+    time: String,
+    detail: EventDetail,
+}
+
+#[derive(Debug, Deserialize)]
+struct EventDetail {
+    #[serde(rename = "jobName")]
+    job_name: String,
+    state: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// A "Glue Job State Change" event as a sample of the pipeline named after
+/// the job (`detail.jobName`), at the event's `time`, carrying the counts of
+/// [`selfheal_core::evidence::run_ended`]: the run's end is evidence like any
+/// metric. Other event types are refused by name.
+fn parse_event(line: &[u8]) -> Result<SampleLine<'static>, String> {
+    let e: Event = serde_json::from_slice(line).map_err(|e| format!("an EventBridge event, but {e}"))?;
+    if e.detail_type != "Glue Job State Change" {
+        return Err(format!(
+            "an EventBridge event of type {:?}: only \"Glue Job State Change\" is understood",
+            e.detail_type
+        ));
+    }
+    let ts = crate::provenance::parse_time(&e.time, 0)?;
+    let metrics = selfheal_core::evidence::run_ended(&e.detail.state, &e.detail.message)?;
+    Ok(SampleLine { ts, pipeline: Cow::Owned(e.detail.job_name), stage: None, metrics: MetricValues(metrics) })
+}
+
+/// Parse one JSON line into a sample: a sample line, or a "Glue Job State
+/// Change" EventBridge event (recognised by its `detail-type` key).
 pub fn parse_line(line: &[u8]) -> Result<SampleLine<'_>, String> {
-    let s: SampleLine<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let is_event = line.windows(13).any(|w| w == b"\"detail-type\"");
+    let s: SampleLine<'_> =
+        if is_event { parse_event(line)? } else { serde_json::from_slice(line).map_err(|e| e.to_string())? };
     if s.pipeline.is_empty() {
         return Err("pipeline must not be empty".into());
     }
@@ -325,6 +364,24 @@ not json\n\
         let lines: Vec<usize> = r.rejected.iter().map(|(l, _)| *l).collect();
         assert_eq!(lines, vec![2, 3, 6]);
         assert!(r.rejected[1].1.contains("unknown metric \"nope\""), "{:?}", r.rejected);
+    }
+
+    #[test]
+    fn a_glue_job_state_change_event_is_a_sample_of_its_job() {
+        let text = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/field-cases/glue-job-state-change-failed.json"
+        ))
+        .expect("../shared/field-cases beside the repository");
+        let s = parse_line(text.trim_ascii()).unwrap();
+        assert_eq!(s.pipeline, "orders-etl");
+        assert_eq!(s.ts, 1_795_404_300_000, "2026-11-23T03:25:00Z");
+        let m = &s.metrics.0;
+        assert!(m.contains(&(Metric::RunsFailed, 1.0)) && m.contains(&(Metric::RunsFailedOom, 1.0)), "{m:?}");
+        let other = br#"{"detail-type": "EC2 Instance State-change Notification", "time": "2026-11-23T03:25:00Z", "detail": {"jobName": "x", "state": "FAILED"}}"#;
+        assert!(parse_line(other).unwrap_err().contains("only \"Glue Job State Change\""));
+        let bad_state = br#"{"detail-type": "Glue Job State Change", "time": "2026-11-23T03:25:00Z", "detail": {"jobName": "x", "state": "MELTED"}}"#;
+        assert!(parse_line(bad_state).unwrap_err().contains("MELTED"));
     }
 
     #[test]

@@ -39,6 +39,7 @@ fn decision(id: &str, ts_ms: i64, pipeline: &str, chosen: &str, verdict: &str) -
         reason: "confident, 412 visits, lead 0.75".into(),
         idempotency_key: Some(format!("{id}-key")),
         cause: Default::default(),
+        evidence: vec![],
     }
 }
 
