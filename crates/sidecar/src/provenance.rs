@@ -65,6 +65,9 @@ pub enum ProvenanceError {
 }
 
 /// One line of the provenance log. All records of one decision share its `id`.
+// Records live one at a time between the decision core and the writer (a
+// log read holds them in one Vec); a box per decision buys nothing there.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
