@@ -1,7 +1,7 @@
 //! Wiring: the concrete parts (simulator, oracle, encoder, policies) put
 //! together. The only place that knows them all.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use selfheal_agent::confidence::ConfidenceGate;
 use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{
@@ -93,6 +93,82 @@ pub fn learned(model: &ModelFile, s: &Scenario, detector: &DetectorModel) -> Res
     let (enc, shared) = encoder(&model.encoder.id, have.clone(), detector)?;
     let table = model.table(enc.as_ref())?;
     Ok((enc, GreedyPolicy::with_fallbacks(table, shared)))
+}
+
+/// The encoder configuration a sidecar decides with: the model's, with the
+/// worker ladder of the Glue actuator's pipelines where one is configured.
+///
+/// The state carries the worker level as a *position* in the ladder
+/// (`level_of` picks the nearest level), so a policy trained on the ladder
+/// `[5, 10, 20, 40]` serves a job whose ladder is `[2, 4, 8, 16]` as long as
+/// both have as many levels and the job's default workers sit at the model's
+/// base position. Everything is checked against everything: model against
+/// scenario and detector ([`learned`]), model against each actuator
+/// pipeline; every error names both sides and what to change.
+///
+/// # Errors
+/// A mismatch, with `config` (the config file's name) in the message.
+pub fn sidecar_encoder(
+    model: &ModelFile,
+    scenario: &Scenario,
+    detector: &DetectorModel,
+    actuator: &selfheal_sidecar::config::ActuatorConfig,
+    config: &str,
+) -> Result<EncoderConfig> {
+    learned(model, scenario, detector).with_context(|| {
+        format!(
+            "{config}: model.policy (trained on scenario {:?}) does not fit model.scenario ({}); set model.scenario \
+             to the scenario file the policy was trained on",
+            model.meta.scenario, scenario.name
+        )
+    })?;
+    let mut enc = model.encoder.config.clone();
+    let selfheal_sidecar::config::ActuatorConfig::Glue { pipelines } = actuator else { return Ok(enc) };
+    let mut ladder: Option<(&str, &Vec<u32>, u8)> = None;
+    for p in pipelines {
+        let Some(base) = p.worker_levels.iter().position(|w| *w == p.default_workers) else {
+            bail!(
+                "{config}: actuator.pipelines {:?}: default_workers = {} is not one of its worker_levels {:?}; \
+                 make it one of them",
+                p.name,
+                p.default_workers,
+                p.worker_levels
+            );
+        };
+        if p.worker_levels.len() != model.encoder.config.worker_levels.len() || base != usize::from(enc.base_level) {
+            bail!(
+                "{config}: actuator.pipelines {:?} has the worker ladder {:?} with default {} (level {} of {}), but \
+                 model.policy was trained for {} levels {:?} with base level {}; give the pipeline a ladder of {} \
+                 levels whose default is level {}, or train a policy for this ladder (a scenario with \
+                 workers = {:?}, base_level = {base})",
+                p.name,
+                p.worker_levels,
+                p.default_workers,
+                base,
+                p.worker_levels.len(),
+                enc.worker_levels.len(),
+                model.encoder.config.worker_levels,
+                enc.base_level,
+                enc.worker_levels.len(),
+                enc.base_level,
+                p.worker_levels
+            );
+        }
+        match ladder {
+            Some((other, levels, _)) if levels != &p.worker_levels => bail!(
+                "{config}: actuator.pipelines {other:?} and {:?} have different worker ladders ({levels:?} vs {:?}); \
+                 one sidecar decides with one ladder: run one sidecar per ladder",
+                p.name,
+                p.worker_levels
+            ),
+            _ => ladder = Some((&p.name, &p.worker_levels, base as u8)),
+        }
+    }
+    if let Some((_, levels, base)) = ladder {
+        enc.worker_levels = levels.clone();
+        enc.base_level = base;
+    }
+    Ok(enc)
 }
 
 /// Names of the policies `evaluate` knows, in report order.

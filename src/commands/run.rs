@@ -111,11 +111,13 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     let detector_model = defaults::detector(cfg.model.detector.as_deref())?;
     let checkpoint_path = cfg.daemon.checkpoint_path();
     let (model, from, grown_from) = starting_model(&cfg, resume)?;
-    // Checks the policy against the scenario's shape and the detector.
+    // Checks the policy against the scenario's shape, the detector and the
+    // actuator's worker ladder; decides with the actuator's ladder.
+    let enc_cfg = wiring::sidecar_encoder(&model, &scenario, &detector_model, &cfg.actuator, "the configuration")?;
     let (enc, _) = wiring::learned(&model, &scenario, &detector_model)?;
     let table = model.table(enc.as_ref())?;
-    tracing::info!(model = %from, states = table.visited_states().count(), "Q table loaded");
-    let enc_cfg = model.encoder.config.clone();
+    tracing::info!(model = %from, states = table.visited_states().count(), worker_levels = ?enc_cfg.worker_levels,
+        "Q table loaded");
     let detector: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector_model.clone()));
     let Some(kind) = EncoderKind::parse(&model.encoder.id) else {
         bail!("unknown encoder {:?}; this build knows {}", model.encoder.id, EncoderKind::known())
@@ -352,12 +354,21 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
             bail!("{}: source.path: {} does not exist", a.config.display(), path.display());
         }
     }
+    // The models against each other and against the actuator, as `run` loads them.
+    let name = a.config.display().to_string();
+    let model = defaults::policy(cfg.model.policy.as_deref()).with_context(|| format!("{name}: model.policy"))?;
+    let scenario =
+        defaults::scenario(cfg.model.scenario.as_deref()).with_context(|| format!("{name}: model.scenario"))?;
+    let detector =
+        defaults::detector(cfg.model.detector.as_deref()).with_context(|| format!("{name}: model.detector"))?;
+    let enc = wiring::sidecar_encoder(&model, &scenario, &detector, &cfg.actuator, &name)?;
     println!(
-        "{}: ok (mode {}, source {}, actuator {})",
+        "{}: ok (mode {}, source {}, actuator {}, worker levels {:?})",
         a.config.display(),
         cfg.guard.mode,
         source_kind(&cfg.source),
-        actuator_kind(&cfg.actuator)
+        actuator_kind(&cfg.actuator),
+        enc.worker_levels
     );
     Ok(())
 }

@@ -603,7 +603,10 @@ mod tests {
     fn example_parses_and_validates() {
         let cfg = SidecarConfig::from_toml_str(EXAMPLE, "example").unwrap();
         assert_eq!(cfg.guard.mode, Mode::Act);
-        assert!(cfg.notify.is_some());
+        assert!(cfg.notify.is_none(), "no active webhook pointing at a made-up address");
+        // Uncommented, the [notify] table parses and validates too.
+        let on = EXAMPLE.replace("# [notify]\n# url", "[notify]\nurl");
+        assert!(SidecarConfig::from_toml_str(&on, "example").unwrap().notify.is_some());
     }
 
     #[test]
