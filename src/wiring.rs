@@ -115,13 +115,21 @@ pub fn sidecar_encoder(
     actuator: &selfheal_sidecar::config::ActuatorConfig,
     config: &str,
 ) -> Result<EncoderConfig> {
-    learned(model, scenario, detector).with_context(|| {
-        format!(
-            "{config}: model.policy (trained on scenario {:?}) does not fit model.scenario ({}); set model.scenario \
-             to the scenario file the policy was trained on",
-            model.meta.scenario, scenario.name
-        )
-    })?;
+    let want = encoder_config(scenario);
+    let have = &model.encoder.config;
+    if have.worker_levels != want.worker_levels || have.base_level != want.base_level {
+        bail!(
+            "{config}: model.policy was trained on scenario {:?} for worker levels {:?} (base {}), but \
+             model.scenario ({}) has {:?} (base {}); set model.scenario to the scenario file the policy was trained on",
+            model.meta.scenario,
+            have.worker_levels,
+            have.base_level,
+            scenario.name,
+            want.worker_levels,
+            want.base_level
+        );
+    }
+    learned(model, scenario, detector).with_context(|| format!("{config}: model.policy against model.detector"))?;
     let mut enc = model.encoder.config.clone();
     let selfheal_sidecar::config::ActuatorConfig::Glue { pipelines } = actuator else { return Ok(enc) };
     let mut ladder: Option<(&str, &Vec<u32>, u8)> = None;

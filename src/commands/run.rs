@@ -8,7 +8,7 @@ use crate::{defaults, wiring};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use selfheal_agent::store::ModelFile;
-use selfheal_agent::{EncoderKind, QLearner, RulesPolicy};
+use selfheal_agent::{EncoderKind, QLearner, QTable, RulesPolicy};
 use selfheal_core::{Detector, Metric, StateEncoder};
 use selfheal_detect::telemetry::TelemetryDetector;
 use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
@@ -106,6 +106,15 @@ pub fn starting_model(cfg: &SidecarConfig, resume: bool) -> Result<(ModelFile, S
     Ok((m, checkpoint_path.display().to_string(), grown))
 }
 
+/// The checkpoint of `table`, grown from `model`: the model's own encoder
+/// configuration (the ladder the sidecar decides with is the deployment's,
+/// derived again at each start) and the identity it grew from.
+pub fn checkpoint_of(model: &ModelFile, grown_from: &str, describe: &dyn StateEncoder, table: &QTable) -> ModelFile {
+    let mut meta = model.meta.clone();
+    meta.grown_from = Some(grown_from.to_string());
+    ModelFile::new(meta, describe, model.encoder.config.clone(), table)
+}
+
 async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     let scenario = defaults::scenario(cfg.model.scenario.as_deref())?;
     let detector_model = defaults::detector(cfg.model.detector.as_deref())?;
@@ -183,7 +192,12 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
                 None => None,
             };
             let (tx, src) = HttpSource::channel(1024);
-            ingest = Some(Arc::new(Ingest::new(*window_secs as i64 * 1000, tx, token)));
+            let ing = Ingest::new(*window_secs as i64 * 1000, tx, token);
+            // Glue Job State Change events name the job: file them under its pipeline.
+            if let ActuatorConfig::Glue { pipelines } = &cfg.actuator {
+                ing.map_jobs(pipelines.iter().map(|p| (p.job_name.clone(), p.name.clone())));
+            }
+            ingest = Some(Arc::new(ing));
             Box::new(src)
         }
     };
@@ -195,11 +209,10 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
         ActuatorConfig::Command { commands } => Arc::new(CommandActuator::new(commands.clone())),
         ActuatorConfig::Glue { pipelines } => glue_actuator(&cfg, pipelines).await?,
     };
-    let mut meta = model.meta.clone();
-    meta.grown_from = Some(grown_from);
     let path = checkpoint_path.clone();
+    let base = model.clone();
     let checkpoint: Checkpoint = Arc::new(move |table| {
-        ModelFile::new(meta.clone(), describe.as_ref(), enc_cfg.clone(), table).save(&path).map_err(|e| e.to_string())
+        checkpoint_of(&base, &grown_from, describe.as_ref(), table).save(&path).map_err(|e| e.to_string())
     });
     let listener = tokio::net::TcpListener::bind(cfg.daemon.listen)
         .await
@@ -469,5 +482,31 @@ mod tests {
         assert!(err.contains("--resume-from-checkpoint"), "{err}");
         let (_, _, grown) = starting_model(&cfg, true).unwrap();
         assert_eq!(grown, "detector-v1/other/seed=9/episodes=10/states=1", "resuming keeps the lineage");
+    }
+
+    #[test]
+    fn a_sidecar_with_its_own_ladder_restarts_from_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = SidecarConfig::from_toml_str(
+            "[actuator]\nkind = \"glue\"\n[[actuator.pipelines]]\nname = \"orders\"\njob_name = \"orders-etl\"\n\
+             worker_levels = [2, 4, 8, 16]\ndefault_workers = 4\n",
+            "t.toml",
+        )
+        .unwrap();
+        cfg.daemon.state_dir = dir.path().to_path_buf();
+        let scenario = defaults::scenario(None).unwrap();
+        let detector = defaults::detector(None).unwrap();
+        let (model, _, grown) = starting_model(&cfg, false).unwrap();
+        let enc_cfg = wiring::sidecar_encoder(&model, &scenario, &detector, &cfg.actuator, "t").unwrap();
+        assert_eq!(enc_cfg.worker_levels, vec![2, 4, 8, 16]);
+        let (_, describe) = wiring::encoder(&model.encoder.id, enc_cfg, &detector).unwrap();
+        let (enc, _) = wiring::learned(&model, &scenario, &detector).unwrap();
+        let table = model.table(enc.as_ref()).unwrap();
+        checkpoint_of(&model, &grown, describe.as_ref(), &table).save(&cfg.daemon.checkpoint_path()).unwrap();
+        // The next start takes the checkpoint and still fits the deployment.
+        let (ck, from, _) = starting_model(&cfg, false).unwrap();
+        assert!(from.ends_with("policy.json") && from.contains(&dir.path().display().to_string()), "{from}");
+        let again = wiring::sidecar_encoder(&ck, &scenario, &detector, &cfg.actuator, "t");
+        assert!(again.is_ok(), "{:#}", again.unwrap_err());
     }
 }

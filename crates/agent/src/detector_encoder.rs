@@ -161,8 +161,9 @@ impl DetectorEncoder {
         }
     }
 
+    /// The nearest worker level; the base level when the count is absent.
     fn level_of(&self, t: &Telemetry) -> u32 {
-        let e = t.get(Metric::Executors);
+        let Some(e) = t.value(Metric::Executors) else { return u32::from(self.config.base_level) };
         let d = |w: &u32| (f64::from(*w) - e).abs();
         (0..self.config.worker_levels.len())
             .min_by(|a, b| d(&self.config.worker_levels[*a]).total_cmp(&d(&self.config.worker_levels[*b])))

@@ -115,16 +115,21 @@ pub fn diagnose(t: &Telemetry) -> Option<Finding> {
     if runs(Metric::RunsFailedAccess) {
         return Some(Finding::AccessDenied);
     }
-    let executor_heap = t.value(Metric::HeapUsage).unwrap_or(0.0);
-    if let Some(driver_heap) = t.value(Metric::DriverHeapUsage) {
+    // Both heaps measured: an absent executor heap is no evidence that the
+    // executors idle.
+    if let (Some(driver_heap), Some(executor_heap)) = (t.value(Metric::DriverHeapUsage), t.value(Metric::HeapUsage)) {
         if driver_heap >= executor_heap + DRIVER_LEAD {
             return Some(Finding::DriverMemory { driver_heap, executor_heap });
         }
     }
-    if let Some(executors) = t.value(Metric::Executors) {
-        let oom_errors = t.value(Metric::ErrorsOom).unwrap_or(0.0);
-        if executors <= 1.0 && (oom_errors > 0.0 || executor_heap >= 0.5) {
-            return Some(Finding::SingleExecutor { executors, heap: executor_heap, oom_errors });
+    // Exactly one active executor (0 is a job between runs). A job sized to
+    // one executor (2 G.1X workers: a driver and one executor) looks the
+    // same; there, too, scaling needs a person's say.
+    if let Some(executors) = t.value(Metric::Executors).filter(|e| (0.5..1.5).contains(e)) {
+        let heap = t.value(Metric::HeapUsage).unwrap_or(0.0);
+        let oom_errors = t.value(Metric::ErrorsOom).unwrap_or(0.0) + t.value(Metric::RunsFailedOom).unwrap_or(0.0);
+        if oom_errors > 0.0 || heap >= 0.5 {
+            return Some(Finding::SingleExecutor { executors, heap, oom_errors });
         }
     }
     runs(Metric::RunsFailedSchema).then_some(Finding::SchemaMismatch)
@@ -145,6 +150,9 @@ mod tests {
     fn a_busy_driver_with_idle_executors_is_a_driver_finding() {
         let mut t = glue(0.03, 9.0);
         assert_eq!(diagnose(&t), None, "no driver metric, no driver finding");
+        let mut no_executor_heap = Telemetry::default();
+        no_executor_heap.set(Metric::DriverHeapUsage, 0.9);
+        assert_eq!(diagnose(&no_executor_heap), None, "an absent executor heap is not an idle one");
         t.set(Metric::DriverHeapUsage, 0.3);
         let f = diagnose(&t).expect("driver heap well above the executors'");
         assert!(!f.escalate(), "0.30: not yet critical");
@@ -173,6 +181,7 @@ mod tests {
     fn one_executor_out_of_memory_is_a_single_executor_finding() {
         assert_eq!(diagnose(&glue(0.5, 9.0)), None, "many executors: scaling may help");
         assert_eq!(diagnose(&glue(0.3, 1.0)), None, "one idle executor: nothing to say");
+        assert_eq!(diagnose(&glue(0.9, 0.0)), None, "no executor: between runs");
         let f = diagnose(&glue(0.55, 1.0)).unwrap();
         assert!(!f.escalate());
         let mut t = glue(0.6, 1.0);

@@ -141,9 +141,11 @@ impl TelemetryEncoder {
         }
     }
 
-    /// The worker level whose count is nearest the executors in the window.
+    /// The worker level whose count is nearest the executors in the window;
+    /// the base level when the window has no executor count (absent is not
+    /// "below normal", which would invite a scale-up).
     pub fn level_of(&self, t: &Telemetry) -> u32 {
-        let e = t.get(Metric::Executors);
+        let Some(e) = t.value(Metric::Executors) else { return u32::from(self.config.base_level) };
         let mut best = 0;
         for (i, w) in self.config.worker_levels.iter().enumerate() {
             if (f64::from(*w) - e).abs() < (f64::from(self.config.worker_levels[best]) - e).abs() {

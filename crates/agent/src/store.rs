@@ -267,6 +267,12 @@ impl ModelFile {
                     message: format!("state {} has {} Q values, expected {}", row.id, row.q.len(), Action::COUNT),
                 });
             }
+            if let Some(online) = row.online.as_ref().filter(|o| o.len() != Action::COUNT) {
+                return Err(StoreError::Mismatch {
+                    path,
+                    message: format!("state {} has {} online counts, expected {}", row.id, online.len(), Action::COUNT),
+                });
+            }
         }
         Ok(m)
     }
@@ -460,6 +466,11 @@ mod tests {
         assert_eq!((back.state_visits(7), back.online_visits(7)[Action::Restart.index()]), (0, 50));
         assert_eq!(back.visits(42), m.table(&enc).unwrap().visits(42));
         assert!(ck.meta.grown_from.as_deref().unwrap().starts_with("telemetry-v1/default/seed=7/episodes=10/"));
+        // A malformed online array is refused, not a panic.
+        let bad = ck.to_json().replacen("\"online\":[0,0,0,0,0,0,0,50,0,0]", "\"online\":[50]", 1);
+        assert_ne!(bad, ck.to_json(), "the test edits the online counts");
+        let err = ModelFile::from_json(&bad, "ck.json").unwrap_err().to_string();
+        assert!(err.contains("online counts"), "{err}");
     }
 
     #[test]

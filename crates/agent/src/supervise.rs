@@ -108,20 +108,24 @@ pub struct Inputs<'a> {
 pub struct Supervisor {
     gate: ConfidenceGate,
     watchdog: Watchdog,
-    /// The finding a person was paged about, until a window shows none.
+    /// The finding a person was paged about, until `clear_after` windows in
+    /// a row show none (as the watchdog ends an incident).
     paged_for: Option<&'static str>,
+    /// Consecutive windows without a finding.
+    no_finding: u32,
 }
 
 impl Supervisor {
     /// A supervisor with this gate and watchdog.
     pub fn new(gate: ConfidenceGate, watchdog: WatchdogConfig) -> Supervisor {
-        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None }
+        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None, no_finding: 0 }
     }
 
     /// Forget the current incident.
     pub fn reset(&mut self) {
         self.watchdog.reset();
         self.paged_for = None;
+        self.no_finding = 0;
     }
 
     /// The watchdog (its incident memory).
@@ -136,9 +140,13 @@ impl Supervisor {
         // Step 4: evidence. A finding scaling cannot fix pages once and vetoes
         // scaling up.
         let Some(f) = i.finding else {
-            self.paged_for = None;
+            self.no_finding += 1;
+            if self.no_finding >= self.watchdog.config().clear_after {
+                self.paged_for = None;
+            }
             return choice;
         };
+        self.no_finding = 0;
         if f.escalate() && self.paged_for != Some(f.name()) && i.mask.allows(Action::Escalate) {
             self.paged_for = Some(f.name());
             return Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate };

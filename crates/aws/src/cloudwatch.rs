@@ -108,7 +108,8 @@ impl CloudWatchSource {
     pub fn new(client: Client, cfg: CloudWatchConfig, now_secs: i64, seed: u64) -> CloudWatchSource {
         let metrics = match &cfg.metrics {
             Some(names) => names.iter().filter_map(|n| Metric::from_name(n)).collect(),
-            None => Metric::ALL.to_vec(),
+            // Evidence the product derives itself (`selfheal.*`) is not in CloudWatch.
+            None => Metric::ALL.iter().copied().filter(|m| !m.name().starts_with("selfheal.")).collect(),
         };
         let period = i64::from(cfg.period_secs.max(1));
         let start = now_secs - cfg.lookback_secs as i64;

@@ -24,7 +24,7 @@ pub enum RunFailure {
     OutOfMemory,
     /// The data does not match the schema the job reads.
     SchemaMismatch,
-    /// A source or sink could not be reached, or the run timed out.
+    /// A source or sink could not be reached, or a call to it timed out.
     Connection,
     /// A service throttled the job.
     Throttling,
@@ -58,7 +58,6 @@ const PATTERNS: [(RunFailure, &[&str]); 5] = [
     (
         RunFailure::SchemaMismatch,
         &[
-            "analysisexception",
             "cannot resolve",
             "schema mismatch",
             "does not exist in schema",
@@ -117,14 +116,15 @@ impl RunFailure {
 
 /// The counts one ended run adds to its period's window: nothing for a run
 /// that `SUCCEEDED` or was `STOPPED` (by a person or an action), else
-/// [`Metric::RunsFailed`], the class's count, and for an out-of-memory
-/// failure Glue's own error categories (`glue.error.ALL`,
-/// `glue.error.OUT_OF_MEMORY_ERROR`). `TIMEOUT` is a connection-class failure
-/// whatever the message. Unknown states are an error naming them.
+/// [`Metric::RunsFailed`] and the class's count (Glue's own `glue.error.*`
+/// metrics are left to Glue: an event must not overwrite or double them).
+/// A `TIMEOUT` is the job's own run-time limit (a stuck or under-sized run),
+/// counted as failed with no class whatever the message. Unknown states are
+/// an error naming them.
 pub fn run_ended(state: &str, message: &str) -> Result<Vec<(Metric, f64)>, String> {
     let class = match state {
         "SUCCEEDED" | "STOPPED" | "STOPPING" | "RUNNING" | "STARTING" | "WAITING" => return Ok(Vec::new()),
-        "TIMEOUT" => RunFailure::Connection,
+        "TIMEOUT" => RunFailure::Other,
         "FAILED" | "ERROR" => RunFailure::classify(message),
         other => {
             return Err(format!(
@@ -135,10 +135,6 @@ pub fn run_ended(state: &str, message: &str) -> Result<Vec<(Metric, f64)>, Strin
     };
     let mut out = vec![(Metric::RunsFailed, 1.0)];
     out.extend(class.metric().map(|m| (m, 1.0)));
-    if class == RunFailure::OutOfMemory {
-        out.push((Metric::ErrorsAll, 1.0));
-        out.push((Metric::ErrorsOom, 1.0));
-    }
     Ok(out)
 }
 

@@ -124,7 +124,7 @@ metrics! {
     RunsFailedOom = "selfheal.glue.runsFailed.outOfMemory", Transform;
     /// Of them, a schema mismatch (`AnalysisException: cannot resolve …`, …).
     RunsFailedSchema = "selfheal.glue.runsFailed.schemaMismatch", Transform;
-    /// Of them, a connection failure or timeout (including the run's own `TIMEOUT`).
+    /// Of them, a source or sink unreachable, or a call to it timed out.
     RunsFailedConnection = "selfheal.glue.runsFailed.connection", Transform;
     /// Of them, throttled by a service (`Rate exceeded`, `SlowDown`, …).
     RunsFailedThrottling = "selfheal.glue.runsFailed.throttling", Transform;

@@ -149,6 +149,9 @@ struct PendingReward {
     action: Action,
     acc: f64,
     windows: u32,
+    /// A window of the wait lacked the reward's inputs: the wait runs its
+    /// course (no new action meanwhile) but teaches nothing.
+    spoiled: bool,
 }
 
 struct Pipeline {
@@ -231,6 +234,8 @@ pub struct Controller {
     clock_ms: u64,
     in_flight: std::collections::HashSet<String>,
     updates_since_checkpoint: u64,
+    /// The metrics the detector and the reward read.
+    expected: Vec<Metric>,
     /// Counters for `/metrics`.
     pub stats: Stats,
 }
@@ -244,7 +249,12 @@ impl Controller {
     pub fn new(cfg: DecideConfig, parts: Parts, run: String) -> Controller {
         let budget = Budget::new(cfg.budget);
         let rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
+        let mut expected = parts.detector.inputs();
+        expected.extend_from_slice(parts.reward.inputs());
+        expected.sort();
+        expected.dedup();
         Controller {
+            expected,
             cfg,
             parts,
             pipelines: HashMap::new(),
@@ -325,12 +335,8 @@ impl Controller {
         p.windows += 1;
         t.present().for_each(|m| p.seen[m.index()] = true);
         if p.windows >= EXPECT_AFTER {
-            let mut expected = self.parts.detector.inputs();
-            expected.extend_from_slice(self.parts.reward.inputs());
-            expected.sort();
-            expected.dedup();
             let missing: Vec<&'static str> =
-                expected.into_iter().filter(|m| !p.seen[m.index()]).map(Metric::name).collect();
+                self.expected.iter().filter(|m| !p.seen[m.index()]).map(|m| m.name()).collect();
             let before = self.stats.missing.get(&w.pipeline);
             if p.windows == EXPECT_AFTER && !missing.is_empty() {
                 tracing::warn!(pipeline = %w.pipeline, missing = ?missing, windows = p.windows,
@@ -355,17 +361,19 @@ impl Controller {
         let unknown = |pend: &PendingReward| pend.id.as_ref().is_some_and(|id| self.in_flight.contains(id));
         // No reward without its inputs: such a window teaches nothing.
         let computable = self.parts.reward.computable(t);
-        let pending = p.pending.take().filter(|pend| !unknown(pend));
-        if pending.is_some() && !computable {
-            self.stats.rewards_skipped += 1;
-        }
-        if let Some(mut pend) = pending.filter(|_| computable) {
-            let r = self.parts.reward.reward(pend.action, t);
-            pend.acc += self.parts.learner.params().gamma.powi(pend.windows as i32) * r;
+        if let Some(mut pend) = p.pending.take().filter(|pend| !unknown(pend)) {
+            if !computable && !pend.spoiled {
+                pend.spoiled = true;
+                self.stats.rewards_skipped += 1;
+            }
+            if !pend.spoiled {
+                let r = self.parts.reward.reward(pend.action, t);
+                pend.acc += self.parts.learner.params().gamma.powi(pend.windows as i32) * r;
+            }
             pend.windows += 1;
             if pend.windows < self.cfg.reward_windows {
                 p.pending = Some(pend);
-            } else {
+            } else if !pend.spoiled {
                 let i = pend.action.index();
                 let q_before = self.parts.learner.table().row(pend.state)[i];
                 self.parts.learner.update_online(&Transition {
@@ -462,7 +470,8 @@ impl Controller {
         let id = if logged || plan.is_some() { Some(self.next_id()) } else { None };
         if self.cfg.learn && !settling {
             let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
-            p.pending = Some(PendingReward { id: id.clone(), state, action: executed, acc: 0.0, windows: 0 });
+            p.pending =
+                Some(PendingReward { id: id.clone(), state, action: executed, acc: 0.0, windows: 0, spoiled: false });
         }
         *self.stats.decisions.entry((chosen.name().to_string(), verdict.to_string())).or_default() += 1;
         let Some(id) = id else { return out };

@@ -80,6 +80,12 @@ pub struct Ingest {
 }
 
 impl Ingest {
+    /// File events about Glue job `job_name` under pipeline `name` (see
+    /// [`Assembler::map_jobs`]).
+    pub fn map_jobs(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.asm.lock().expect("assembler lock").map_jobs(pairs);
+    }
+
     /// Windows of `period_ms` go to `tx`; `token` is the bearer token required, if any.
     pub fn new(period_ms: i64, tx: mpsc::Sender<Vec<Window>>, token: Option<String>) -> Ingest {
         Ingest {

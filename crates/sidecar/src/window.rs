@@ -50,6 +50,10 @@ pub struct SampleLine<'a> {
     pub stage: Option<Cow<'a, str>>,
     /// Metric name → value, names as in `selfheal config --metrics`.
     pub metrics: MetricValues,
+    /// Made from an event (a job run's end), not measured: its counts are
+    /// added to the open window of the pipeline ([`Assembler::push_event`]).
+    #[serde(skip)]
+    pub event: bool,
 }
 
 /// The metrics of one sample, checked as they are parsed: known names, finite values.
@@ -101,8 +105,9 @@ struct EventDetail {
     message: String,
 }
 
-/// A "Glue Job State Change" event as a sample of the pipeline named after
-/// the job (`detail.jobName`), at the event's `time`, carrying the counts of
+/// A "Glue Job State Change" event as a sample of the job `detail.jobName`
+/// (the assembler files it under the pipeline whose job that is), at the
+/// event's `time`, carrying the counts of
 /// [`selfheal_core::evidence::run_ended`]: the run's end is evidence like any
 /// metric. Other event types are refused by name.
 fn parse_event(line: &[u8]) -> Result<SampleLine<'static>, String> {
@@ -115,7 +120,13 @@ fn parse_event(line: &[u8]) -> Result<SampleLine<'static>, String> {
     }
     let ts = crate::provenance::parse_time(&e.time, 0)?;
     let metrics = selfheal_core::evidence::run_ended(&e.detail.state, &e.detail.message)?;
-    Ok(SampleLine { ts, pipeline: Cow::Owned(e.detail.job_name), stage: None, metrics: MetricValues(metrics) })
+    Ok(SampleLine {
+        ts,
+        pipeline: Cow::Owned(e.detail.job_name),
+        stage: None,
+        metrics: MetricValues(metrics),
+        event: true,
+    })
 }
 
 /// Parse one JSON line into a sample: a sample line, or a "Glue Job State
@@ -150,6 +161,9 @@ pub enum Refused {
 
 /// Periods a level metric may go unreported before it is treated as absent.
 pub const STALE_PERIODS: i64 = 5;
+/// ... and never less than this (ms): a replay assembled sample by sample
+/// (a period of 1 ms) still carries a level through a few missing rows.
+pub const STALE_MIN_MS: i64 = 5 * 60_000;
 
 /// One pipeline's open window and what carries into the next period (see
 /// the module doc): shared by the push assembler and the CloudWatch source.
@@ -185,6 +199,15 @@ impl Carry {
         }
     }
 
+    /// Counts added to the open period (levels set): evidence folded in.
+    pub fn add(&mut self, metrics: &[(Metric, f64)]) {
+        for &(m, v) in metrics {
+            let v = if m.is_count() { self.telemetry.value(m).unwrap_or(0.0) + v } else { v };
+            self.telemetry.set(m, v);
+            self.seen[m.index()] = self.start;
+        }
+    }
+
     /// Move to the period starting at `start` (ms): counts of the pipeline
     /// read 0 until reported, levels carry over until stale.
     pub fn roll(&mut self, start: i64, period_ms: i64) {
@@ -194,7 +217,7 @@ impl Carry {
             }
             if m.is_count() {
                 self.telemetry.set(m, 0.0);
-            } else if start - self.seen[m.index()] > STALE_PERIODS * period_ms {
+            } else if start - self.seen[m.index()] > (STALE_PERIODS * period_ms).max(STALE_MIN_MS) {
                 self.telemetry.clear(m);
             }
         }
@@ -207,12 +230,31 @@ impl Carry {
 pub struct Assembler {
     period_ms: i64,
     open: HashMap<String, Carry>,
+    /// Glue job name → the pipeline that watches it (events name jobs).
+    jobs: HashMap<String, String>,
 }
 
 impl Assembler {
     /// Windows of `period_ms` (at least 1).
     pub fn new(period_ms: i64) -> Assembler {
-        Assembler { period_ms: period_ms.max(1), open: HashMap::new() }
+        Assembler { period_ms: period_ms.max(1), open: HashMap::new(), jobs: HashMap::new() }
+    }
+
+    /// File events about Glue job `job` under `pipeline` (the configured
+    /// `job_name` → `name` pairs); a job not listed is its own pipeline.
+    pub fn map_jobs(&mut self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.jobs.extend(pairs);
+    }
+
+    /// Fold an event's counts into its pipeline's open window. An event
+    /// neither closes a window nor is refused as late: EventBridge delivers
+    /// seconds after the fact and clocks differ, and a run's failure is
+    /// evidence whenever it arrives. Counts add up (two failed runs in one
+    /// period count 2).
+    pub fn push_event(&mut self, job: &str, ts: i64, metrics: &[(Metric, f64)]) {
+        let pipeline = self.jobs.get(job).cloned().unwrap_or_else(|| job.to_string());
+        let start = ts - ts.rem_euclid(self.period_ms);
+        self.open.entry(pipeline).or_insert_with(|| Carry::new(start)).add(metrics);
     }
 
     /// Add a sample; returns the window it closed, if any.
@@ -288,6 +330,11 @@ pub struct Ingested {
 pub fn assemble(asm: &mut Assembler, samples: &[(usize, SampleLine<'_>)], refused: Numbered<String>) -> Ingested {
     let mut out = Ingested { rejected: refused, ..Ingested::default() };
     for (line, s) in samples {
+        if s.event {
+            asm.push_event(&s.pipeline, s.ts, &s.metrics.0);
+            out.accepted += 1;
+            continue;
+        }
         match asm.push(&s.pipeline, s.ts, &s.metrics.0) {
             Ok(w) => {
                 out.accepted += 1;
@@ -327,15 +374,15 @@ mod tests {
         let w = a.push("p", 120_000, &[]).unwrap().unwrap();
         assert_eq!(w.telemetry.value(Metric::Errors5xx), Some(0.0), "no datapoint for a count: nothing happened");
         assert_eq!(w.telemetry.value(Metric::HeapUsage), Some(0.5), "a level carries over");
-        let mut last = w;
-        for i in 3..=8 {
-            if let Some(w) = a.push("p", i * 60_000, &[]).unwrap() {
-                last = w;
-            }
+        // Reported at period 0: still there in period 5, gone in period 6.
+        let mut ws = vec![w];
+        for i in 3..=7 {
+            ws.extend(a.push("p", i * 60_000, &[]).unwrap());
         }
-        assert_eq!(last.ts_ms, 7 * 60_000);
-        assert!(!last.telemetry.is_present(Metric::HeapUsage), "unreported for over {STALE_PERIODS} periods: absent");
-        assert_eq!(last.telemetry.value(Metric::Errors5xx), Some(0.0));
+        let at = |k: i64| ws.iter().find(|w| w.ts_ms == k * 60_000).unwrap();
+        assert!(at(5).telemetry.is_present(Metric::HeapUsage), "{STALE_PERIODS} periods: still carried");
+        assert!(!at(6).telemetry.is_present(Metric::HeapUsage), "unreported for over {STALE_PERIODS} periods: absent");
+        assert_eq!(at(6).telemetry.value(Metric::Errors5xx), Some(0.0));
     }
 
     #[test]
@@ -382,6 +429,22 @@ not json\n\
         assert!(parse_line(other).unwrap_err().contains("only \"Glue Job State Change\""));
         let bad_state = br#"{"detail-type": "Glue Job State Change", "time": "2026-11-23T03:25:00Z", "detail": {"jobName": "x", "state": "MELTED"}}"#;
         assert!(parse_line(bad_state).unwrap_err().contains("MELTED"));
+    }
+
+    #[test]
+    fn events_fold_into_the_open_window_of_their_jobs_pipeline() {
+        let mut a = Assembler::new(60_000);
+        a.map_jobs([("orders-etl".to_string(), "orders".to_string())]);
+        a.push("orders", 60_000, &[(LAT, 10.0)]).unwrap();
+        // Late (an earlier period) and early (a later one): neither refused nor closing.
+        a.push_event("orders-etl", 30_000, &[(Metric::RunsFailed, 1.0)]);
+        a.push_event("orders-etl", 200_000, &[(Metric::RunsFailed, 1.0), (Metric::RunsFailedOom, 1.0)]);
+        let w = a.push("orders", 120_000, &[(LAT, 11.0)]).unwrap().expect("the metric sample closes the window");
+        assert_eq!(w.pipeline, "orders");
+        assert_eq!(w.telemetry.value(Metric::RunsFailed), Some(2.0), "two failed runs count 2");
+        assert_eq!(w.telemetry.value(Metric::RunsFailedOom), Some(1.0));
+        assert_eq!(w.telemetry.get(LAT), 10.0);
+        assert!(a.drain().iter().all(|w| w.pipeline == "orders"), "no pipeline named after the job");
     }
 
     #[test]
