@@ -106,18 +106,23 @@ pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
 /// Rejects parameters the detector cannot run with (or would silently score
 /// every row 0 with).
 fn check_params(p: &StreamParams) -> Result<()> {
-    anyhow::ensure!(p.features.halflife > 0.0, "features.halflife must be > 0");
-    anyhow::ensure!(p.features.clip >= 0.0, "features.clip must be >= 0");
+    anyhow::ensure!(p.context.window >= 1, "context.window must be >= 1");
+    anyhow::ensure!(p.context.shingle >= 1, "context.shingle must be >= 1");
+    anyhow::ensure!((0.0..=1.0).contains(&p.context.season_weight), "context.season_weight must be in [0, 1]");
     anyhow::ensure!(p.forest.n_trees >= 1, "forest.n_trees must be >= 1");
     anyhow::ensure!(p.forest.sample_size >= 2, "forest.sample_size must be >= 2");
     anyhow::ensure!(
-        p.forest.extension_level <= p.features.shingle,
-        "forest.extension_level must be <= features.shingle (the vectors have shingle + 1 dimensions)"
+        p.forest.extension_level <= p.context.shingle + 1,
+        "forest.extension_level must be <= context.shingle + 1 (the vectors have shingle + 2 dimensions)"
     );
     anyhow::ensure!((0.0..=1.0).contains(&p.probation), "probation must be in [0, 1]");
     anyhow::ensure!((0.0..=1.0).contains(&p.normal_quantile), "normal_quantile must be in [0, 1]");
     anyhow::ensure!(p.memory >= 1, "memory must be >= 1");
-    anyhow::ensure!(p.refit_every >= 1 && p.short >= 1 && p.long >= 1, "refit_every, short and long must be >= 1");
+    anyhow::ensure!(
+        p.refit_every >= 1 && p.average >= 1 && p.history >= 1,
+        "refit_every, average and history must be >= 1"
+    );
+    anyhow::ensure!(p.rest >= 0.0, "rest must be >= 0");
     Ok(())
 }
 
