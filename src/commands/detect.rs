@@ -169,7 +169,7 @@ pub enum TimeIssue {
     Gap,
 }
 
-/// A step longer than this many median steps is a gap.
+/// A step past the latest time so far longer than this many median steps is a gap.
 pub const GAP_FACTOR: i64 = 4;
 
 /// One row with an odd time.
@@ -327,19 +327,24 @@ pub fn read_series(path: &Path, strict: bool) -> Result<Series> {
     if !steps.is_empty() {
         let mid = steps.len() / 2;
         let median = *steps.select_nth_unstable(mid).1;
-        for (i, w) in s.stamps.windows(2).enumerate() {
-            if w[1] - w[0] > GAP_FACTOR * median {
-                let minutes = (w[1] - w[0]) as f64 / 60_000.0;
+        // Against the latest time so far, so the row after one that went back
+        // is not a gap.
+        let mut latest = s.stamps[0];
+        for i in 1..s.stamps.len() {
+            let step = s.stamps[i] - latest;
+            if step > GAP_FACTOR * median {
                 s.warnings.push(TimeWarning {
-                    line: lines[i + 1],
+                    line: lines[i],
                     issue: TimeIssue::Gap,
                     message: format!(
-                        "a gap of {minutes:.1} min after {:?} (the median step is {:.1} min); scored in file order",
-                        s.timestamps[i],
+                        "a gap of {:.1} min after {:?} (the median step is {:.1} min); scored in file order",
+                        step as f64 / 60_000.0,
+                        s.timestamps[i - 1],
                         median as f64 / 60_000.0
                     ),
                 });
             }
+            latest = latest.max(s.stamps[i]);
         }
         s.warnings.sort_by_key(|w| w.line);
     }

@@ -422,9 +422,9 @@ fn table(r: &Report) -> String {
         r.source
     );
     out.push_str(&format!("Normalised over {}.\nThreshold: {}.\n\n", r.normalisation, r.threshold));
-    out.push_str(&format!("{:<40} {:>9} {:>9} {:>9}\n", "selfheal (this run)", "standard", "low FP", "low FN"));
+    out.push_str(&format!("{:<52} {:>9} {:>9} {:>9}\n", "selfheal (this run)", "standard", "low FP", "low FN"));
     let p = |f: &dyn Fn(usize) -> String| (0..3).map(f).collect::<Vec<_>>();
-    let row = |name: &str, v: Vec<String>| format!("{name:<40} {:>9} {:>9} {:>9}\n", v[0], v[1], v[2]);
+    let row = |name: &str, v: Vec<String>| format!("{name:<52} {:>9} {:>9} {:>9}\n", v[0], v[1], v[2]);
     out.push_str(&row("the set, one threshold", p(&|i| score(r.profiles[i].score))));
     out.push_str(&row("  threshold", p(&|i| threshold(r.profiles[i].threshold))));
     for c in &r.categories {

@@ -58,6 +58,14 @@ pub fn score_series(params: &StreamParams, stamps: &[Option<i64>], values: &[f64
     stamps.iter().zip(values).map(|(t, x)| d.push_at(*t, *x)).collect()
 }
 
+/// [`score_series`] with the crate's scorer in place of the flat one
+/// ([`StreamDetector::with_reference_scorer`]), for benchmarks.
+pub fn score_series_reference(params: &StreamParams, stamps: &[Option<i64>], values: &[f64]) -> Vec<f64> {
+    assert_eq!(stamps.len(), values.len(), "one time per value");
+    let mut d = StreamDetector::with_reference_scorer(*params, values.len());
+    stamps.iter().zip(values).map(|(t, x)| d.push_at(*t, *x)).collect()
+}
+
 /// NAB's outcome over a set of categories, with one threshold for the set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SetScore {

@@ -47,11 +47,12 @@
 
 use crate::context::{ContextParams, SeriesContext};
 use crate::flat::FlatForest;
-use crate::forest::{ForestParams, ForestRepr};
+use crate::forest::{CrateForest, ForestParams, ForestRepr};
 use crate::likelihood::{Likelihood, LikelihoodParams};
 use selfheal_core::seeds::mix;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 /// Parameters of the streaming detector.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -120,6 +121,32 @@ impl Default for StreamParams {
     }
 }
 
+/// The forest's scorer: the flat one, or the crate's (the reference, for
+/// benchmarks: same scores, slower).
+#[derive(Clone)]
+enum Scorer {
+    Flat(FlatForest),
+    Crate(Arc<CrateForest>),
+}
+
+impl Scorer {
+    fn score(&self, x: &[f64]) -> f64 {
+        match self {
+            Scorer::Flat(f) => f.score(x),
+            Scorer::Crate(f) => f.score(x),
+        }
+    }
+}
+
+impl std::fmt::Debug for Scorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scorer::Flat(flat) => write!(f, "Flat({} nodes)", flat.node_count()),
+            Scorer::Crate(_) => write!(f, "Crate"),
+        }
+    }
+}
+
 /// The streaming detector of one series.
 #[derive(Clone, Debug)]
 pub struct StreamDetector {
@@ -132,7 +159,8 @@ pub struct StreamDetector {
     held: Vec<(Option<i64>, f64)>,
     normal: VecDeque<Vec<f64>>,
     normal_cut: f64,
-    forest: Option<FlatForest>,
+    forest: Option<Scorer>,
+    reference: bool,
     refits: u64,
     likelihood: Likelihood,
     likelihood_long: Option<Likelihood>,
@@ -164,6 +192,7 @@ impl StreamDetector {
             normal: VecDeque::with_capacity(params.memory.min(1 << 16)),
             normal_cut: f64::INFINITY,
             forest: None,
+            reference: false,
             refits: 0,
             likelihood: Likelihood::new(lp),
             likelihood_long: (params.average_long > 0)
@@ -173,6 +202,14 @@ impl StreamDetector {
             vector: Vec::new(),
             params,
         }
+    }
+
+    /// The same detector scoring with the `extended-isolation-forest` crate's
+    /// own `Forest::score` instead of the flat scorer (same trees, same
+    /// scores to 1e-9; for benchmarks). Forests of more than 16 dimensions
+    /// keep the flat scorer.
+    pub fn with_reference_scorer(params: StreamParams, rows: usize) -> StreamDetector {
+        StreamDetector { reference: true, ..StreamDetector::new(params, rows) }
     }
 
     /// Rows in probation.
@@ -185,7 +222,7 @@ impl StreamDetector {
         self.context.seasonal()
     }
 
-    fn grow(&mut self, points: &[Vec<f64>]) -> Option<FlatForest> {
+    fn grow(&mut self, points: &[Vec<f64>]) -> Option<Scorer> {
         let sample = self.params.forest.sample_size.min(points.len());
         if sample < 2 {
             return None;
@@ -193,7 +230,13 @@ impl StreamDetector {
         let fp =
             ForestParams { sample_size: sample, seed: mix(self.params.forest.seed, self.refits), ..self.params.forest };
         self.refits += 1;
-        ForestRepr::grow(points, &fp).ok().map(|r| FlatForest::compile(&r))
+        let repr = ForestRepr::grow(points, &fp).ok()?;
+        if self.reference {
+            if let Ok(f) = CrateForest::from_repr(&repr) {
+                return Some(Scorer::Crate(Arc::new(f)));
+            }
+        }
+        Some(Scorer::Flat(FlatForest::compile(&repr)))
     }
 
     /// End of probation: decide the season, replay the probation, seed the
