@@ -55,14 +55,15 @@ pub struct ContextParams {
 }
 
 impl Default for ContextParams {
+    /// The streaming detector's defaults (chosen with its other parameters).
     fn default() -> Self {
         ContextParams {
-            window: 288,
+            window: 576,
             long_window: 0,
-            shingle: 2,
-            season_bins: 48,
+            shingle: 1,
+            season_bins: 24,
             season_strength: 0.3,
-            season_weight: 0.1,
+            season_weight: 0.05,
         }
     }
 }
@@ -272,7 +273,7 @@ mod tests {
     #[test]
     fn a_value_usual_by_level_but_not_for_the_time_of_day_stands_out() {
         let (t, v) = day_series(6, 5);
-        let mut c = SeriesContext::new(ContextParams::default());
+        let mut c = SeriesContext::new(ContextParams { shingle: 2, ..ContextParams::default() });
         c.decide_season(&t[..864], &v[..864]);
         let mut out = Vec::new();
         let mut calm: f64 = 0.0;
@@ -290,7 +291,7 @@ mod tests {
 
     #[test]
     fn level_shifts_are_absorbed_and_constants_stay_finite() {
-        let mut c = SeriesContext::new(ContextParams { window: 50, ..ContextParams::default() });
+        let mut c = SeriesContext::new(ContextParams { window: 50, shingle: 2, ..ContextParams::default() });
         let mut out = Vec::new();
         for i in 0..200 {
             c.push(None, if i < 100 { 10.0 } else { 1000.0 } + (i % 3) as f64, &mut out);
@@ -300,7 +301,7 @@ mod tests {
             }
         }
         assert!(out[0].abs() < 1.5, "absorbed: {out:?}");
-        let mut c = SeriesContext::new(ContextParams::default());
+        let mut c = SeriesContext::new(ContextParams { shingle: 2, ..ContextParams::default() });
         for _ in 0..100 {
             c.push(Some(0), 5.0, &mut out);
             assert_eq!(out, vec![0.0; 4]);

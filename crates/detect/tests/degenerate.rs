@@ -97,7 +97,8 @@ fn the_two_level_field_case_is_quick() {
 #[test]
 fn same_input_and_seed_same_scores_another_seed_other_scores() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
-    let mut values: Vec<f64> = (0..5000).map(|i| 50.0 + 10.0 * (i as f64 * 0.02).sin() + rng.gen_range(-1.0..1.0)).collect();
+    let mut values: Vec<f64> =
+        (0..5000).map(|i| 50.0 + 10.0 * (i as f64 * 0.02).sin() + rng.gen_range(-1.0..1.0)).collect();
     values[4000] = 90.0;
     let t = stamps(values.len());
     let p = StreamParams::default();
