@@ -330,11 +330,11 @@ pub fn read_series(path: &Path, strict: bool) -> Result<Series> {
         // Against the latest time so far, so the row after one that went back
         // is not a gap.
         let mut latest = s.stamps[0];
-        for i in 1..s.stamps.len() {
-            let step = s.stamps[i] - latest;
+        for (i, (&t, &line)) in s.stamps.iter().zip(&lines).enumerate().skip(1) {
+            let step = t - latest;
             if step > GAP_FACTOR * median {
                 s.warnings.push(TimeWarning {
-                    line: lines[i],
+                    line,
                     issue: TimeIssue::Gap,
                     message: format!(
                         "a gap of {:.1} min after {:?} (the median step is {:.1} min); scored in file order",
@@ -344,7 +344,7 @@ pub fn read_series(path: &Path, strict: bool) -> Result<Series> {
                     ),
                 });
             }
-            latest = latest.max(s.stamps[i]);
+            latest = latest.max(t);
         }
         s.warnings.sort_by_key(|w| w.line);
     }

@@ -139,7 +139,11 @@ pub fn cross_validate(cats: &[&Category], scores: &[Vec<Vec<Vec<f64>>>], profile
             for (k, s) in scores.iter().enumerate() {
                 let ts: Vec<&Vec<Vec<f64>>> = train.iter().map(|c| &s[*c]).collect();
                 let r = score_set(&tc, &ts, profile);
-                if best.as_ref().map_or(true, |(_, b)| r.normalized > b.normalized) {
+                let better = match &best {
+                    None => true,
+                    Some((_, b)) => r.normalized > b.normalized,
+                };
+                if better {
                     best = Some((k, r));
                 }
             }
