@@ -1,7 +1,7 @@
 //! The analysis layer: from a metric stream to an anomaly score, an anomalous
 //! flag and a failure signature.
 //!
-//! - [`features`]: streaming feature windows, O(1) per sample;
+//! - [`features`]: feature windows of pipeline telemetry, O(1) per window;
 //! - [`forest`]: isolation forests grown by the algorithm of the
 //!   `extended-isolation-forest` crate, but from a seeded RNG, and exchanged with
 //!   the crate through its serde representation;

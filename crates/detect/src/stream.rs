@@ -15,11 +15,12 @@
 //!    whole probation. (HTM's likelihood likewise learns for half its
 //!    probation and estimates its distribution on the other half.)
 //! 3. **Score.** The forest's raw score of the row's vector.
-//! 4. **Adapt.** Every `refit_every` rows the forest is regrown on the most
-//!    recent `memory` vectors whose raw score stayed below the `normal_quantile`
-//!    of the training scores, so the model follows drift without learning the
-//!    anomalies it flagged. Each refit has its own seed derived from the
-//!    detector's seed: runs are reproducible.
+//! 4. **Adapt** (off by default, `refit_every` = 0). Every `refit_every` rows
+//!    the forest can be regrown on the most recent `memory` vectors whose raw
+//!    score stayed below the `normal_quantile` of the training scores, each
+//!    refit with its own seed derived from the detector's. Cross-validation
+//!    preferred none: the context already follows the level, and every refit
+//!    shifts the raw-score distribution the likelihood is judged against.
 //! 5. **Calibrate** ([`crate::likelihood`]): the output is the log-likelihood
 //!    of the short average of raw scores under the recent distribution of raw
 //!    scores, in [0, 1]; one threshold then means the same on every series.
@@ -28,10 +29,9 @@
 //!    scores 1. No forest is needed to say that a value never seen is unusual,
 //!    and the forest's z-scores forget old ranges as the window moves.
 //! 7. **One event, one report** (`rest`, CAD OSE's rest period): after an
-//!    output at or above `rest_level`, the next `rest`·probation rows report 0
-//!    unless the output rises again above all it was in that time. NAB credits
-//!    only the first detection in a window and charges every detection outside
-//!    one.
+//!    output at or above `rest_level`, the next `rest`·probation rows report 0.
+//!    NAB credits only the first detection in a window and charges every
+//!    detection outside one.
 //!
 //! What was taken from NAB's detectors, and why (their papers and NAB's
 //! repository, `nab/detectors/`, read; no code copied): from HTM (`numenta`)
@@ -39,11 +39,16 @@
 //! and the spatial-anomaly override, because together they carry HTM's scores
 //! across series of every scale; from CAD OSE (`contextOSE`) the rest period
 //! after a report, with its length tied to the probation; from HTM's encoder
-//! and ARTime's normalisation the idea that a value is judged relative to the
-//! range and the time of day, which the context features do robustly. The
-//! isolation forest stays the core model, as the product is built around it.
-//! Every parameter was chosen by cross-validation over NAB categories
-//! (`benches/RESULTS.md`, "Streaming detector on NAB (issue 15)").
+//! (value plus time of day), CAD OSE's quantisation of the value within its
+//! range and ARTime's initialisation with the series' range, the idea that a
+//! value is judged relative to a range and the time of day, which the context
+//! features do robustly. One difference on purpose: NAB hands those detectors
+//! the whole file's minimum and maximum before the first row; this detector
+//! knows only the rows so far. The isolation forest stays the core model, as
+//! the product is built around it. The parameters come from one search
+//! procedure over NAB's four labelled categories, whose leave-one-category-out
+//! cross-validation is in `benches/RESULTS.md` ("Streaming detector on NAB
+//! (issue 15)").
 
 use crate::context::{ContextParams, SeriesContext};
 use crate::flat::FlatForest;
