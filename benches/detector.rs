@@ -19,6 +19,13 @@
 //!   same mix), throughput in points. The crate has no batch call, so its batch
 //!   is a loop of `score` calls into a reused output vector; ours is
 //!   `FlatForest::score_batch` into a reused vector.
+//! - `detect/nab/{crate,flat}` (issue 15): the whole streaming detector of
+//!   `selfheal detect` (context features, forest growth, scoring, likelihood)
+//!   over every file of every category in `../shared/data/nab`, one core,
+//!   throughput in rows; `crate` is the same detector scoring with the crate's
+//!   `Forest::score`, `flat` with `FlatForest::score`, in the same run.
+//! - `detect/degenerate/{constant,two-level,period-3}`: 100,000-row series
+//!   of each kind through the same detector (they once took minutes).
 
 use criterion::measurement::WallTime;
 use criterion::{
@@ -26,8 +33,10 @@ use criterion::{
 };
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_detect::benchmark::{score_series, score_series_reference, Category};
 use selfheal_detect::flat::FlatForest;
 use selfheal_detect::forest::{CrateForest, ForestParams, ForestRepr};
+use selfheal_detect::stream::StreamParams;
 use std::time::{Duration, Instant};
 
 /// Training points per forest.
@@ -156,5 +165,63 @@ fn batch(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single, batch);
+/// Every category folder of `../shared/data/nab` (files and row times).
+fn nab_corpus() -> Vec<Category> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/nab");
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .expect("NAB data beside the repository")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && std::fs::read_dir(p)
+                    .is_ok_and(|d| d.flatten().any(|f| f.path().extension().is_some_and(|x| x == "csv")))
+        })
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.iter().map(|n| Category::load(&root, n).expect("a NAB category")).collect()
+}
+
+fn detect(c: &mut Criterion) {
+    let cats = nab_corpus();
+    let series: Vec<(&Vec<Option<i64>>, &Vec<f64>)> =
+        cats.iter().flat_map(|c| c.stamps.iter().zip(c.files.iter().map(|(_, v)| v))).collect();
+    let rows: usize = series.iter().map(|(_, v)| v.len()).sum();
+    let p = StreamParams::default();
+    // Both scorers see the same trees: the detector's outputs must agree.
+    for (t, v) in series.iter().take(3) {
+        let (a, b) = (score_series(&p, t, v), score_series_reference(&p, t, v));
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-6), "flat and crate scorers disagree");
+    }
+    let mut g = c.benchmark_group("detect/nab");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("flat", |b| b.iter(|| series.iter().map(|(t, v)| score_series(&p, t, v).len()).sum::<usize>()));
+    g.measurement_time(Duration::from_secs(60));
+    g.bench_function("crate", |b| {
+        b.iter(|| series.iter().map(|(t, v)| score_series_reference(&p, t, v).len()).sum::<usize>())
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("detect/degenerate");
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(5));
+    const ROWS: usize = 100_000;
+    g.throughput(Throughput::Elements(ROWS as u64));
+    let stamps: Vec<Option<i64>> = (0..ROWS).map(|i| Some(60_000 * i as i64)).collect();
+    let kinds: [(&str, Vec<f64>); 3] = [
+        ("constant", vec![42.0; ROWS]),
+        ("two-level", (0..ROWS).map(|i| if i % 2 == 0 { 4117.0 } else { 4112.0 }).collect()),
+        ("period-3", (0..ROWS).map(|i| [3.0, 7.0, 5.0][i % 3]).collect()),
+    ];
+    for (name, values) in &kinds {
+        g.bench_function(*name, |b| b.iter(|| score_series(&p, &stamps, values).len()));
+    }
+    g.finish();
+}
+
+criterion_group!(benches, single, batch, detect);
 criterion_main!(benches);

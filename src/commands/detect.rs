@@ -1,14 +1,17 @@
 //! `selfheal detect`: streaming anomaly scores for NAB-format CSV files.
 //!
-//! The reading here is strict on purpose: a benchmark number is only worth
-//! something if every row of every file was read as written, so anything that is
-//! not a well-formed, time-ordered NAB row is an error naming the file and line.
+//! Real feeds are messy, so rows whose time goes back, repeats or jumps are
+//! scored in file order with a warning naming the line (and a count per file
+//! at the end); `--strict` refuses a row whose time goes back, as before. What
+//! cannot be scored at all (a value that is not a finite number, a line that
+//! is not a row) is an error naming the file and line.
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::store::write_atomic;
+use selfheal_detect::benchmark::score_series;
 use selfheal_detect::nab::{parse_stamp, Stamp};
-use selfheal_detect::stream::{StreamDetector, StreamParams};
+use selfheal_detect::stream::StreamParams;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,9 +19,11 @@ use std::time::Instant;
 /// Score NAB-format time series with the streaming detector: an anomaly score in [0, 1] per row
 ///
 /// Input: a CSV file with the header `timestamp,value` and one row per line,
-/// `YYYY-MM-DD HH:MM:SS[.fraction],<number>`, in time order. Duplicate
-/// timestamps and gaps are kept as they are (NAB's files have both); a
-/// timestamp earlier than the row before it is an error. Output:
+/// `YYYY-MM-DD HH:MM:SS[.fraction],<number>`. Rows are scored in file order.
+/// A timestamp earlier than the row before it, a repeated timestamp, and a gap
+/// (a step more than four times the file's median step) are each reported as a
+/// warning naming the line, with a count per file at the end; --strict makes a
+/// timestamp that goes back an error instead. Output:
 /// `timestamp,value,anomaly_score`, one row per input row in the same order,
 /// timestamps and values copied as written, written atomically.
 ///
@@ -29,24 +34,29 @@ use std::time::Instant;
 /// and writes nothing.
 ///
 /// Errors (with file and line): a missing or wrong header, an empty file or no
-/// data rows, a wrong number of fields, a bad timestamp, a timestamp out of
-/// order, a non-numeric value, NaN, infinity, or a magnitude above 1e200.
+/// data rows, a wrong number of fields, a bad timestamp, a non-numeric value,
+/// NaN, infinity, a magnitude above 1e200, and with --strict a timestamp out of
+/// order.
 ///
-/// How the detector works (crates/detect/src/stream.rs). Each file is scored
-/// on its own, as a stream: a row's score depends on that row and the rows
-/// before it only, and the same input always gives the same output.
+/// How the detector works (crates/detect/src/stream.rs, which says what was
+/// taken from NAB's detectors and why). Each file is scored on its own, as a
+/// stream: a row's score depends on that row and the rows before it only, and
+/// the same input and seed always give the same output. One parameter set for
+/// every series, chosen by cross-validation across NAB categories.
 ///
-///   1. Probation: the first 15 % of the rows (at most 750, NAB's probationary
-///      period) only train the detector and are scored 0.
-///   2. Fit: an isolation forest (seeded) is grown on the feature vectors of
-///      the probation (robust z-scores of the value against an exponentially
-///      weighted baseline, a short shingle of them and the first difference).
-///   3. Score and calibrate: each later row gets how unusual its recent forest
-///      scores are against the long-run distribution of forest scores, mapped
-///      onto [0, 1], so one threshold means the same on every series.
-///   4. Adapt: every `refit_every` rows the forest is regrown on the most
-///      recent rows that looked normal, so it follows slow drift without
-///      learning the anomalies it flagged.
+///   1. Context: each value becomes a scale-free vector: z-scores against a
+///      rolling median and inter-quartile range (which follow level shifts), a
+///      step, and, where the probation shows a daily cycle, the residual from a
+///      time-of-day profile.
+///   2. Probation: the first 15 % of the rows (at most 750, NAB's
+///      probationary period) train an isolation forest (seeded) and are
+///      scored 0.
+///   3. Calibrate: the forest's raw scores, averaged over a few rows, are
+///      turned into a log-likelihood under the recent distribution of raw
+///      scores (HTM's anomaly likelihood), in [0, 1]; a value beyond the range
+///      seen so far scores 1.
+///   4. One event, one report: after a high score, the next rows (a share of
+///      the probation) report 0 (CAD OSE's rest period).
 ///
 /// --model overrides the parameters with a JSON file; `selfheal detect
 /// --print-params` prints the defaults in that format.
@@ -66,7 +76,14 @@ pub struct Args {
     /// Print the detector parameters as JSON (the defaults, or --model's) and exit.
     #[arg(long, conflicts_with_all = ["input", "output"])]
     print_params: bool,
+    /// Refuse a file with a timestamp earlier than the row before it (the
+    /// default scores it in file order with a warning).
+    #[arg(long)]
+    strict: bool,
 }
+
+/// Warnings printed per file before the rest are only counted.
+const SHOWN_WARNINGS: usize = 10;
 
 pub fn run(a: Args) -> Result<()> {
     let params = load_params(a.model.as_deref())?;
@@ -79,8 +96,11 @@ pub fn run(a: Args) -> Result<()> {
     };
     let started = Instant::now();
     let meta = std::fs::metadata(&input).with_context(|| format!("cannot read --input {}", input.display()))?;
-    let (files, rows) =
-        if meta.is_dir() { detect_dir(&input, &output, &params)? } else { detect_file(&input, &output, &params)? };
+    let (files, rows) = if meta.is_dir() {
+        detect_dir(&input, &output, &params, a.strict)?
+    } else {
+        detect_file(&input, &output, &params, a.strict)?
+    };
     let secs = started.elapsed().as_secs_f64();
     println!(
         "scored {files} file{} ({rows} rows) in {secs:.2} s ({:.0} rows/s) -> {}",
@@ -106,18 +126,20 @@ pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
 /// Rejects parameters the detector cannot run with (or would silently score
 /// every row 0 with).
 fn check_params(p: &StreamParams) -> Result<()> {
-    anyhow::ensure!(p.features.halflife > 0.0, "features.halflife must be > 0");
-    anyhow::ensure!(p.features.clip >= 0.0, "features.clip must be >= 0");
+    anyhow::ensure!(p.context.window >= 1, "context.window must be >= 1");
+    anyhow::ensure!(p.context.shingle >= 1, "context.shingle must be >= 1");
+    anyhow::ensure!((0.0..=1.0).contains(&p.context.season_weight), "context.season_weight must be in [0, 1]");
     anyhow::ensure!(p.forest.n_trees >= 1, "forest.n_trees must be >= 1");
     anyhow::ensure!(p.forest.sample_size >= 2, "forest.sample_size must be >= 2");
     anyhow::ensure!(
-        p.forest.extension_level <= p.features.shingle,
-        "forest.extension_level must be <= features.shingle (the vectors have shingle + 1 dimensions)"
+        p.forest.extension_level <= p.context.shingle + 1,
+        "forest.extension_level must be <= context.shingle + 1 (the vectors have shingle + 2 dimensions)"
     );
     anyhow::ensure!((0.0..=1.0).contains(&p.probation), "probation must be in [0, 1]");
     anyhow::ensure!((0.0..=1.0).contains(&p.normal_quantile), "normal_quantile must be in [0, 1]");
     anyhow::ensure!(p.memory >= 1, "memory must be >= 1");
-    anyhow::ensure!(p.refit_every >= 1 && p.short >= 1 && p.long >= 1, "refit_every, short and long must be >= 1");
+    anyhow::ensure!(p.average >= 1 && p.history >= 1, "average and history must be >= 1");
+    anyhow::ensure!(p.rest >= 0.0, "rest must be >= 0");
     Ok(())
 }
 
@@ -130,6 +152,73 @@ pub struct Series {
     pub texts: Vec<String>,
     /// The parsed values, all finite.
     pub values: Vec<f64>,
+    /// Row times, Unix milliseconds (the stamps read as UTC).
+    pub stamps: Vec<i64>,
+    /// Rows whose time goes back, repeats or jumps, in file order.
+    pub warnings: Vec<TimeWarning>,
+}
+
+/// What is odd about a row's time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeIssue {
+    /// Earlier than the row before it.
+    BackInTime,
+    /// Equal to the row before it.
+    Duplicate,
+    /// More than [`GAP_FACTOR`] times the file's median step after the row before it.
+    Gap,
+}
+
+/// A step past the latest time so far longer than this many median steps is a gap.
+pub const GAP_FACTOR: i64 = 4;
+
+/// One row with an odd time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimeWarning {
+    /// 1-based line (the header is line 1).
+    pub line: usize,
+    /// What is odd.
+    pub issue: TimeIssue,
+    /// The sentence to print.
+    pub message: String,
+}
+
+impl Series {
+    /// How many rows have `issue`.
+    pub fn count(&self, issue: TimeIssue) -> usize {
+        self.warnings.iter().filter(|w| w.issue == issue).count()
+    }
+
+    /// Prints the first warnings of `path` and a count per kind to stderr.
+    pub fn report_warnings(&self, path: &Path) {
+        if self.warnings.is_empty() {
+            return;
+        }
+        for w in self.warnings.iter().take(SHOWN_WARNINGS) {
+            eprintln!("warning: {}:{}: {}", path.display(), w.line, w.message);
+        }
+        if self.warnings.len() > SHOWN_WARNINGS {
+            eprintln!("warning: {}: {} more such rows not shown", path.display(), self.warnings.len() - SHOWN_WARNINGS);
+        }
+        eprintln!(
+            "warning: {}: {} row{} back in time, {} duplicate timestamp{}, {} gap{}; all scored in file order",
+            path.display(),
+            self.count(TimeIssue::BackInTime),
+            plural(self.count(TimeIssue::BackInTime)),
+            self.count(TimeIssue::Duplicate),
+            plural(self.count(TimeIssue::Duplicate)),
+            self.count(TimeIssue::Gap),
+            plural(self.count(TimeIssue::Gap)),
+        );
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
 }
 
 /// Largest accepted magnitude of a value: the detector's deviations and
@@ -155,8 +244,9 @@ fn data_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
 }
 
 /// Reads a NAB CSV file (see `selfheal detect --help` for the format). Errors
-/// name the file and the 1-based line (the header is line 1).
-pub fn read_series(path: &Path) -> Result<Series> {
+/// name the file and the 1-based line (the header is line 1); with `strict`, a
+/// timestamp earlier than the row before it is an error, else a warning.
+pub fn read_series(path: &Path, strict: bool) -> Result<Series> {
     let text = read_text(path)?;
     let at = |line: usize, msg: String| anyhow::anyhow!("{}:{line}: {msg}", path.display());
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
@@ -169,8 +259,15 @@ pub fn read_series(path: &Path) -> Result<Series> {
         let what = if fields.first().is_some_and(|t| parse_stamp(t).is_some()) { "missing" } else { "wrong" };
         return Err(at(1, format!("{what} header: expected \"timestamp,value\", found {header:?}")));
     }
-    let mut s = Series { timestamps: Vec::new(), texts: Vec::new(), values: Vec::new() };
+    let mut s = Series {
+        timestamps: Vec::new(),
+        texts: Vec::new(),
+        values: Vec::new(),
+        stamps: Vec::new(),
+        warnings: Vec::new(),
+    };
     let mut previous: Option<Stamp> = None;
+    let mut lines = Vec::new();
     for (line, row) in data_lines(text) {
         let fields: Vec<&str> = row.split(',').map(str::trim).collect();
         if fields.len() != 2 {
@@ -180,17 +277,33 @@ pub fn read_series(path: &Path) -> Result<Series> {
         let stamp = parse_stamp(t)
             .ok_or_else(|| at(line, format!("bad timestamp {t:?}; expected YYYY-MM-DD HH:MM:SS[.fraction]")))?;
         if let Some(p) = previous {
-            if stamp < p {
-                let before = s.timestamps.last().map_or("", String::as_str);
+            let before = s.timestamps.last().map_or("", String::as_str);
+            if stamp < p && strict {
                 return Err(at(
                     line,
                     format!(
-                        "timestamp {t:?} is earlier than {before:?} on the line before; rows must be in time order"
+                        "timestamp {t:?} is earlier than {before:?} on the line before; with --strict rows must be \
+                         in time order"
                     ),
                 ));
+            } else if stamp < p {
+                s.warnings.push(TimeWarning {
+                    line,
+                    issue: TimeIssue::BackInTime,
+                    message: format!(
+                        "timestamp {t:?} is earlier than {before:?} on the line before; scored in file order"
+                    ),
+                });
+            } else if stamp == p {
+                s.warnings.push(TimeWarning {
+                    line,
+                    issue: TimeIssue::Duplicate,
+                    message: format!("timestamp {t:?} repeats the line before; scored in file order"),
+                });
             }
         }
         previous = Some(stamp);
+        lines.push(line);
         let value: f64 = v.parse().map_err(|_| at(line, format!("value {v:?} is not a number")))?;
         if value.is_nan() {
             return Err(at(line, format!("value {v:?} is NaN (not a number); every value must be finite")));
@@ -204,23 +317,50 @@ pub fn read_series(path: &Path) -> Result<Series> {
         s.timestamps.push(t.to_owned());
         s.texts.push(v.to_owned());
         s.values.push(value);
+        s.stamps.push(stamp.unix_ms());
     }
     if s.values.is_empty() {
         return Err(at(2, "no data rows after the header".into()));
     }
+    // Gaps: steps forward longer than GAP_FACTOR median steps.
+    let mut steps: Vec<i64> = s.stamps.windows(2).map(|w| w[1] - w[0]).filter(|d| *d > 0).collect();
+    if !steps.is_empty() {
+        let mid = steps.len() / 2;
+        let median = *steps.select_nth_unstable(mid).1;
+        // Against the latest time so far, so the row after one that went back
+        // is not a gap.
+        let mut latest = s.stamps[0];
+        for (i, (&t, &line)) in s.stamps.iter().zip(&lines).enumerate().skip(1) {
+            let step = t - latest;
+            if step > GAP_FACTOR * median {
+                s.warnings.push(TimeWarning {
+                    line,
+                    issue: TimeIssue::Gap,
+                    message: format!(
+                        "a gap of {:.1} min after {:?} (the median step is {:.1} min); scored in file order",
+                        step as f64 / 60_000.0,
+                        s.timestamps[i - 1],
+                        median as f64 / 60_000.0
+                    ),
+                });
+            }
+            latest = latest.max(t);
+        }
+        s.warnings.sort_by_key(|w| w.line);
+    }
     Ok(s)
 }
 
-/// Runs the streaming detector over `values`, one score per value.
-pub fn score(params: &StreamParams, values: &[f64]) -> Vec<f64> {
-    let mut d = StreamDetector::new(*params, values.len());
-    values.iter().map(|x| d.push(*x)).collect()
+/// Runs the streaming detector over a series' rows in file order, one score per row.
+pub fn score(params: &StreamParams, series: &Series) -> Vec<f64> {
+    let stamps: Vec<Option<i64>> = series.stamps.iter().copied().map(Some).collect();
+    score_series(params, &stamps, &series.values)
 }
 
 /// Scores `series` and renders the output CSV; a score that is not a number in
 /// [0, 1] (values so large the arithmetic overflows) is an error naming the line.
 fn render(path: &Path, series: &Series, params: &StreamParams) -> Result<String> {
-    let scores = score(params, &series.values);
+    let scores = score(params, series);
     let mut out = String::with_capacity(series.values.len() * 48);
     out.push_str("timestamp,value,anomaly_score\n");
     for (i, s) in scores.iter().enumerate() {
@@ -242,14 +382,15 @@ fn same_path(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-fn detect_file(input: &Path, output: &Path, params: &StreamParams) -> Result<(usize, usize)> {
+fn detect_file(input: &Path, output: &Path, params: &StreamParams, strict: bool) -> Result<(usize, usize)> {
     if output.is_dir() {
         bail!("--output {} is a directory; with a file as --input, --output must be a file", output.display());
     }
     if same_path(input, output) {
         bail!("--output {} is the input file; choose another path", output.display());
     }
-    let series = read_series(input)?;
+    let series = read_series(input, strict)?;
+    series.report_warnings(input);
     let text = render(input, &series, params)?;
     write_atomic(output, text.as_bytes()).with_context(|| format!("cannot write {}", output.display()))?;
     Ok((1, series.values.len()))
@@ -268,7 +409,7 @@ pub fn csv_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn detect_dir(input: &Path, output: &Path, params: &StreamParams) -> Result<(usize, usize)> {
+fn detect_dir(input: &Path, output: &Path, params: &StreamParams, strict: bool) -> Result<(usize, usize)> {
     if output.exists() && !output.is_dir() {
         bail!("--output {} is a file; with a directory as --input, --output must be a directory", output.display());
     }
@@ -280,7 +421,8 @@ fn detect_dir(input: &Path, output: &Path, params: &StreamParams) -> Result<(usi
         bail!("no *.csv files in {}", input.display());
     }
     // Check every file first, so a bad one means nothing is written.
-    let bad: Vec<String> = files.iter().filter_map(|f| read_series(f).err()).map(|e| format!("  {e:#}")).collect();
+    let bad: Vec<String> =
+        files.iter().filter_map(|f| read_series(f, strict).err()).map(|e| format!("  {e:#}")).collect();
     if !bad.is_empty() {
         bail!(
             "{} of {} files in {} are bad; nothing written:\n{}",
@@ -301,7 +443,8 @@ fn detect_dir(input: &Path, output: &Path, params: &StreamParams) -> Result<(usi
     for f in &files {
         let name = f.file_name().expect("a listed file has a name");
         bar.set_message(name.to_string_lossy().into_owned());
-        let series = read_series(f)?;
+        let series = read_series(f, strict)?;
+        bar.suspend(|| series.report_warnings(f));
         let text = render(f, &series, params)?;
         let out = output.join(name);
         write_atomic(&out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;

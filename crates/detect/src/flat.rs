@@ -35,21 +35,33 @@ use std::collections::VecDeque;
 
 /// Tags below this: one coordinate; the first child iff x ≤ value.
 const LE_END: u32 = 120;
-/// No non-zero coordinate: always left.
-const ZERO: u32 = 252;
 /// Several coordinates: a dot product over `dots[value bits]`.
 const DOT: u32 = 253;
+/// Trees walked in lock-step.
+const LANES: usize = 8;
+
+/// One node: 16 bytes, one cache line holds four.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    /// Threshold of `x[tag] ≤ value` (+∞ for leaves and "always left"), or
+    /// the index of a dot product's coefficients in its bits.
+    value: f64,
+    /// Index of the first child (the node itself for a leaf).
+    child: u32,
+    /// The coordinate tested, or [`DOT`].
+    tag: u32,
+}
 
 /// A forest in a flat layout.
 #[derive(Clone, Debug)]
 pub struct FlatForest {
     dims: usize,
     c: f64,
+    /// Root of every tree, padded with a zero-length leaf to a multiple of
+    /// [`LANES`] (adding 0.0 to the sum changes nothing).
     roots: Vec<u32>,
-    /// `first_child << 8 | tag`.
-    meta: Vec<u32>,
-    /// Intercept, leaf path length, or the index of a dot product's coefficients.
-    value: Vec<f64>,
+    trees: usize,
+    nodes: Vec<Node>,
     /// (start, len) into `coefs` for each DOT split.
     dots: Vec<(u32, u32)>,
     /// (coordinate, n, p) of DOT splits.
@@ -64,7 +76,7 @@ impl FlatForest {
     /// Compile a forest.
     ///
     /// # Panics
-    /// If a forest has 120 or more dimensions or 16 million nodes.
+    /// If a forest has 120 or more dimensions or 4 billion nodes.
     pub fn compile(f: &ForestRepr) -> FlatForest {
         let dims = f.dims();
         assert!(dims < LE_END as usize, "the flat scorer handles fewer than {LE_END} dimensions");
@@ -72,8 +84,8 @@ impl FlatForest {
             dims,
             c: f.avg_path_length_c,
             roots: Vec::new(),
-            meta: Vec::new(),
-            value: Vec::new(),
+            trees: f.trees.len(),
+            nodes: Vec::new(),
             dots: Vec::new(),
             coefs: Vec::new(),
             leaf_len: Vec::new(),
@@ -93,17 +105,16 @@ impl FlatForest {
                         }
                         // A leaf is a split that always goes "left" to itself, so
                         // walks can run a fixed number of steps without checking.
-                        out.meta[at] = (at as u32) << 8;
-                        out.value[at] = f64::INFINITY;
+                        out.nodes[at] = Node { value: f64::INFINITY, child: at as u32, tag: 0 };
                         out.leaf_len[at] = v;
                         out.depth = out.depth.max(depth);
                     }
                     NodeRepr::In { left, right, n, p } => {
                         let children = out.alloc(2);
-                        assert!(children < (1 << 24), "forest too large for the flat layout");
                         let nz: Vec<usize> = (0..n.len()).filter(|i| n[*i] != 0.0).collect();
                         let (tag, value, swap) = match nz.as_slice() {
-                            [] => (ZERO, 0.0, false),
+                            // No non-zero coordinate: (x − p)·0 = 0 ≤ 0, always left.
+                            [] => (0, f64::INFINITY, false),
                             // n > 0: left iff x − p ≤ 0 ⟺ x ≤ p (finite x).
                             [i] if n[*i] > 0.0 => (*i as u32, p[*i], false),
                             // n < 0: left iff x − p ≥ 0 ⟺ x > next_down(p); with the
@@ -117,8 +128,7 @@ impl FlatForest {
                                 (DOT, f64::from_bits(out.dots.len() as u64 - 1), false)
                             }
                         };
-                        out.meta[at] = (children as u32) << 8 | tag;
-                        out.value[at] = value;
+                        out.nodes[at] = Node { value, child: children as u32, tag };
                         let (first, second) = if swap { (right, left) } else { (left, right) };
                         queue.push_back((first, children, depth + 1));
                         queue.push_back((second, children + 1, depth + 1));
@@ -126,13 +136,18 @@ impl FlatForest {
                 }
             }
         }
+        while !out.roots.len().is_multiple_of(LANES) {
+            let pad = out.alloc(1);
+            out.nodes[pad] = Node { value: f64::INFINITY, child: pad as u32, tag: 0 };
+            out.roots.push(pad as u32);
+        }
         out
     }
 
     fn alloc(&mut self, n: usize) -> usize {
-        let at = self.meta.len();
-        self.meta.resize(at + n, 0);
-        self.value.resize(at + n, 0.0);
+        let at = self.nodes.len();
+        assert!(at + n <= u32::MAX as usize, "forest too large for the flat layout");
+        self.nodes.resize(at + n, Node { value: f64::INFINITY, child: 0, tag: 0 });
         self.leaf_len.resize(at + n, 0.0);
         at
     }
@@ -142,9 +157,9 @@ impl FlatForest {
         self.dims
     }
 
-    /// Nodes over all trees.
+    /// Nodes over all trees (the padding leaves included).
     pub fn node_count(&self) -> usize {
-        self.meta.len()
+        self.nodes.len()
     }
 
     /// One step from node `i`: the child `x` goes to (a leaf steps to itself).
@@ -152,40 +167,53 @@ impl FlatForest {
     #[allow(clippy::neg_cmp_op_on_partial_ord)]
     #[inline(always)]
     fn step(&self, i: usize, x: &[f64]) -> usize {
-        let m = self.meta[i];
-        let tag = m & 0xFF;
-        let v = self.value[i];
-        let right = if tag < LE_END {
-            !(x[tag as usize] <= v)
-        } else if tag == DOT {
-            let (start, len) = self.dots[v.to_bits() as usize];
+        let n = self.nodes[i];
+        let right = if n.tag < LE_END {
+            !(x[n.tag as usize] <= n.value)
+        } else {
+            let (start, len) = self.dots[n.value.to_bits() as usize];
             let cs = &self.coefs[start as usize..(start + len) as usize];
             !(cs.iter().fold(0.0, |s, (d, w, p)| s + (x[*d as usize] - p) * w) <= 0.0)
-        } else {
-            false
         };
-        (m >> 8) as usize + usize::from(right)
+        n.child as usize + usize::from(right)
+    }
+
+    /// One step of a forest with axis-parallel splits only: one load, one
+    /// compare, no branch.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)]
+    #[inline(always)]
+    fn step_axis(&self, i: usize, x: &[f64]) -> usize {
+        let n = self.nodes[i];
+        n.child as usize + usize::from(!(x[n.tag as usize] <= n.value))
     }
 
     /// Sum of the path lengths of `x` over all trees. Eight trees are walked
     /// in lock-step for a fixed number of steps, so the eight chains of
     /// dependent loads overlap instead of waiting on each other.
     fn total_path(&self, x: &[f64]) -> f64 {
-        const LANES: usize = 8;
+        if self.dots.is_empty() {
+            self.walk(x, Self::step_axis)
+        } else {
+            self.walk(x, Self::step)
+        }
+    }
+
+    #[inline(always)]
+    fn walk(&self, x: &[f64], step: impl Fn(&Self, usize, &[f64]) -> usize) -> f64 {
         let mut total = 0.0;
-        for chunk in self.roots.chunks(LANES) {
+        for chunk in self.roots.chunks_exact(LANES) {
             let mut at = [0usize; LANES];
             for (a, r) in at.iter_mut().zip(chunk) {
                 *a = *r as usize;
             }
             for _ in 0..self.depth {
-                for a in at.iter_mut().take(chunk.len()) {
-                    *a = self.step(*a, x);
+                for a in at.iter_mut() {
+                    *a = step(self, *a, x);
                 }
             }
-            // Sum in tree order, as the crate does.
-            for a in at.iter().take(chunk.len()) {
-                total += self.leaf_len[*a];
+            // Sum in tree order, as the crate does (padding adds 0.0).
+            for a in at {
+                total += self.leaf_len[a];
             }
         }
         total
@@ -198,8 +226,8 @@ impl FlatForest {
     pub fn score(&self, x: &[f64]) -> f64 {
         assert!(x.len() >= self.dims, "point has {} values, the forest scores {}", x.len(), self.dims);
         debug_assert!(x.iter().all(|v| v.is_finite()), "scores need finite points");
-        let total = self.total_path(x);
-        2.0_f64.powf(-(total / self.roots.len() as f64) / self.c)
+        let total = self.total_path(&x[..self.dims.max(1).min(x.len())]);
+        2.0_f64.powf(-(total / self.trees as f64) / self.c)
     }
 
     /// Scores of many points (rows of `dims` values), written into `out`.
