@@ -19,7 +19,8 @@ pub enum Format {
     Csv,
 }
 
-/// Evaluate the learned policy against no-op, random, rule-based and oracle
+/// Evaluate the learned policy against no-op, random, rule-based, Glue's
+/// built-ins (retries, timeout, delay notification, auto scaling) and oracle
 /// policies on the same held-out seeds.
 ///
 /// Without arguments it uses the shipped scenario, policy and rule thresholds.
@@ -34,6 +35,9 @@ pub struct Args {
     /// Rule thresholds file; defaults to the shipped models/rules.json.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Glue built-in settings for `glue-builtins`; defaults to the shipped models/glue-builtins.json.
+    #[arg(long)]
+    glue_builtins: Option<PathBuf>,
     /// Detector model for detector-v1 policies; defaults to the shipped models/detector.json.
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> Result<()> {
     let usd = wiring::worker_step_usd(&scenario);
     let mut lines = Vec::new();
     let mut parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, Some(&oracle));
+    parts.glue = defaults::glue_builtins(a.glue_builtins.as_deref())?.settings;
     parts.watchdog.windows = a.watchdog_windows;
     parts.watchdog.stale_after = parts.watchdog.stale_after.max(a.watchdog_windows);
     parts.watchdog.check()?;
