@@ -284,7 +284,8 @@ impl GlueBuiltinsPolicy {
     /// Auto scaling's move this window, if any, within the worker bounds.
     fn scale(&self, t: &Telemetry) -> Option<Action> {
         let level = self.level(t.get(Metric::Executors));
-        let within = |i: usize| self.levels.get(i).is_some_and(|w| (self.s.min_workers..=self.s.max_workers).contains(w));
+        let within =
+            |i: usize| self.levels.get(i).is_some_and(|w| (self.s.min_workers..=self.s.max_workers).contains(w));
         let pending = t.get(Metric::Backlog) > 0.0;
         let reading = t.get(Metric::RecordsRead) > 0.0;
         if pending && reading {
@@ -503,7 +504,10 @@ mod tests {
         let bad = |s: GlueSettings| GlueBuiltinsPolicy::new(s, &shape()).unwrap_err();
         assert_eq!(bad(GlueSettings { timeout_minutes: 0, ..settings() }), GlueSettingsError::Timeout(0));
         assert_eq!(bad(GlueSettings { timeout_minutes: 10_081, ..settings() }), GlueSettingsError::Timeout(10_081));
-        assert_eq!(bad(GlueSettings { notify_delay_after_minutes: Some(0), ..settings() }), GlueSettingsError::NotifyDelay);
+        assert_eq!(
+            bad(GlueSettings { notify_delay_after_minutes: Some(0), ..settings() }),
+            GlueSettingsError::NotifyDelay
+        );
         assert!(matches!(bad(GlueSettings { min_workers: 30, ..settings() }), GlueSettingsError::Workers { .. }));
         assert!(matches!(bad(GlueSettings { scale_in_cpu_load: 1.0, ..settings() }), GlueSettingsError::ScaleIn(_)));
         assert!(matches!(

@@ -466,6 +466,25 @@ mod tests {
     }
 
     #[test]
+    fn shipped_glue_settings_parse_and_say_why_for_every_value() {
+        let text = include_str!("../../../models/glue-builtins.json");
+        let f = GlueBuiltinsFile::from_json(text, "glue-builtins.json").unwrap();
+        let fields = serde_json::to_value(f.settings).unwrap();
+        for key in fields.as_object().unwrap().keys() {
+            assert!(f.why.get(key).is_some_and(|w| w.len() > 40), "no reason given for {key}");
+        }
+        let e =
+            GlueBuiltinsFile::from_json(&text.replace("\"timeout_minutes\": 10,", "\"timeout_minutes\": 0,"), "g.json")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("g.json") && e.contains("timeout_minutes 0"), "{e}");
+        let e = GlueBuiltinsFile::from_json(&text.replace("\"max_retries\": 3", "\"max_retry\": 3"), "g.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_retry"), "{e}");
+    }
+
+    #[test]
     fn encoder_with_other_levels_is_refused() {
         let (m, _) = sample();
         let other = TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4], base_level: 0, detector: None });
