@@ -123,16 +123,6 @@ pub enum GlueSettingsError {
     /// `scale_in_cpu_load` outside (0, 1).
     #[error("scale_in_cpu_load {0} must be in (0, 1)")]
     ScaleIn(f64),
-    /// No worker level of the pipeline lies within the bounds.
-    #[error("no worker level of the pipeline {levels:?} lies within {min}..={max}")]
-    NoLevel {
-        /// The pipeline's worker levels.
-        levels: Vec<u32>,
-        /// `min_workers`.
-        min: u32,
-        /// `max_workers`.
-        max: u32,
-    },
     /// `step_seconds` is zero.
     #[error("the pipeline's step must last at least one second")]
     Step,
@@ -189,13 +179,6 @@ impl GlueBuiltinsPolicy {
         if shape.step_seconds == 0 {
             return Err(GlueSettingsError::Step);
         }
-        if !shape.worker_levels.iter().any(|w| (settings.min_workers..=settings.max_workers).contains(w)) {
-            return Err(GlueSettingsError::NoLevel {
-                levels: shape.worker_levels.clone(),
-                min: settings.min_workers,
-                max: settings.max_workers,
-            });
-        }
         Ok(GlueBuiltinsPolicy {
             s: settings,
             levels: shape.worker_levels.clone(),
@@ -210,6 +193,13 @@ impl GlueBuiltinsPolicy {
     /// The settings.
     pub fn settings(&self) -> &GlueSettings {
         &self.s
+    }
+
+    /// Whether auto scaling can reach any worker level of the pipeline: false
+    /// when every level lies outside `[min_workers, max_workers]`, and then
+    /// the job is never scaled (it runs at the pipeline's own level).
+    pub fn can_scale(&self) -> bool {
+        self.s.auto_scaling && self.levels.iter().any(|w| (self.s.min_workers..=self.s.max_workers).contains(w))
     }
 
     /// The level whose worker count is nearest the executors reported.
@@ -469,6 +459,10 @@ mod tests {
         let mut t = healthy();
         t.set(Metric::Backlog, 3000.0);
         assert_eq!(act(&mut p, &t), Action::NoOp);
+        // Bounds between two levels: no level to move to, never scaled.
+        let mut p = policy(GlueSettings { min_workers: 11, max_workers: 19, ..settings() });
+        assert!(!p.can_scale());
+        assert_eq!(act(&mut p, &t), Action::NoOp);
         // Higher bounds let it go further.
         let mut p = policy(GlueSettings { max_workers: 40, ..settings() });
         t.set(Metric::Executors, 20.0);
@@ -481,7 +475,7 @@ mod tests {
         let mut late = failed();
         late.set(Metric::Backlog, 0.0);
         let pages = |p: &mut GlueBuiltinsPolicy, n: usize| -> Vec<usize> {
-            (0..n).filter_map(|i| (act(p, &late) == Action::Escalate).then_some(i)).collect()
+            (0..n).filter(|_| act(p, &late) == Action::Escalate).collect()
         };
         assert_eq!(pages(&mut p, 40), [14, 29], "after 15 late minutes, then every 15 while late");
         // An on-time window ends the stretch; ten late minutes are not enough.
@@ -510,10 +504,6 @@ mod tests {
         );
         assert!(matches!(bad(GlueSettings { min_workers: 30, ..settings() }), GlueSettingsError::Workers { .. }));
         assert!(matches!(bad(GlueSettings { scale_in_cpu_load: 1.0, ..settings() }), GlueSettingsError::ScaleIn(_)));
-        assert!(matches!(
-            bad(GlueSettings { min_workers: 11, max_workers: 19, ..settings() }),
-            GlueSettingsError::NoLevel { .. }
-        ));
         let e = GlueBuiltinsPolicy::new(settings(), &JobShape { step_seconds: 0, ..shape() }).unwrap_err();
         assert_eq!(e, GlueSettingsError::Step);
     }
