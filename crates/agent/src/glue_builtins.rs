@@ -332,16 +332,7 @@ mod tests {
 
     /// A healthy window at 10 workers: everything read and delivered.
     fn healthy() -> Telemetry {
-        let mut t = Telemetry::default();
-        t.set(Metric::RecordsIn, 1000.0);
-        t.set(Metric::RecordsRead, 1000.0);
-        t.set(Metric::RecordsDelivered, 1000.0);
-        t.set(Metric::LatencyP95, 60.0);
-        t.set(Metric::Executors, 10.0);
-        t.set(Metric::CpuLoad, 0.5);
-        t.set(Metric::HeapUsage, 0.5);
-        t.set(Metric::ElapsedTime, 45_000.0);
-        t
+        crate::baselines::tests::window()
     }
 
     /// A failed run: the job errored, nothing was read, records wait.
