@@ -59,12 +59,19 @@
 //!   In telemetry: work is pending when records wait in the backlog while the
 //!   job is reading (tasks run, more are queued): [`Action::ScaleUp`]; executors
 //!   idle a whole window when nothing waits and the executors' CPU load is
-//!   below `scale_in_cpu_load`: [`Action::ScaleDown`]. Scaling never leaves
-//!   `[min_workers, max_workers]`. A hung job or a job failing before it reads
+//!   below `scale_in_cpu_load`: [`Action::ScaleDown`]. Scaling never moves to
+//!   a worker level outside `[min_workers, max_workers]`. A hung job or a job failing before it reads
 //!   requests no executors, so it is not scaled.
 //!
 //! One action per window, in this order: timeout → retry → notify → scale →
 //! wait. One window is one CloudWatch period (`step_seconds` of the scenario).
+//!
+//! The policy reads telemetry only, like every policy here; against a real job
+//! the `FAILED`/`TIMEOUT` run states themselves (`GetJobRuns`, the "Glue Job
+//! State Change" events) are the direct evidence, and `glue.error.ALL` exists
+//! only with `--enable-observability-metrics` (Glue 4.0+). `evaluate`,
+//! `simulate --policy glue-builtins` and `report` run it as a policy; the
+//! sidecar logs its choice beside the rules' as `glue_shadow`.
 
 use selfheal_core::{Action, Metric, Observation, Policy, Slo, Telemetry};
 use serde::{Deserialize, Serialize};
