@@ -35,8 +35,8 @@
 //!   and the maximum. The target is p99 ≤ 50 µs.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use selfheal_agent::store::{ModelFile, RulesFile};
-use selfheal_agent::{EncoderKind, QLearner, RulesPolicy};
+use selfheal_agent::store::{GlueBuiltinsFile, ModelFile, RulesFile};
+use selfheal_agent::{EncoderKind, GlueBuiltinsPolicy, JobShape, QLearner, RulesPolicy};
 use selfheal_core::{Detector, Metric, RewardV1, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_guard::budget::BudgetConfig;
@@ -54,6 +54,7 @@ use std::time::{Duration, Instant};
 const POLICY_JSON: &str = include_str!("../models/policy.json");
 const DETECTOR_JSON: &str = include_str!("../models/detector.json");
 const RULES_JSON: &str = include_str!("../models/rules.json");
+const GLUE_JSON: &str = include_str!("../models/glue-builtins.json");
 
 /// Simulated pipelines.
 const PIPELINES: u32 = 16;
@@ -91,7 +92,11 @@ fn controller() -> (Controller, i64) {
     let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
     let mut learner = QLearner::from_table(table, model.meta.params, 0);
     learner.set_epsilon(0.0);
-    let parts = Parts { encoder, describe, detector, learner, rules, reward: Box::new(reward) };
+    let glue = GlueBuiltinsFile::from_json(GLUE_JSON, "models/glue-builtins.json").expect("shipped Glue settings");
+    let shape =
+        JobShape { worker_levels: scenario.pipeline.workers.clone(), step_seconds: scenario.pipeline.step_seconds };
+    let glue = Some(GlueBuiltinsPolicy::new(glue.settings, &shape).expect("shipped Glue settings fit the scenario"));
+    let parts = Parts { encoder, describe, detector, learner, rules, glue, reward: Box::new(reward) };
     let cfg = DecideConfig {
         mode: Mode::Act,
         confidence: ConfidenceGate::default(),

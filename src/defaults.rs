@@ -2,7 +2,7 @@
 //! `selfheal evaluate` works from any directory with no arguments.
 
 use anyhow::{Context, Result};
-use selfheal_agent::store::{ModelFile, RulesFile};
+use selfheal_agent::store::{GlueBuiltinsFile, ModelFile, RulesFile};
 use selfheal_detect::telemetry::DetectorModel;
 use selfheal_sim::Scenario;
 use std::path::Path;
@@ -11,6 +11,9 @@ use std::path::Path;
 pub const POLICY_JSON: &str = include_str!("../models/policy.json");
 /// The shipped rule thresholds (`models/rules.json`).
 pub const RULES_JSON: &str = include_str!("../models/rules.json");
+
+/// The shipped Glue built-ins settings (`models/glue-builtins.json`).
+pub const GLUE_BUILTINS_JSON: &str = include_str!("../models/glue-builtins.json");
 
 /// The shipped detector (`models/detector.json`).
 pub const DETECTOR_JSON: &str = include_str!("../models/detector.json");
@@ -49,6 +52,15 @@ pub fn rules(path: Option<&Path>) -> Result<RulesFile> {
     match path {
         Some(p) => Ok(RulesFile::load(p)?),
         None => RulesFile::from_json(RULES_JSON, "<shipped models/rules.json>").context("the shipped rules"),
+    }
+}
+
+/// The Glue built-ins settings at `path`, or the shipped ones.
+pub fn glue_builtins(path: Option<&Path>) -> Result<GlueBuiltinsFile> {
+    match path {
+        Some(p) => Ok(GlueBuiltinsFile::load(p)?),
+        None => GlueBuiltinsFile::from_json(GLUE_BUILTINS_JSON, "<shipped models/glue-builtins.json>")
+            .context("the shipped Glue built-ins settings"),
     }
 }
 

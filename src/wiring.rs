@@ -5,8 +5,8 @@ use anyhow::{bail, Context, Result};
 use selfheal_agent::confidence::ConfidenceGate;
 use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{
-    DetectorRef, EncoderConfig, EncoderKind, GreedyPolicy, NoOpPolicy, RandomPolicy, RulesPolicy, Supervised,
-    WatchdogConfig,
+    DetectorRef, EncoderConfig, EncoderKind, GlueBuiltinsPolicy, GlueSettings, GreedyPolicy, JobShape, NoOpPolicy,
+    RandomPolicy, RulesPolicy, Supervised, WatchdogConfig,
 };
 use selfheal_core::{Action, Detector, Observation, RewardV1, Slo, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
@@ -180,7 +180,19 @@ pub fn sidecar_encoder(
 }
 
 /// Names of the policies `evaluate` knows, in report order.
-pub const POLICIES: [&str; 5] = ["noop", "random", "rules", "learned", "oracle"];
+pub const POLICIES: [&str; 6] = ["noop", "random", "rules", "glue-builtins", "learned", "oracle"];
+
+/// The job shape a scenario implies for the Glue built-ins: its worker levels
+/// and its CloudWatch period.
+pub fn job_shape(s: &Scenario) -> JobShape {
+    JobShape { worker_levels: s.pipeline.workers.clone(), step_seconds: s.pipeline.step_seconds }
+}
+
+/// The shipped Glue settings; the file is embedded and checked by a test, so
+/// it always parses.
+fn shipped_glue_settings() -> GlueSettings {
+    crate::defaults::glue_builtins(None).expect("the shipped models/glue-builtins.json parses").settings
+}
 
 /// Everything a named policy may need: the learned model and its detector,
 /// the rule thresholds, the oracle (solved once), and the policy stack's
@@ -194,6 +206,9 @@ pub struct PolicyParts<'a> {
     pub detector: &'a DetectorModel,
     /// Rule thresholds.
     pub rules: &'a RulesFile,
+    /// Glue's built-in job settings (the shipped `models/glue-builtins.json`
+    /// unless replaced).
+    pub glue: GlueSettings,
     /// The oracle, where `oracle` is wanted.
     pub oracle: Option<&'a Oracle>,
     /// The confidence gate on an unhealthy window's silence.
@@ -216,6 +231,7 @@ impl<'a> PolicyParts<'a> {
             model,
             detector,
             rules,
+            glue: shipped_glue_settings(),
             oracle,
             gate: ConfidenceGate::default(),
             watchdog: WatchdogConfig::default(),
@@ -227,6 +243,20 @@ impl<'a> PolicyParts<'a> {
         RulesPolicy::new(self.rules.thresholds, Slo::default())
     }
 
+    /// Glue's built-ins for this scenario's job shape.
+    pub fn glue_policy(&self) -> Result<GlueBuiltinsPolicy> {
+        let p = GlueBuiltinsPolicy::new(self.glue, &job_shape(self.scenario))?;
+        if self.glue.auto_scaling && !p.can_scale() {
+            tracing::warn!(
+                levels = ?self.scenario.pipeline.workers,
+                min_workers = self.glue.min_workers,
+                max_workers = self.glue.max_workers,
+                "no worker level of the scenario lies within the Glue auto-scaling bounds; glue-builtins never scales"
+            );
+        }
+        Ok(p)
+    }
+
     /// The learned policy's encoder, and the named policy as a controller:
     /// `learned` is the greedy table supervised by the gate and the watchdog
     /// ([`Supervised`]), exactly as the sidecar decides.
@@ -236,6 +266,7 @@ impl<'a> PolicyParts<'a> {
             "noop" => Box::new(Fixed(NoOpPolicy)),
             "random" => Box::new(Fixed(RandomPolicy::new(0))),
             "rules" => Box::new(Fixed(self.rules_policy())),
+            "glue-builtins" => Box::new(Fixed(self.glue_policy()?)),
             "learned" => Box::new(Supervised::new(greedy, self.rules_policy(), self.gate, self.watchdog)),
             "oracle" => match self.oracle {
                 Some(o) => Box::new(OracleController(o)),

@@ -56,7 +56,7 @@ fn evaluate_meets_the_foundation_bars_on_the_shipped_scenario() {
     assert_eq!(eval["scenario"], "default");
     assert!(eval["seeds"].as_u64().unwrap() >= 200);
     let names: Vec<&str> = eval["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["noop", "random", "rules", "learned", "oracle"]);
+    assert_eq!(names, ["noop", "random", "rules", "glue-builtins", "learned", "oracle"]);
     for p in eval["policies"].as_array().unwrap() {
         for key in ["mean_return", "pct_of_oracle", "mttr_steps", "slo_attainment", "auto_resolved", "cost"] {
             f(p, key);
@@ -64,9 +64,13 @@ fn evaluate_meets_the_foundation_bars_on_the_shipped_scenario() {
         for key in ["unresolved", "escalations", "records_lost", "dead_lettered", "false_actions"] {
             assert!(p[key].is_u64(), "{key} in {p}");
         }
-        for key in ["return_ci95", "mttr_ci95"] {
+        for key in ["return_ci95", "mttr_ci95", "slo_ci95", "records_lost_ci95", "cost_ci95"] {
             let ci = p[key].as_array().unwrap();
             assert!(ci.len() == 2 && ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap(), "{key} in {p}");
+        }
+        for (key, ci) in [("slo_attainment", "slo_ci95"), ("cost", "cost_ci95")] {
+            let (x, lo, hi) = (f(p, key), p[ci][0].as_f64().unwrap(), p[ci][1].as_f64().unwrap());
+            assert!(lo - 1e-9 <= x && x <= hi + 1e-9, "{key} {x} outside {ci} [{lo}, {hi}] in {}", p["name"]);
         }
     }
     let (learned, rules) = (policy(&eval, "learned"), policy(&eval, "rules"));
@@ -90,9 +94,56 @@ fn evaluate_is_reproducible() {
     let b = ok(&["evaluate", "--format", "json", "--seeds", "0..40"]);
     assert_eq!(a, b);
     let csv = ok(&["evaluate", "--format", "csv", "--seeds", "0..40"]);
-    assert_eq!(csv.lines().count(), 6, "header + 5 policies");
+    assert_eq!(csv.lines().count(), 7, "header + 6 policies");
+    assert!(csv.lines().nth(4).unwrap().starts_with("default,40,glue-builtins,"), "{csv}");
+    let width = csv.lines().next().unwrap().split(',').count();
+    assert!(csv.lines().all(|l| l.split(',').count() == width), "every row has every column");
     let table = ok(&["evaluate", "--seeds", "0..40"]);
     assert!(table.contains("learned") && table.contains("MTTR"));
+    assert!(table.contains("\nglue-builtins ") && table.contains("learned vs glue-builtins: MTTR"), "{table}");
+}
+
+/// `glue-builtins` is Glue's own settings, not another policy under that name:
+/// it only retries, restarts, pages and scales, and the settings file decides
+/// how (Glue's defaults: no retries, no notification, no auto scaling, a
+/// 48-hour timeout leave a pipeline to itself).
+#[test]
+fn glue_builtins_acts_only_as_glue_does_and_reads_its_settings_file() {
+    let glue_actions = ["noop", "retry_with_backoff", "restart", "escalate", "scale_up", "scale_down"];
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..20 {
+        let out = ok(&["simulate", "--seed", &seed.to_string(), "--policy", "glue-builtins"]);
+        for l in out.lines() {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let a = v["action"].as_str().unwrap().to_string();
+            assert!(glue_actions.contains(&a.as_str()), "seed {seed}: glue-builtins chose {a}");
+            seen.insert(a);
+        }
+    }
+    for a in ["retry_with_backoff", "restart", "escalate", "scale_up", "scale_down"] {
+        assert!(seen.contains(a), "{a} never used in 20 episodes: {seen:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let defaults = dir.path().join("glue-defaults.json");
+    std::fs::write(
+        &defaults,
+        r#"{"format": "selfheal-glue-builtins", "version": 1, "settings": {"max_retries": 0, "timeout_minutes": 2880,
+            "notify_delay_after_minutes": null, "auto_scaling": false, "min_workers": 10, "max_workers": 10,
+            "scale_in_cpu_load": 0.4}}"#,
+    )
+    .unwrap();
+    let out =
+        ok(&["simulate", "--seed", "3", "--policy", "glue-builtins", "--glue-builtins", defaults.to_str().unwrap()]);
+    assert!(out.lines().all(|l| l.contains("\"action\":\"noop\"")), "Glue's defaults never act");
+    let shipped = evaluate(&["--seeds", "0..30"]);
+    let custom = evaluate(&["--seeds", "0..30", "--glue-builtins", defaults.to_str().unwrap()]);
+    let (a, b) = (policy(&shipped, "glue-builtins"), policy(&custom, "glue-builtins"));
+    assert!(f(a, "mean_return") > f(b, "mean_return"), "the careful settings beat Glue's defaults");
+    assert_eq!(policy(&custom, "rules"), policy(&shipped, "rules"), "other policies untouched");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, std::fs::read_to_string(&defaults).unwrap().replace("2880", "20000")).unwrap();
+    let err = failure(&["evaluate", "--seeds", "0..3", "--glue-builtins", bad.to_str().unwrap()]);
+    assert!(err.contains("bad.json") && err.contains("10080"), "{err}");
 }
 
 #[test]
@@ -148,7 +199,7 @@ fn training_twice_with_one_seed_gives_identical_files() {
 
 #[test]
 fn simulate_prints_one_json_line_per_step() {
-    for name in ["noop", "random", "rules", "learned", "oracle"] {
+    for name in ["noop", "random", "rules", "glue-builtins", "learned", "oracle"] {
         let out = ok(&["simulate", "--seed", "3", "--policy", name]);
         let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 240, "{name}");

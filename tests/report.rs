@@ -62,9 +62,21 @@ fn report_writes_four_files_with_every_visited_state() {
         let value = &row[row.find(&at).unwrap() + at.len()..];
         assert!(!value.starts_with('"'), "{key} has a value in the learned row");
     }
+    // Six policies, Glue's built-ins among them, each a row of its own.
+    for name in ["noop", "random", "rules", "glue-builtins", "learned", "oracle"] {
+        assert_eq!(html.matches(&format!("<tr data-policy=\"{name}\">")).count(), 1, "one {name} row");
+    }
+    assert_eq!(html.matches("<tr data-policy=").count(), 6, "six policy rows");
     assert!(!html.contains("<script") && !html.contains("<link") && !html.contains("@import"));
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("## Evaluation") && md.contains("## The policy in words"));
+    // The action mix of `glue-builtins` is Glue's: never a remedy Glue lacks.
+    let mix = &md[md.find("**glue-builtins**: ").expect("a glue-builtins action mix")..];
+    let mix = &mix[..mix.find("\n\n").unwrap()];
+    for a in ["schema_remap", "quarantine", "backpressure", "reschedule"] {
+        assert!(!mix.contains(a), "glue-builtins chose {a}: {mix}");
+    }
+    assert!(mix.contains("retry_with_backoff") || mix.contains("restart"), "{mix}");
 }
 
 #[test]

@@ -89,6 +89,8 @@ fn no_config_run_heals_simulated_faults_and_stops_cleanly_on_sigterm() {
     let ok = succeeded_ids(&log.records);
     assert!(!ok.is_empty(), "no succeeded outcome in the log, though /metrics counted one");
     assert!(decisions(&log.records).iter().all(|d| d.mode == "act"));
+    // Glue's built-ins run as a second shadow by default, on every decision.
+    assert!(decisions(&log.records).iter().all(|d| d.glue_shadow.is_some()), "a decision without glue_shadow");
     assert_checkpoint_loads(&state);
     assert!(std::fs::read_to_string(&d.stderr).unwrap().contains("selfheal sidecar stopped"));
 }

@@ -125,7 +125,7 @@ fn sidecar_core() -> Controller {
     let mut learner = QLearner::from_table(table, model.meta.params, 0);
     learner.set_epsilon(0.0);
     let rules = RulesPolicy::new(rules.thresholds, reward.slo);
-    let parts = Parts { encoder, describe, detector, learner, rules, reward: Box::new(reward) };
+    let parts = Parts { encoder, describe, detector, learner, rules, glue: None, reward: Box::new(reward) };
     let cfg = DecideConfig {
         mode: Mode::Act,
         confidence: ConfidenceGate::default(),

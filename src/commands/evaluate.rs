@@ -19,7 +19,8 @@ pub enum Format {
     Csv,
 }
 
-/// Evaluate the learned policy against no-op, random, rule-based and oracle
+/// Evaluate the learned policy against no-op, random, rule-based, Glue's
+/// built-ins (retries, timeout, delay notification, auto scaling) and oracle
 /// policies on the same held-out seeds.
 ///
 /// Without arguments it uses the shipped scenario, policy and rule thresholds.
@@ -34,6 +35,9 @@ pub struct Args {
     /// Rule thresholds file; defaults to the shipped models/rules.json.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Glue built-in settings for `glue-builtins`; defaults to the shipped models/glue-builtins.json.
+    #[arg(long)]
+    glue_builtins: Option<PathBuf>,
     /// Detector model for detector-v1 policies; defaults to the shipped models/detector.json.
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> Result<()> {
     let usd = wiring::worker_step_usd(&scenario);
     let mut lines = Vec::new();
     let mut parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, Some(&oracle));
+    parts.glue = defaults::glue_builtins(a.glue_builtins.as_deref())?.settings;
     parts.watchdog.windows = a.watchdog_windows;
     parts.watchdog.stale_after = parts.watchdog.stale_after.max(a.watchdog_windows);
     parts.watchdog.check()?;
@@ -88,11 +93,11 @@ pub fn run(a: Args) -> Result<()> {
 
 fn csv(c: &Comparison) -> String {
     let mut out = String::from(
-        "scenario,seeds,name,mean_return,return_ci95_lo,return_ci95_hi,pct_of_oracle,mttr_steps,mttr_ci95_lo,mttr_ci95_hi,unresolved,slo_attainment,auto_resolved,escalations,records_lost,dead_lettered,cost,false_actions,episodes_with_loss,worst_return,incident_p95_steps,longest_idle_streak,watchdog_firings\n",
+        "scenario,seeds,name,mean_return,return_ci95_lo,return_ci95_hi,pct_of_oracle,mttr_steps,mttr_ci95_lo,mttr_ci95_hi,unresolved,slo_attainment,auto_resolved,escalations,records_lost,dead_lettered,cost,false_actions,episodes_with_loss,worst_return,incident_p95_steps,longest_idle_streak,watchdog_firings,slo_ci95_lo,slo_ci95_hi,records_lost_ci95_lo,records_lost_ci95_hi,cost_ci95_lo,cost_ci95_hi\n",
     );
     for p in &c.policies {
         out.push_str(&format!(
-            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
             c.scenario,
             c.seeds,
             p.name,
@@ -115,7 +120,13 @@ fn csv(c: &Comparison) -> String {
             p.worst_return,
             p.incident_p95_steps,
             p.longest_idle_streak,
-            p.watchdog_firings
+            p.watchdog_firings,
+            p.slo_ci95[0],
+            p.slo_ci95[1],
+            p.records_lost_ci95[0],
+            p.records_lost_ci95[1],
+            p.cost_ci95[0],
+            p.cost_ci95[1]
         ));
     }
     out
@@ -124,7 +135,7 @@ fn csv(c: &Comparison) -> String {
 fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
     let mut out = format!("scenario {}  seeds {}..{} ({})\n\n", c.scenario, seeds.start, seeds.end, c.seeds);
     out.push_str(&format!(
-        "{:<8} {:>9} {:>19} {:>7} {:>6} {:>15} {:>6} {:>6} {:>6} {:>5} {:>5} {:>8} {:>7} {:>6}\n",
+        "{:<13} {:>9} {:>19} {:>7} {:>6} {:>15} {:>6} {:>6} {:>6} {:>5} {:>5} {:>8} {:>7} {:>6}\n",
         "policy",
         "return",
         "return 95% CI",
@@ -142,7 +153,7 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
     ));
     for p in &c.policies {
         out.push_str(&format!(
-            "{:<8} {:>9.2} {:>19} {:>7.1} {:>6.2} {:>15} {:>6} {:>5.1}% {:>5.1}% {:>5} {:>5} {:>8} {:>7.2} {:>6}\n",
+            "{:<13} {:>9.2} {:>19} {:>7.1} {:>6.2} {:>15} {:>6} {:>5.1}% {:>5.1}% {:>5} {:>5} {:>8} {:>7.2} {:>6}\n",
             p.name,
             p.mean_return,
             format!("[{:.1}, {:.1}]", p.return_ci95[0], p.return_ci95[1]),
@@ -159,13 +170,16 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
             p.false_actions
         ));
     }
+    if let Some(line) = versus(c, "learned", "glue-builtins") {
+        out.push_str(&line);
+    }
     out.push_str(&format!(
-        "\ntails: episodes that lost records, the worst episode, the 95th percentile of incident duration,\nthe longest unhealthy streak with neither action nor page, and watchdog firings:\n{:<8} {:>11} {:>10} {:>13} {:>12} {:>9}\n",
+        "\ntails: episodes that lost records, the worst episode, the 95th percentile of incident duration,\nthe longest unhealthy streak with neither action nor page, and watchdog firings:\n{:<13} {:>11} {:>10} {:>13} {:>12} {:>9}\n",
         "policy", "loss eps", "worst", "incident p95", "idle streak", "watchdog"
     ));
     for p in &c.policies {
         out.push_str(&format!(
-            "{:<8} {:>11} {:>10.1} {:>13.0} {:>12} {:>9}\n",
+            "{:<13} {:>11} {:>10.1} {:>13.0} {:>12} {:>9}\n",
             p.name,
             format!("{}/{}", p.episodes_with_loss, c.seeds),
             p.worst_return,
@@ -195,4 +209,31 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
     }
     out.push_str("\nMTTR in steps (one step = one CloudWatch period); lost/dlq in records; cost = mean worker cost per episode.\n");
     out
+}
+
+/// One line: policy `a` against policy `b` on MTTR, records lost, SLO and
+/// cost, each with its 95 % bootstrap interval (None when either is missing).
+fn versus(c: &Comparison, a: &str, b: &str) -> Option<String> {
+    let (x, y) = (c.policy(a)?, c.policy(b)?);
+    let iv = |v: [f64; 2], prec: usize| format!("[{:.prec$}, {:.prec$}]", v[0], v[1]);
+    let pct = |v: [f64; 2]| [100.0 * v[0], 100.0 * v[1]];
+    Some(format!(
+        "\n{a} vs {b}: MTTR {:.2} {} vs {:.2} {} steps; records lost {} {} vs {} {}; SLO {:.1}% {} vs {:.1}% {}; cost ${:.2} {} vs ${:.2} {} per episode\n",
+        x.mttr_steps,
+        iv(x.mttr_ci95, 2),
+        y.mttr_steps,
+        iv(y.mttr_ci95, 2),
+        x.records_lost,
+        iv(x.records_lost_ci95, 0),
+        y.records_lost,
+        iv(y.records_lost_ci95, 0),
+        100.0 * x.slo_attainment,
+        iv(pct(x.slo_ci95), 1),
+        100.0 * y.slo_attainment,
+        iv(pct(y.slo_ci95), 1),
+        x.cost,
+        iv(x.cost_ci95, 2),
+        y.cost,
+        iv(y.cost_ci95, 2),
+    ))
 }

@@ -25,7 +25,7 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let l = load(a.policy.as_deref(), &a.sim)?;
     anyhow::ensure!(l.view.signatures() > 0, "playbooks need a detector-v1 policy (one per failure signature)");
-    let sim = simulate(&l.scenario, l.seeds.clone(), &l.model, &l.rules, &l.detector, &l.view)?;
+    let sim = simulate(&l.scenario, l.seeds.clone(), &l.model, &l.rules, l.glue, &l.detector, &l.view)?;
     let lines = l.view.lines(&sim.seen);
     let mut index = String::from("# Playbooks\n\nOne per failure signature of the detector.\n\n| signature | first action | next action | file |\n|---:|---|---|---|\n");
     for k in 1..=l.view.signatures() {

@@ -4,7 +4,7 @@
 use crate::{defaults, wiring};
 use anyhow::{Context, Result};
 use selfheal_agent::store::{ModelFile, RulesFile};
-use selfheal_agent::RulesPolicy;
+use selfheal_agent::{GlueSettings, RulesPolicy};
 use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
 use selfheal_detect::telemetry::DetectorModel;
 use selfheal_harness::{aggregate, run_episode, Comparison, Controller};
@@ -54,6 +54,9 @@ pub struct SimArgs {
     /// Rule thresholds; defaults to the shipped models/rules.json.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Glue built-in settings; defaults to the shipped models/glue-builtins.json.
+    #[arg(long)]
+    glue_builtins: Option<PathBuf>,
     /// Detector model; defaults to the shipped models/detector.json.
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -169,6 +172,7 @@ pub fn simulate(
     seeds: std::ops::Range<u64>,
     model: &ModelFile,
     rules: &RulesFile,
+    glue: GlueSettings,
     detector: &DetectorModel,
     view: &PolicyView,
 ) -> Result<Sim> {
@@ -177,7 +181,8 @@ pub fn simulate(
     let reward = wiring::reward(scenario);
     let (mut lines, mut mix) = (Vec::new(), Vec::new());
     let (mut seen, mut sigs) = (SeenMap::new(), BTreeMap::<u32, SignatureSample>::new());
-    let parts = wiring::PolicyParts::new(scenario, model, detector, rules, Some(&oracle));
+    let mut parts = wiring::PolicyParts::new(scenario, model, detector, rules, Some(&oracle));
+    parts.glue = glue;
     for name in wiring::POLICIES {
         let mut env = Simulator::new(scenario);
         let (mut enc, inner) = parts.controller(name)?;
@@ -242,6 +247,7 @@ pub struct Loaded {
     pub model: ModelFile,
     pub view: PolicyView,
     pub rules: RulesFile,
+    pub glue: GlueSettings,
     pub detector: DetectorModel,
     pub scenario: Scenario,
     pub seeds: std::ops::Range<u64>,
@@ -257,6 +263,7 @@ pub fn load(policy: Option<&Path>, sim: &SimArgs) -> Result<Loaded> {
         model,
         view,
         rules: defaults::rules(sim.rules.as_deref())?,
+        glue: defaults::glue_builtins(sim.glue_builtins.as_deref())?.settings,
         detector: defaults::detector(sim.detector.as_deref())?,
         scenario,
         seeds,
@@ -267,7 +274,7 @@ pub fn load(policy: Option<&Path>, sim: &SimArgs) -> Result<Loaded> {
 pub fn run(a: Args) -> Result<()> {
     let started = Instant::now();
     let l = load(a.policy.as_deref(), &a.sim)?;
-    let sim = simulate(&l.scenario, l.seeds.clone(), &l.model, &l.rules, &l.detector, &l.view)?;
+    let sim = simulate(&l.scenario, l.seeds.clone(), &l.model, &l.rules, l.glue, &l.detector, &l.view)?;
     let (eval, eval_source) = match &a.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;

@@ -8,7 +8,7 @@ use crate::{defaults, wiring};
 use anyhow::{bail, Context, Result};
 use clap::Args as ClapArgs;
 use selfheal_agent::store::ModelFile;
-use selfheal_agent::{EncoderKind, QLearner, QTable, RulesPolicy};
+use selfheal_agent::{EncoderKind, GlueBuiltinsPolicy, QLearner, QTable, RulesPolicy};
 use selfheal_core::{Detector, Metric, StateEncoder};
 use selfheal_detect::telemetry::TelemetryDetector;
 use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
@@ -141,7 +141,14 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
     let mut learner = QLearner::from_table(table, model.meta.params, cfg.model.seed);
     learner.set_epsilon(cfg.model.epsilon);
-    let parts = Parts { encoder, describe: describe.clone(), detector, learner, rules, reward: Box::new(reward) };
+    let glue = Some(
+        GlueBuiltinsPolicy::new(
+            defaults::glue_builtins(cfg.model.glue_builtins.as_deref())?.settings,
+            &wiring::job_shape(&scenario),
+        )
+        .context("the Glue built-ins shadow")?,
+    );
+    let parts = Parts { encoder, describe: describe.clone(), detector, learner, rules, glue, reward: Box::new(reward) };
     let g = &cfg.guard;
     let dcfg = DecideConfig {
         mode: g.mode,

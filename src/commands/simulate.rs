@@ -20,7 +20,7 @@ pub struct Args {
     /// Episode seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Policy: noop, random, rules, learned or oracle.
+    /// Policy: noop, random, rules, glue-builtins, learned or oracle.
     #[arg(long, default_value = "learned")]
     policy: String,
     /// Policy model for `learned`; defaults to the shipped one.
@@ -32,6 +32,9 @@ pub struct Args {
     /// Rule thresholds for `rules`; defaults to the shipped ones.
     #[arg(long)]
     rules: Option<PathBuf>,
+    /// Glue built-in settings for `glue-builtins`; defaults to the shipped ones.
+    #[arg(long)]
+    glue_builtins: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -40,7 +43,8 @@ pub fn run(a: Args) -> Result<()> {
     let rules = defaults::rules(a.rules.as_deref())?;
     let detector = defaults::detector(a.detector.as_deref())?;
     let oracle = (a.policy == "oracle").then(|| Oracle::solve(&scenario));
-    let parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, oracle.as_ref());
+    let mut parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, oracle.as_ref());
+    parts.glue = defaults::glue_builtins(a.glue_builtins.as_deref())?.settings;
     let (mut enc, mut ctl) = parts.controller(&a.policy)?;
     let mut env = Simulator::new(&scenario);
     let reward = wiring::reward(&scenario);

@@ -186,11 +186,13 @@ impl Policy for RulesPolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use selfheal_core::ActionMask;
 
-    fn window() -> Telemetry {
+    /// A healthy window at 10 workers: everything read and delivered (shared
+    /// with the Glue built-ins' tests).
+    pub(crate) fn window() -> Telemetry {
         let mut t = Telemetry::default();
         t.set(Metric::RecordsIn, 1000.0);
         t.set(Metric::RecordsRead, 1000.0);

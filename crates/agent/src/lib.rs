@@ -5,6 +5,8 @@
 //!   (the agent never sees the true fault);
 //! - [`qlearn`]: tabular Q-learning with ε schedules and action masking;
 //! - [`baselines`]: the no-op, random and calibrated rule-based policies;
+//! - [`glue_builtins`]: what AWS Glue's own job settings do (retries, timeout,
+//!   delay notification, auto scaling), the baseline a Glue user already has;
 //! - [`confidence`], [`watchdog`], [`supervise`]: the policy stack around the
 //!   table (a gate on unsure choices, silence included, and a watchdog that
 //!   bounds inaction), shared by evaluation and the sidecar;
@@ -19,6 +21,7 @@ pub mod confidence;
 pub mod detector_encoder;
 pub mod diagnose;
 pub mod encoder;
+pub mod glue_builtins;
 pub mod kind;
 pub mod qlearn;
 pub mod store;
@@ -28,6 +31,7 @@ pub mod watchdog;
 pub use baselines::{NoOpPolicy, RandomPolicy, RuleThresholds, RulesPolicy};
 pub use detector_encoder::DetectorEncoder;
 pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
+pub use glue_builtins::{GlueBuiltinsPolicy, GlueSettings, GlueSettingsError, JobShape};
 pub use kind::EncoderKind;
 pub use qlearn::{deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
 pub use store::{ModelFile, ModelMeta, StoreError};

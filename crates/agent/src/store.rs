@@ -10,6 +10,7 @@
 
 use crate::baselines::RuleThresholds;
 use crate::encoder::EncoderConfig;
+use crate::glue_builtins::GlueSettings;
 use crate::qlearn::{QParams, QTable};
 use selfheal_core::{Action, StateEncoder};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,9 @@ use std::path::Path;
 pub const QTABLE_FORMAT: &str = "selfheal-qtable";
 /// Format tag of a rules file.
 pub const RULES_FORMAT: &str = "selfheal-rules";
-/// Current version of both formats.
+/// Format tag of a Glue built-ins settings file.
+pub const GLUE_BUILTINS_FORMAT: &str = "selfheal-glue-builtins";
+/// Current version of every format.
 pub const VERSION: u32 = 1;
 /// State encoders this build can rebuild from a model file.
 pub const ENCODERS: [&str; 3] = ["telemetry-v1", "detector-v1", "detector-v2"];
@@ -370,6 +373,46 @@ impl RulesFile {
     }
 }
 
+/// A file of Glue job settings for the `glue-builtins` baseline
+/// (`models/glue-builtins.json`): the settings, and in `why` the reason for
+/// each value, so a reviewer reads the choice beside the number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlueBuiltinsFile {
+    /// Always [`GLUE_BUILTINS_FORMAT`].
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Why each value was chosen, by field name (free text, not read by the policy).
+    #[serde(default)]
+    pub why: std::collections::BTreeMap<String, String>,
+    /// The settings.
+    pub settings: GlueSettings,
+}
+
+impl GlueBuiltinsFile {
+    /// Read and check a settings file.
+    pub fn load(path: &Path) -> Result<GlueBuiltinsFile, StoreError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| StoreError::Io { path: path.display().to_string(), source })?;
+        GlueBuiltinsFile::from_json(&text, &path.display().to_string())
+    }
+
+    /// Parse and check settings JSON: format, version, and Glue's ranges.
+    pub fn from_json(text: &str, origin: &str) -> Result<GlueBuiltinsFile, StoreError> {
+        const WHAT: &str = "selfheal glue-builtins";
+        let value = parse(text, origin, WHAT)?;
+        check_header(&value, GLUE_BUILTINS_FORMAT, origin)?;
+        let f: GlueBuiltinsFile = serde_json::from_value(value).map_err(|e| StoreError::Parse {
+            path: origin.to_string(),
+            expected: WHAT,
+            message: e.to_string(),
+        })?;
+        f.settings.check().map_err(|e| StoreError::Mismatch { path: origin.to_string(), message: e.to_string() })?;
+        Ok(f)
+    }
+}
+
 fn parse(text: &str, origin: &str, expected: &'static str) -> Result<serde_json::Value, StoreError> {
     if text.trim().is_empty() {
         return Err(StoreError::Empty { path: origin.to_string(), expected });
@@ -494,6 +537,25 @@ mod tests {
         assert!(e.contains("action columns"), "{e}");
         let e = ModelFile::from_json(&json.replace("0.125", "NaN"), "m.json").unwrap_err().to_string();
         assert!(e.contains("not a valid"), "{e}");
+    }
+
+    #[test]
+    fn shipped_glue_settings_parse_and_say_why_for_every_value() {
+        let text = include_str!("../../../models/glue-builtins.json");
+        let f = GlueBuiltinsFile::from_json(text, "glue-builtins.json").unwrap();
+        let fields = serde_json::to_value(f.settings).unwrap();
+        for key in fields.as_object().unwrap().keys() {
+            assert!(f.why.get(key).is_some_and(|w| w.len() > 40), "no reason given for {key}");
+        }
+        let e =
+            GlueBuiltinsFile::from_json(&text.replace("\"timeout_minutes\": 10,", "\"timeout_minutes\": 0,"), "g.json")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("g.json") && e.contains("timeout_minutes 0"), "{e}");
+        let e = GlueBuiltinsFile::from_json(&text.replace("\"max_retries\": 3", "\"max_retry\": 3"), "g.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_retry"), "{e}");
     }
 
     #[test]

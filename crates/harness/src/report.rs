@@ -37,16 +37,22 @@ pub struct PolicyReport {
     pub unresolved: u64,
     /// Share of steps meeting the SLO.
     pub slo_attainment: f64,
+    /// 95 % interval of the SLO attainment.
+    pub slo_ci95: [f64; 2],
     /// Share of incidents healed without escalation.
     pub auto_resolved: f64,
     /// `Escalate` actions.
     pub escalations: u64,
     /// Records lost.
     pub records_lost: u64,
+    /// 95 % interval of the records lost (the total over the seeds).
+    pub records_lost_ci95: [f64; 2],
     /// Records dead-lettered.
     pub dead_lettered: u64,
     /// Mean worker cost per episode, USD.
     pub cost: f64,
+    /// 95 % interval of the mean cost.
+    pub cost_ci95: [f64; 2],
     /// Remedial actions in healthy windows.
     pub false_actions: u64,
     /// Episodes that lost any record.
@@ -119,11 +125,24 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(0xB007_5742);
     let mut boot_ret = Vec::with_capacity(RESAMPLES);
     let mut boot_mttr = Vec::with_capacity(RESAMPLES);
+    let (mut boot_slo, mut boot_cost, mut boot_lost) =
+        (Vec::with_capacity(RESAMPLES), Vec::with_capacity(RESAMPLES), Vec::with_capacity(RESAMPLES));
     if n > 0 {
         for _ in 0..RESAMPLES {
             let idx: Vec<usize> = (0..n).map(|_| rng.gen_range(0..n)).collect();
             boot_ret.push(mean(&idx.iter().map(|i| returns[*i]).collect::<Vec<_>>()));
             boot_mttr.push(mttr_of(&mut idx.iter().copied()));
+            let (mut slo, mut steps, mut workers, mut lost) = (0u64, 0u64, 0u64, 0u64);
+            for &i in &idx {
+                let e = &episodes[i];
+                slo += u64::from(e.slo_steps);
+                steps += u64::from(e.steps);
+                workers += e.worker_steps;
+                lost += e.ledger.lost;
+            }
+            boot_slo.push(slo as f64 / steps.max(1) as f64);
+            boot_cost.push(workers as f64 * worker_step_usd / n as f64);
+            boot_lost.push(lost as f64);
         }
     }
     let incidents: usize = episodes.iter().map(|e| e.incident_steps.len()).sum();
@@ -137,6 +156,7 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
         mttr_ci95: percentile_interval_95(boot_mttr),
         unresolved: episodes.iter().map(|e| u64::from(e.unresolved)).sum(),
         slo_attainment: episodes.iter().map(|e| u64::from(e.slo_steps)).sum::<u64>() as f64 / steps.max(1) as f64,
+        slo_ci95: percentile_interval_95(boot_slo),
         auto_resolved: if incidents == 0 {
             f64::NAN
         } else {
@@ -144,8 +164,10 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
         },
         escalations: episodes.iter().map(|e| u64::from(e.escalations)).sum(),
         records_lost: episodes.iter().map(|e| e.ledger.lost).sum(),
+        records_lost_ci95: percentile_interval_95(boot_lost),
         dead_lettered: episodes.iter().map(|e| e.ledger.dead_lettered).sum(),
         cost: episodes.iter().map(|e| e.worker_steps as f64 * worker_step_usd).sum::<f64>() / n.max(1) as f64,
+        cost_ci95: percentile_interval_95(boot_cost),
         false_actions: episodes.iter().map(|e| u64::from(e.false_actions)).sum(),
         episodes_with_loss: episodes.iter().filter(|e| e.ledger.lost > 0).count() as u64,
         worst_return: returns.iter().copied().fold(f64::NAN, f64::min),

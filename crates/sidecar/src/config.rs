@@ -176,6 +176,9 @@ pub struct ModelConfig {
     pub detector: Option<PathBuf>,
     /// Calibrated rules, logged beside each decision as the shadow choice.
     pub rules: Option<PathBuf>,
+    /// AWS Glue built-in settings (`selfheal-glue-builtins` file), logged
+    /// beside each decision as the second shadow (`glue_shadow`).
+    pub glue_builtins: Option<PathBuf>,
     /// Scenario whose pipeline shape (worker levels) the policy was trained for.
     pub scenario: Option<PathBuf>,
     /// Exploration rate online; 0 = always the greedy action.
@@ -194,6 +197,7 @@ impl Default for ModelConfig {
             policy: None,
             detector: None,
             rules: None,
+            glue_builtins: None,
             scenario: None,
             epsilon: 0.0,
             reward_windows: 1,

@@ -40,7 +40,8 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_agent::supervise::{Cause, Inputs};
 use selfheal_agent::{
-    deciding_state, epsilon_greedy, window_unhealthy, QLearner, RulesPolicy, Supervisor, WatchdogConfig,
+    deciding_state, epsilon_greedy, window_unhealthy, GlueBuiltinsPolicy, QLearner, RulesPolicy, Supervisor,
+    WatchdogConfig,
 };
 use selfheal_core::{
     Action, ActionMask, Detector, Metric, Observation, Policy, RewardFn, StateEncoder, StateId, Telemetry, Transition,
@@ -95,6 +96,10 @@ pub struct Parts {
     pub learner: QLearner,
     /// The rule policy, logged as the shadow choice.
     pub rules: RulesPolicy,
+    /// AWS Glue's built-ins (retries, timeout, delay notification, auto
+    /// scaling), logged beside it as a second shadow: what the job's own
+    /// settings would have done. `None`: not logged.
+    pub glue: Option<GlueBuiltinsPolicy>,
     /// The training reward.
     pub reward: Box<dyn RewardFn + Send>,
 }
@@ -157,6 +162,7 @@ struct PendingReward {
 struct Pipeline {
     encoder: Box<dyn StateEncoder + Send>,
     rules: RulesPolicy,
+    glue: Option<GlueBuiltinsPolicy>,
     supervisor: Supervisor,
     pending: Option<PendingReward>,
     score: f64,
@@ -320,10 +326,12 @@ impl Controller {
         let mut out = Output::default();
         let factory = self.parts.encoder.clone();
         let rules = self.parts.rules.clone();
+        let glue = self.parts.glue.clone();
         let supervisor = Supervisor::new(self.cfg.confidence, self.cfg.watchdog);
         let p = self.pipelines.entry(w.pipeline.clone()).or_insert_with(|| Pipeline {
             encoder: factory(),
             rules,
+            glue,
             supervisor,
             pending: None,
             score: 0.0,
@@ -412,6 +420,7 @@ impl Controller {
         let (learned, mut probability) = epsilon_greedy(&mut self.rng, self.cfg.epsilon, greedy, mask);
         let obs = Observation { telemetry: t, state, mask, anomalous: detection.anomalous };
         let shadow = p.rules.act(&obs);
+        let glue_shadow = p.glue.as_mut().map(|g| g.act(&obs));
         let mut row = [0.0; Action::COUNT];
         row.copy_from_slice(table.row(deciding));
         let mut visits = [0u32; Action::COUNT];
@@ -495,7 +504,8 @@ impl Controller {
                 summary,
                 detail: serde_json::json!({
                     "score": detection.score, "signature": detection.signature, "chosen": chosen.name(),
-                    "shadow": shadow.name(), "state": self.parts.describe.describe(state),
+                    "shadow": shadow.name(), "glue_shadow": glue_shadow.map(|a| a.name()),
+                    "state": self.parts.describe.describe(state),
                     "cause": choice.cause.name(), "trail": trail,
                 }),
             }),
@@ -516,6 +526,7 @@ impl Controller {
             chosen: chosen.name().into(),
             probability,
             shadow: shadow.name().into(),
+            glue_shadow,
             mode: self.cfg.mode.name().into(),
             verdict: verdict.into(),
             reason,
@@ -742,7 +753,7 @@ fn summary(w: &Window) -> WindowSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use selfheal_agent::{EncoderConfig, QParams, QTable, RuleThresholds, TelemetryEncoder};
+    use selfheal_agent::{EncoderConfig, GlueSettings, JobShape, QParams, QTable, RuleThresholds, TelemetryEncoder};
     use selfheal_core::{Detection, RewardV1, Slo, Telemetry};
 
     /// A detector with a fixed answer: the decision core only reads its output.
@@ -797,6 +808,7 @@ mod tests {
             detector: Arc::new(Fixed(0.9)),
             learner: QLearner::from_table(table, QParams::default(), 1),
             rules: RulesPolicy::new(th, Slo::default()),
+            glue: None,
             reward: Box::new(RewardV1::default()),
         };
         let cfg = DecideConfig {
@@ -832,6 +844,37 @@ mod tests {
         assert_eq!(d.probability, 1.0);
         let Some(Plan::Act(o)) = &out.plan else { panic!("no action planned") };
         assert_eq!(d.idempotency_key.as_deref(), Some(o.key.as_str()));
+    }
+
+    #[test]
+    fn glue_builtins_are_logged_beside_the_rules_as_a_second_shadow() {
+        let mut c = controller(Mode::Observe, 1000, 2.0);
+        let out = c.on_window(&window(0), 0);
+        assert_eq!(decision(&out).glue_shadow, None);
+        let line = serde_json::to_string(decision(&out)).unwrap();
+        assert!(!line.contains("glue_shadow"), "absent when not run: {line}");
+        let mut c = controller(Mode::Observe, 1000, 2.0);
+        let s = GlueSettings {
+            max_retries: 3,
+            timeout_minutes: 10,
+            notify_delay_after_minutes: Some(15),
+            auto_scaling: true,
+            min_workers: 2,
+            max_workers: 8,
+            scale_in_cpu_load: 0.4,
+        };
+        let shape = JobShape { worker_levels: vec![2, 4, 8], step_seconds: 60 };
+        c.parts.glue = Some(GlueBuiltinsPolicy::new(s, &shape).unwrap());
+        let mut w = window(0);
+        w.telemetry.set(Metric::ErrorsAll, 1.0);
+        let out = c.on_window(&w, 0);
+        let d = decision(&out);
+        assert_eq!(d.glue_shadow, Some(Action::RetryWithBackoff), "a failed run is retried");
+        assert_eq!(d.shadow, "noop", "the rules (all off here) are logged apart");
+        let line = serde_json::to_string(d).unwrap();
+        assert!(line.contains("\"glue_shadow\":\"retry_with_backoff\""), "{line}");
+        let back: DecisionRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.glue_shadow, Some(Action::RetryWithBackoff));
     }
 
     #[test]

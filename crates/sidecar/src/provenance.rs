@@ -65,8 +65,10 @@ pub enum ProvenanceError {
 }
 
 /// One line of the provenance log. All records of one decision share its `id`.
-// Records live one at a time between the decision core and the writer (a
-// log read holds them in one Vec); a box per decision buys nothing there.
+///
+/// Decisions are most of the lines, so boxing the largest variant would add an
+/// allocation to the common record to shrink the rare ones: the size
+/// difference is accepted.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -133,6 +135,11 @@ pub struct DecisionRecord {
     pub probability: f64,
     /// The rule policy's choice in the same situation.
     pub shadow: String,
+    /// What AWS Glue's built-ins (`glue-builtins`) would have done, when the
+    /// sidecar runs them as a second shadow; absent in older logs.
+    /// (An action, not a name, so a decision record stays small.)
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "action_name")]
+    pub glue_shadow: Option<selfheal_core::Action>,
     /// Operating mode: observe, recommend or act.
     pub mode: String,
     /// Guardrail verdict: noop, observed, proposed, allowed, escalated, paused or denied.
@@ -736,6 +743,10 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
     let _ = writeln!(out, "chosen: {} with probability {:.3}", d.chosen, d.probability);
     let agreement = if d.shadow == d.chosen { "agrees" } else { "differs" };
     let _ = writeln!(out, "rules would have chosen: {} ({agreement})", d.shadow);
+    if let Some(g) = &d.glue_shadow {
+        let agreement = if g.name() == d.chosen { "agrees" } else { "differs" };
+        let _ = writeln!(out, "Glue's built-ins would have chosen: {} ({agreement})", g.name());
+    }
     let _ = writeln!(out, "guardrails: {} — {}", d.verdict, d.reason);
     if let Some(key) = &d.idempotency_key {
         let _ = writeln!(out, "idempotency key: {key}");
@@ -835,5 +846,30 @@ mod tests {
         let mut f = OpenOptions::new().read(true).append(true).open(&path).unwrap();
         assert_eq!(truncate_torn_tail(&mut f).unwrap(), 17);
         assert_eq!(fs::read(&path).unwrap(), b"");
+    }
+}
+
+/// An optional action written as its log name (`noop`, `retry_with_backoff`, ...),
+/// the names every other action field of the log uses.
+mod action_name {
+    use selfheal_core::Action;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Option<Action>, s: S) -> Result<S::Ok, S::Error> {
+        match a {
+            Some(a) => s.serialize_str(a.name()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Action>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(n) => Action::ALL
+                .into_iter()
+                .find(|a| a.name() == n)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown action {n:?}"))),
+        }
     }
 }

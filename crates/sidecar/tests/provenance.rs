@@ -34,6 +34,7 @@ fn decision(id: &str, ts_ms: i64, pipeline: &str, chosen: &str, verdict: &str) -
         chosen: chosen.into(),
         probability: 0.95,
         shadow: "restart".into(),
+        glue_shadow: None,
         mode: "act".into(),
         verdict: verdict.into(),
         reason: "confident, 412 visits, lead 0.75".into(),
