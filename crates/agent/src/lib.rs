@@ -7,9 +7,10 @@
 //! - [`baselines`]: the no-op, random and calibrated rule-based policies;
 //! - [`glue_builtins`]: what AWS Glue's own job settings do (retries, timeout,
 //!   delay notification, auto scaling), the baseline a Glue user already has;
-//! - [`confidence`], [`watchdog`], [`supervise`]: the policy stack around the
-//!   table (a gate on unsure choices, silence included, and a watchdog that
-//!   bounds inaction), shared by evaluation and the sidecar;
+//! - [`confidence`], [`watchdog`], [`diagnose`], [`supervise`]: the policy
+//!   stack around the table (a gate on unsure choices, silence included, a
+//!   watchdog that bounds inaction, and the faults Glue's metrics name that
+//!   scaling cannot fix), shared by evaluation and the sidecar;
 //! - [`store`]: versioned model files, written atomically.
 //!
 //! The agent knows the core vocabulary only: not the simulator, not AWS.

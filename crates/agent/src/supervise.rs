@@ -11,8 +11,12 @@
 //! 3. **The watchdog** ([`crate::watchdog`]) bounds the time a pipeline stays
 //!    unhealthy with nothing done: it pages a person, then falls back to the
 //!    rules.
+//! 4. **Evidence** ([`crate::diagnose`]): where Glue's own metrics name a
+//!    fault that scaling cannot fix (a driver or single-executor out of
+//!    memory, a failed run's class), a scale-up is vetoed and a person paged
+//!    once with the reason.
 //!
-//! [`Supervisor`] is the per-pipeline state machine of steps 2–3; the sidecar's
+//! [`Supervisor`] is the per-pipeline state machine of steps 2–4; the sidecar's
 //! decision core drives it with its own ε-greedy choice and guardrails, and
 //! [`Supervised`] wraps it with the greedy policy and the rules into the
 //! [`Policy`] that `evaluate`, `simulate` and the report measure.
