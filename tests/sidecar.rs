@@ -151,7 +151,7 @@ fn fast_demo_heals_then_explain_and_log_tell_the_story() {
     let text = assert_ok(&selfheal(&["explain", &dec.id, "--log", log_arg]), "selfheal explain");
     for want in [
         format!("decision {} on pipeline p1", dec.id),
-        "window ending".into(),
+        "window starting".into(),
         "anomaly score".into(),
         format!("state {}:", dec.state),
         "Q values, best first".into(),

@@ -404,6 +404,7 @@ impl Controller {
                         reward: pend.acc,
                         windows: pend.windows,
                         next_state: state,
+                        action: Some(pend.action.name().to_string()),
                         q_before,
                         q_after,
                     };

@@ -90,7 +90,7 @@ pub enum Record {
 /// The telemetry window a decision was made on, reduced to what a human reads first.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WindowSummary {
-    /// End of the window, Unix ms.
+    /// Start of the window (its period), Unix ms.
     pub ts_ms: i64,
     /// p95 latency in seconds.
     pub latency_p95_s: f64,
@@ -223,9 +223,14 @@ pub struct RewardRecord {
     pub windows: u32,
     /// The state reached.
     pub next_state: u32,
-    /// Q(state, chosen) before the update.
+    /// The action whose Q value was updated: the one executed, which is
+    /// `noop` for a proposal that did not run (absent in older logs: the
+    /// decision's chosen action).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Q(state, action) before the update.
     pub q_before: f64,
-    /// Q(state, chosen) after the update.
+    /// Q(state, action) after the update.
     pub q_after: f64,
 }
 
@@ -722,7 +727,7 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
     let _ = writeln!(out, "decision {} on pipeline {} at {} (mode {})", d.id, d.pipeline, format_utc(d.ts_ms), d.mode);
     let _ = writeln!(
         out,
-        "window ending {}: latency p95 {:.2} s, error ratio {:.1}%, backlog {:.0}, {:.0} workers, {:.0} records in",
+        "window starting {}: latency p95 {:.2} s, error ratio {:.1}%, backlog {:.0}, {:.0} workers, {:.0} records in",
         format_utc(w.ts_ms),
         w.latency_p95_s,
         w.error_ratio * 100.0,
@@ -785,7 +790,13 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
                 let _ = writeln!(
                     out,
                     "{at} reward: {:.3} over {} windows, next state {}; Q(state {}, {}) {:.4} → {:.4}",
-                    r.reward, r.windows, r.next_state, d.state, d.chosen, r.q_before, r.q_after
+                    r.reward,
+                    r.windows,
+                    r.next_state,
+                    d.state,
+                    r.action.as_deref().unwrap_or(&d.chosen),
+                    r.q_before,
+                    r.q_after
                 );
             }
         }

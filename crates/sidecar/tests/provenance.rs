@@ -96,6 +96,7 @@ fn chain(id: &str, pipeline: &str, chosen: &str, verdict: &str) -> Vec<Record> {
             reward: -0.75,
             windows: 3,
             next_state: 4,
+            action: None,
             q_before: 1.25,
             q_after: 1.1,
         }),
@@ -395,6 +396,15 @@ fn explain_tells_the_whole_chain() {
         assert!(text.contains(fact), "missing {fact:?} in:\n{text}");
     }
     assert!(!text.contains("other"), "records of other decisions stay out:\n{text}");
+    // A proposal that did not run updated noop's value, and says so.
+    let mut proposed = chain("d-43", "p2", "scale_up", "proposed");
+    for r in &mut proposed {
+        if let Record::Reward(rw) = r {
+            rw.action = Some("noop".into());
+        }
+    }
+    let told = explain("d-43", &proposed).unwrap();
+    assert!(told.contains("Q(state 17, noop)") && !told.contains("Q(state 17, scale_up)"), "{told}");
     // Q values are ranked best first.
     let scale_up = text.find("scale_up ").unwrap();
     let restart = text.find("restart  ").unwrap();
