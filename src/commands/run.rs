@@ -123,7 +123,8 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     // Checks the policy against the scenario's shape, the detector and the
     // actuator's worker ladder; decides with the actuator's ladder.
     let enc_cfg = wiring::sidecar_encoder(&model, &scenario, &detector_model, &cfg.actuator, "the configuration")?;
-    let (enc, _) = wiring::learned(&model, &scenario, &detector_model)?;
+    // Checked above: only the table is built here, with the model's own encoder.
+    let (enc, _) = wiring::encoder(&model.encoder.id, model.encoder.config.clone(), &detector_model)?;
     let table = model.table(enc.as_ref())?;
     tracing::info!(model = %from, states = table.visited_states().count(), worker_levels = ?enc_cfg.worker_levels,
         "Q table loaded");

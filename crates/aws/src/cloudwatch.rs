@@ -59,16 +59,11 @@ pub struct MetricQuery {
     pub stat: &'static str,
 }
 
-/// Whether a metric counts events in the period (else it is a level).
-pub fn is_count(m: Metric) -> bool {
-    m.is_count()
-}
-
 /// The documented mapping of a feature onto CloudWatch.
 pub fn query_for(m: Metric, pipeline: &str, job_name: &str, namespace: &str) -> MetricQuery {
     // elapsedTime is a level for the windows but Glue publishes it as a
     // count: `Type=count`, statistic `Sum`.
-    let count = is_count(m) || m == Metric::ElapsedTime;
+    let count = m.is_count() || m == Metric::ElapsedTime;
     let stat = if count { "Sum" } else { "Average" };
     if m.name().starts_with("glue.") {
         let kind = if count { "count" } else { "gauge" };
