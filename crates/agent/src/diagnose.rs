@@ -21,13 +21,24 @@
 //! mismatch is no case for more workers, an access refusal no case for any
 //! action but a page.
 //!
-//! A [`Finding`] vetoes scaling up (never applied alone against it) and, once
-//! the evidence is strong (heap near full, or an out-of-memory error),
-//! escalates once per incident with the explanation. Pure: a function of one
-//! window. The simulator publishes neither the driver heap nor a single
-//! executor, so a policy's evaluation is unchanged by this step.
+//! Two findings name their own remedy, the one AWS documents:
+//!
+//! - **Executors out of memory on a job with several executors**: a job run
+//!   *failed* with an out-of-memory error (the run's `ErrorMessage`, not a
+//!   task-level error Spark may retry through). The run as sized cannot
+//!   finish; AWS's capacity-planning guide answers memory exhaustion spread
+//!   over executors with more or larger workers ("Monitoring for DPU capacity
+//!   planning", <https://docs.aws.amazon.com/glue/latest/dg/monitor-debug-capacity.html>):
+//!   the next run with more capacity, [`Action::ScaleUp`].
+//!
+//! Every other finding vetoes scaling up (never applied alone against it)
+//! and, once the evidence is strong (heap near full, or an out-of-memory
+//! error), escalates once per incident with the explanation. Pure: a
+//! function of one window. The simulator publishes neither the driver heap,
+//! a single executor nor job-run states, so a policy's evaluation is
+//! unchanged by this step.
 
-use selfheal_core::{Metric, Telemetry};
+use selfheal_core::{Action, Metric, Telemetry};
 
 /// Driver heap above the executors' by this much: the driver is the side
 /// running out of memory (the executors idle while it tracks tasks).
@@ -60,6 +71,14 @@ pub enum Finding {
     /// A job run was refused by IAM or a resource policy: no action of the
     /// agent grants a permission; a person must.
     AccessDenied,
+    /// A job run failed out of memory while several executors shared the
+    /// work: the next run needs more capacity.
+    ExecutorMemory {
+        /// Active executors (0 when absent).
+        executors: f64,
+        /// Executor heap, 0..1 (0 when absent).
+        heap: f64,
+    },
 }
 
 impl Finding {
@@ -68,8 +87,17 @@ impl Finding {
         match *self {
             Finding::DriverMemory { driver_heap, .. } => driver_heap >= HEAP_CRITICAL,
             Finding::SingleExecutor { heap, oom_errors, .. } => oom_errors > 0.0 || heap >= HEAP_CRITICAL,
-            Finding::SchemaMismatch => false,
+            Finding::SchemaMismatch | Finding::ExecutorMemory { .. } => false,
             Finding::AccessDenied => true,
+        }
+    }
+
+    /// The action the evidence names as the fix, if the agent can take it
+    /// (see the module doc); `None` = scaling is vetoed and a person decides.
+    pub fn remedy(&self) -> Option<Action> {
+        match self {
+            Finding::ExecutorMemory { .. } => Some(Action::ScaleUp),
+            _ => None,
         }
     }
 
@@ -80,6 +108,7 @@ impl Finding {
             Finding::SingleExecutor { .. } => "single_executor",
             Finding::SchemaMismatch => "schema_mismatch",
             Finding::AccessDenied => "access_denied",
+            Finding::ExecutorMemory { .. } => "executor_memory",
         }
     }
 
@@ -105,6 +134,11 @@ impl Finding {
             Finding::AccessDenied => "a job run was refused by IAM or a resource policy: no retry, restart or scaling \
                                       will help; a person must grant the permission"
                 .into(),
+            Finding::ExecutorMemory { executors, heap } => format!(
+                "a job run failed out of memory with {executors:.0} executors sharing the work (heap {:.0} %): the \
+                 next run needs more capacity (more workers)",
+                100.0 * heap
+            ),
         }
     }
 }
@@ -132,7 +166,19 @@ pub fn diagnose(t: &Telemetry) -> Option<Finding> {
             return Some(Finding::SingleExecutor { executors, heap, oom_errors });
         }
     }
-    runs(Metric::RunsFailedSchema).then_some(Finding::SchemaMismatch)
+    if runs(Metric::RunsFailedSchema) {
+        return Some(Finding::SchemaMismatch);
+    }
+    // A run failed out of memory and the work was spread (or the executor
+    // count is not published): more capacity is the documented answer.
+    if runs(Metric::RunsFailedOom) {
+        let executors = t.value(Metric::Executors);
+        if executors.is_none_or(|e| e >= 1.5) {
+            let heap = t.value(Metric::HeapUsage).unwrap_or(0.0);
+            return Some(Finding::ExecutorMemory { executors: executors.unwrap_or(0.0), heap });
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -175,6 +221,31 @@ mod tests {
         t.set(Metric::RunsFailedAccess, 1.0);
         let f = diagnose(&t).unwrap();
         assert!(f == Finding::AccessDenied && f.escalate() && f.explain().contains("permission"));
+    }
+
+    #[test]
+    fn a_run_failed_out_of_memory_on_several_executors_names_more_capacity() {
+        let mut t = glue(0.95, 3.0);
+        assert_eq!(diagnose(&t), None, "a full heap alone names no remedy: the policy decides");
+        t.set(Metric::RunsFailedOom, 1.0);
+        let f = diagnose(&t).unwrap();
+        assert_eq!(f, Finding::ExecutorMemory { executors: 3.0, heap: 0.95 });
+        assert_eq!(f.remedy(), Some(Action::ScaleUp));
+        assert!(!f.escalate() && f.explain().contains("more capacity"));
+        // One executor: the single-reader finding, whose fix is no scale-up.
+        let mut one = glue(0.95, 1.0);
+        one.set(Metric::RunsFailedOom, 1.0);
+        let f = diagnose(&one).unwrap();
+        assert!(matches!(f, Finding::SingleExecutor { .. }) && f.remedy().is_none());
+        // The driver's heap, not the executors': grouping files, no scale-up.
+        let mut driver = glue(0.2, 3.0);
+        driver.set(Metric::DriverHeapUsage, 0.97);
+        driver.set(Metric::RunsFailedOom, 1.0);
+        assert!(diagnose(&driver).unwrap().remedy().is_none());
+        // Executors unknown: the run's failure is evidence enough.
+        let mut bare = Telemetry::default();
+        bare.set(Metric::RunsFailedOom, 1.0);
+        assert_eq!(diagnose(&bare).unwrap().remedy(), Some(Action::ScaleUp));
     }
 
     #[test]

@@ -14,7 +14,10 @@
 //! 4. **Evidence** ([`crate::diagnose`]): where Glue's own metrics name a
 //!    fault that scaling cannot fix (a driver or single-executor out of
 //!    memory, a failed run's class), a scale-up is vetoed and a person paged
-//!    once with the reason.
+//!    once with the reason; where the evidence names the documented remedy
+//!    (a run failed out of memory on several executors: more capacity), that
+//!    action is taken once per incident, whatever the table says: the table
+//!    learned from windows that never carried this evidence.
 //!
 //! [`Supervisor`] is the per-pipeline state machine of steps 2–4; the sidecar's
 //! decision core drives it with its own ε-greedy choice and guardrails, and
@@ -55,6 +58,8 @@ pub enum Cause {
     EvidenceEscalate,
     /// The policy chose to scale up against such a finding: not run.
     EvidenceVeto,
+    /// The evidence names its remedy ([`Finding::remedy`]): taken.
+    EvidenceRemedy,
 }
 
 impl Cause {
@@ -72,6 +77,7 @@ impl Cause {
             Cause::WatchdogFallback => "watchdog_fallback",
             Cause::EvidenceEscalate => "evidence_escalate",
             Cause::EvidenceVeto => "evidence_veto",
+            Cause::EvidenceRemedy => "evidence_remedy",
         }
     }
 }
@@ -115,6 +121,9 @@ pub struct Supervisor {
     /// The finding a person was paged about, until `clear_after` windows in
     /// a row show none (as the watchdog ends an incident).
     paged_for: Option<&'static str>,
+    /// The finding whose remedy was taken, until `clear_after` windows in a
+    /// row show none: a remedy runs once per incident.
+    remedied: Option<&'static str>,
     /// Consecutive windows without a finding.
     no_finding: u32,
 }
@@ -122,13 +131,14 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor with this gate and watchdog.
     pub fn new(gate: ConfidenceGate, watchdog: WatchdogConfig) -> Supervisor {
-        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None, no_finding: 0 }
+        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None, remedied: None, no_finding: 0 }
     }
 
     /// Forget the current incident.
     pub fn reset(&mut self) {
         self.watchdog.reset();
         self.paged_for = None;
+        self.remedied = None;
         self.no_finding = 0;
     }
 
@@ -147,10 +157,32 @@ impl Supervisor {
             self.no_finding += 1;
             if self.no_finding >= self.watchdog.config().clear_after {
                 self.paged_for = None;
+                self.remedied = None;
             }
             return choice;
         };
         self.no_finding = 0;
+        if let Some(remedy) = f.remedy() {
+            if self.remedied == Some(f.name()) {
+                // Taken already: the policy's choice stands while the remedy
+                // takes effect, except a second scale-up.
+                if choice.action == remedy {
+                    return Choice { action: Action::NoOp, cause: Cause::EvidenceVeto };
+                }
+                return choice;
+            }
+            if i.mask.allows(remedy) {
+                self.remedied = Some(f.name());
+                return Choice { action: remedy, cause: Cause::EvidenceRemedy };
+            }
+            // The remedy cannot run (e.g. already at the top worker level): a
+            // person decides, once.
+            if self.paged_for != Some(f.name()) && i.mask.allows(Action::Escalate) {
+                self.paged_for = Some(f.name());
+                return Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate };
+            }
+            return choice;
+        }
         if f.escalate() && self.paged_for != Some(f.name()) && i.mask.allows(Action::Escalate) {
             self.paged_for = Some(f.name());
             return Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate };
@@ -297,6 +329,34 @@ mod tests {
         }
         use Action::*;
         assert_eq!(actions, [NoOp, NoOp, Escalate, NoOp, NoOp, Restart, NoOp]);
+    }
+
+    #[test]
+    fn evidence_with_a_remedy_takes_it_once_per_incident() {
+        let mut s = sup(10);
+        let row = [0.0; Action::COUNT];
+        let visits = [100; Action::COUNT];
+        let oom = Finding::ExecutorMemory { executors: 3.0, heap: 0.97 };
+        let with = |f: Option<Finding>, learned: Action, mask: ActionMask| Inputs {
+            finding: f,
+            mask,
+            ..inputs(true, learned, &row, &visits, Action::Restart)
+        };
+        let c = s.choose(with(Some(oom), Action::Restart, ActionMask::ALL));
+        assert_eq!(c, Choice { action: Action::ScaleUp, cause: Cause::EvidenceRemedy });
+        s.record(c.action);
+        // Still failing while the bigger run starts: no second scale-up.
+        let c = s.choose(with(Some(oom), Action::ScaleUp, ActionMask::ALL));
+        assert_eq!(c, Choice { action: Action::NoOp, cause: Cause::EvidenceVeto });
+        // The incident ends (clear_after = 1): a new one may take it again.
+        s.choose(with(None, Action::NoOp, ActionMask::ALL));
+        let c = s.choose(with(Some(oom), Action::NoOp, ActionMask::ALL));
+        assert_eq!(c.cause, Cause::EvidenceRemedy);
+        // At the top of the ladder scale-up is masked: a person is paged instead.
+        let mut top = sup(10);
+        let no_scale = ActionMask::ALL.without(Action::ScaleUp);
+        let c = top.choose(with(Some(oom), Action::Restart, no_scale));
+        assert_eq!(c, Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate });
     }
 
     #[test]

@@ -600,19 +600,21 @@ impl Controller {
         if self.cfg.mode == Mode::Recommend {
             return propose("recommend mode: waits for approval".to_string());
         }
-        if matches!(cause, Cause::GateFallback | Cause::WatchdogFallback) {
-            // The runbook's action: the table's confidence does not judge it.
+        if matches!(cause, Cause::GateFallback | Cause::WatchdogFallback | Cause::EvidenceRemedy) {
+            // The runbook's or the evidence's action: the table's confidence
+            // does not judge it.
             if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
                 return ("denied", denied.to_string(), Action::NoOp, None);
             }
             self.budget.start(self.clock_ms, pipeline, chosen);
             let why = match cause {
                 Cause::GateFallback => {
-                    "the policy's silence is unsure in an unhealthy window: the rule policy's action"
+                    "the policy's silence is unsure in an unhealthy window: the rule policy's action".to_string()
                 }
-                _ => "watchdog: still unhealthy with nothing done after a page: the rule policy's action",
+                Cause::EvidenceRemedy => format!("Glue's evidence names the fault and its remedy: {}", explain()),
+                _ => "watchdog: still unhealthy with nothing done after a page: the rule policy's action".to_string(),
             };
-            return ("allowed", why.into(), chosen, Some(Pending::Act));
+            return ("allowed", why, chosen, Some(Pending::Act));
         }
         let trust = self.cfg.confidence.check(row, visits, mask, chosen);
         if let Confidence::Unsure { reason, .. } = trust {
