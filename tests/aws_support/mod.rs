@@ -5,4 +5,5 @@
 
 pub mod moto;
 pub mod proxy;
+pub mod glue_world;
 pub mod world;
