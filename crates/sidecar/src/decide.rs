@@ -180,13 +180,14 @@ struct Pipeline {
 const EXPECT_AFTER: u64 = 3;
 
 /// The metrics a decision record lists as evidence when present and non-zero.
-const EVIDENCE: [Metric; 9] = [
+const EVIDENCE: [Metric; 10] = [
     Metric::RunsFailed,
     Metric::RunsFailedOom,
     Metric::RunsFailedSchema,
     Metric::RunsFailedConnection,
     Metric::RunsFailedThrottling,
     Metric::RunsFailedAccess,
+    Metric::CatalogDrift,
     Metric::ErrorsAll,
     Metric::ErrorsOom,
     Metric::DriverHeapUsage,
