@@ -28,6 +28,27 @@
 //! until stale, a metric never seen is absent; a period with no datapoint at
 //! all for a pipeline is skipped, not invented.
 //!
+//! **Discovery.** With `[source] metrics` unset, the source asks CloudWatch
+//! what each pipeline publishes before its first poll (and hourly):
+//! `ListMetrics`, paged, in `Glue` with `JobName` = its job and in the custom
+//! namespace with `Pipeline` = its name. A listed metric is read only if it
+//! is known ([`Metric::from_name`]) and listed with exactly the dimensions
+//! [`query_for`] would query; nothing else is asked of `GetMetricData` for
+//! that pipeline. `ListMetrics` "doesn't return information about metrics if
+//! those metrics haven't reported data in the past two weeks", and a new
+//! metric may take up to 15 minutes to appear
+//! (<https://docs.aws.amazon.com/AmazonCloudWatch/latest/APIReference/API_ListMetrics.html>):
+//! hence the hourly rediscovery. A refused `ListMetrics` falls back to every
+//! metric. [`CloudWatchSource::published`] tells what was found, with the
+//! evidence metrics the pipeline has sources for.
+//!
+//! **Glue evidence.** With [`CloudWatchSource::with_evidence`], each poll
+//! also reads the jobs' runs and the catalog ([`crate::evidence`]) and merges
+//! them into the same periods' values before the missing metrics are read
+//! from the previous window: a run's counts in the period it completed in
+//! (0 in the next, like any count), the catalog drift in the latest period
+//! read. Evidence failures never fail the poll.
+//!
 //! **Pagination and throttling.** `NextToken` pages are followed; a throttled
 //! or failed poll backs off with full jitter (capped), then tries again, and
 //! the cursor only moves when a poll succeeded.
@@ -444,8 +465,11 @@ impl CloudWatchSource {
                 }
             }
             if let Some(d) = ev.drift(&p.name).await {
-                let latest =
-                    points.range((cursor, pi)..(end, pi)).filter(|((_, i), _)| *i == pi).map(|((t, _), _)| *t).last();
+                let latest = points
+                    .range((cursor, pi)..(end, pi))
+                    .filter(|((_, i), _)| *i == pi)
+                    .map(|((t, _), _)| *t)
+                    .next_back();
                 let at = match latest {
                     Some(t) => Some(t),
                     None if d.columns > 0 => Some(end - period),

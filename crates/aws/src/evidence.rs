@@ -196,6 +196,9 @@ impl RunView {
     }
 }
 
+/// Counts of one ended run: (period start, counts, run id).
+pub type RunCounts = (i64, Vec<(Metric, f64)>, String);
+
 /// Where a period of `period` seconds containing `t` starts.
 pub fn period_start(t: i64, period: i64) -> i64 {
     t - t.rem_euclid(period.max(1))
@@ -215,7 +218,7 @@ pub fn ended_runs(
     cursor: i64,
     end: i64,
     period: i64,
-) -> (Vec<(i64, Vec<(Metric, f64)>, String)>, Vec<(String, String)>) {
+) -> (Vec<RunCounts>, Vec<(String, String)>) {
     let mut counted = Vec::new();
     let mut unknown = Vec::new();
     for r in runs {
