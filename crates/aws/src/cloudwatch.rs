@@ -441,11 +441,11 @@ impl CloudWatchSource {
     }
 
     /// Merge each pipeline's Glue evidence into `points`: run counts into the
-    /// period each run ended in (creating the window if the period had no
-    /// metric: a failed batch run is evidence on its own), the catalog drift
-    /// into the latest period read (the catalog is read now); a period with
-    /// nothing else gets a window for a drift only when there is one.
-    /// Failures are the evidence's to log and count; metrics go on.
+    /// period each run ended in (a failed run opens that period's window if
+    /// it had no metric: a failed batch run is evidence on its own; a run
+    /// that ended well opens none), the catalog drift into the latest period
+    /// read (the catalog is read now). Failures are the evidence's to log and
+    /// count; metrics go on.
     async fn merge_evidence(&mut self, points: &mut BTreeMap<(i64, usize), Vec<(Metric, f64)>>, end: i64, period: i64) {
         let Some(mut ev) = self.evidence.take() else { return };
         for (pi, p) in self.cfg.pipelines.iter().enumerate() {
@@ -455,6 +455,12 @@ impl CloudWatchSource {
             }
             let floor = self.origin.max(cursor - LATE_RUN_SECS);
             for (at, counts) in ev.runs(&p.name, floor, cursor, end, period).await {
+                // A run that ended well (no counts) opens no window of its
+                // own: only a failure is evidence enough to emit a period
+                // (and move the cursor) that has no metric yet.
+                if counts.is_empty() && !points.contains_key(&(at, pi)) {
+                    continue;
+                }
                 let values = points.entry((at, pi)).or_default();
                 // A period with a run in it has its run counts, 0 or more.
                 for m in RUN_METRICS {
@@ -465,17 +471,14 @@ impl CloudWatchSource {
                 }
             }
             if let Some(d) = ev.drift(&p.name).await {
+                // The catalog is read now: its drift belongs to the latest
+                // period read; it opens none (a level carries to the next).
                 let latest = points
                     .range((cursor, pi)..(end, pi))
                     .filter(|((_, i), _)| *i == pi)
                     .map(|((t, _), _)| *t)
                     .next_back();
-                let at = match latest {
-                    Some(t) => Some(t),
-                    None if d.columns > 0 => Some(end - period),
-                    None => None,
-                };
-                if let Some(at) = at {
+                if let Some(at) = latest {
                     tracing::debug!(pipeline = %p.name, period_start = at, columns = d.columns,
                         source_version = d.source_version.as_deref().unwrap_or("?"), "catalog drift read");
                     merge(points.entry((at, pi)).or_default(), Metric::CatalogDrift, d.columns as f64);
