@@ -165,7 +165,7 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
         seed: cfg.model.seed,
     };
     let run_id = format!("{:x}", selfheal_sidecar::now_ms());
-    let controller = Controller::new(dcfg, parts, run_id);
+    let mut controller = Controller::new(dcfg, parts, run_id);
 
     let mut fleet = None;
     let mut ingest = None;
@@ -191,7 +191,17 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
             };
             Box::new(FileSource::open(path, metric, pipeline, pacing, from)?)
         }
-        SourceConfig::Cloudwatch(c) => cloudwatch_source(&cfg, c).await?,
+        SourceConfig::Cloudwatch(c) => {
+            let (source, published) = cloudwatch_source(&cfg, c).await?;
+            // The discovered sets are known here: each pipeline's gaps are
+            // named now rather than after its first windows.
+            for (pipeline, set) in &published {
+                // TODO(check_metric_set): wiring::check_metric_set(detector, set, pipeline) is
+                // added by another change; the lead wires it here at merge.
+                controller.expect_published(pipeline, set);
+            }
+            source
+        }
         SourceConfig::Http { token_env, window_secs } => {
             let token = match token_env {
                 Some(var) => Some(
@@ -239,15 +249,68 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     Ok(())
 }
 
+/// What each CloudWatch pipeline was discovered publishing at start (empty
+/// when `[source] metrics` names the metrics, or discovery failed).
+type Published = Vec<(String, Vec<Metric>)>;
+
 #[cfg(feature = "aws")]
 async fn cloudwatch_source(
     cfg: &SidecarConfig,
     c: &selfheal_sidecar::config::CloudWatchConfig,
-) -> Result<Box<dyn TelemetrySource>> {
+) -> Result<(Box<dyn TelemetrySource>, Published)> {
+    use selfheal_aws::evidence::{CatalogTables, Evidence, EvidenceSources};
     let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
     let client = selfheal_aws::cloudwatch::Client::new(&sdk);
     let now = selfheal_sidecar::now_ms() / 1000;
-    Ok(Box::new(selfheal_aws::cloudwatch::CloudWatchSource::new(client, c.clone(), now, cfg.model.seed)))
+    // Glue evidence: each watched job's runs; catalog drift where the glue
+    // actuator's pipeline of the same name names its tables.
+    let glue_pipelines: &[selfheal_sidecar::config::GluePipeline] = match &cfg.actuator {
+        ActuatorConfig::Glue { pipelines } => pipelines,
+        _ => &[],
+    };
+    let sources = c
+        .pipelines
+        .iter()
+        .map(|p| {
+            let g = glue_pipelines.iter().find(|g| g.name == p.name);
+            let tables = g.and_then(|g| {
+                Some(CatalogTables {
+                    database: g.database.clone()?,
+                    table: g.table.clone()?,
+                    source_table: g.source_table.clone()?,
+                })
+            });
+            EvidenceSources {
+                pipeline: p.name.clone(),
+                job_name: (!p.job_name.is_empty()).then(|| p.job_name.clone()),
+                tables,
+            }
+        })
+        .collect();
+    let evidence = Evidence::new(selfheal_aws::glue::Client::new(&sdk), sources);
+    let mut src =
+        selfheal_aws::cloudwatch::CloudWatchSource::new(client, c.clone(), now, cfg.model.seed).with_evidence(evidence);
+    let mut published = Vec::new();
+    match src.discover(now).await {
+        Ok(()) => {
+            for p in &c.pipelines {
+                match src.published(&p.name) {
+                    Some(set) => {
+                        tracing::info!(pipeline = %p.name, job = %p.job_name,
+                            metrics = ?set.iter().map(|m| m.name()).collect::<Vec<_>>(),
+                            "the pipeline publishes these metrics (ListMetrics) and evidence (Glue); only they are read");
+                        published.push((p.name.clone(), set));
+                    }
+                    None => {
+                        tracing::info!(pipeline = %p.name, "metrics read as [source] metrics names them (not discovered)")
+                    }
+                }
+            }
+        }
+        Err(f) => tracing::warn!(error = %f.message, kind = f.kind.name(),
+            "ListMetrics failed at start: the first poll discovers again"),
+    }
+    Ok((Box::new(src), published))
 }
 
 #[cfg(feature = "aws")]
@@ -264,7 +327,7 @@ async fn glue_actuator(
 async fn cloudwatch_source(
     _cfg: &SidecarConfig,
     _c: &selfheal_sidecar::config::CloudWatchConfig,
-) -> Result<Box<dyn TelemetrySource>> {
+) -> Result<(Box<dyn TelemetrySource>, Published)> {
     bail!("source.kind = \"cloudwatch\" needs the `aws` feature; rebuild with default features")
 }
 

@@ -10,6 +10,10 @@
 //! the service's own throttling error, or forwards them and holds the answer
 //! back (the server applied the call; the client gave up waiting).
 //!
+//! [`Proxy::rewrite`] rewrites the JSON body of every successful answer to
+//! one operation (moto's job runs never fail, and never with an
+//! `ErrorMessage`; a test makes them fail in the answer the client reads).
+//!
 //! [`Proxy::gate`] holds back `GetMetricData` while the test publishes one
 //! window, whose metrics span two namespaces and so two `PutMetricData`
 //! calls: a poll between them would read half a window.
@@ -49,7 +53,12 @@ pub struct Seen {
     pub op: String,
     /// The fault applied, if any.
     pub fault: Option<Fault>,
+    /// The request's body (lossy UTF-8): which metrics a `GetMetricData` asked for.
+    pub body: String,
 }
+
+/// A rewrite of an answer's JSON body.
+type RewriteFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 #[derive(Default)]
 struct Shared {
@@ -57,6 +66,7 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     forwarded: Mutex<BTreeMap<String, u32>>,
     gate: RwLock<()>,
+    rewrites: Mutex<Vec<(String, RewriteFn)>>,
 }
 
 /// The proxy; stops accepting when dropped.
@@ -113,6 +123,18 @@ impl Proxy {
     /// Every request seen so far, in arrival order.
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Rewrite the body of every successful (2xx) answer to `op` with `f`
+    /// until [`Proxy::clear_rewrites`]; rewrites of one operation apply in
+    /// the order they were added. `Content-Length` is recomputed.
+    pub fn rewrite(&self, op: &str, f: impl Fn(&str) -> String + Send + Sync + 'static) {
+        self.shared.rewrites.lock().unwrap().push((op.to_string(), Arc::new(f)));
+    }
+
+    /// Drop every rewrite: answers pass unchanged again.
+    pub fn clear_rewrites(&self) {
+        self.shared.rewrites.lock().unwrap().clear();
     }
 
     /// Hold `GetMetricData` back until the guard drops.
@@ -218,6 +240,69 @@ fn forward(req: &Request, upstream: &str) -> Vec<u8> {
     }
 }
 
+/// Split a raw HTTP/1.1 answer into status, header lines and body (a chunked
+/// body is decoded).
+fn split_answer(raw: &[u8]) -> Option<(u16, Vec<String>, Vec<u8>)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n").map(str::to_string);
+    let status_line = lines.next()?;
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<String> = lines.collect();
+    let mut body = raw[end + 4..].to_vec();
+    let chunked = headers.iter().any(|h| {
+        let h = h.to_ascii_lowercase();
+        h.starts_with("transfer-encoding:") && h.contains("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&rest[..nl]).split(';').next()?.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(nl + 2..nl + 2 + size)?);
+            rest = rest.get(nl + 2 + size + 2..)?;
+        }
+        body = out;
+    }
+    Some((status, headers, body))
+}
+
+/// The answer with its body rewritten by `fs` if it is a 2xx; the length
+/// recomputed, `Connection: close` kept.
+fn rewritten(raw: Vec<u8>, fs: &[RewriteFn]) -> Vec<u8> {
+    if fs.is_empty() {
+        return raw;
+    }
+    let Some((status, headers, body)) = split_answer(&raw) else { return raw };
+    if !(200..300).contains(&status) {
+        return raw;
+    }
+    let mut text = String::from_utf8_lossy(&body).into_owned();
+    for f in fs {
+        text = f(&text);
+    }
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0);
+    let status_line =
+        String::from_utf8_lossy(&raw[..end]).split("\r\n").next().unwrap_or("HTTP/1.1 200 OK").to_string();
+    let mut out = format!("{status_line}\r\n");
+    for h in &headers {
+        let l = h.to_ascii_lowercase();
+        if !(l.starts_with("content-length:") || l.starts_with("transfer-encoding:") || l.starts_with("connection:")) {
+            out.push_str(h);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", text.len()));
+    let mut b = out.into_bytes();
+    b.extend_from_slice(text.as_bytes());
+    b
+}
+
 fn with_connection_close(raw: &[u8]) -> Vec<u8> {
     let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return raw.to_vec() };
     let head = String::from_utf8_lossy(&raw[..end]);
@@ -287,7 +372,8 @@ fn serve(mut conn: TcpStream, upstream: &str, sh: &Shared) {
             r.fault
         })
     };
-    sh.seen.lock().unwrap().push(Seen { at: Instant::now(), service, op: op.clone(), fault });
+    let body = String::from_utf8_lossy(&req.body).into_owned();
+    sh.seen.lock().unwrap().push(Seen { at: Instant::now(), service, op: op.clone(), fault, body });
     let answer = match fault {
         Some(Fault::Status(s)) => {
             let code = if service == "cloudwatch" { "InternalFailure" } else { "InternalServiceException" };
@@ -300,7 +386,9 @@ fn serve(mut conn: TcpStream, upstream: &str, sh: &Shared) {
         None | Some(Fault::Slow(_)) => {
             // A poll never reads a window the test is halfway through publishing.
             let held = (op == "GetMetricData").then(|| sh.gate.read().unwrap());
-            let answer = forward(&req, upstream);
+            let fs: Vec<RewriteFn> =
+                sh.rewrites.lock().unwrap().iter().filter(|(o, _)| *o == op).map(|(_, f)| f.clone()).collect();
+            let answer = rewritten(forward(&req, upstream), &fs);
             drop(held);
             *sh.forwarded.lock().unwrap().entry(op).or_default() += 1;
             if let Some(Fault::Slow(d)) = fault {

@@ -39,10 +39,11 @@ use std::time::Duration;
 /// Argument naming the idempotency key of the decision that started a run.
 pub const KEY_ARG: &str = "--selfheal-idempotency-key";
 
-/// The IAM actions this module and the CloudWatch source call; the shipped
-/// policy (`crates/aws/iam-policy.json`) must grant exactly these.
-pub const IAM_ACTIONS: [&str; 9] = [
+/// The IAM actions this module, the CloudWatch source and its Glue evidence
+/// call; the shipped policy (`crates/aws/iam-policy.json`) must grant exactly these.
+pub const IAM_ACTIONS: [&str; 10] = [
     "cloudwatch:GetMetricData",
+    "cloudwatch:ListMetrics",
     "glue:BatchStopJobRun",
     "glue:GetJob",
     "glue:GetJobRuns",

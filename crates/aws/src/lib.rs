@@ -16,6 +16,7 @@
 
 pub mod cloudwatch;
 pub mod errors;
+pub mod evidence;
 pub mod glue;
 
 use aws_config::retry::RetryConfig;

@@ -17,7 +17,8 @@ fn calls_in(src: &str, ops: &[&str]) -> BTreeSet<String> {
 #[test]
 fn policy_matches_the_calls_in_the_code() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    let glue_src = std::fs::read_to_string(format!("{dir}/glue.rs")).unwrap();
+    let glue_src = std::fs::read_to_string(format!("{dir}/glue.rs")).unwrap()
+        + &std::fs::read_to_string(format!("{dir}/evidence.rs")).unwrap();
     let cw_src = std::fs::read_to_string(format!("{dir}/cloudwatch.rs")).unwrap();
     // Every operation of the two SDKs this crate could call.
     let glue_ops = [

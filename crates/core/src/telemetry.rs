@@ -130,6 +130,11 @@ metrics! {
     RunsFailedThrottling = "selfheal.glue.runsFailed.throttling", Transform;
     /// Of them, refused by IAM or a resource policy (`AccessDenied`, `not authorized`, …).
     RunsFailedAccess = "selfheal.glue.runsFailed.accessDenied", Transform;
+    /// Columns by which the Glue Data Catalog's source table differs from the
+    /// table the job reads (added + dropped + retyped; 0 when they agree): a
+    /// level read with `GetTable` each poll, evidence of schema drift before
+    /// any record is rejected. Not a CloudWatch metric (hence `selfheal.`).
+    CatalogDrift = "selfheal.glue.catalogDrift", Transform;
 }
 
 impl Metric {
@@ -371,6 +376,7 @@ mod tests {
         t.clear(Metric::LatencyP95);
         assert!(!t.is_present(Metric::LatencyP95));
         assert!(Metric::ErrorsOom.is_count() && !Metric::DriverHeapUsage.is_count());
+        assert!(!Metric::CatalogDrift.is_count(), "a drift is a level: it carries, it does not add up");
     }
 
     #[test]

@@ -180,13 +180,14 @@ struct Pipeline {
 const EXPECT_AFTER: u64 = 3;
 
 /// The metrics a decision record lists as evidence when present and non-zero.
-const EVIDENCE: [Metric; 9] = [
+const EVIDENCE: [Metric; 10] = [
     Metric::RunsFailed,
     Metric::RunsFailedOom,
     Metric::RunsFailedSchema,
     Metric::RunsFailedConnection,
     Metric::RunsFailedThrottling,
     Metric::RunsFailedAccess,
+    Metric::CatalogDrift,
     Metric::ErrorsAll,
     Metric::ErrorsOom,
     Metric::DriverHeapUsage,
@@ -275,6 +276,25 @@ impl Controller {
             updates_since_checkpoint: 0,
             stats: Stats::default(),
         }
+    }
+
+    /// What the source discovered `pipeline` publishing (before its first
+    /// window): the metrics the detector or the reward read that are not
+    /// among them are reported at once (`selfheal_expected_metric_missing`
+    /// and a warning) rather than after the first windows; the windows then
+    /// keep the list current as they do for any source.
+    pub fn expect_published(&mut self, pipeline: &str, published: &[Metric]) {
+        let missing: Vec<&'static str> =
+            self.expected.iter().filter(|m| !published.contains(m)).map(|m| m.name()).collect();
+        if missing.is_empty() {
+            self.stats.missing.remove(pipeline);
+            return;
+        }
+        tracing::warn!(pipeline, missing = ?missing,
+            "the pipeline does not publish metrics the detector or the reward read: the detector reads them \
+             at the healthy baseline and the reward skips windows without its inputs; publish them or fit the \
+             detector on this pipeline");
+        self.stats.missing.insert(pipeline.to_string(), missing);
     }
 
     /// The mode.
@@ -1001,5 +1021,16 @@ mod tests {
         // Once it arrives, the gap closes.
         c.on_window(&window(180_000), 4);
         assert!(c.stats.missing.is_empty());
+    }
+
+    #[test]
+    fn a_discovered_metric_set_names_the_gap_before_the_first_window() {
+        let mut c = controller(Mode::Act, 1000, 2.0);
+        let all: Vec<Metric> = Metric::ALL.to_vec();
+        c.expect_published("p", &all);
+        assert!(c.stats.missing.is_empty());
+        let without: Vec<Metric> = all.iter().copied().filter(|m| *m != Metric::RecordsDelivered).collect();
+        c.expect_published("p", &without);
+        assert_eq!(c.stats.missing["p"], vec!["pipeline.records.delivered"]);
     }
 }
