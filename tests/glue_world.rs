@@ -37,7 +37,8 @@ fn a_glue_only_job_is_healed_by_the_right_action_and_left_alone_when_healthy() {
     let oom_from = w.minutes.len();
     w.fault = Some(Fault::OutOfMemory);
     w.until_healed(8, 4);
-    let (after, action) = first_action(&w, oom_from).unwrap_or_else(|| panic!("nothing healed the OOM\n{}", w.context()));
+    let (after, action) =
+        first_action(&w, oom_from).unwrap_or_else(|| panic!("nothing healed the OOM\n{}", w.context()));
     assert_eq!(action, Action::ScaleUp, "out of memory is healed by more capacity\n{}", w.context());
     assert!(after < 3, "first action {after} windows after onset\n{}", w.context());
     assert_eq!(w.workers, 8, "the next run has the next level of the job's ladder (4 → 8)\n{}", w.context());
@@ -67,7 +68,10 @@ fn a_glue_only_job_is_healed_by_the_right_action_and_left_alone_when_healthy() {
         .iter()
         .flat_map(|m| m.applied.iter().map(move |a| (m.window, m.fault, *a)))
         .filter(|(_, f, a)| {
-            !matches!((f, a), (Some(Fault::OutOfMemory), Action::ScaleUp) | (Some(Fault::SchemaDrift), Action::SchemaRemap))
+            !matches!(
+                (f, a),
+                (Some(Fault::OutOfMemory), Action::ScaleUp) | (Some(Fault::SchemaDrift), Action::SchemaRemap)
+            )
         })
         .collect();
     let applied: usize = w.minutes.iter().map(|m| m.applied.len()).sum();

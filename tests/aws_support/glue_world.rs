@@ -72,7 +72,10 @@ pub fn initial_columns() -> Vec<Col> {
 
 /// The source's columns after the upstream rename.
 pub fn drifted_columns() -> Vec<Col> {
-    initial_columns().into_iter().map(|(n, t)| if n == "amount" { ("order_amount".into(), t) } else { (n, t) }).collect()
+    initial_columns()
+        .into_iter()
+        .map(|(n, t)| if n == "amount" { ("order_amount".into(), t) } else { (n, t) })
+        .collect()
 }
 
 /// What is wrong with the job now.
@@ -239,7 +242,12 @@ impl GlueWorld {
             glue.create_job()
                 .name(JOB)
                 .role("arn:aws:iam::123456789012:role/orders-etl")
-                .command(JobCommand::builder().name("glueetl").script_location("s3://orders-lake/jobs/orders_etl.py").build())
+                .command(
+                    JobCommand::builder()
+                        .name("glueetl")
+                        .script_location("s3://orders-lake/jobs/orders_etl.py")
+                        .build(),
+                )
                 .glue_version("4.0")
                 .worker_type(WorkerType::G1X)
                 .number_of_workers(WORKERS)
@@ -255,7 +263,9 @@ impl GlueWorld {
             let mut all: Vec<Value> = v["JobRuns"].as_array().cloned().unwrap_or_default();
             all.extend(ours.lock().unwrap().iter().cloned());
             // Newest first, as Glue answers.
-            all.sort_by(|a, b| b["StartedOn"].as_f64().unwrap_or(0.0).total_cmp(&a["StartedOn"].as_f64().unwrap_or(0.0)));
+            all.sort_by(|a, b| {
+                b["StartedOn"].as_f64().unwrap_or(0.0).total_cmp(&a["StartedOn"].as_f64().unwrap_or(0.0))
+            });
             v["JobRuns"] = Value::Array(all);
             v.to_string()
         });
@@ -530,7 +540,9 @@ impl GlueWorld {
             .unwrap_or_else(|e| panic!("GetTable {table}: {e:?}"));
         out.table()
             .and_then(|t| t.storage_descriptor())
-            .map(|sd| sd.columns().iter().map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string())).collect())
+            .map(|sd| {
+                sd.columns().iter().map(|c| (c.name().to_string(), c.r#type().unwrap_or("").to_string())).collect()
+            })
             .unwrap_or_default()
     }
 
@@ -597,11 +609,8 @@ impl GlueWorld {
     }
 
     pub fn context(&self) -> String {
-        let minutes: Vec<String> = self
-            .minutes
-            .iter()
-            .map(|m| format!("{}:{:?}:{:?}", m.window, m.fault, m.applied))
-            .collect();
+        let minutes: Vec<String> =
+            self.minutes.iter().map(|m| format!("{}:{:?}:{:?}", m.window, m.fault, m.applied)).collect();
         format!(
             "minutes: {minutes:?}\n--- sidecar stderr ---\n{}\n--- moto ---\n{}",
             self.sidecar.as_ref().map(|s| s.stderr_tail()).unwrap_or_default(),

@@ -3,7 +3,7 @@
 //! local AWS and the real `selfheal run`.
 #![allow(dead_code)]
 
+pub mod glue_world;
 pub mod moto;
 pub mod proxy;
-pub mod glue_world;
 pub mod world;

@@ -31,6 +31,17 @@
 //!   planning", <https://docs.aws.amazon.com/glue/latest/dg/monitor-debug-capacity.html>):
 //!   the next run with more capacity, [`Action::ScaleUp`].
 //!
+//! - **Catalog drift while the job fails**: the source table's columns
+//!   differ from the job's table's (`GetTable` of both,
+//!   `selfheal.glue.catalogDrift`) and the window is unhealthy or a run
+//!   failed. The job reads data its table does not describe; the fix is the
+//!   table remapped to the source's columns, [`Action::SchemaRemap`] (what a
+//!   Glue crawler does by default, "updates the schema in the Data Catalog
+//!   to match the data source being crawled",
+//!   <https://docs.aws.amazon.com/glue/latest/dg/crawler-schema-changes-prevent.html>).
+//!   A drift on a healthy job is no incident; a failed schema-mismatch run
+//!   without drift has nothing a remap could copy: a person decides.
+//!
 //! Every other finding vetoes scaling up (never applied alone against it)
 //! and, once the evidence is strong (heap near full, or an out-of-memory
 //! error), escalates once per incident with the explanation. Pure: a
@@ -71,6 +82,12 @@ pub enum Finding {
     /// A job run was refused by IAM or a resource policy: no action of the
     /// agent grants a permission; a person must.
     AccessDenied,
+    /// The source table's columns differ from the job's table's while the
+    /// job fails: the table needs the source's columns.
+    CatalogDrift {
+        /// Columns added, dropped or retyped (`selfheal.glue.catalogDrift`).
+        columns: f64,
+    },
     /// A job run failed out of memory while several executors shared the
     /// work: the next run needs more capacity.
     ExecutorMemory {
@@ -87,7 +104,7 @@ impl Finding {
         match *self {
             Finding::DriverMemory { driver_heap, .. } => driver_heap >= HEAP_CRITICAL,
             Finding::SingleExecutor { heap, oom_errors, .. } => oom_errors > 0.0 || heap >= HEAP_CRITICAL,
-            Finding::SchemaMismatch | Finding::ExecutorMemory { .. } => false,
+            Finding::SchemaMismatch | Finding::ExecutorMemory { .. } | Finding::CatalogDrift { .. } => false,
             Finding::AccessDenied => true,
         }
     }
@@ -97,6 +114,7 @@ impl Finding {
     pub fn remedy(&self) -> Option<Action> {
         match self {
             Finding::ExecutorMemory { .. } => Some(Action::ScaleUp),
+            Finding::CatalogDrift { .. } => Some(Action::SchemaRemap),
             _ => None,
         }
     }
@@ -109,6 +127,7 @@ impl Finding {
             Finding::SchemaMismatch => "schema_mismatch",
             Finding::AccessDenied => "access_denied",
             Finding::ExecutorMemory { .. } => "executor_memory",
+            Finding::CatalogDrift { .. } => "catalog_drift",
         }
     }
 
@@ -134,6 +153,11 @@ impl Finding {
             Finding::AccessDenied => "a job run was refused by IAM or a resource policy: no retry, restart or scaling \
                                       will help; a person must grant the permission"
                 .into(),
+            Finding::CatalogDrift { columns } => format!(
+                "the source table's columns differ from the job's table's ({columns:.0} added, dropped or retyped) \
+                 while the job fails: more workers read the same mismatched data; remap the table to the source's \
+                 columns"
+            ),
             Finding::ExecutorMemory { executors, heap } => format!(
                 "a job run failed out of memory with {executors:.0} executors sharing the work (heap {:.0} %): the \
                  next run needs more capacity (more workers)",
@@ -143,8 +167,10 @@ impl Finding {
     }
 }
 
-/// What the window's Glue metrics say outright, if anything (see the module doc).
-pub fn diagnose(t: &Telemetry) -> Option<Finding> {
+/// What the window's Glue metrics and evidence say outright, if anything
+/// (see the module doc); `unhealthy` is the policy stack's verdict on the
+/// window (`crate::supervise::window_unhealthy`).
+pub fn diagnose(t: &Telemetry, unhealthy: bool) -> Option<Finding> {
     let runs = |m: Metric| t.value(m).unwrap_or(0.0) > 0.0;
     if runs(Metric::RunsFailedAccess) {
         return Some(Finding::AccessDenied);
@@ -164,6 +190,11 @@ pub fn diagnose(t: &Telemetry) -> Option<Finding> {
         let oom_errors = t.value(Metric::ErrorsOom).unwrap_or(0.0) + t.value(Metric::RunsFailedOom).unwrap_or(0.0);
         if oom_errors > 0.0 || heap >= 0.5 {
             return Some(Finding::SingleExecutor { executors, heap, oom_errors });
+        }
+    }
+    if let Some(columns) = t.value(Metric::CatalogDrift).filter(|c| *c > 0.0) {
+        if unhealthy || runs(Metric::RunsFailed) || runs(Metric::ErrorsSchema) {
+            return Some(Finding::CatalogDrift { columns });
         }
     }
     if runs(Metric::RunsFailedSchema) {
@@ -195,69 +226,87 @@ mod tests {
     #[test]
     fn a_busy_driver_with_idle_executors_is_a_driver_finding() {
         let mut t = glue(0.03, 9.0);
-        assert_eq!(diagnose(&t), None, "no driver metric, no driver finding");
+        assert_eq!(diagnose(&t, false), None, "no driver metric, no driver finding");
         let mut no_executor_heap = Telemetry::default();
         no_executor_heap.set(Metric::DriverHeapUsage, 0.9);
-        assert_eq!(diagnose(&no_executor_heap), None, "an absent executor heap is not an idle one");
+        assert_eq!(diagnose(&no_executor_heap, false), None, "an absent executor heap is not an idle one");
         t.set(Metric::DriverHeapUsage, 0.3);
-        let f = diagnose(&t).expect("driver heap well above the executors'");
+        let f = diagnose(&t, false).expect("driver heap well above the executors'");
         assert!(!f.escalate(), "0.30: not yet critical");
         t.set(Metric::DriverHeapUsage, 0.9);
-        let f = diagnose(&t).unwrap();
+        let f = diagnose(&t, false).unwrap();
         assert!(f.escalate() && f.explain().contains("driver") && f.explain().contains("groupFiles"));
         // A driver as busy as its executors is no finding.
         let mut even = glue(0.7, 9.0);
         even.set(Metric::DriverHeapUsage, 0.75);
-        assert_eq!(diagnose(&even), None);
+        assert_eq!(diagnose(&even, false), None);
     }
 
     #[test]
     fn failed_runs_name_what_scaling_cannot_fix() {
         let mut t = glue(0.5, 9.0);
         t.set(Metric::RunsFailedSchema, 1.0);
-        let f = diagnose(&t).unwrap();
+        let f = diagnose(&t, false).unwrap();
         assert_eq!(f, Finding::SchemaMismatch);
         assert!(!f.escalate(), "the policy remaps; no page needed");
         t.set(Metric::RunsFailedAccess, 1.0);
-        let f = diagnose(&t).unwrap();
+        let f = diagnose(&t, false).unwrap();
         assert!(f == Finding::AccessDenied && f.escalate() && f.explain().contains("permission"));
     }
 
     #[test]
     fn a_run_failed_out_of_memory_on_several_executors_names_more_capacity() {
         let mut t = glue(0.95, 3.0);
-        assert_eq!(diagnose(&t), None, "a full heap alone names no remedy: the policy decides");
+        assert_eq!(diagnose(&t, false), None, "a full heap alone names no remedy: the policy decides");
         t.set(Metric::RunsFailedOom, 1.0);
-        let f = diagnose(&t).unwrap();
+        let f = diagnose(&t, false).unwrap();
         assert_eq!(f, Finding::ExecutorMemory { executors: 3.0, heap: 0.95 });
         assert_eq!(f.remedy(), Some(Action::ScaleUp));
         assert!(!f.escalate() && f.explain().contains("more capacity"));
         // One executor: the single-reader finding, whose fix is no scale-up.
         let mut one = glue(0.95, 1.0);
         one.set(Metric::RunsFailedOom, 1.0);
-        let f = diagnose(&one).unwrap();
+        let f = diagnose(&one, false).unwrap();
         assert!(matches!(f, Finding::SingleExecutor { .. }) && f.remedy().is_none());
         // The driver's heap, not the executors': grouping files, no scale-up.
         let mut driver = glue(0.2, 3.0);
         driver.set(Metric::DriverHeapUsage, 0.97);
         driver.set(Metric::RunsFailedOom, 1.0);
-        assert!(diagnose(&driver).unwrap().remedy().is_none());
+        assert!(diagnose(&driver, false).unwrap().remedy().is_none());
         // Executors unknown: the run's failure is evidence enough.
         let mut bare = Telemetry::default();
         bare.set(Metric::RunsFailedOom, 1.0);
-        assert_eq!(diagnose(&bare).unwrap().remedy(), Some(Action::ScaleUp));
+        assert_eq!(diagnose(&bare, false).unwrap().remedy(), Some(Action::ScaleUp));
+    }
+
+    #[test]
+    fn catalog_drift_on_a_failing_job_names_a_remap_and_only_then() {
+        let mut t = glue(0.4, 3.0);
+        t.set(Metric::CatalogDrift, 0.0);
+        assert_eq!(diagnose(&t, true), None, "no drift, no remap");
+        t.set(Metric::CatalogDrift, 2.0);
+        assert_eq!(diagnose(&t, false), None, "a drift on a healthy job is no incident");
+        let f = diagnose(&t, true).expect("drift on an unhealthy window");
+        assert_eq!(f, Finding::CatalogDrift { columns: 2.0 });
+        assert_eq!(f.remedy(), Some(Action::SchemaRemap));
+        t.set(Metric::RunsFailed, 1.0);
+        t.set(Metric::RunsFailedSchema, 1.0);
+        assert_eq!(diagnose(&t, false).unwrap().remedy(), Some(Action::SchemaRemap), "a failed run is enough");
+        // A schema-mismatch failure without drift: nothing to copy, no remedy.
+        t.set(Metric::CatalogDrift, 0.0);
+        assert!(diagnose(&t, true).is_some_and(|f| f == Finding::SchemaMismatch && f.remedy().is_none()));
     }
 
     #[test]
     fn one_executor_out_of_memory_is_a_single_executor_finding() {
-        assert_eq!(diagnose(&glue(0.5, 9.0)), None, "many executors: scaling may help");
-        assert_eq!(diagnose(&glue(0.3, 1.0)), None, "one idle executor: nothing to say");
-        assert_eq!(diagnose(&glue(0.9, 0.0)), None, "no executor: between runs");
-        let f = diagnose(&glue(0.55, 1.0)).unwrap();
+        assert_eq!(diagnose(&glue(0.5, 9.0), false), None, "many executors: scaling may help");
+        assert_eq!(diagnose(&glue(0.3, 1.0), false), None, "one idle executor: nothing to say");
+        assert_eq!(diagnose(&glue(0.9, 0.0), false), None, "no executor: between runs");
+        let f = diagnose(&glue(0.55, 1.0), false).unwrap();
         assert!(!f.escalate());
         let mut t = glue(0.6, 1.0);
         t.set(Metric::ErrorsOom, 1.0);
-        let f = diagnose(&t).unwrap();
+        let f = diagnose(&t, false).unwrap();
         assert!(f.escalate() && f.explain().contains("one executor"));
     }
 }

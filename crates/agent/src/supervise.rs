@@ -15,7 +15,8 @@
 //!    fault that scaling cannot fix (a driver or single-executor out of
 //!    memory, a failed run's class), a scale-up is vetoed and a person paged
 //!    once with the reason; where the evidence names the documented remedy
-//!    (a run failed out of memory on several executors: more capacity), that
+//!    (a run failed out of memory on several executors: more capacity; the
+//!    source table drifted while the job fails: a schema remap), that
 //!    action is taken once per incident, whatever the table says: the table
 //!    learned from windows that never carried this evidence.
 //!
@@ -270,15 +271,16 @@ impl Policy for Supervised {
         let rules = self.rules.act(obs);
         let deciding = self.greedy.deciding_state(obs.state);
         let table = self.greedy.table();
+        let unhealthy = window_unhealthy(obs.telemetry, obs.anomalous);
         let choice = self.supervisor.choose(Inputs {
-            unhealthy: window_unhealthy(obs.telemetry, obs.anomalous),
+            unhealthy,
             held: obs.telemetry.get(Metric::IngestThrottled) > 0.5,
             learned: table.best(deciding, obs.mask),
             row: table.row(deciding),
             visits: table.visits(deciding),
             mask: obs.mask,
             rules,
-            finding: diagnose(obs.telemetry),
+            finding: diagnose(obs.telemetry, unhealthy),
         });
         self.supervisor.record(choice.action);
         self.last = choice.cause;

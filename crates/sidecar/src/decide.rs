@@ -448,7 +448,7 @@ impl Controller {
         visits.copy_from_slice(table.visits(deciding));
         let q: Vec<(String, f64)> = mask.iter().map(|a| (a.name().to_string(), row[a.index()])).collect();
         let state_visits = table.state_visits(deciding);
-        let finding = selfheal_agent::diagnose::diagnose(t);
+        let finding = selfheal_agent::diagnose::diagnose(t, window_unhealthy(t, detection.anomalous));
         let choice = if settling {
             selfheal_agent::supervise::Choice { action: learned, cause: Cause::Policy }
         } else {
