@@ -110,7 +110,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("windows read: {}", b.windows);
     println!("healthy windows used: {}", b.healthy_windows);
     println!(
-        "excluded: {} at or before a failed run's end, {} outliers (|z| > {}), {} with no detector metric",
+        "excluded: {} at or before a failed run's end, {} as outliers (|z| > {}), {} with no detector metric",
         b.excluded.failed_runs,
         b.excluded.outliers,
         selfheal_detect::telemetry::OUTLIER_Z,

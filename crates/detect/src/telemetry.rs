@@ -380,9 +380,9 @@ impl DetectorModel {
     /// (see the module doc): `history` is the pipeline's windows in time
     /// order, unlabelled.
     ///
-    /// 1. Windows with a failed run's evidence (`selfheal.glue.runsFailed*`
-    ///    > 0) in them or in the next window are excluded, and so are windows
-    ///    with none of the detector's input metrics.
+    /// 1. Windows with a failed run's evidence (a `selfheal.glue.runsFailed*`
+    ///    count above 0) in them or in the next window are excluded, and so are
+    ///    windows with none of the detector's input metrics.
     /// 2. A first median and scale over the rest; windows with any present
     ///    feature more than [`OUTLIER_Z`] scales from it are excluded, and the
     ///    median and scale estimated again (once) over what is left. Each
