@@ -218,3 +218,15 @@ fn validate_refuses_a_detector_fitted_for_another_metric_set() {
     assert!(text.contains("missing: glue.ALL.system.cpuSystemLoad; extra: pipeline.latency.p95"), "{text}");
     assert!(text.contains("selfheal fit"), "{text}");
 }
+
+#[test]
+fn a_short_history_is_refused_with_the_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = history(dir.path());
+    let short: String = std::fs::read_to_string(&h).unwrap().lines().take(15).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&h, short).unwrap();
+    let (ok, text, out) = fit(dir.path(), &h, "short.json");
+    assert!(!ok && !out.exists(), "{text}");
+    assert!(text.contains("only 15 healthy windows in the history of 15 windows"), "{text}");
+    assert!(text.contains("needs at least 20") && text.contains("give a longer history"), "{text}");
+}

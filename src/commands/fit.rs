@@ -169,6 +169,11 @@ fn read_history(path: &Path, a: &Args) -> Result<Vec<Window>> {
             if pipelines.is_empty() { "none".to_string() } else { pipelines.join(", ") }
         );
     }
+    let others: Vec<&str> = pipelines.iter().copied().filter(|p| *p != a.pipeline).collect();
+    if !others.is_empty() {
+        // A job's events are filed under the job's name unless --job maps it.
+        eprintln!("ignored: windows of {} (events of the pipeline's Glue job? pass --job JOB_NAME)", others.join(", "));
+    }
     let mut mine: Vec<Window> = all.into_iter().filter(|w| w.pipeline == a.pipeline).collect();
     mine.sort_by_key(|w| w.ts_ms);
     Ok(mine)
