@@ -8,7 +8,8 @@ use selfheal_agent::{
     DetectorRef, EncoderConfig, EncoderKind, GlueBuiltinsPolicy, GlueSettings, GreedyPolicy, JobShape, NoOpPolicy,
     RandomPolicy, RulesPolicy, Supervised, WatchdogConfig,
 };
-use selfheal_core::{Action, Detector, Observation, RewardV1, Slo, StateEncoder};
+use selfheal_core::{Action, Detector, Metric, Observation, RewardV1, Slo, StateEncoder};
+use selfheal_detect::features::TelemetryFeatures;
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_harness::{run_episode, Controller, EpisodeStats, Fixed};
 use selfheal_sim::{Oracle, Scenario, Simulator};
@@ -58,9 +59,53 @@ pub fn encoder(
     Ok((kind.build(config.clone(), d.clone()), Arc::from(kind.build(config, d))))
 }
 
-/// The reference a `detector-v1` policy keeps to its detector.
+/// The reference a `detector-v1` policy keeps to its detector: a detector
+/// rebaselined on a pipeline's history (`selfheal fit`) keeps its base's
+/// forest and signatures, so it answers with its base's fingerprint
+/// ([`DetectorModel::policy_fingerprint`]) and pairs with the base's policies.
 pub fn detector_ref(d: &DetectorModel) -> DetectorRef {
-    DetectorRef { fingerprint: d.fingerprint(), signatures: d.signatures.len() as u16 }
+    DetectorRef { fingerprint: d.policy_fingerprint(), signatures: d.signatures.len() as u16 }
+}
+
+/// Check that a pipeline publishes the metric set its detector was fitted
+/// for: a detector rebaselined on one pipeline's history (`selfheal fit`)
+/// knows that pipeline's normal only for the metrics the history had. A
+/// metric it was fitted with that the pipeline does not publish is read at
+/// the baseline (no evidence, faults go unseen); one the pipeline publishes
+/// that the history lacked is judged against the simulator's baseline (false
+/// alarms). `published` is the pipeline's declared or discovered metric set;
+/// only the detector's inputs in it count. A detector without a baseline (fitted on the
+/// simulator) fits every set. The baseline's pipeline name is not compared
+/// (a pipeline may be renamed, or its detector reused by a twin), only logged.
+///
+/// # Errors
+/// The mismatch, naming both sides, what is missing and extra, and the fix.
+pub fn check_metric_set(detector: &DetectorModel, published: &[Metric], pipeline: &str) -> Result<(), String> {
+    let Some(b) = &detector.meta.baseline else { return Ok(()) };
+    if b.pipeline != pipeline {
+        tracing::warn!(pipeline, fitted_for = %b.pipeline, source = %b.source,
+            "the detector was fitted on another pipeline's history; its metric set matches this one's");
+    }
+    let have: Vec<&str> =
+        TelemetryFeatures::inputs().into_iter().filter(|m| published.contains(m)).map(|m| m.name()).collect();
+    let fitted: Vec<&str> = b.metrics.iter().map(String::as_str).collect();
+    let missing: Vec<&str> = fitted.iter().copied().filter(|m| !have.contains(m)).collect();
+    let extra: Vec<&str> = have.iter().copied().filter(|m| !fitted.contains(m)).collect();
+    if missing.is_empty() && extra.is_empty() {
+        return Ok(());
+    }
+    let list = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+    Err(format!(
+        "the detector was fitted for pipeline {:?} ({}) with metrics {{{}}}; pipeline {pipeline:?} publishes {{{}}} \
+         (missing: {}; extra: {}). Re-run `selfheal fit --pipeline {pipeline} ...` on this pipeline's history \
+         with the metrics it publishes, and point model.detector at the result",
+        b.pipeline,
+        b.source,
+        fitted.join(", "),
+        have.join(", "),
+        list(&missing),
+        list(&extra),
+    ))
 }
 
 /// Check a model fits a scenario (and its detector) and build its encoder and
@@ -283,5 +328,84 @@ impl<'a> PolicyParts<'a> {
         let (mut enc, mut ctl) = self.controller(name)?;
         let reward = reward(self.scenario);
         Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, seed, |_| {})).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_core::Telemetry;
+    use selfheal_detect::telemetry::RebaselineParams;
+
+    /// Healthy windows of a Glue-only job: heap, CPU, elapsed time, failed
+    /// tasks and records read, nothing of the `pipeline.*` namespace.
+    fn glue_history(n: usize) -> Vec<Telemetry> {
+        (0..n)
+            .map(|i| {
+                let wobble = ((i * 7919) % 101) as f64 / 100.0 - 0.5;
+                let mut t = Telemetry::default();
+                t.set(Metric::HeapUsage, 0.62 + 0.04 * wobble);
+                t.set(Metric::CpuLoad, 0.35 + 0.05 * wobble);
+                t.set(Metric::ElapsedTime, 600_000.0 + 60_000.0 * i as f64);
+                t.set(Metric::RecordsRead, 1e6 * (1.0 + 0.1 * wobble));
+                t.set(Metric::FailedTasks, 0.0);
+                t.set(Metric::Executors, 10.0);
+                t
+            })
+            .collect()
+    }
+
+    fn rebaselined() -> (DetectorModel, DetectorModel) {
+        let base = crate::defaults::detector(None).unwrap();
+        let p = RebaselineParams { false_alarm_rate: 0.02, source: "history:t".into(), pipeline: "orders".into() };
+        let fitted = base.rebaseline(&glue_history(60), &p).unwrap();
+        (base, fitted)
+    }
+
+    #[test]
+    fn the_shipped_policy_pairs_with_a_rebaselined_shipped_detector() {
+        let (base, fitted) = rebaselined();
+        assert_ne!(fitted.fingerprint(), base.fingerprint());
+        assert_eq!(detector_ref(&fitted), detector_ref(&base));
+        let model = crate::defaults::policy(None).unwrap();
+        let scenario = crate::defaults::scenario(None).unwrap();
+        let paired = learned(&model, &scenario, &fitted);
+        assert!(paired.is_ok(), "{:#}", paired.err().unwrap());
+        // Another forest is still refused.
+        let mut other = fitted.clone();
+        other.meta.baseline.as_mut().unwrap().base_fingerprint = "0123456789abcdef".into();
+        let err = format!("{:#}", learned(&model, &scenario, &other).err().unwrap());
+        assert!(err.contains("0123456789abcdef"), "{err}");
+    }
+
+    #[test]
+    fn a_detector_fitted_for_another_metric_set_is_refused() {
+        let (base, fitted) = rebaselined();
+        let set = fitted.meta.baseline.as_ref().unwrap().metrics.clone();
+        assert_eq!(
+            set,
+            [Metric::FailedTasks, Metric::HeapUsage, Metric::CpuLoad, Metric::ElapsedTime, Metric::RecordsRead]
+                .map(|m| m.name().to_string())
+        );
+        let glue = [
+            Metric::FailedTasks,
+            Metric::HeapUsage,
+            Metric::CpuLoad,
+            Metric::ElapsedTime,
+            Metric::RecordsRead,
+            Metric::Executors,
+        ];
+        // Executors is no detector input: it neither counts nor hurts.
+        assert_eq!(check_metric_set(&fitted, &glue, "orders"), Ok(()));
+        let err = check_metric_set(&fitted, &[Metric::HeapUsage, Metric::LatencyP95], "billing").unwrap_err();
+        assert!(
+            err.contains("fitted for pipeline \"orders\"") && err.contains("pipeline \"billing\" publishes"),
+            "{err}"
+        );
+        assert!(err.contains("missing: glue.driver.aggregate.numFailedTasks, glue.ALL.system.cpuSystemLoad"), "{err}");
+        assert!(err.contains("extra: pipeline.latency.p95"), "{err}");
+        assert!(err.contains("selfheal fit --pipeline billing"), "{err}");
+        // The simulator-fitted detector fits any set.
+        assert_eq!(check_metric_set(&base, &[Metric::HeapUsage], "orders"), Ok(()));
     }
 }

@@ -4,6 +4,7 @@ pub mod calibrate;
 pub mod detect;
 pub mod diff;
 pub mod evaluate;
+pub mod fit;
 pub mod fit_detector;
 pub mod nab;
 pub mod ope;

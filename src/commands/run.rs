@@ -10,7 +10,7 @@ use clap::Args as ClapArgs;
 use selfheal_agent::store::ModelFile;
 use selfheal_agent::{EncoderKind, GlueBuiltinsPolicy, QLearner, QTable, RulesPolicy};
 use selfheal_core::{Detector, Metric, StateEncoder};
-use selfheal_detect::telemetry::TelemetryDetector;
+use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
 use selfheal_sidecar::config::{ActuatorConfig, LowConfidence, Pace, SidecarConfig, SourceConfig, EXAMPLE};
 use selfheal_sidecar::daemon::{self, Checkpoint, Daemon};
@@ -123,6 +123,7 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     // Checks the policy against the scenario's shape, the detector and the
     // actuator's worker ladder; decides with the actuator's ladder.
     let enc_cfg = wiring::sidecar_encoder(&model, &scenario, &detector_model, &cfg.actuator, "the configuration")?;
+    check_declared_metrics(&cfg, &detector_model, "the configuration")?;
     // Checked above: only the table is built here, with the model's own encoder.
     let (enc, _) = wiring::encoder(&model.encoder.id, model.encoder.config.clone(), &detector_model)?;
     let table = model.table(enc.as_ref())?;
@@ -196,8 +197,11 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
             // The discovered sets are known here: each pipeline's gaps are
             // named now rather than after its first windows.
             for (pipeline, set) in &published {
-                // TODO(check_metric_set): wiring::check_metric_set(detector, set, pipeline) is
-                // added by another change; the lead wires it here at merge.
+                // A detector fitted on another metric set would read the
+                // missing ones at a baseline they never had: refuse.
+                wiring::check_metric_set(&detector_model, set, pipeline).map_err(|e| {
+                    anyhow::anyhow!("pipeline {pipeline}: what ListMetrics found against model.detector: {e}")
+                })?;
                 controller.expect_published(pipeline, set);
             }
             source
@@ -446,6 +450,7 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
     let detector =
         defaults::detector(cfg.model.detector.as_deref()).with_context(|| format!("{name}: model.detector"))?;
     let enc = wiring::sidecar_encoder(&model, &scenario, &detector, &cfg.actuator, &name)?;
+    check_declared_metrics(&cfg, &detector, &name)?;
     println!(
         "{}: ok (mode {}, source {}, actuator {}, worker levels {:?})",
         a.config.display(),
@@ -454,6 +459,21 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
         actuator_kind(&cfg.actuator),
         enc.worker_levels
     );
+    Ok(())
+}
+
+/// The detector against each configured pipeline's declared metric set
+/// ([`wiring::check_metric_set`]): today the CloudWatch source's
+/// `source.metrics` list, when set. An undeclared set is not checked here
+/// (discovery with ListMetrics checks it once it knows the set).
+pub fn check_declared_metrics(cfg: &SidecarConfig, detector: &DetectorModel, config: &str) -> Result<()> {
+    let SourceConfig::Cloudwatch(c) = &cfg.source else { return Ok(()) };
+    let Some(names) = &c.metrics else { return Ok(()) };
+    let published: Vec<Metric> = names.iter().filter_map(|n| Metric::from_name(n)).collect();
+    for p in &c.pipelines {
+        wiring::check_metric_set(detector, &published, &p.name)
+            .map_err(|e| anyhow::anyhow!("{config}: source.metrics against model.detector: {e}"))?;
+    }
     Ok(())
 }
 
