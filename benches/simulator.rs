@@ -41,6 +41,7 @@ fn encoder(s: &Scenario) -> TelemetryEncoder {
         worker_levels: s.pipeline.workers.clone(),
         base_level: s.pipeline.base_level,
         detector: None,
+        driver_workers: 0,
     })
 }
 

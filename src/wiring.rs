@@ -30,7 +30,12 @@ impl Controller<Simulator> for OracleController<'_> {
 
 /// The encoder configuration a scenario implies.
 pub fn encoder_config(s: &Scenario) -> EncoderConfig {
-    EncoderConfig { worker_levels: s.pipeline.workers.clone(), base_level: s.pipeline.base_level, detector: None }
+    EncoderConfig {
+        worker_levels: s.pipeline.workers.clone(),
+        base_level: s.pipeline.base_level,
+        detector: None,
+        driver_workers: 0,
+    }
 }
 
 /// The reward a scenario is scored with.
@@ -220,6 +225,9 @@ pub fn sidecar_encoder(
     if let Some((_, levels, base)) = ladder {
         enc.worker_levels = levels.clone();
         enc.base_level = base;
+        // A Glue job's driver runs on one of its workers: n workers report
+        // n − 1 executors (EncoderConfig::driver_workers).
+        enc.driver_workers = 1;
     }
     Ok(enc)
 }

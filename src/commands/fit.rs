@@ -203,7 +203,20 @@ fn backfill(config: &Path, pipeline: &str, minutes: u64) -> Result<(Vec<Window>,
         let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
         let client = selfheal_aws::cloudwatch::Client::new(&sdk);
         let now = selfheal_sidecar::now_ms() / 1000;
-        let mut src = selfheal_aws::cloudwatch::CloudWatchSource::new(client, c, now, cfg.model.seed);
+        // The job's runs (GetJobRuns) mark the windows of failed runs, which
+        // are no baseline; the catalog is not read (drift is no baseline matter).
+        use selfheal_aws::evidence::{Evidence, EvidenceSources};
+        let job_name = (!c.pipelines[0].job_name.is_empty()).then(|| c.pipelines[0].job_name.clone());
+        let evidence = Evidence::new(
+            selfheal_aws::glue::Client::new(&sdk),
+            vec![EvidenceSources { pipeline: pipeline.to_string(), job_name, tables: None }],
+        );
+        let mut src =
+            selfheal_aws::cloudwatch::CloudWatchSource::new(client, c, now, cfg.model.seed).with_evidence(evidence);
+        // What the sidecar will read: the metrics ListMetrics finds (as `run` does).
+        if let Err(f) = src.discover(now).await {
+            tracing::warn!(error = %f.message, kind = f.kind.name(), "ListMetrics failed: every known metric is queried");
+        }
         let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(cfg.model.seed);
         let mut windows = Vec::new();
         let mut failures = 0u32;

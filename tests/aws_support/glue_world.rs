@@ -608,11 +608,43 @@ impl GlueWorld {
         }
     }
 
+    /// Every decision that was not a plain no-op, from the provenance log:
+    /// (minute, chosen, verdict, reason, evidence).
+    pub fn decisions(&self) -> Vec<(usize, String, String, String, Vec<String>)> {
+        let Some(sidecar) = &self.sidecar else { return Vec::new() };
+        sidecar
+            .log()
+            .records
+            .into_iter()
+            .filter_map(|r| match r {
+                selfheal_sidecar::provenance::Record::Decision(d) if d.verdict != "noop" => Some((
+                    ((d.window.ts_ms / 1000 - self.base_s) / 60) as usize,
+                    d.chosen,
+                    d.verdict,
+                    d.reason,
+                    d.evidence,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The fault of minute `k` (`None` for the history and healthy minutes).
+    pub fn fault_at(&self, k: usize) -> Option<Fault> {
+        self.minutes.iter().find(|m| m.window == k).and_then(|m| m.fault)
+    }
+
     pub fn context(&self) -> String {
         let minutes: Vec<String> =
             self.minutes.iter().map(|m| format!("{}:{:?}:{:?}", m.window, m.fault, m.applied)).collect();
+        let decided: Vec<String> = self
+            .decisions()
+            .iter()
+            .map(|d| format!("minute {}: {} {} [{}] evidence {:?}", d.0, d.1, d.2, d.3, d.4))
+            .collect();
         format!(
-            "minutes: {minutes:?}\n--- sidecar stderr ---\n{}\n--- moto ---\n{}",
+            "minutes: {minutes:?}\ndecisions:\n{}\n--- sidecar stderr ---\n{}\n--- moto ---\n{}",
+            decided.join("\n"),
             self.sidecar.as_ref().map(|s| s.stderr_tail()).unwrap_or_default(),
             self.moto.log_tail()
         )

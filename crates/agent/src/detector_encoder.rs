@@ -163,11 +163,7 @@ impl DetectorEncoder {
 
     /// The nearest worker level; the base level when the count is absent.
     fn level_of(&self, t: &Telemetry) -> u32 {
-        let Some(e) = t.value(Metric::Executors) else { return u32::from(self.config.base_level) };
-        let d = |w: &u32| (f64::from(*w) - e).abs();
-        (0..self.config.worker_levels.len())
-            .min_by(|a, b| d(&self.config.worker_levels[*a]).total_cmp(&d(&self.config.worker_levels[*b])))
-            .unwrap_or(0) as u32
+        self.config.level_of(t)
     }
 }
 
@@ -332,7 +328,7 @@ mod tests {
 
     fn enc(sig: u16) -> DetectorEncoder {
         DetectorEncoder::new(
-            EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None },
+            EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None, driver_workers: 0 },
             Arc::new(Fixed(sig)),
         )
     }

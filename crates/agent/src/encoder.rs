@@ -38,6 +38,38 @@ pub struct EncoderConfig {
     /// For `detector-v1`: the detector whose signatures number the states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detector: Option<DetectorRef>,
+    /// Workers that run no executor. On Glue's `G.*` worker types each
+    /// worker runs one executor except the one that runs the driver, so a
+    /// job of `NumberOfWorkers = n` reports
+    /// `glue.driver.ExecutorAllocationManager.executors.numberAllExecutors`
+    /// = n − 1 ("Monitoring for DPU capacity planning": maximum executors =
+    /// workers − 1, <https://docs.aws.amazon.com/glue/latest/dg/monitor-debug-capacity.html>);
+    /// the simulator reports the workers themselves (0). The sidecar sets 1
+    /// for a Glue actuator.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub driver_workers: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl EncoderConfig {
+    /// The worker level (index into `worker_levels`) nearest to the
+    /// window's executors plus [`EncoderConfig::driver_workers`]; ties go to
+    /// the higher level; the base level when the count is absent.
+    pub fn level_of(&self, t: &Telemetry) -> u32 {
+        let Some(e) = t.value(Metric::Executors) else { return u32::from(self.base_level) };
+        let workers = e + f64::from(self.driver_workers);
+        let d = |i: usize| (f64::from(self.worker_levels[i]) - workers).abs();
+        let mut best = 0;
+        for i in 1..self.worker_levels.len() {
+            if d(i) <= d(best) {
+                best = i;
+            }
+        }
+        best as u32
+    }
 }
 
 /// Which detector a `detector-v1` policy was trained with.
@@ -145,14 +177,7 @@ impl TelemetryEncoder {
     /// the base level when the window has no executor count (absent is not
     /// "below normal", which would invite a scale-up).
     pub fn level_of(&self, t: &Telemetry) -> u32 {
-        let Some(e) = t.value(Metric::Executors) else { return u32::from(self.config.base_level) };
-        let mut best = 0;
-        for (i, w) in self.config.worker_levels.iter().enumerate() {
-            if (f64::from(*w) - e).abs() < (f64::from(self.config.worker_levels[best]) - e).abs() {
-                best = i;
-            }
-        }
-        best as u32
+        self.config.level_of(t)
     }
 
     /// Pack parts into a state id.
@@ -292,7 +317,12 @@ mod tests {
     use super::*;
 
     fn enc() -> TelemetryEncoder {
-        TelemetryEncoder::new(EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None })
+        TelemetryEncoder::new(EncoderConfig {
+            worker_levels: vec![5, 10, 20, 40],
+            base_level: 1,
+            detector: None,
+            driver_workers: 0,
+        })
     }
 
     fn healthy() -> Telemetry {
@@ -339,6 +369,25 @@ mod tests {
         assert!(e.unpack(s).escalated && !mask.allows(Action::Escalate));
         let (s, _) = e.encode(&healthy());
         assert_eq!((e.unpack(s).attempts, e.unpack(s).escalated), (0, false));
+    }
+
+    #[test]
+    fn a_glue_jobs_executors_read_as_its_workers_less_the_driver() {
+        let glue = EncoderConfig { worker_levels: vec![2, 4, 8, 16], base_level: 1, detector: None, driver_workers: 1 };
+        let at = |cfg: &EncoderConfig, executors: f64| {
+            let mut t = Telemetry::default();
+            t.set(Metric::Executors, executors);
+            cfg.level_of(&t)
+        };
+        // 4 G.1X workers: a driver and 3 executors, the base level.
+        assert_eq!(at(&glue, 3.0), 1);
+        assert_eq!(at(&glue, 7.0), 2);
+        assert_eq!(at(&glue, 1.0), 0);
+        assert_eq!(glue.level_of(&Telemetry::default()), 1, "absent: the base level, not below it");
+        // Counted as workers (the simulator), 3 sits between 2 and 4: the higher.
+        let sim = EncoderConfig { driver_workers: 0, ..glue };
+        assert_eq!(at(&sim, 3.0), 1);
+        assert_eq!(at(&sim, 2.0), 0);
     }
 
     #[test]

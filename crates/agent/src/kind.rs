@@ -76,7 +76,8 @@ mod tests {
                 selfheal_core::Detection::default()
             }
         }
-        let cfg = EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None };
+        let cfg =
+            EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None, driver_workers: 0 };
         for k in EncoderKind::ALL {
             assert_eq!(EncoderKind::parse(k.id()), Some(k));
             assert_eq!(k.build(cfg.clone(), Arc::new(None0)).id(), k.id());

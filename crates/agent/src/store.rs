@@ -448,7 +448,8 @@ mod tests {
     use crate::encoder::TelemetryEncoder;
 
     fn sample() -> (ModelFile, TelemetryEncoder) {
-        let cfg = EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None };
+        let cfg =
+            EncoderConfig { worker_levels: vec![5, 10, 20, 40], base_level: 1, detector: None, driver_workers: 0 };
         let enc = TelemetryEncoder::new(cfg.clone());
         let mut t = QTable::new(enc.num_states());
         t.set_row(42, &[1.0, -2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.125], &[3, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
@@ -561,7 +562,12 @@ mod tests {
     #[test]
     fn encoder_with_other_levels_is_refused() {
         let (m, _) = sample();
-        let other = TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4], base_level: 0, detector: None });
+        let other = TelemetryEncoder::new(EncoderConfig {
+            worker_levels: vec![2, 4],
+            base_level: 0,
+            detector: None,
+            driver_workers: 0,
+        });
         assert!(m.table(&other).unwrap_err().to_string().contains("states"));
     }
 }

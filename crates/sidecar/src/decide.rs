@@ -180,7 +180,7 @@ struct Pipeline {
 const EXPECT_AFTER: u64 = 3;
 
 /// The metrics a decision record lists as evidence when present and non-zero.
-const EVIDENCE: [Metric; 10] = [
+const EVIDENCE: [Metric; 9] = [
     Metric::RunsFailed,
     Metric::RunsFailedOom,
     Metric::RunsFailedSchema,
@@ -190,7 +190,6 @@ const EVIDENCE: [Metric; 10] = [
     Metric::CatalogDrift,
     Metric::ErrorsAll,
     Metric::ErrorsOom,
-    Metric::DriverHeapUsage,
 ];
 
 /// `metric=value` for each [`EVIDENCE`] metric the window has (non-zero).
@@ -481,7 +480,20 @@ impl Controller {
             )
         } else {
             let idle = p.supervisor.watchdog().idle();
-            self.guard(&w.pipeline, choice.cause, idle, finding, chosen, &row, &visits, mask, &detection, state)
+            let unhealthy = window_unhealthy(t, detection.anomalous);
+            self.guard(
+                &w.pipeline,
+                choice.cause,
+                idle,
+                unhealthy,
+                finding,
+                chosen,
+                &row,
+                &visits,
+                mask,
+                &detection,
+                state,
+            )
         };
         let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
         p.encoder.record_action(executed);
@@ -566,6 +578,7 @@ impl Controller {
         pipeline: &str,
         cause: Cause,
         idle: u32,
+        unhealthy: bool,
         finding: Option<selfheal_agent::diagnose::Finding>,
         chosen: Action,
         row: &[f64],
@@ -588,6 +601,13 @@ impl Controller {
                 return ("vetoed", format!("scale_up not run: {}", explain()), Action::NoOp, None);
             }
             return ("noop", "the policy chose no action".into(), Action::NoOp, None);
+        }
+        if !unhealthy && cause == Cause::Policy {
+            // A healthy window: acting needs the table's confidence; an
+            // unsure choice is not worth a person's attention either.
+            if let Confidence::Unsure { reason, .. } = self.cfg.confidence.check(row, visits, mask, chosen) {
+                return ("noop", format!("healthy window, {chosen} not proposed: {reason}"), Action::NoOp, None);
+            }
         }
         if self.cfg.mode == Mode::Observe {
             return ("observed", format!("observe mode: would {chosen}"), Action::NoOp, None);
@@ -794,7 +814,12 @@ mod tests {
     }
 
     fn encoder() -> TelemetryEncoder {
-        TelemetryEncoder::new(EncoderConfig { worker_levels: vec![2, 4, 8], base_level: 1, detector: None })
+        TelemetryEncoder::new(EncoderConfig {
+            worker_levels: vec![2, 4, 8],
+            base_level: 1,
+            detector: None,
+            driver_workers: 0,
+        })
     }
 
     fn window(ts_ms: i64) -> Window {
@@ -867,6 +892,25 @@ mod tests {
         assert_eq!(d.probability, 1.0);
         let Some(Plan::Act(o)) = &out.plan else { panic!("no action planned") };
         assert_eq!(d.idempotency_key.as_deref(), Some(o.key.as_str()));
+    }
+
+    #[test]
+    fn an_unsure_action_in_a_healthy_window_is_neither_run_nor_proposed() {
+        for mode in [Mode::Act, Mode::Recommend] {
+            let mut c = controller(mode, 1000, 0.1);
+            c.parts.detector = Arc::new(Fixed(0.1));
+            let mut w = window(0);
+            w.telemetry.set(Metric::LatencyP95, 30.0);
+            let out = c.on_window(&w, 0);
+            let d = decision(&out);
+            assert_eq!((d.chosen.as_str(), d.verdict.as_str()), ("scale_up", "noop"), "{mode:?}: {d:?}");
+            assert!(d.reason.contains("healthy window") && d.reason.contains("lead"), "{}", d.reason);
+            assert!(out.plan.is_none() && c.approvals.pending().next().is_none(), "{mode:?}: nothing asked of anyone");
+            // The same unsure choice in an unhealthy window is proposed.
+            let mut c = controller(mode, 1000, 0.1);
+            let out = c.on_window(&window(60_000), 60_000);
+            assert_eq!(decision(&out).verdict, "proposed", "{mode:?}");
+        }
     }
 
     #[test]
