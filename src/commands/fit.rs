@@ -147,7 +147,7 @@ fn read_history(path: &Path, a: &Args) -> Result<Vec<Window>> {
         let name = a.metric.as_deref().context("a CSV history holds one metric: name it with --metric")?;
         let metric = Metric::from_name(name)
             .with_context(|| format!("unknown metric {name:?}; `selfheal config --metrics` lists them"))?;
-        let mut src = FileSource::open(path, metric, &a.pipeline, Pacing::Fast, None)?;
+        let mut src = FileSource::open(path, metric, &a.pipeline, Pacing::Fast, None, &[])?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let mut all = Vec::with_capacity(src.remaining());
         rt.block_on(async {

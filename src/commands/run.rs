@@ -190,7 +190,14 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
                 ),
                 None => None,
             };
-            Box::new(FileSource::open(path, metric, pipeline, pacing, from)?)
+            // Glue Job State Change events name the job: file them under its pipeline.
+            let jobs: Vec<(String, String)> = match &cfg.actuator {
+                ActuatorConfig::Glue { pipelines } => {
+                    pipelines.iter().map(|p| (p.job_name.clone(), p.name.clone())).collect()
+                }
+                _ => Vec::new(),
+            };
+            Box::new(FileSource::open(path, metric, pipeline, pacing, from, &jobs)?)
         }
         SourceConfig::Cloudwatch(c) => {
             let (source, published) = cloudwatch_source(&cfg, c).await?;

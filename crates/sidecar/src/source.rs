@@ -206,19 +206,24 @@ pub struct FileSource {
 
 impl FileSource {
     /// Read the whole file now, so a malformed line fails the start, not the
-    /// middle of an incident.
+    /// middle of an incident. A Glue Job State Change event on a JSON line is
+    /// evidence of the pipeline `jobs` maps its job to (job name → pipeline;
+    /// an unlisted job is its own pipeline), added to that pipeline's last
+    /// window ([`Assembler::push_event`]), never a window of its own.
     pub fn open(
         path: &Path,
         metric: Metric,
         pipeline: &str,
         pacing: Pacing,
         from_ms: Option<i64>,
+        jobs: &[(String, String)],
     ) -> Result<FileSource, SourceError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| SourceError::Io { path: path.to_path_buf(), source })?;
         let bad = |line: usize, message: String| SourceError::Bad { path: path.to_path_buf(), line, message };
         let jsonl = matches!(path.extension().and_then(|e| e.to_str()), Some("jsonl" | "json" | "ndjson"));
         let mut asm = Assembler::new(1);
+        asm.map_jobs(jobs.iter().cloned());
         let mut windows = Vec::new();
         if jsonl {
             for (i, line) in text.lines().enumerate() {
@@ -227,6 +232,10 @@ impl FileSource {
                 }
                 let s = parse_line(line.as_bytes()).map_err(|e| bad(i + 1, e))?;
                 if from_ms.is_some_and(|f| s.ts < f) {
+                    continue;
+                }
+                if s.event {
+                    asm.push_event(&s.pipeline, s.ts, &s.metrics.0);
                     continue;
                 }
                 windows.extend(asm.push(&s.pipeline, s.ts, &s.metrics.0).map_err(|e| bad(i + 1, e.to_string()))?);
@@ -334,11 +343,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_glue_event_in_a_replay_is_evidence_of_its_pipeline_not_a_window() {
+        let mut f = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
+        let event = r#"{"version": "0", "detail-type": "Glue Job State Change", "source": "aws.glue", "time": "2026-11-23T03:00:30Z", "detail": {"jobName": "orders-etl", "state": "FAILED", "jobRunId": "jr_1", "message": "java.lang.OutOfMemoryError: Java heap space"}}"#;
+        writeln!(f, r#"{{"ts": 1795402800000, "pipeline": "orders", "metrics": {{"glue.ALL.jvm.heap.usage": 0.97}}}}"#)
+            .unwrap();
+        writeln!(f, "{event}").unwrap();
+        writeln!(f, r#"{{"ts": 1795402860000, "pipeline": "orders", "metrics": {{"glue.ALL.jvm.heap.usage": 0.4}}}}"#)
+            .unwrap();
+        let jobs = [("orders-etl".to_string(), "orders".to_string())];
+        let mut s = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, None, &jobs).unwrap();
+        let mut got = Vec::new();
+        while let Some(b) = s.next().await.unwrap() {
+            got.extend(b);
+        }
+        assert_eq!(got.iter().map(|w| w.pipeline.as_str()).collect::<Vec<_>>(), ["orders", "orders"], "{got:?}");
+        assert_eq!(got[0].telemetry.value(Metric::RunsFailedOom), Some(1.0), "the run's failure joins the open window");
+        assert_eq!(got[1].telemetry.value(Metric::RunsFailedOom), Some(0.0), "a count absent from a window is 0");
+    }
+
+    #[tokio::test]
     async fn csv_replay_from_a_time() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "timestamp,value\n2026-11-23 03:00:00,1\n2026-11-23 03:05:00,2\n2026-11-23 03:10:00,3").unwrap();
         let from = selfheal_detect::nab::parse_stamp("2026-11-23 03:05:00").unwrap().unix_ms();
-        let mut s = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, Some(from)).unwrap();
+        let mut s = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, Some(from), &[]).unwrap();
         let mut got = Vec::new();
         while let Some(b) = s.next().await.unwrap() {
             got.extend(b.into_iter().map(|w| w.telemetry.get(Metric::LatencyP95)));
@@ -350,9 +379,9 @@ mod tests {
     fn csv_errors_name_the_line() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "timestamp,value\n2026-11-23 03:00:00,1\n2026-11-23 03:05:00,nan").unwrap();
-        let e = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, None).err().unwrap().to_string();
+        let e = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, None, &[]).err().unwrap().to_string();
         assert!(e.contains(":3:") && e.contains("not finite"), "{e}");
-        let e = FileSource::open(Path::new("/nonexistent.csv"), Metric::LatencyP95, "x", Pacing::Fast, None)
+        let e = FileSource::open(Path::new("/nonexistent.csv"), Metric::LatencyP95, "x", Pacing::Fast, None, &[])
             .err()
             .unwrap()
             .to_string();
@@ -364,7 +393,7 @@ mod tests {
         let mut f = tempfile::Builder::new().suffix(".jsonl").tempfile().unwrap();
         writeln!(f, "{{\"ts\":2000,\"pipeline\":\"a\",\"metrics\":{{\"pipeline.latency.p95\":1}}}}").unwrap();
         writeln!(f, "{{\"ts\":1000,\"pipeline\":\"a\",\"metrics\":{{\"pipeline.latency.p95\":1}}}}").unwrap();
-        let e = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, None).err().unwrap().to_string();
+        let e = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, None, &[]).err().unwrap().to_string();
         assert!(e.contains(":2:") && e.contains("late"), "{e}");
     }
 }
