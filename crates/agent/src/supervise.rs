@@ -125,6 +125,14 @@ pub struct Supervisor {
     /// The finding whose remedy was taken, until `clear_after` windows in a
     /// row show none: a remedy runs once per incident.
     remedied: Option<&'static str>,
+    /// The remedy offered for the window last chosen for, until `record`
+    /// says whether it ran.
+    offered: Option<(&'static str, Action)>,
+    /// Actions executed since the last `clear_after` windows without a
+    /// finding: a remedy the policy or the rules already took (e.g. a
+    /// scale-up on the window before the failed run was known) is not taken
+    /// twice.
+    recent: Vec<Action>,
     /// Consecutive windows without a finding.
     no_finding: u32,
 }
@@ -132,7 +140,15 @@ pub struct Supervisor {
 impl Supervisor {
     /// A supervisor with this gate and watchdog.
     pub fn new(gate: ConfidenceGate, watchdog: WatchdogConfig) -> Supervisor {
-        Supervisor { gate, watchdog: Watchdog::new(watchdog), paged_for: None, remedied: None, no_finding: 0 }
+        Supervisor {
+            gate,
+            watchdog: Watchdog::new(watchdog),
+            paged_for: None,
+            remedied: None,
+            offered: None,
+            recent: Vec::new(),
+            no_finding: 0,
+        }
     }
 
     /// Forget the current incident.
@@ -140,6 +156,8 @@ impl Supervisor {
         self.watchdog.reset();
         self.paged_for = None;
         self.remedied = None;
+        self.offered = None;
+        self.recent.clear();
         self.no_finding = 0;
     }
 
@@ -159,21 +177,32 @@ impl Supervisor {
             if self.no_finding >= self.watchdog.config().clear_after {
                 self.paged_for = None;
                 self.remedied = None;
+                self.recent.clear();
             }
             return choice;
         };
         self.no_finding = 0;
         if let Some(remedy) = f.remedy() {
-            if self.remedied == Some(f.name()) {
+            // Scaling up is vetoed on every finding but the one it remedies.
+            let veto = |choice: Choice| {
+                if choice.action == Action::ScaleUp && remedy != Action::ScaleUp {
+                    Choice { action: Action::NoOp, cause: Cause::EvidenceVeto }
+                } else {
+                    choice
+                }
+            };
+            if self.remedied == Some(f.name()) || self.recent.contains(&remedy) {
                 // Taken already: the policy's choice stands while the remedy
-                // takes effect, except a second scale-up.
+                // takes effect, except the remedy again.
                 if choice.action == remedy {
                     return Choice { action: Action::NoOp, cause: Cause::EvidenceVeto };
                 }
-                return choice;
+                return veto(choice);
             }
             if i.mask.allows(remedy) {
-                self.remedied = Some(f.name());
+                // Taken once it runs (`record`): a denied or proposed remedy
+                // is offered again next window.
+                self.offered = Some((f.name(), remedy));
                 return Choice { action: remedy, cause: Cause::EvidenceRemedy };
             }
             // The remedy cannot run (e.g. already at the top worker level): a
@@ -182,7 +211,7 @@ impl Supervisor {
                 self.paged_for = Some(f.name());
                 return Choice { action: Action::Escalate, cause: Cause::EvidenceEscalate };
             }
-            return choice;
+            return veto(choice);
         }
         if f.escalate() && self.paged_for != Some(f.name()) && i.mask.allows(Action::Escalate) {
             self.paged_for = Some(f.name());
@@ -225,6 +254,14 @@ impl Supervisor {
     /// or a denied action executes `NoOp`).
     pub fn record(&mut self, executed: Action) {
         self.watchdog.record(executed);
+        if executed != Action::NoOp && !self.recent.contains(&executed) {
+            self.recent.push(executed);
+        }
+        if let Some((name, remedy)) = self.offered.take() {
+            if executed == remedy {
+                self.remedied = Some(name);
+            }
+        }
     }
 }
 
@@ -354,6 +391,27 @@ mod tests {
         s.choose(with(None, Action::NoOp, ActionMask::ALL));
         let c = s.choose(with(Some(oom), Action::NoOp, ActionMask::ALL));
         assert_eq!(c.cause, Cause::EvidenceRemedy);
+        // A remedy that did not run (denied, or a proposal) is offered again.
+        let mut denied = sup(10);
+        let c = denied.choose(with(Some(oom), Action::Restart, ActionMask::ALL));
+        assert_eq!(c.cause, Cause::EvidenceRemedy);
+        denied.record(Action::NoOp);
+        let c = denied.choose(with(Some(oom), Action::Restart, ActionMask::ALL));
+        assert_eq!(c, Choice { action: Action::ScaleUp, cause: Cause::EvidenceRemedy });
+        // The rules scaled up a window before the failed run was known: not twice.
+        let mut early = sup(10);
+        early.choose(with(None, Action::NoOp, ActionMask::ALL));
+        early.record(Action::ScaleUp);
+        let c = early.choose(with(Some(oom), Action::NoOp, ActionMask::ALL));
+        assert!(c.action != Action::ScaleUp && c.cause != Cause::EvidenceRemedy, "not twice: {c:?}");
+        // A drift's remedy is a remap: the policy's scale-up is vetoed before and after it.
+        let drift = Finding::CatalogDrift { columns: 2.0 };
+        let mut d = sup(10);
+        let c = d.choose(with(Some(drift), Action::ScaleUp, ActionMask::ALL));
+        assert_eq!(c.action, Action::SchemaRemap);
+        d.record(c.action);
+        let c = d.choose(with(Some(drift), Action::ScaleUp, ActionMask::ALL));
+        assert_eq!(c, Choice { action: Action::NoOp, cause: Cause::EvidenceVeto });
         // At the top of the ladder scale-up is masked: a person is paged instead.
         let mut top = sup(10);
         let no_scale = ActionMask::ALL.without(Action::ScaleUp);

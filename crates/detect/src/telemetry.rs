@@ -32,7 +32,7 @@
 //! itself: windows at and just before a failed run's end are dropped, then
 //! windows far (|z| > [`OUTLIER_Z`]) from a first robust estimate.
 
-use crate::features::{squash, TelemetryFeatures, TELEMETRY_FEATURES};
+use crate::features::{squash, TelemetryFeatures, TELEMETRY_FEATURES, TELEMETRY_FEATURE_INPUTS};
 use crate::flat::FlatForest;
 use crate::forest::{ForestError, ForestParams, ForestRepr, NodeRepr, TreeRepr};
 use crate::signature::{SignatureError, Signatures};
@@ -343,6 +343,24 @@ fn robust_baseline(
     (med, scale)
 }
 
+/// The least scale of a pipeline's count features (`ln(1 + count)`, e.g.
+/// failed tasks) in a rebaseline: ln 2, so one stray failed task on a job
+/// whose median is none moves the feature by one scale unit, not by the 35
+/// units [`SCALE_FLOOR`] would make of it (Spark retries the odd task on a
+/// healthy job: a Glue job publishes a few). 48 failed tasks are still 5.6.
+pub const COUNT_SCALE_FLOOR: f64 = std::f64::consts::LN_2;
+
+/// [`COUNT_SCALE_FLOOR`] on the features that read one count alone.
+fn floor_counts(scale: &mut [f64]) {
+    for (j, inputs) in TELEMETRY_FEATURE_INPUTS.iter().enumerate() {
+        if let [m] = inputs {
+            if m.is_count() {
+                scale[j] = scale[j].max(COUNT_SCALE_FLOOR);
+            }
+        }
+    }
+}
+
 /// The score strictly above the `1 − rate` quantile of `scores` (ties with
 /// the quantile are healthy). `scores` must not be empty.
 fn threshold_at(mut scores: Vec<f64>, rate: f64) -> f64 {
@@ -420,7 +438,8 @@ impl DetectorModel {
         }
         let raw: Vec<[f64; TelemetryFeatures::DIMS]> = kept.iter().map(|t| TelemetryFeatures::extract(t)).collect();
         let has: Vec<[bool; TelemetryFeatures::DIMS]> = kept.iter().map(|t| TelemetryFeatures::present(t)).collect();
-        let (med0, scale0) = robust_baseline(&raw, &has);
+        let (med0, mut scale0) = robust_baseline(&raw, &has);
+        floor_counts(&mut scale0);
         let inlier: Vec<bool> = raw
             .iter()
             .zip(&has)
@@ -447,6 +466,7 @@ impl DetectorModel {
         // Features the history never has keep the base's baseline: they are
         // imputed at its median, so they stay neutral whatever it is.
         let (mut med, mut scale) = robust_baseline(&raw, &has);
+        floor_counts(&mut scale);
         for j in 0..TelemetryFeatures::DIMS {
             if !has.iter().any(|h| h[j]) {
                 med[j] = self.median[j];
@@ -760,6 +780,36 @@ mod tests {
 
     fn params(rate: f64) -> RebaselineParams {
         RebaselineParams { false_alarm_rate: rate, source: "history:test".into(), pipeline: "orders".into() }
+    }
+
+    #[test]
+    fn a_stray_failed_task_on_a_job_that_usually_has_none_is_no_outlier() {
+        let base = fitted();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(21);
+        // One window in twenty has a failed task Spark retried.
+        let history: Vec<Telemetry> = (0..400)
+            .map(|i| {
+                let mut t = big(&mut rng, 0);
+                t.set(Metric::FailedTasks, if i % 20 == 0 { 1.0 } else { 0.0 });
+                t
+            })
+            .collect();
+        let fitted = base.rebaseline(&history, &params(0.02)).unwrap();
+        assert_eq!(fitted.meta.baseline.as_ref().unwrap().excluded.outliers, 0, "a stray task is no outlier");
+        let d = TelemetryDetector::new(fitted);
+        let flagged = |tasks: f64, rng: &mut Xoshiro256PlusPlus| {
+            (0..200)
+                .filter(|_| {
+                    let mut t = big(rng, 0);
+                    t.set(Metric::FailedTasks, tasks);
+                    d.detect(&t).anomalous
+                })
+                .count()
+        };
+        // (How often a lone failed task alarms is the base forest's: it
+        // grew on windows without any, so it isolates the first one fast.)
+        let failing = flagged(48.0, &mut rng);
+        assert!(failing >= 150, "{failing} of 200 windows with 48 failed tasks flagged (169 at this seed)");
     }
 
     #[test]

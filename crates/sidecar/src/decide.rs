@@ -598,7 +598,12 @@ impl Controller {
         let explain = || finding.map_or_else(String::new, |f| f.explain());
         if chosen == Action::NoOp {
             if cause == Cause::EvidenceVeto {
-                return ("vetoed", format!("scale_up not run: {}", explain()), Action::NoOp, None);
+                return (
+                    "vetoed",
+                    format!("scaling up (or the remedy again) not run: {}", explain()),
+                    Action::NoOp,
+                    None,
+                );
             }
             return ("noop", "the policy chose no action".into(), Action::NoOp, None);
         }
