@@ -48,8 +48,12 @@ fn cases(default: u32) -> u32 {
 /// Run `check` on `cases` inputs of `strategy` with a fixed seed, no
 /// persistence and no shrinking budget worth waiting for; report the count,
 /// the wall time and the slowest input.
-fn fuzz<S: Strategy>(name: &str, default_cases: u32, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
-where
+fn fuzz<S: Strategy>(
+    name: &str,
+    default_cases: u32,
+    strategy: S,
+    check: impl Fn(S::Value) -> Result<bool, TestCaseError>,
+) where
     S::Value: std::fmt::Debug,
 {
     let n = cases(default_cases);
@@ -63,17 +67,19 @@ where
     };
     let mut runner = TestRunner::new(config);
     let slowest = std::cell::Cell::new(Duration::ZERO);
+    let accepted = std::cell::Cell::new(0u64);
     let started = Instant::now();
     let result = runner.run(&strategy, |input| {
         let t = Instant::now();
-        check(input)?;
+        accepted.set(accepted.get() + u64::from(check(input)?));
         let took = t.elapsed();
         slowest.set(slowest.get().max(took));
         prop_assert!(took < LIMIT, "one input took {took:?}");
         Ok(())
     });
     eprintln!(
-        "fuzz {name}: {n} inputs in {:.2} s, slowest {:.3} ms",
+        "fuzz {name}: {n} inputs ({} accepted) in {:.2} s, slowest {:.3} ms",
+        accepted.get(),
         started.elapsed().as_secs_f64(),
         slowest.get().as_secs_f64() * 1e3
     );
@@ -369,9 +375,11 @@ fn check_sample(s: &selfheal_sidecar::window::SampleLine<'_>) -> Result<(), Test
 
 #[test]
 fn fuzz_ingest_line() {
-    fuzz("ingest_line", 3_000, inputs(line_seeds()), |b| {
+    fuzz("ingest_line", 20_000, inputs(line_seeds()), |b| {
+        let mut accepted = false;
         match parse_line(&b) {
             Ok(s) => {
+                accepted = true;
                 check_sample(&s)?;
                 // Past the parser: the assembler takes whatever it accepted.
                 let mut asm = Assembler::new(60_000);
@@ -387,7 +395,7 @@ fn fuzz_ingest_line() {
             // A line's error is its own; `parse_body` adds the line number.
             Err(e) => prop_assert!(!e.trim().is_empty(), "an empty error"),
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -410,8 +418,9 @@ fn bodies() -> impl Strategy<Value = Vec<u8>> {
 
 #[test]
 fn fuzz_ingest_body() {
-    fuzz("ingest_body", 1_500, bodies(), |body| {
+    fuzz("ingest_body", 5_000, bodies(), |body| {
         let (samples, refused) = parse_body(&body);
+        let accepted = refused.is_empty() && !samples.is_empty();
         let lines: Vec<&[u8]> = body.split(|&c| c == b'\n').collect();
         let blank = |n: usize| lines[n - 1].iter().all(u8::is_ascii_whitespace);
         let non_blank = (1..=lines.len()).filter(|&n| !blank(n)).count();
@@ -432,7 +441,7 @@ fn fuzz_ingest_body() {
             prop_assert!(refused_lines.contains(n) || samples.iter().any(|(m, _)| m == n), "line {}", n);
         }
         asm.drain();
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -480,20 +489,24 @@ fn fuzz_replay_file() {
     let jsonl: Vec<Vec<u8>> = jsonl.into_iter().map(|s| s.1).collect();
     let strategy = prop_oneof![(Just(false), inputs(csv)), (Just(true), inputs(jsonl)),];
     let from = prop_oneof![Just(None), Just(Some(i64::MIN)), Just(Some(i64::MAX)), any::<i64>().prop_map(Some)];
-    fuzz("replay_file", 1_500, (strategy, from), |((is_jsonl, bytes), from)| {
+    fuzz("replay_file", 4_000, (strategy, from), |((is_jsonl, bytes), from)| {
+        let mut accepted = false;
         let path = dir.path().join(if is_jsonl { "replay.jsonl" } else { "replay.csv" });
         std::fs::write(&path, &bytes).unwrap();
         let lines = bytes.split(|&c| c == b'\n').count();
         let jobs = [("orders-etl".to_string(), "orders".to_string())];
         match FileSource::open(&path, Metric::LatencyP95, "replayed", Pacing::Fast, from, &jobs) {
-            Ok(src) => prop_assert!(src.remaining() <= lines + 1),
+            Ok(src) => {
+                accepted = true;
+                prop_assert!(src.remaining() <= lines + 1)
+            }
             Err(e @ SourceError::Bad { line, .. }) => {
                 prop_assert!((1..=lines.max(1)).contains(&line), "line {line} of {lines}: {e}");
                 names_the_file(&e.to_string(), &path, lines)?;
             }
             Err(e @ SourceError::Io { .. }) => names_the_file(&e.to_string(), &path, lines)?,
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -511,14 +524,16 @@ fn fuzz_nab_stamp() {
     .iter()
     .map(|s| s.as_bytes().to_vec())
     .collect();
-    fuzz("nab_stamp", 5_000, inputs(seeds), |b| {
+    fuzz("nab_stamp", 20_000, inputs(seeds), |b| {
+        let mut accepted = false;
         let s = text(&b);
         if let Some(st) = parse_stamp(&s) {
+            accepted = true;
             let ms = st.unix_ms();
             // Years 0000 to 9999: within ±300,000 years of 1970 in ms.
             prop_assert!(ms.abs() < 10_000_000_000_000_000, "{s:?} → {ms}");
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -526,11 +541,13 @@ fn fuzz_nab_stamp() {
 fn fuzz_nab_csv() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("series.csv");
-    fuzz("nab_csv", 1_500, inputs(csv_seeds()), |bytes| {
+    fuzz("nab_csv", 4_000, inputs(csv_seeds()), |bytes| {
+        let mut accepted = false;
         std::fs::write(&path, &bytes).unwrap();
         let lines = bytes.split(|&c| c == b'\n').count();
         match nab::read_series_csv(&path) {
             Ok((t, v)) => {
+                accepted = true;
                 prop_assert_eq!(t.len(), v.len());
                 prop_assert!(v.iter().all(|x| x.is_finite()));
                 prop_assert!(t.iter().all(|s| parse_stamp(s).is_some()));
@@ -541,7 +558,7 @@ fn fuzz_nab_csv() {
             }
             Err(e) => names_the_file(&e.to_string(), &path, lines)?,
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -557,13 +574,15 @@ fn fuzz_nab_corpus() {
         br#"{"cat/a.csv": []}"#.to_vec(),
     ];
     let csv = csv_seeds();
-    fuzz("nab_corpus", 1_000, (inputs(csv), inputs(labels)), |(csv, labels)| {
+    fuzz("nab_corpus", 3_000, (inputs(csv), inputs(labels)), |(csv, labels)| {
+        let mut accepted = false;
         let csv_path = dir.path().join("cat/a.csv");
         let labels_path = dir.path().join("labels/combined_windows.json");
         std::fs::write(&csv_path, &csv).unwrap();
         std::fs::write(&labels_path, &labels).unwrap();
         match nab::load_category(dir.path(), "cat") {
             Ok(files) => {
+                accepted = true;
                 for (s, v) in &files {
                     prop_assert_eq!(s.len(), v.len());
                     prop_assert!(s.windows().iter().all(|&(l, r)| l <= r && r < s.len()));
@@ -582,7 +601,7 @@ fn fuzz_nab_corpus() {
                 }
             }
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -593,11 +612,13 @@ fn fuzz_detect_csv() {
     let path = dir.path().join("input.csv");
     let seeds =
         csv_seeds().into_iter().chain([b"\xef\xbb\xbftimestamp , value\n2014-02-14 14:30:00, 1\n\n\n".to_vec()]);
-    fuzz("detect_csv", 1_500, (inputs(seeds.collect()), any::<bool>()), |(bytes, strict)| {
+    fuzz("detect_csv", 4_000, (inputs(seeds.collect()), any::<bool>()), |(bytes, strict)| {
+        let mut accepted = false;
         std::fs::write(&path, &bytes).unwrap();
         let lines = bytes.split(|&c| c == b'\n').count();
         match detect_cmd::read_series(&path, strict) {
             Ok(s) => {
+                accepted = true;
                 prop_assert_eq!(s.timestamps.len(), s.values.len());
                 prop_assert_eq!(s.stamps.len(), s.values.len());
                 prop_assert!(s.values.iter().all(|x| x.is_finite()));
@@ -612,7 +633,7 @@ fn fuzz_detect_csv() {
                 names_the_file(&msg, &path, lines)?;
             }
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -633,10 +654,14 @@ pipeline = "orders"
 #[test]
 fn fuzz_config_toml() {
     let seeds = vec![read("crates/sidecar/src/sidecar.example.toml"), SMALL_CONFIG.as_bytes().to_vec()];
-    fuzz("config_toml", 1_000, inputs(seeds), |b| {
+    fuzz("config_toml", 10_000, inputs(seeds), |b| {
+        let mut accepted = false;
         let t = text(&b);
         match SidecarConfig::from_toml_str(&t, "fuzz.toml") {
-            Ok(cfg) => prop_assert!(cfg.validate().is_empty()),
+            Ok(cfg) => {
+                accepted = true;
+                prop_assert!(cfg.validate().is_empty())
+            }
             Err(e) => {
                 let msg = e.to_string();
                 prop_assert!(msg.starts_with("fuzz.toml: "), "{msg:?}");
@@ -655,7 +680,7 @@ fn fuzz_config_toml() {
                 }
             }
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -681,10 +706,12 @@ fn model_seeds() -> Vec<Vec<u8>> {
 
 #[test]
 fn fuzz_model_file() {
-    fuzz("model_file", 1_000, inputs(model_seeds()), |b| {
+    fuzz("model_file", 10_000, inputs(model_seeds()), |b| {
+        let mut accepted = false;
         let t = text(&b);
         match ModelFile::from_json(&t, "fuzz-model.json") {
             Ok(m) => {
+                accepted = true;
                 prop_assert!(m.states.iter().all(|r| (r.id as usize) < m.num_states));
                 let _ = m.identity();
             }
@@ -693,22 +720,25 @@ fn fuzz_model_file() {
                 prop_assert!(msg.starts_with("fuzz-model.json: "), "{msg:?}");
             }
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
 #[test]
 fn fuzz_rules_and_builtins() {
     let seeds = vec![read("models/rules.json"), read("models/glue-builtins.json")];
-    fuzz("rules_builtins", 1_000, inputs(seeds), |b| {
+    fuzz("rules_builtins", 10_000, inputs(seeds), |b| {
         let t = text(&b);
-        if let Err(e) = RulesFile::from_json(&t, "fuzz-rules.json") {
+        let rules = RulesFile::from_json(&t, "fuzz-rules.json");
+        let builtins = GlueBuiltinsFile::from_json(&t, "fuzz-builtins.json");
+        let accepted = rules.is_ok() || builtins.is_ok();
+        if let Err(e) = rules {
             prop_assert!(e.to_string().starts_with("fuzz-rules.json: "), "{e}");
         }
-        if let Err(e) = GlueBuiltinsFile::from_json(&t, "fuzz-builtins.json") {
+        if let Err(e) = builtins {
             prop_assert!(e.to_string().starts_with("fuzz-builtins.json: "), "{e}");
         }
-        Ok(())
+        Ok(accepted)
     });
 }
 
@@ -726,10 +756,12 @@ fn fuzz_detector_file() {
         full.set(m, i as f64 * 1e6 - 3.0);
     }
     windows.push(full);
-    fuzz("detector_file", 1_000, inputs(vec![seed.into_bytes()]), |b| {
+    fuzz("detector_file", 5_000, inputs(vec![seed.into_bytes()]), |b| {
+        let mut accepted = false;
         let t = text(&b);
         match DetectorModel::from_json(&t, "fuzz-detector.json") {
             Ok(m) => {
+                accepted = true;
                 let d = TelemetryDetector::new(m);
                 for w in &windows {
                     let _ = d.detect(w);
@@ -740,6 +772,6 @@ fn fuzz_detector_file() {
                 prop_assert!(msg.starts_with("fuzz-detector.json: "), "{msg:?}");
             }
         }
-        Ok(())
+        Ok(accepted)
     });
 }
