@@ -596,7 +596,9 @@ fn fuzz_nab_corpus() {
                         prop_assert!(msg.contains(&labels_path.display().to_string()), "{msg:?}");
                         prop_assert!(msg.contains("line "), "{msg:?}");
                     }
-                    nab::NabError::Csv { .. } => names_the_file(&msg, &csv_path, csv.split(|&c| c == b'\n').count())?,
+                    nab::NabError::Csv { .. } => {
+                        names_the_file(&msg, &csv_path, csv.split(|&c| c == b'\n').count().max(2))?
+                    }
                     _ => prop_assert!(msg.contains(&dir.path().display().to_string()), "{msg:?}"),
                 }
             }
@@ -774,4 +776,22 @@ fn fuzz_detector_file() {
         }
         Ok(accepted)
     });
+}
+
+/// Found by `fuzz_detector_file`: a detector whose signature mean or scale is
+/// shorter than its signature features, or whose forest splits on a
+/// coordinate it does not have, loaded and then panicked when it scored.
+#[test]
+fn a_detector_that_would_panic_in_use_is_refused() {
+    let v: serde_json::Value = serde_json::from_slice(&read("models/detector.json")).unwrap();
+    let mut short = v.clone();
+    short["signatures"]["mean"].as_array_mut().unwrap().pop();
+    let e = DetectorModel::from_json(&short.to_string(), "d.json").unwrap_err().to_string();
+    assert!(e.starts_with("d.json: signature mean"), "{e}");
+    let text = v.to_string();
+    let at = text.find("\"Split\":[[[").expect("a split") + "\"Split\":[[[".len();
+    let end = at + text[at..].find(',').unwrap();
+    let bad = format!("{}99{}", &text[..at], &text[end..]);
+    let e = DetectorModel::from_json(&bad, "d.json").unwrap_err().to_string();
+    assert!(e.starts_with("d.json: a split on coordinate 99"), "{e}");
 }
