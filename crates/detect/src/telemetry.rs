@@ -592,6 +592,20 @@ impl DetectorModel {
         if m.signature_features.iter().any(|i| *i >= TelemetryFeatures::DIMS) {
             return Err(bad("a signature feature index is out of range".into()));
         }
+        let sig = &m.signatures;
+        if sig.mean.len() != m.signature_features.len() || sig.scale.len() != m.signature_features.len() {
+            return Err(bad("signature mean and scale do not match the signature features".into()));
+        }
+        let mut nodes: Vec<&SparseNode> = m.forest.trees.iter().collect();
+        while let Some(node) = nodes.pop() {
+            if let SparseNode::Split(nz, l, r) = node {
+                if let Some((i, _, _)) = nz.iter().find(|(i, _, _)| *i >= m.forest.dims) {
+                    return Err(bad(format!("a split on coordinate {i} of a forest of {} dimensions", m.forest.dims)));
+                }
+                nodes.push(l);
+                nodes.push(r);
+            }
+        }
         Ok(m)
     }
 
