@@ -87,16 +87,16 @@ pub fn detector_ref(d: &DetectorModel) -> DetectorRef {
 /// The mismatch, naming both sides, what is missing and extra, and the fix.
 pub fn check_metric_set(detector: &DetectorModel, published: &[Metric], pipeline: &str) -> Result<(), String> {
     let Some(b) = &detector.meta.baseline else { return Ok(()) };
-    if b.pipeline != pipeline {
-        tracing::warn!(pipeline, fitted_for = %b.pipeline, source = %b.source,
-            "the detector was fitted on another pipeline's history; its metric set matches this one's");
-    }
     let have: Vec<&str> =
         TelemetryFeatures::inputs().into_iter().filter(|m| published.contains(m)).map(|m| m.name()).collect();
     let fitted: Vec<&str> = b.metrics.iter().map(String::as_str).collect();
     let missing: Vec<&str> = fitted.iter().copied().filter(|m| !have.contains(m)).collect();
     let extra: Vec<&str> = have.iter().copied().filter(|m| !fitted.contains(m)).collect();
     if missing.is_empty() && extra.is_empty() {
+        if b.pipeline != pipeline {
+            tracing::warn!(pipeline, fitted_for = %b.pipeline, source = %b.source,
+                "the detector was fitted on another pipeline's history; its metric set matches this one's");
+        }
         return Ok(());
     }
     let list = |v: &[&str]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
@@ -225,9 +225,12 @@ pub fn sidecar_encoder(
     if let Some((_, levels, base)) = ladder {
         enc.worker_levels = levels.clone();
         enc.base_level = base;
-        // A Glue job's driver runs on one of its workers: n workers report
-        // n − 1 executors (EncoderConfig::driver_workers).
-        enc.driver_workers = 1;
+        // On the G.* (and Z.2X) worker types a job's driver runs on one of
+        // its workers, each other worker one executor: n workers report
+        // n − 1 executors (EncoderConfig::driver_workers). Standard workers
+        // run two executors each, which no offset describes: counted as is.
+        let one_executor_each = |w: &str| w.starts_with("G.") || w.starts_with("Z.");
+        enc.driver_workers = u32::from(pipelines.iter().all(|p| one_executor_each(&p.worker_type)));
     }
     Ok(enc)
 }

@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 /// Same input, same file.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
-  selfheal fit --history orders-week.jsonl --pipeline orders
+  selfheal fit --history orders-week.jsonl --pipeline orders --job orders-etl
       JSON lines as `POST /ingest` takes them ({\"ts\": ..., \"pipeline\": \"orders\", \"metrics\": {...}}),
       with Glue Job State Change events (EventBridge JSON) on their own lines.
   selfheal fit --config sidecar.toml --pipeline orders --minutes 10080
@@ -224,7 +224,18 @@ fn backfill(config: &Path, pipeline: &str, minutes: u64) -> Result<(Vec<Window>,
         // with nothing new means caught up. Bounded, in case data keeps arriving.
         for _ in 0..1000 {
             match src.poll(now).await {
-                Ok(ws) if ws.is_empty() => return Ok(windows),
+                Ok(ws) if ws.is_empty() => {
+                    // Failed runs mark windows to leave out: without GetJobRuns
+                    // the baseline may include them. Say so, loudly.
+                    for ((_, call, kind), n) in src.evidence_failures() {
+                        eprintln!(
+                            "warning: {call} failed {n} time(s) ({kind}): failed job runs could not be read, so \
+                             their windows are left out only if they are outliers; check the job name and the \
+                             glue:{call} permission"
+                        );
+                    }
+                    return Ok(windows);
+                }
                 Ok(ws) => {
                     failures = 0;
                     windows.extend(ws);

@@ -205,10 +205,18 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
             // named now rather than after its first windows.
             for (pipeline, set) in &published {
                 // A detector fitted on another metric set would read the
-                // missing ones at a baseline they never had: refuse.
-                wiring::check_metric_set(&detector_model, set, pipeline).map_err(|e| {
-                    anyhow::anyhow!("pipeline {pipeline}: what ListMetrics found against model.detector: {e}")
-                })?;
+                // missing ones at a baseline they never had: refuse. A job
+                // with nothing listed yet (new, or idle for two weeks) is no
+                // evidence of another set: wait for its metrics instead.
+                let inputs = selfheal_detect::features::TelemetryFeatures::inputs();
+                if set.iter().any(|m| inputs.contains(m)) {
+                    wiring::check_metric_set(&detector_model, set, pipeline).map_err(|e| {
+                        anyhow::anyhow!("pipeline {pipeline}: what ListMetrics found against model.detector: {e}")
+                    })?;
+                } else {
+                    tracing::warn!(pipeline = %pipeline,
+                        "ListMetrics found none of the detector's metrics for this pipeline yet: the metric set is not checked");
+                }
                 controller.expect_published(pipeline, set);
             }
             source

@@ -254,8 +254,7 @@ impl CloudWatchSource {
     async fn list(
         &self,
         namespace: &str,
-        dim: &str,
-        value: &str,
+        filters: &[(&str, &str)],
     ) -> Result<Vec<(String, Vec<(String, String)>)>, AwsFailure> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -264,7 +263,9 @@ impl CloudWatchSource {
                 .client
                 .list_metrics()
                 .namespace(namespace)
-                .dimensions(DimensionFilter::builder().name(dim).value(value).build())
+                .set_dimensions(Some(
+                    filters.iter().map(|(n, v)| DimensionFilter::builder().name(*n).value(*v).build()).collect(),
+                ))
                 .set_next_token(token.clone())
                 .send()
                 .await
@@ -300,13 +301,18 @@ impl CloudWatchSource {
         let mut failure = None;
         for p in &self.cfg.pipelines {
             let mut found = Vec::new();
-            let lists =
-                [("Glue", "JobName", p.job_name.as_str()), (self.cfg.namespace.as_str(), "Pipeline", p.name.as_str())];
-            for (ns, dim, value) in lists {
-                if value.is_empty() {
+            // Glue also publishes each metric per run (`JobRunId = jr_…`):
+            // filtering on `JobRunId = ALL` keeps a job that runs every
+            // minute to one page instead of one entry per run.
+            let glue_filters = [("JobName", p.job_name.as_str()), ("JobRunId", "ALL")];
+            let custom_filters = [("Pipeline", p.name.as_str())];
+            let lists: [(&str, &[(&str, &str)]); 2] =
+                [("Glue", &glue_filters), (self.cfg.namespace.as_str(), &custom_filters)];
+            for (ns, filters) in lists {
+                if filters[0].1.is_empty() {
                     continue;
                 }
-                match self.list(ns, dim, value).await {
+                match self.list(ns, filters).await {
                     Ok(listed) => found.extend(published_among(&listed, ns, &p.name, &p.job_name, &self.cfg.namespace)),
                     Err(f) => {
                         failure = Some(f);

@@ -54,8 +54,9 @@ pub const SEEN_RUNS: usize = 4096;
 
 /// `GetJobRuns` page size (the API allows 1..=200).
 const PAGE: i32 = 200;
-/// Pages read per job and poll at most (a job with thousands of runs inside
-/// the range is read over several polls rather than in one burst of calls).
+/// Pages read per job and poll at most: 4,000 runs. A range holding more
+/// (a week's backfill of a job that runs every minute) is read only down to
+/// there, with a warning.
 const MAX_PAGES: usize = 20;
 
 /// The count metrics a job's runs feed.
@@ -365,9 +366,18 @@ impl Evidence {
             out.extend(page);
             token = resp.next_token().filter(|t| !t.is_empty()).map(str::to_string);
             if done || token.is_none() {
-                break;
+                return Ok(out);
             }
         }
+        // The cap was hit with older runs left: runs that started before the
+        // oldest one read and ended in range are not seen. Say so.
+        tracing::warn!(
+            pipeline,
+            job,
+            pages = MAX_PAGES,
+            runs = out.len(),
+            "GetJobRuns: stopped at the page cap before reaching the range's start; older runs are not read"
+        );
         Ok(out)
     }
 

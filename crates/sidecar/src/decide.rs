@@ -192,9 +192,19 @@ const EVIDENCE: [Metric; 9] = [
     Metric::ErrorsOom,
 ];
 
-/// `metric=value` for each [`EVIDENCE`] metric the window has (non-zero).
+/// `metric=value` for each [`EVIDENCE`] metric the window has (non-zero),
+/// and the driver's heap once it is critical (the driver-OOM finding's
+/// number; below that it is noise on every line).
 fn evidence(t: &Telemetry) -> Vec<String> {
-    EVIDENCE.iter().filter_map(|m| t.value(*m).filter(|v| *v != 0.0).map(|v| format!("{}={v}", m.name()))).collect()
+    let driver = t
+        .value(Metric::DriverHeapUsage)
+        .filter(|v| *v >= selfheal_agent::diagnose::HEAP_CRITICAL)
+        .map(|v| format!("{}={v}", Metric::DriverHeapUsage.name()));
+    EVIDENCE
+        .iter()
+        .filter_map(|m| t.value(*m).filter(|v| *v != 0.0).map(|v| format!("{}={v}", m.name())))
+        .chain(driver)
+        .collect()
 }
 
 /// Decisions a watchdog page carries.
