@@ -23,9 +23,11 @@ use crate::decide::{Controller, Order, Output, Plan};
 use crate::http::{router, AppState, Command, Ingest, PendingView};
 use crate::metrics::{render, PageCounts, Snapshot};
 use crate::notify::{Escalation, Notifier};
-use crate::pager::Pager;
 use crate::now_ms;
-use crate::provenance::{one_line, owed_pages, read_log, EscalationRecord, PagePhase, ProvenanceError, ProvenanceLog, Record};
+use crate::pager::Pager;
+use crate::provenance::{
+    one_line, owed_pages, read_log, EscalationRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
+};
 use crate::source::TelemetrySource;
 use crate::window::Window;
 use selfheal_agent::QTable;

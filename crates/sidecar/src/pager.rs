@@ -81,11 +81,7 @@ struct Owed {
 
 impl Pager {
     /// Starts the delivery task; `owed` (from the log) are sent first, in order.
-    pub fn start(
-        notifier: Arc<Notifier>,
-        log: Arc<Mutex<ProvenanceLog>>,
-        owed: Vec<OwedPage>,
-    ) -> Pager {
+    pub fn start(notifier: Arc<Notifier>, log: Arc<Mutex<ProvenanceLog>>, owed: Vec<OwedPage>) -> Pager {
         let stats = Arc::new(PagerStats::default());
         let (tx, rx) = mpsc::unbounded_channel();
         if !owed.is_empty() {
@@ -223,8 +219,7 @@ impl Worker {
                 // The webhook works (it answered); the request is what is wrong.
                 self.failures = 0;
                 self.stats.attempts_permanent.fetch_add(1, Ordering::Relaxed);
-                let mut rec =
-                    EscalationRecord::new(&id, now_ms(), PagePhase::PermanentFailure, attempts, why.clone());
+                let mut rec = EscalationRecord::new(&id, now_ms(), PagePhase::PermanentFailure, attempts, why.clone());
                 rec.status = status;
                 self.append(rec);
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
