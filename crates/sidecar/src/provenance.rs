@@ -26,7 +26,10 @@
 //!   its reason on disk;
 //! * (b) an approval *before* the HTTP 2xx answer, so an acknowledged approval is
 //!   never lost;
-//! * (c) the outcome of every action.
+//! * (c) the outcome of every action;
+//! * (d) a page (escalation) *before* its first delivery attempt, with the page
+//!   itself in the record, and every attempt's result after it, so that a page
+//!   is never lost to a crash: [`owed_pages`] finds those a restart must send.
 //!
 //! Other records (no-op decisions, rewards and the like) are buffered, then flushed
 //! and synced every second and at shutdown via [`ProvenanceLog::flush`], so a crash
