@@ -611,6 +611,11 @@ mod tests {
         // Uncommented, the [notify] table parses and validates too.
         let on = EXAMPLE.replace("# [notify]\n# url", "[notify]\nurl");
         assert!(SidecarConfig::from_toml_str(&on, "example").unwrap().notify.is_some());
+        // And so does its second channel.
+        let both =
+            on.replace("# [notify.fallback]\n# kind = \"file\"\n# path", "[notify.fallback]\nkind = \"file\"\npath");
+        let n = SidecarConfig::from_toml_str(&both, "example").unwrap().notify.unwrap();
+        assert_eq!(n.fallback.map(|f| f.after_secs), Some(300));
     }
 
     #[test]
@@ -618,7 +623,7 @@ mod tests {
         // Every key of the serialised defaults appears in the example, so a new
         // key cannot be added without documenting it there.
         let defaults = toml::to_string(&SidecarConfig {
-            notify: Some(toml::from_str("url = \"http://x\"").unwrap()),
+            notify: Some(toml::from_str("url = \"http://x\"\n[fallback]\npath = \"p\"").unwrap()),
             ..SidecarConfig::default()
         })
         .unwrap();

@@ -11,15 +11,23 @@
 //! shutdown. Shutdown is bounded: in-flight actions and escalation deliveries
 //! get `shutdown_grace_secs` to finish, then they are cancelled and logged as
 //! such, the Q table is saved, and the log is synced.
+//!
+//! Escalations (pages) are the exception to "nothing is replayed": a page is
+//! owed to a human until the webhook accepts it, so it is logged durably before
+//! delivery and a page left undelivered by a crash or a shutdown is sent again
+//! at the next start (see [`crate::pager`]).
 
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;
 use crate::decide::{Controller, Order, Output, Plan};
 use crate::http::{router, AppState, Command, Ingest, PendingView};
-use crate::metrics::{render, Snapshot};
-use crate::notify::{Delivery, Escalation, Notifier};
+use crate::metrics::{render, PageCounts, Snapshot};
+use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
-use crate::provenance::{one_line, EscalationRecord, ProvenanceError, ProvenanceLog, Record};
+use crate::pager::Pager;
+use crate::provenance::{
+    one_line, owed_pages, read_log, EscalationRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
+};
 use crate::source::TelemetrySource;
 use crate::window::Window;
 use selfheal_agent::QTable;
@@ -84,21 +92,19 @@ pub struct Summary {
 
 enum Done {
     Executed(Order, Executed),
-    Escalated(String, Delivery),
 }
 
 struct Shell {
     ctl: Controller,
     log: Arc<Mutex<ProvenanceLog>>,
     exec: Arc<Executor>,
-    notifier: Option<Arc<Notifier>>,
+    /// Delivers pages durably; none without a `[notify]` webhook.
+    pager: Option<Pager>,
     tasks: JoinSet<()>,
     in_flight: HashMap<String, Order>,
-    /// Ids of escalations being delivered; shutdown waits for them (within the grace).
-    escalating: Vec<String>,
     done_tx: mpsc::Sender<Done>,
-    delivered: u64,
-    undelivered: u64,
+    /// Pages only logged, for want of a webhook.
+    logged_only: u64,
     checkpoint: Checkpoint,
     checkpoint_every: u64,
 }
@@ -155,25 +161,15 @@ impl Shell {
     }
 
     fn escalate(&mut self, e: Escalation) -> Result<(), ProvenanceError> {
-        let Some(n) = self.notifier.clone() else {
-            self.undelivered += 1;
-            let rec = Record::Escalation(EscalationRecord {
-                id: e.id.clone(),
-                ts_ms: now_ms(),
-                delivered: false,
-                attempts: 0,
-                detail: format!("no [notify] webhook configured; logged only: {}", e.summary),
-            });
+        let Some(pager) = &self.pager else {
+            self.logged_only += 1;
+            let detail = format!("no [notify] webhook configured; logged only: {}", e.summary);
+            let mut rec = EscalationRecord::new(&e.id, now_ms(), PagePhase::LoggedOnly, 0, detail);
+            rec.page = Some(e.clone());
             tracing::warn!(id = %e.id, pipeline = %e.pipeline, "escalation (no webhook configured): {}", e.summary);
-            return self.log.lock().expect("log lock").append(&rec, true);
+            return self.log.lock().expect("log lock").append(&Record::Escalation(rec), true);
         };
-        let done = self.done_tx.clone();
-        self.escalating.push(e.id.clone());
-        self.tasks.spawn(async move {
-            let d = n.send(&e).await;
-            let _ = done.send(Done::Escalated(e.id, d)).await;
-        });
-        Ok(())
+        pager.raise(e)
     }
 
     fn finished(&mut self, done: Done) -> Result<(), ProvenanceError> {
@@ -189,24 +185,6 @@ impl Shell {
                 let out = self.ctl.on_executed(&order, r.ok, detail, now_ms());
                 self.handle(out)
             }
-            Done::Escalated(id, d) => {
-                if let Some(i) = self.escalating.iter().position(|e| *e == id) {
-                    self.escalating.swap_remove(i);
-                }
-                if d.delivered {
-                    self.delivered += 1;
-                } else {
-                    self.undelivered += 1;
-                }
-                let rec = Record::Escalation(EscalationRecord {
-                    id,
-                    ts_ms: now_ms(),
-                    delivered: d.delivered,
-                    attempts: d.attempts,
-                    detail: d.last_error.unwrap_or_else(|| "delivered".into()),
-                });
-                self.write(&Output { records: vec![(rec, true)], plan: None })
-            }
         }
     }
 
@@ -221,7 +199,7 @@ impl Shell {
                 let (acc, rej) = ingest
                     .map(|i| (i.accepted.load(Ordering::Relaxed), i.rejected.load(Ordering::Relaxed)))
                     .unwrap_or((0, 0));
-                let snap = Snapshot {
+                let mut snap = Snapshot {
                     stats: self.ctl.stats.clone(),
                     breakers: self.exec.breaker_states(),
                     scores: self.ctl.scores(),
@@ -229,9 +207,15 @@ impl Shell {
                     ingest_rejected: rej,
                     proposals_pending: self.ctl.pending().len(),
                     paused: self.ctl.kill_switch().paused().is_some(),
-                    escalations_delivered: self.delivered,
-                    escalations_failed: self.undelivered,
+                    escalations_delivered: 0,
+                    escalations_failed: self.logged_only,
+                    pages: Default::default(),
                 };
+                if let Some(p) = &self.pager {
+                    snap.pages = PageCounts::of(p.stats());
+                    snap.escalations_delivered = snap.pages.delivered;
+                    snap.escalations_failed += snap.pages.refused;
+                }
                 let _ = reply.send(render(&snap));
             }
             Command::Pending(reply) => {
@@ -319,9 +303,13 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     let exec = Arc::new(
         Executor::new(actuator, guards, cfg.model.seed, log.clone()).map_err(|e| DaemonError::Guard(e.to_string()))?,
     );
-    let notifier = match &cfg.notify {
+    let pager = match &cfg.notify {
         Some(n) => {
-            Some(Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?))
+            let notifier =
+                Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?);
+            // Pages an earlier run raised and never got accepted are still owed.
+            let owed = owed_pages(&read_log(&cfg.daemon.log_path())?.records);
+            Some(Pager::start(notifier, log.clone(), owed))
         }
         None => None,
     };
@@ -359,13 +347,11 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
         ctl: controller,
         log,
         exec,
-        notifier,
+        pager,
         tasks: JoinSet::new(),
         in_flight: HashMap::new(),
-        escalating: Vec::new(),
         done_tx,
-        delivered: 0,
-        undelivered: 0,
+        logged_only: 0,
         checkpoint,
         checkpoint_every: cfg.daemon.checkpoint_every,
     };
@@ -422,29 +408,24 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     reader.abort();
     let grace = Duration::from_secs(cfg.daemon.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
-    // Escalations being delivered (including those of actions failing now)
-    // get the same grace: their records must not be lost.
-    while !sh.in_flight.is_empty() || !sh.escalating.is_empty() {
+    while !sh.in_flight.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
             Ok(Some(done)) => sh.finished(done)?,
             _ => break,
         }
+    }
+    // Pages being delivered (including those of actions failing now) get what
+    // is left of the grace; any still owed then stay in the log for the next start.
+    while sh.pager.as_ref().is_some_and(|p| p.undelivered() > 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let left: Vec<Order> = sh.in_flight.drain().map(|(_, o)| o).collect();
     for order in &left {
         let out = sh.ctl.on_cancelled(order, now_ms());
         sh.write(&out)?;
     }
-    for id in std::mem::take(&mut sh.escalating) {
-        sh.undelivered += 1;
-        let rec = Record::Escalation(EscalationRecord {
-            id,
-            ts_ms: now_ms(),
-            delivered: false,
-            attempts: 0,
-            detail: "shutdown grace ran out before the webhook answered; delivery cancelled".into(),
-        });
-        sh.write(&Output { records: vec![(rec, true)], plan: None })?;
+    if let Some(p) = sh.pager.take() {
+        p.stop();
     }
     sh.tasks.abort_all();
     sh.save();

@@ -17,6 +17,7 @@ pub mod decide;
 pub mod http;
 pub mod metrics;
 pub mod notify;
+pub mod pager;
 pub mod provenance;
 pub mod source;
 pub mod window;

@@ -32,6 +32,46 @@ pub struct Snapshot {
     pub escalations_delivered: u64,
     /// Escalations that could not be delivered.
     pub escalations_failed: u64,
+    /// Durable page delivery.
+    pub pages: PageCounts,
+}
+
+/// The page delivery counters (see [`crate::pager`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PageCounts {
+    /// Pages not yet accepted by the webhook.
+    pub undelivered: u64,
+    /// Pages accepted.
+    pub delivered: u64,
+    /// Pages refused for good.
+    pub refused: u64,
+    /// Attempts answered 2xx.
+    pub attempts_delivered: u64,
+    /// Attempts failed transiently.
+    pub attempts_retry: u64,
+    /// Attempts refused for good.
+    pub attempts_permanent: u64,
+    /// Pages written to the second channel.
+    pub fallback_written: u64,
+    /// Failed writes to the second channel.
+    pub fallback_failed: u64,
+}
+
+impl PageCounts {
+    /// A snapshot of the pager's counters.
+    pub fn of(s: &crate::pager::PagerStats) -> PageCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        PageCounts {
+            undelivered: s.undelivered.load(Relaxed),
+            delivered: s.delivered.load(Relaxed),
+            refused: s.refused.load(Relaxed),
+            attempts_delivered: s.attempts_delivered.load(Relaxed),
+            attempts_retry: s.attempts_retry.load(Relaxed),
+            attempts_permanent: s.attempts_permanent.load(Relaxed),
+            fallback_written: s.fallback_written.load(Relaxed),
+            fallback_failed: s.fallback_failed.load(Relaxed),
+        }
+    }
 }
 
 /// Label value escaping of the text format: backslash, quote, newline.
@@ -119,9 +159,43 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(o, "selfheal_rewards_total {}", s.stats.rewards);
     head(&mut o, "selfheal_q_updates_total", "counter", "Online Q-table updates.");
     let _ = writeln!(o, "selfheal_q_updates_total {}", s.stats.q_updates);
-    head(&mut o, "selfheal_escalations_total", "counter", "Escalations raised, by delivery.");
+    head(
+        &mut o,
+        "selfheal_escalations_total",
+        "counter",
+        "Escalations settled, by delivery: true once the webhook accepted one, false when it refused one for good \
+         or none is configured (pages still being retried are in selfheal_pages_undelivered).",
+    );
     let _ = writeln!(o, "selfheal_escalations_total{{delivered=\"true\"}} {}", s.escalations_delivered);
     let _ = writeln!(o, "selfheal_escalations_total{{delivered=\"false\"}} {}", s.escalations_failed);
+    let p = &s.pages;
+    head(
+        &mut o,
+        "selfheal_pages_undelivered",
+        "gauge",
+        "Pages raised and not yet accepted by the webhook; they are retried, across restarts, until it does.",
+    );
+    let _ = writeln!(o, "selfheal_pages_undelivered {}", p.undelivered);
+    head(
+        &mut o,
+        "selfheal_page_delivery_attempts_total",
+        "counter",
+        "Webhook delivery attempts by outcome: delivered (2xx), retry (429, 5xx, timeout, connection error), \
+         permanent (any other 4xx: the page goes to the fallback channel).",
+    );
+    for (outcome, n) in
+        [("delivered", p.attempts_delivered), ("retry", p.attempts_retry), ("permanent", p.attempts_permanent)]
+    {
+        let _ = writeln!(o, "selfheal_page_delivery_attempts_total{{outcome=\"{outcome}\"}} {n}");
+    }
+    head(
+        &mut o,
+        "selfheal_page_fallback_total",
+        "counter",
+        "Pages written to the [notify.fallback] channel, by result of the write.",
+    );
+    let _ = writeln!(o, "selfheal_page_fallback_total{{result=\"written\"}} {}", p.fallback_written);
+    let _ = writeln!(o, "selfheal_page_fallback_total{{result=\"failed\"}} {}", p.fallback_failed);
     head(&mut o, "selfheal_ingest_lines_total", "counter", "Lines posted to /ingest, by result.");
     let _ = writeln!(o, "selfheal_ingest_lines_total{{result=\"accepted\"}} {}", s.ingest_accepted);
     let _ = writeln!(o, "selfheal_ingest_lines_total{{result=\"rejected\"}} {}", s.ingest_rejected);

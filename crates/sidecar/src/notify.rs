@@ -3,13 +3,19 @@
 //! When the agent chooses `escalate`, or the guardrails refuse an action that
 //! something must still be done about, the sidecar does not act and a person has to.
 //! A line in a log nobody is watching is not an escalation, so the notifier posts it
-//! to a webhook (a Slack incoming webhook, or any HTTP endpoint taking JSON) and tries
-//! hard to get it there: connection errors, timeouts, 5xx and 429 answers are retried
-//! with full-jitter exponential backoff (a 429's `Retry-After` is honoured up to the
-//! cap); any other 4xx means the request itself is wrong and is not retried. Every
-//! attempt carries the decision id as `Idempotency-Key`, so a receiver that saw an
-//! attempt whose answer got lost can drop the duplicate. The result ([`Delivery`]) is
-//! written to the provenance log as an escalation record, delivered or not.
+//! to a webhook (a Slack incoming webhook, or any HTTP endpoint taking JSON).
+//!
+//! This module makes one attempt at a time ([`Notifier::attempt`]) and classifies
+//! the answer; the durable redelivery loop around it (a page is kept in the
+//! provenance log until the webhook accepts it, across restarts) is
+//! [`crate::pager`]. The classification follows RFC 9110: 2xx is delivered;
+//! 408, 425, 429, 5xx, timeouts and connection errors are transient and retried
+//! (a `Retry-After` in seconds or as an HTTP-date is honoured, because a
+//! rate-limited webhook such as Slack's drops what comes earlier); any other 4xx
+//! means the request itself is wrong and will never succeed, so it is a
+//! permanent failure that goes to the second channel at once. Every attempt
+//! carries the decision id as `Idempotency-Key`, so a receiver that saw an
+//! attempt whose answer got lost can drop the duplicate.
 //!
 //! The backoff RNG is seeded, like every random stream in selfheal, so a run can be
 //! replayed.
@@ -19,7 +25,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Errors building a [`Notifier`].
 #[derive(Debug, thiserror::Error)]
@@ -55,28 +61,62 @@ pub struct WebhookConfig {
     /// Timeout of one attempt, connecting included.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Attempts in total, the first included.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
+    /// No longer used: a page is retried until the webhook accepts it (see
+    /// [`crate::pager`]); accepted so that older configuration files still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
     /// Backoff base: the delay before retry n is uniform in [0, min(cap, base·2^(n-1))].
     #[serde(default = "default_base_ms")]
     pub base_ms: u64,
-    /// Backoff cap.
+    /// Backoff cap (5 minutes by default: a page is retried for as long as it
+    /// takes, and a webhook that is down for an hour is asked a dozen times an hour).
     #[serde(default = "default_cap_ms")]
     pub cap_ms: u64,
+    /// The second channel, used when the webhook keeps failing or refuses a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackConfig>,
+}
+
+/// Kinds of second channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackKind {
+    /// Append the page as one JSON line to a local file, fsynced (for a log
+    /// shipper, a mounted volume an on-call tool watches, or a test).
+    /// An SNS topic is future work: it needs the AWS SDK, which only
+    /// `selfheal-aws` may link.
+    #[default]
+    File,
+}
+
+/// The `[notify.fallback]` table: where a page also goes when the webhook
+/// has failed for `after_secs`, or refused it outright (a 4xx other than
+/// 408/425/429). The webhook keeps being retried meanwhile.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    /// The channel kind.
+    #[serde(default)]
+    pub kind: FallbackKind,
+    /// The file pages are appended to (kind `file`).
+    pub path: std::path::PathBuf,
+    /// Seconds a page may stay undelivered before it is also written here.
+    #[serde(default = "default_fallback_after_secs")]
+    pub after_secs: u64,
+}
+
+fn default_fallback_after_secs() -> u64 {
+    300
 }
 
 fn default_timeout_ms() -> u64 {
     5_000
 }
-fn default_max_attempts() -> u32 {
-    4
-}
 fn default_base_ms() -> u64 {
     500
 }
 fn default_cap_ms() -> u64 {
-    10_000
+    300_000
 }
 
 impl WebhookConfig {
@@ -86,9 +126,10 @@ impl WebhookConfig {
             url: url.into(),
             format: WebhookFormat::default(),
             timeout_ms: default_timeout_ms(),
-            max_attempts: default_max_attempts(),
+            max_attempts: None,
             base_ms: default_base_ms(),
             cap_ms: default_cap_ms(),
+            fallback: None,
         }
     }
 
@@ -105,11 +146,19 @@ impl WebhookConfig {
         if self.timeout_ms == 0 {
             return Err("notify.timeout_ms: must be at least 1".to_owned());
         }
-        if self.max_attempts == 0 {
-            return Err("notify.max_attempts: must be at least 1".to_owned());
-        }
         if self.base_ms > self.cap_ms {
             return Err(format!("notify.base_ms: must not exceed notify.cap_ms ({})", self.cap_ms));
+        }
+        if self.cap_ms == 0 {
+            return Err("notify.cap_ms: must be at least 1".to_owned());
+        }
+        if let Some(f) = &self.fallback {
+            if f.path.as_os_str().is_empty() {
+                return Err("notify.fallback.path: must name a file".to_owned());
+            }
+            if f.path.is_dir() {
+                return Err(format!("notify.fallback.path: {} is a directory", f.path.display()));
+            }
         }
         Ok(())
     }
@@ -128,18 +177,38 @@ pub struct Escalation {
     pub detail: serde_json::Value,
 }
 
-/// How a [`Notifier::send`] went.
+/// What one delivery attempt came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
+pub enum Attempt {
     /// The webhook answered 2xx.
-    pub delivered: bool,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last failure, if any attempt failed.
-    pub last_error: Option<String>,
+    Delivered {
+        /// The status.
+        status: u16,
+    },
+    /// A transient failure: try again later.
+    Retry {
+        /// The HTTP status, if there was an answer.
+        status: Option<u16>,
+        /// What went wrong, in words.
+        why: String,
+        /// The receiver's `Retry-After`, if it gave one (capped at [`MAX_RETRY_AFTER`]).
+        retry_after: Option<Duration>,
+    },
+    /// The webhook refused the page (a 4xx other than 408, 425, 429): retrying
+    /// the same request cannot help.
+    Permanent {
+        /// The HTTP status.
+        status: Option<u16>,
+        /// What went wrong, in words.
+        why: String,
+    },
 }
 
-/// Posts escalations to the configured webhook, with retries.
+/// The longest `Retry-After` honoured: a page must not wait longer than this
+/// for a receiver that asks for more (the second channel has taken it by then).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3_600);
+
+/// Posts escalations to the configured webhook, one attempt at a time.
 #[derive(Debug)]
 pub struct Notifier {
     cfg: WebhookConfig,
@@ -161,44 +230,25 @@ impl Notifier {
         &self.cfg
     }
 
-    /// Posts `e`, retrying transient failures up to `max_attempts` times in all.
-    /// Never fails: the outcome, good or bad, is in the returned [`Delivery`].
-    pub async fn send(&self, e: &Escalation) -> Delivery {
+    /// Posts `e` once and classifies the answer. Never fails: the outcome, good
+    /// or bad, is the returned [`Attempt`].
+    pub async fn attempt(&self, e: &Escalation) -> Attempt {
         let body = self.body(e);
-        let mut last_error = None;
-        for attempt in 1..=self.cfg.max_attempts {
-            let result =
-                self.client.post(&self.cfg.url).header("Idempotency-Key", e.id.as_str()).json(&body).send().await;
-            let (error, retryable, retry_after_ms) = match result {
-                Ok(resp) if resp.status().is_success() => {
-                    tracing::info!(id = %e.id, pipeline = %e.pipeline, attempt, "escalation delivered");
-                    return Delivery { delivered: true, attempts: attempt, last_error };
-                }
-                Ok(resp) => {
-                    let status = resp.status();
-                    let retry_after_ms = retry_after_ms(&resp);
-                    let retryable = status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS;
-                    (format!("webhook answered HTTP {status}"), retryable, retry_after_ms)
-                }
-                Err(err) => {
-                    let retryable = err.is_connect() || err.is_timeout() || err.is_request();
-                    (error_chain(&err), retryable, None)
-                }
-            };
-            tracing::warn!(id = %e.id, pipeline = %e.pipeline, attempt, retryable, error = %error, "escalation attempt failed");
-            last_error = Some(error);
-            if !retryable {
-                return Delivery { delivered: false, attempts: attempt, last_error };
-            }
-            if attempt < self.cfg.max_attempts {
-                let wait = self.backoff_ms(attempt).max(retry_after_ms.unwrap_or(0).min(self.cfg.cap_ms));
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-            }
+        let result = self.client.post(&self.cfg.url).header("Idempotency-Key", e.id.as_str()).json(&body).send().await;
+        match result {
+            Ok(resp) => classify(resp.status(), resp.headers().get(reqwest::header::RETRY_AFTER), SystemTime::now()),
+            // A request that could not even be built will not build next time either.
+            Err(err) if err.is_builder() => Attempt::Permanent { status: None, why: error_chain(&err) },
+            Err(err) => Attempt::Retry { status: None, why: error_chain(&err), retry_after: None },
         }
-        Delivery { delivered: false, attempts: self.cfg.max_attempts, last_error }
     }
 
-    /// Full jitter: uniform in [0, min(cap, base·2^(attempt-1))].
+    /// Full jitter: uniform in [0, min(cap, base·2^(failures-1))], `failures` ≥ 1
+    /// being the consecutive failures so far.
+    pub fn backoff(&self, failures: u32) -> Duration {
+        Duration::from_millis(self.backoff_ms(failures.max(1)))
+    }
+
     fn backoff_ms(&self, attempt: u32) -> u64 {
         let ceiling = self.cfg.base_ms.saturating_mul(2u64.saturating_pow(attempt - 1)).min(self.cfg.cap_ms);
         let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -224,10 +274,33 @@ impl Notifier {
     }
 }
 
-/// A `Retry-After` given in seconds, as ms.
-fn retry_after_ms(resp: &reqwest::Response) -> Option<u64> {
-    let secs: u64 = resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(secs.saturating_mul(1_000))
+/// Classifies an answer (see the module doc); `now` dates a `Retry-After` given as an HTTP-date.
+pub fn classify(status: StatusCode, retry_after: Option<&reqwest::header::HeaderValue>, now: SystemTime) -> Attempt {
+    let code = status.as_u16();
+    if status.is_success() {
+        return Attempt::Delivered { status: code };
+    }
+    let why = format!("webhook answered HTTP {status}");
+    let transient = matches!(code, 408 | 425 | 429);
+    if status.is_client_error() && !transient {
+        return Attempt::Permanent { status: Some(code), why };
+    }
+    let retry_after = retry_after.and_then(|v| v.to_str().ok()).and_then(|v| parse_retry_after(v, now));
+    Attempt::Retry { status: Some(code), why, retry_after }
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110 §10.2.3),
+/// as a delay from `now`, capped at [`MAX_RETRY_AFTER`]. A date in the past is
+/// a zero delay; anything unparseable is ignored (the backoff applies).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(secs) = value.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
 }
 
 /// An error with its causes, e.g. `error sending request ...: tcp connect error: Connection refused`.
@@ -251,19 +324,55 @@ mod tests {
         let cfg: WebhookConfig = serde_json::from_str(r#"{"url": "https://hooks.example.com/x"}"#).unwrap();
         assert_eq!(cfg, WebhookConfig::new("https://hooks.example.com/x"));
         assert_eq!(
-            (cfg.format, cfg.timeout_ms, cfg.max_attempts, cfg.base_ms, cfg.cap_ms),
-            (WebhookFormat::Slack, 5_000, 4, 500, 10_000)
+            (cfg.format, cfg.timeout_ms, cfg.max_attempts, cfg.base_ms, cfg.cap_ms, cfg.fallback.clone()),
+            (WebhookFormat::Slack, 5_000, None, 500, 300_000, None)
         );
         assert!(cfg.validate().is_ok());
         for bad in ["ftp://x/y", "not a url", "file:///etc/passwd"] {
             let err = WebhookConfig::new(bad).validate().unwrap_err();
             assert!(err.starts_with("notify.url: "), "{err}");
         }
-        let err = WebhookConfig { max_attempts: 0, ..cfg.clone() }.validate().unwrap_err();
-        assert!(err.starts_with("notify.max_attempts"), "{err}");
-        let err = WebhookConfig { base_ms: 20_000, ..cfg }.validate().unwrap_err();
+        // An old file's max_attempts still loads (and no longer limits delivery).
+        let old: WebhookConfig = serde_json::from_str(r#"{"url": "http://x", "max_attempts": 2}"#).unwrap();
+        assert!(old.validate().is_ok());
+        let err = WebhookConfig { base_ms: 400_000, ..cfg.clone() }.validate().unwrap_err();
         assert!(err.starts_with("notify.base_ms"), "{err}");
         assert!(serde_json::from_str::<WebhookConfig>(r#"{"url": "http://x", "retries": 3}"#).is_err());
+        let f: FallbackConfig = toml::from_str("kind = \"file\"\npath = \"/tmp/pages.jsonl\"").unwrap();
+        assert_eq!((f.kind, f.after_secs), (FallbackKind::File, 300));
+        assert!(toml::from_str::<FallbackConfig>("kind = \"sns\"\npath = \"x\"").is_err());
+        assert!(toml::from_str::<FallbackConfig>("path = \"x\"\nafter = 3").is_err());
+        let dir = WebhookConfig {
+            fallback: Some(FallbackConfig { kind: FallbackKind::File, path: "/".into(), after_secs: 1 }),
+            ..cfg
+        };
+        assert!(dir.validate().unwrap_err().starts_with("notify.fallback.path"));
+    }
+
+    #[test]
+    fn answers_are_classified_and_retry_after_read_in_both_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_489_200);
+        let hv = |s: &str| reqwest::header::HeaderValue::from_str(s).unwrap();
+        assert_eq!(classify(StatusCode::NO_CONTENT, None, now), Attempt::Delivered { status: 204 });
+        for code in [400, 401, 403, 404, 410, 413, 422] {
+            let st = StatusCode::from_u16(code).unwrap();
+            assert!(matches!(classify(st, None, now), Attempt::Permanent { .. }), "{code}");
+        }
+        for code in [408, 425, 429, 500, 502, 503, 504] {
+            let st = StatusCode::from_u16(code).unwrap();
+            assert!(matches!(classify(st, None, now), Attempt::Retry { retry_after: None, .. }), "{code}");
+        }
+        let ra = |v: &str| match classify(StatusCode::TOO_MANY_REQUESTS, Some(&hv(v)), now) {
+            Attempt::Retry { retry_after, .. } => retry_after,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ra("60"), Some(Duration::from_secs(60)));
+        assert_eq!(ra(" 2 "), Some(Duration::from_secs(2)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
+        assert_eq!(ra(&date), Some(Duration::from_secs(90)));
+        assert_eq!(ra("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO), "a date in the past");
+        assert_eq!(ra("soon"), None);
+        assert_eq!(ra("999999999"), Some(MAX_RETRY_AFTER));
     }
 
     #[test]

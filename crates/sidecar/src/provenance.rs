@@ -26,7 +26,10 @@
 //!   its reason on disk;
 //! * (b) an approval *before* the HTTP 2xx answer, so an acknowledged approval is
 //!   never lost;
-//! * (c) the outcome of every action.
+//! * (c) the outcome of every action;
+//! * (d) a page (escalation) *before* its first delivery attempt, with the page
+//!   itself in the record, and every attempt's result after it, so that a page
+//!   is never lost to a crash: [`owed_pages`] finds those a restart must send.
 //!
 //! Other records (no-op decisions, rewards and the like) are buffered, then flushed
 //! and synced every second and at shutdown via [`ProvenanceLog::flush`], so a crash
@@ -234,19 +237,135 @@ pub struct RewardRecord {
     pub q_after: f64,
 }
 
-/// A notification sent to a human.
+/// A notification to a human (a page) and what became of it.
+///
+/// A page has several records: `raised` (durable, before the first attempt,
+/// carrying the page itself so that a restarted daemon can redeliver it), then
+/// one per failed attempt, `fallback` when it was also written to the second
+/// channel, and finally `delivered` or `permanent_failure`. Logs of older
+/// versions have a single record per escalation and no `phase`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EscalationRecord {
     /// Decision id.
     pub id: String,
     /// Wall clock of the daemon, Unix ms.
     pub ts_ms: i64,
-    /// Whether it was delivered.
+    /// Whether it was delivered (true only on the `delivered` record).
     pub delivered: bool,
-    /// Delivery attempts made.
+    /// Delivery attempts made so far (across restarts).
     pub attempts: u32,
     /// Where it went, or why it failed.
     pub detail: String,
+    /// Which step of the page's life this record is (absent in older logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PagePhase>,
+    /// The webhook's HTTP status, for an attempt that got an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The page itself, on the `raised` record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<crate::notify::Escalation>,
+}
+
+impl EscalationRecord {
+    /// A record of `phase` for page `id`.
+    pub fn new(id: &str, ts_ms: i64, phase: PagePhase, attempts: u32, detail: String) -> EscalationRecord {
+        EscalationRecord {
+            id: id.to_owned(),
+            ts_ms,
+            delivered: phase == PagePhase::Delivered,
+            attempts,
+            detail,
+            phase: Some(phase),
+            status: None,
+            page: None,
+        }
+    }
+}
+
+/// The steps of a page's life in the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PagePhase {
+    /// Written before the first attempt: the page is owed to a human.
+    Raised,
+    /// An attempt failed transiently; it will be retried.
+    AttemptFailed,
+    /// The page was also written to the second channel.
+    Fallback,
+    /// The webhook accepted it (2xx). The page's last record.
+    Delivered,
+    /// The webhook refused it for good (a 4xx other than 408/425/429). The
+    /// page's last record on the webhook; it went to the second channel.
+    PermanentFailure,
+    /// No webhook is configured: the page is only in this log.
+    LoggedOnly,
+}
+
+impl PagePhase {
+    fn name(self) -> &'static str {
+        match self {
+            PagePhase::Raised => "raised",
+            PagePhase::AttemptFailed => "attempt failed",
+            PagePhase::Fallback => "written to the fallback channel",
+            PagePhase::Delivered => "delivered",
+            PagePhase::PermanentFailure => "refused by the webhook (permanent)",
+            PagePhase::LoggedOnly => "logged only (no webhook)",
+        }
+    }
+}
+
+/// A page raised and not yet accepted by the webhook, as found in the log at start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OwedPage {
+    /// The page.
+    pub page: crate::notify::Escalation,
+    /// When it was raised, Unix ms.
+    pub raised_ms: i64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Whether it already went to the second channel.
+    pub fell_back: bool,
+}
+
+/// Pages raised and neither delivered nor refused for good, in the order they
+/// were raised: what a restarted daemon still owes a human.
+pub fn owed_pages(records: &[Record]) -> Vec<OwedPage> {
+    let mut order: Vec<String> = Vec::new();
+    let mut owed: HashMap<String, OwedPage> = HashMap::new();
+    for r in records {
+        let Record::Escalation(e) = r else { continue };
+        match e.phase {
+            Some(PagePhase::Raised) => {
+                if let Some(page) = &e.page {
+                    if !owed.contains_key(&e.id) {
+                        order.push(e.id.clone());
+                    }
+                    owed.insert(
+                        e.id.clone(),
+                        OwedPage { page: page.clone(), raised_ms: e.ts_ms, attempts: e.attempts, fell_back: false },
+                    );
+                }
+            }
+            Some(PagePhase::AttemptFailed) => {
+                if let Some(p) = owed.get_mut(&e.id) {
+                    p.attempts = p.attempts.max(e.attempts);
+                }
+            }
+            Some(PagePhase::Fallback) => {
+                if let Some(p) = owed.get_mut(&e.id) {
+                    p.fell_back = true;
+                }
+            }
+            Some(PagePhase::Delivered | PagePhase::PermanentFailure) | None => {
+                if e.delivered || e.phase.is_some() {
+                    owed.remove(&e.id);
+                }
+            }
+            Some(PagePhase::LoggedOnly) => {}
+        }
+    }
+    order.into_iter().filter_map(|id| owed.remove(&id)).collect()
 }
 
 impl Record {
@@ -705,8 +824,15 @@ fn describe_call(c: &CallRecord) -> String {
 
 fn describe_escalation(e: &EscalationRecord) -> String {
     let plural = if e.attempts == 1 { "" } else { "s" };
-    let state = if e.delivered { "delivered" } else { "NOT delivered" };
-    format!("{state} after {} attempt{plural}", e.attempts)
+    let status = e.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default();
+    match e.phase {
+        Some(PagePhase::Raised) => "raised, to be delivered".to_owned(),
+        Some(phase) => format!("{}{status} after {} attempt{plural}", phase.name(), e.attempts),
+        None => {
+            let state = if e.delivered { "delivered" } else { "NOT delivered" };
+            format!("{state} after {} attempt{plural}", e.attempts)
+        }
+    }
 }
 
 /// Tells the story of decision `id` in plain words: the window, the detector's

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use selfheal_sidecar::notify::{Escalation, Notifier, WebhookConfig, WebhookFormat};
+use selfheal_sidecar::notify::{Attempt, Escalation, Notifier, WebhookConfig, WebhookFormat};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,7 +43,7 @@ async fn receiver(script: &[u16]) -> (String, Arc<Receiver>) {
 }
 
 fn config(url: &str, format: WebhookFormat) -> WebhookConfig {
-    WebhookConfig { url: url.to_owned(), format, timeout_ms: 2_000, max_attempts: 4, base_ms: 1, cap_ms: 5 }
+    WebhookConfig { timeout_ms: 2_000, base_ms: 1, cap_ms: 5, format, ..WebhookConfig::new(url) }
 }
 
 fn escalation() -> Escalation {
@@ -59,8 +59,7 @@ fn escalation() -> Escalation {
 async fn slack_body_arrives_with_the_id() {
     let (url, rx) = receiver(&[]).await;
     let n = Notifier::new(config(&url, WebhookFormat::Slack), 1).unwrap();
-    let d = n.send(&escalation()).await;
-    assert_eq!((d.delivered, d.attempts, d.last_error), (true, 1, None));
+    assert_eq!(n.attempt(&escalation()).await, Attempt::Delivered { status: 200 });
     let seen = rx.seen.lock().unwrap();
     assert_eq!(seen.len(), 1);
     let (key, body) = &seen[0];
@@ -76,7 +75,7 @@ async fn generic_body_arrives_with_the_id_and_detail() {
     let (url, rx) = receiver(&[]).await;
     let n = Notifier::new(config(&url, WebhookFormat::Generic), 1).unwrap();
     let e = escalation();
-    assert!(n.send(&e).await.delivered);
+    assert!(matches!(n.attempt(&e).await, Attempt::Delivered { .. }));
     let seen = rx.seen.lock().unwrap();
     let (key, body) = &seen[0];
     assert_eq!(key.as_deref(), Some(e.id.as_str()));
@@ -93,64 +92,62 @@ async fn generic_body_arrives_with_the_id_and_detail() {
 }
 
 #[tokio::test]
-async fn server_errors_are_retried_with_the_same_idempotency_key() {
-    let (url, rx) = receiver(&[503, 503]).await;
+async fn server_errors_and_rate_limits_are_transient_with_the_same_idempotency_key() {
+    let (url, rx) = receiver(&[503, 429, 408]).await;
     let n = Notifier::new(config(&url, WebhookFormat::Generic), 2).unwrap();
-    let d = n.send(&escalation()).await;
-    assert!(d.delivered);
-    assert_eq!(d.attempts, 3);
-    assert!(d.last_error.unwrap().contains("503"));
+    for code in [503, 429, 408] {
+        match n.attempt(&escalation()).await {
+            Attempt::Retry { status, why, .. } => {
+                assert_eq!(status, Some(code));
+                assert!(why.contains(&code.to_string()), "{why}");
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    assert!(matches!(n.attempt(&escalation()).await, Attempt::Delivered { .. }));
     let seen = rx.seen.lock().unwrap();
-    assert_eq!(seen.len(), 3);
+    assert_eq!(seen.len(), 4);
     assert!(seen.iter().all(|(key, _)| key.as_deref() == Some("d-1795402800000-42")));
 }
 
 #[tokio::test]
-async fn too_many_requests_is_retried() {
-    let (url, rx) = receiver(&[429]).await;
-    let n = Notifier::new(config(&url, WebhookFormat::Slack), 3).unwrap();
-    let d = n.send(&escalation()).await;
-    assert_eq!((d.delivered, d.attempts), (true, 2));
-    assert_eq!(rx.seen.lock().unwrap().len(), 2);
-}
-
-#[tokio::test]
-async fn client_errors_are_not_retried() {
-    let (url, rx) = receiver(&[400, 400, 400, 400]).await;
+async fn client_errors_are_permanent() {
+    let (url, _rx) = receiver(&[400]).await;
     let n = Notifier::new(config(&url, WebhookFormat::Slack), 4).unwrap();
-    let d = n.send(&escalation()).await;
-    assert!(!d.delivered);
-    assert_eq!(d.attempts, 1);
-    assert!(d.last_error.unwrap().contains("400"));
-    assert_eq!(rx.seen.lock().unwrap().len(), 1);
+    match n.attempt(&escalation()).await {
+        Attempt::Permanent { status, why } => {
+            assert_eq!(status, Some(400));
+            assert!(why.contains("400"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]
-async fn a_slow_receiver_times_out_and_is_retried() {
+async fn a_slow_receiver_times_out_as_a_transient_failure() {
     let (url, rx) = receiver(&[]).await;
     *rx.first_delay.lock().unwrap() = Some(Duration::from_millis(1_500));
     let cfg = WebhookConfig { timeout_ms: 300, ..config(&url, WebhookFormat::Slack) };
     let n = Notifier::new(cfg, 5).unwrap();
-    let d = n.send(&escalation()).await;
-    assert_eq!((d.delivered, d.attempts), (true, 2));
-    assert!(d.last_error.unwrap().contains("timed out"));
+    match n.attempt(&escalation()).await {
+        Attempt::Retry { status: None, why, .. } => assert!(why.contains("timed out"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(n.attempt(&escalation()).await, Attempt::Delivered { .. }));
 }
 
 #[tokio::test]
-async fn an_unreachable_webhook_gives_up_after_max_attempts() {
+async fn an_unreachable_webhook_is_a_transient_failure() {
     // Bind and drop a listener: nothing listens on that port any more.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let cfg =
-        WebhookConfig { max_attempts: 3, ..config(&format!("http://127.0.0.1:{port}/hook"), WebhookFormat::Slack) };
-    let n = Notifier::new(cfg, 6).unwrap();
-    let d = n.send(&escalation()).await;
-    assert!(!d.delivered);
-    assert_eq!(d.attempts, 3);
-    let err = d.last_error.unwrap();
-    assert!(err.to_lowercase().contains("connect"), "{err}");
+    let n = Notifier::new(config(&format!("http://127.0.0.1:{port}/hook"), WebhookFormat::Slack), 6).unwrap();
+    match n.attempt(&escalation()).await {
+        Attempt::Retry { status: None, why, .. } => assert!(why.to_lowercase().contains("connect"), "{why}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -158,7 +155,12 @@ fn config_from_toml_uses_defaults_and_rejects_unknown_keys() {
     let cfg: WebhookConfig = toml::from_str("url = \"https://hooks.slack.com/services/T/B/X\"").unwrap();
     assert_eq!(cfg, WebhookConfig::new("https://hooks.slack.com/services/T/B/X"));
     let cfg: WebhookConfig = toml::from_str("url = \"http://h/x\"\nformat = \"generic\"\nmax_attempts = 2").unwrap();
-    assert_eq!((cfg.format, cfg.max_attempts), (WebhookFormat::Generic, 2));
+    assert_eq!((cfg.format, cfg.max_attempts), (WebhookFormat::Generic, Some(2)));
+    let cfg: WebhookConfig = toml::from_str(
+        "url = \"http://h/x\"\n[fallback]\nkind = \"file\"\npath = \"/var/tmp/p.jsonl\"\nafter_secs = 60",
+    )
+    .unwrap();
+    assert_eq!(cfg.fallback.unwrap().after_secs, 60);
     assert!(toml::from_str::<WebhookConfig>("url = \"http://h/x\"\nformat = \"teams\"").is_err());
     assert!(toml::from_str::<WebhookConfig>("url = \"http://h/x\"\nretries = 2").is_err());
 }

@@ -89,6 +89,9 @@ fn chain(id: &str, pipeline: &str, chosen: &str, verdict: &str) -> Vec<Record> {
             delivered: true,
             attempts: 2,
             detail: "slack".into(),
+            phase: None,
+            status: None,
+            page: None,
         }),
         Record::Reward(RewardRecord {
             id: id.into(),

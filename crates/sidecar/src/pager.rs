@@ -1,0 +1,315 @@
+//! Durable pages: an escalation is owed to a human until the webhook accepts it.
+//!
+//! A webhook that is rate-limited (Slack answers 429 with `Retry-After: 60`
+//! under bursts), down, or unreachable must not lose a page, and neither may a
+//! crash of the daemon. So:
+//!
+//! * a page is appended to the provenance log, fsynced, **before** its first
+//!   attempt ([`PagePhase::Raised`], carrying the page itself), and every
+//!   failed attempt, the final delivery and any fallback are recorded after;
+//! * one delivery task sends the pages in the order they were raised, retrying
+//!   the head until the webhook answers 2xx: `Retry-After` (seconds or
+//!   HTTP-date) is honoured on any retryable answer that carries it, otherwise
+//!   the delay is full-jitter exponential backoff on the consecutive failures,
+//!   capped by `notify.cap_ms`. One queue, not one task per page, because the
+//!   webhook is one endpoint: when it is rate-limited or down, every page is
+//!   held back by the same cause, and hammering it in parallel makes a rate
+//!   limit last longer;
+//! * at start, [`owed_pages`] reads the log for pages raised and neither
+//!   delivered nor refused, and they are sent again first, in order, with the
+//!   same `Idempotency-Key` (the decision id). A crash between the webhook's 2xx
+//!   and the `delivered` record therefore sends that page a second time: delivery
+//!   is at least once, and the key lets a receiver drop the duplicate;
+//! * a 4xx other than 408/425/429 is permanent: recorded, counted, and the page
+//!   goes to the second channel (`[notify.fallback]`) at once; a page that stays
+//!   undelivered for `fallback.after_secs` goes there too, while the webhook is
+//!   still retried (the second channel is for a human to see it elsewhere, not
+//!   a replacement).
+//!
+//! [`owed_pages`]: crate::provenance::owed_pages
+
+use crate::notify::{Attempt, Escalation, FallbackConfig, FallbackKind, Notifier};
+use crate::now_ms;
+use crate::provenance::{EscalationRecord, OwedPage, PagePhase, ProvenanceError, ProvenanceLog, Record};
+use std::collections::VecDeque;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Counters of the delivery task, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct PagerStats {
+    /// Pages raised and not yet accepted by the webhook (nor refused for good).
+    pub undelivered: AtomicU64,
+    /// Pages the webhook accepted.
+    pub delivered: AtomicU64,
+    /// Pages the webhook refused for good.
+    pub refused: AtomicU64,
+    /// Attempts answered 2xx.
+    pub attempts_delivered: AtomicU64,
+    /// Attempts that failed transiently (to be retried).
+    pub attempts_retry: AtomicU64,
+    /// Attempts refused for good.
+    pub attempts_permanent: AtomicU64,
+    /// Pages written to the second channel.
+    pub fallback_written: AtomicU64,
+    /// Writes to the second channel that failed.
+    pub fallback_failed: AtomicU64,
+}
+
+/// The running delivery task.
+#[derive(Debug)]
+pub struct Pager {
+    tx: mpsc::UnboundedSender<Owed>,
+    stats: Arc<PagerStats>,
+    log: Arc<Mutex<ProvenanceLog>>,
+    task: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Owed {
+    page: Escalation,
+    raised: i64,
+    attempts: u32,
+    fell_back: bool,
+}
+
+impl Pager {
+    /// Starts the delivery task; `owed` (from the log) are sent first, in order.
+    pub fn start(notifier: Arc<Notifier>, log: Arc<Mutex<ProvenanceLog>>, owed: Vec<OwedPage>) -> Pager {
+        let stats = Arc::new(PagerStats::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        if !owed.is_empty() {
+            tracing::warn!(pages = owed.len(), "pages from an earlier run were never delivered; redelivering them");
+        }
+        for o in owed {
+            stats.undelivered.fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send(Owed { page: o.page, raised: o.raised_ms, attempts: o.attempts, fell_back: o.fell_back });
+        }
+        let worker = Worker { notifier, log: log.clone(), stats: stats.clone(), queue: VecDeque::new(), failures: 0 };
+        let task = tokio::spawn(worker.run(rx));
+        Pager { tx, stats, log, task }
+    }
+
+    /// Records the page durably, then queues it for delivery. When this
+    /// returns `Ok`, the page survives a crash.
+    pub fn raise(&self, page: Escalation) -> Result<(), ProvenanceError> {
+        let ts = now_ms();
+        let mut rec = EscalationRecord::new(&page.id, ts, PagePhase::Raised, 0, page.summary.clone());
+        rec.page = Some(page.clone());
+        self.log.lock().expect("log lock").append(&Record::Escalation(rec), true)?;
+        self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(id = %page.id, pipeline = %page.pipeline, "page raised");
+        // The worker lives as long as the pager; were it gone, the page is in the log.
+        let _ = self.tx.send(Owed { page, raised: ts, attempts: 0, fell_back: false });
+        Ok(())
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &PagerStats {
+        &self.stats
+    }
+
+    /// Pages not yet accepted.
+    pub fn undelivered(&self) -> u64 {
+        self.stats.undelivered.load(Ordering::Relaxed)
+    }
+
+    /// Stops the task (at shutdown). Pages still owed stay in the log and are
+    /// redelivered at the next start.
+    pub fn stop(self) {
+        self.task.abort();
+        let left = self.undelivered();
+        if left > 0 {
+            tracing::warn!(pages = left, "stopping with pages undelivered; the next start redelivers them");
+        }
+    }
+}
+
+struct Worker {
+    notifier: Arc<Notifier>,
+    log: Arc<Mutex<ProvenanceLog>>,
+    stats: Arc<PagerStats>,
+    queue: VecDeque<Owed>,
+    /// Consecutive failed attempts against the webhook (the backoff exponent).
+    failures: u32,
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Owed>) {
+        let mut next_at: Option<Instant> = None;
+        loop {
+            while let Ok(o) = rx.try_recv() {
+                self.queue.push_back(o);
+            }
+            if self.queue.is_empty() {
+                match rx.recv().await {
+                    Some(o) => self.queue.push_back(o),
+                    None => return,
+                }
+                continue;
+            }
+            if let Some(at) = next_at {
+                if Instant::now() < at {
+                    // Wake for the retry, or earlier for a newly raised page
+                    // (queued behind the head; also checked for the fallback).
+                    tokio::select! {
+                        o = rx.recv() => match o {
+                            Some(o) => self.queue.push_back(o),
+                            None => return,
+                        },
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                    self.check_fallback();
+                    continue;
+                }
+            }
+            next_at = self.attempt_head().await;
+            self.check_fallback();
+        }
+    }
+
+    /// One attempt at the oldest page; the time of the next attempt, if it failed.
+    async fn attempt_head(&mut self) -> Option<Instant> {
+        let head = self.queue.front_mut()?;
+        head.attempts += 1;
+        let outcome = self.notifier.attempt(&head.page).await;
+        let (id, attempts) = (head.page.id.clone(), head.attempts);
+        match outcome {
+            Attempt::Delivered { status } => {
+                self.failures = 0;
+                self.stats.attempts_delivered.fetch_add(1, Ordering::Relaxed);
+                let mut rec = EscalationRecord::new(&id, now_ms(), PagePhase::Delivered, attempts, "delivered".into());
+                rec.status = Some(status);
+                self.append(rec);
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.stats.undelivered.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(id = %id, attempts, status, "page delivered");
+                self.queue.pop_front();
+                None
+            }
+            Attempt::Retry { status, why, retry_after } => {
+                self.failures = self.failures.saturating_add(1);
+                self.stats.attempts_retry.fetch_add(1, Ordering::Relaxed);
+                let backoff = self.notifier.backoff(self.failures);
+                // The receiver said when; earlier is refused, later only delays the page.
+                let wait = retry_after.unwrap_or(backoff);
+                let mut rec = EscalationRecord::new(
+                    &id,
+                    now_ms(),
+                    PagePhase::AttemptFailed,
+                    attempts,
+                    format!("{why}; next attempt in {} ms", wait.as_millis()),
+                );
+                rec.status = status;
+                self.append(rec);
+                tracing::warn!(
+                    id = %id, attempts, status, error = %why,
+                    retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
+                    wait_ms = wait.as_millis() as u64, "page attempt failed; will retry"
+                );
+                Some(Instant::now() + wait)
+            }
+            Attempt::Permanent { status, why } => {
+                // The webhook works (it answered); the request is what is wrong.
+                self.failures = 0;
+                self.stats.attempts_permanent.fetch_add(1, Ordering::Relaxed);
+                let mut rec = EscalationRecord::new(&id, now_ms(), PagePhase::PermanentFailure, attempts, why.clone());
+                rec.status = status;
+                self.append(rec);
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats.undelivered.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(id = %id, attempts, status, error = %why, "the webhook refused a page for good");
+                if let Some(o) = self.queue.pop_front() {
+                    if !o.fell_back {
+                        self.fall_back(&o, &format!("the webhook refused it: {why}"));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Writes to the second channel every page undelivered for longer than
+    /// `after_secs` that has not gone there yet.
+    fn check_fallback(&mut self) {
+        let Some(after) = self.notifier.config().fallback.as_ref().map(|f| f.after_secs) else { return };
+        let now = now_ms();
+        let due: Vec<usize> = (0..self.queue.len())
+            .filter(|&i| {
+                let o = &self.queue[i];
+                !o.fell_back && now - o.raised >= (after as i64).saturating_mul(1_000)
+            })
+            .collect();
+        for i in due {
+            let why = format!("undelivered for {} s or more", after);
+            let ok = {
+                let o = &self.queue[i];
+                self.fall_back(o, &why)
+            };
+            // A failed write is tried again at the next check.
+            self.queue[i].fell_back = ok;
+        }
+    }
+
+    /// Writes `o` to the second channel and records it; true if it was written.
+    fn fall_back(&self, o: &Owed, why: &str) -> bool {
+        let Some(cfg) = self.notifier.config().fallback.as_ref() else {
+            tracing::error!(id = %o.page.id, reason = %why, "no [notify.fallback] configured: the page is only in the provenance log");
+            return false;
+        };
+        match write_fallback(cfg, &o.page, why) {
+            Ok(()) => {
+                self.stats.fallback_written.fetch_add(1, Ordering::Relaxed);
+                let detail = format!("{}: {why}", cfg.path.display());
+                self.append(EscalationRecord::new(&o.page.id, now_ms(), PagePhase::Fallback, o.attempts, detail));
+                tracing::warn!(id = %o.page.id, path = %cfg.path.display(), reason = %why, "page written to the fallback channel");
+                true
+            }
+            Err(e) => {
+                self.stats.fallback_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(id = %o.page.id, path = %cfg.path.display(), error = %e, "cannot write the page to the fallback channel");
+                false
+            }
+        }
+    }
+
+    fn append(&self, rec: EscalationRecord) {
+        let id = rec.id.clone();
+        if let Err(e) = self.log.lock().expect("log lock").append(&Record::Escalation(rec), true) {
+            // The page stays owed in memory; the log is the daemon's to fail on.
+            tracing::error!(id = %id, error = %e, "cannot record a page's delivery");
+        }
+    }
+}
+
+/// Appends `page` as one JSON line to the fallback file and fsyncs it.
+fn write_fallback(cfg: &FallbackConfig, page: &Escalation, why: &str) -> std::io::Result<()> {
+    match cfg.kind {
+        FallbackKind::File => {
+            let line = serde_json::json!({
+                "event": "selfheal.escalation",
+                "ts_ms": now_ms(),
+                "id": page.id,
+                "pipeline": page.pipeline,
+                "summary": page.summary,
+                "detail": page.detail,
+                "why_here": why,
+            });
+            let mut text = serde_json::to_string(&line).map_err(std::io::Error::other)?;
+            text.push('\n');
+            let path: &Path = &cfg.path;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_data()
+        }
+    }
+}
