@@ -140,3 +140,35 @@ fn a_glue_job_state_change_event_on_ingest_reaches_the_decision_as_evidence() {
     let before = ds.iter().find(|x| x.window.ts_ms == 1_795_404_240_000).unwrap();
     assert!(before.evidence.is_empty(), "no evidence before the run failed: {:?}", before.evidence);
 }
+
+/// `stuck-only.toml`: the detector never flags a hung job. Fitting says so
+/// per fault kind, keeps the figures in the file, and `--strict` refuses.
+#[test]
+fn fitting_on_a_fault_the_detector_cannot_see_warns_and_strict_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("detector.json");
+    let scenario = case("stuck-only.toml");
+    let run = |strict: bool| {
+        let mut args = vec!["fit-detector", "--scenario", &scenario, "--out", out.to_str().unwrap()];
+        if strict {
+            args.push("--strict");
+        }
+        common::selfheal(&args)
+    };
+    let o = run(false);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.trim_start().starts_with("stuck_job")).expect("a stuck_job coverage line");
+    assert!(line.contains(" 0 of ") && line.contains("(0.0%)"), "{line}");
+    assert!(stderr.contains("warning: the detector flags 0 of") && stderr.contains("stuck_job"), "{stderr}");
+    let model: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let cov = &model["meta"]["coverage"];
+    assert_eq!(cov[0]["kind"], "stuck_job", "{cov}");
+    assert_eq!(cov[0]["flagged"], 0);
+    assert!(cov[0]["windows"].as_u64().unwrap() > 1000, "{cov}");
+    std::fs::remove_file(&out).unwrap();
+    let o = run(true);
+    assert!(!o.status.success(), "--strict must fail");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("blind to stuck_job"));
+    assert!(!out.exists(), "nothing written under --strict");
+}

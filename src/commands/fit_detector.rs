@@ -7,7 +7,7 @@ use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
 use selfheal_core::seeds::training_episode;
 use selfheal_core::{Detector, FaultKind, Slo, Telemetry};
 use selfheal_detect::forest::ForestParams;
-use selfheal_detect::telemetry::{DetectorModel, FitParams, TelemetryDetector};
+use selfheal_detect::telemetry::{Coverage, DetectorModel, FitParams, TelemetryDetector};
 use selfheal_harness::{run_episode, Controller, Fixed};
 use selfheal_sim::Simulator;
 use std::path::PathBuf;
@@ -43,11 +43,20 @@ pub struct Args {
     /// Where to write the detector (atomically).
     #[arg(long, default_value = "models/detector.json")]
     out: PathBuf,
+    /// Fail (exit 1, nothing written) when a fault kind of the scenario is
+    /// flagged in less than --min-coverage of its windows; without it, warn.
+    #[arg(long)]
+    strict: bool,
+    /// Share of a fault kind's windows the detector must flag not to be
+    /// reported as blind to it.
+    #[arg(long, default_value_t = 0.05)]
+    min_coverage: f64,
 }
 
 pub fn run(a: Args) -> Result<()> {
     anyhow::ensure!(a.false_alarm_rate > 0.0 && a.false_alarm_rate < 0.5, "--false-alarm-rate must be in (0, 0.5)");
     anyhow::ensure!(2 <= a.k_min && a.k_min <= a.k_max, "need 2 <= --k-min <= --k-max");
+    anyhow::ensure!((0.0..=1.0).contains(&a.min_coverage), "--min-coverage must be in [0, 1]");
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let rules = defaults::rules(None)?;
     let reward = wiring::reward(&scenario);
@@ -80,11 +89,53 @@ pub fn run(a: Args) -> Result<()> {
         k_max: a.k_max,
         signature_seed: a.seed,
     };
-    let model = DetectorModel::fit(&scenario.name, &healthy, &candidates, &params).context("fitting the detector")?;
+    let mut model =
+        DetectorModel::fit(&scenario.name, &healthy, &candidates, &params).context("fitting the detector")?;
+
+    // What it sees of each fault kind: a kind it never flags is a fault it
+    // is blind to (a hung job reads as a quiet one), and signatures built
+    // without it cannot name it. Reported, kept in the file, and an error
+    // with --strict.
+    let det = TelemetryDetector::new(model.clone());
+    let mut coverage: Vec<Coverage> =
+        FaultKind::ALL.iter().map(|k| Coverage { kind: k.name().to_string(), windows: 0, flagged: 0 }).collect();
+    for (t, active) in &faulty {
+        let flagged = det.detect(t).anomalous;
+        for f in active.iter() {
+            coverage[f.index()].windows += 1;
+            coverage[f.index()].flagged += usize::from(flagged);
+        }
+    }
+    coverage.retain(|c| c.windows > 0);
+    eprintln!("windows flagged per fault kind:");
+    for c in &coverage {
+        eprintln!("  {:<22} {:>7} of {:>7} ({:.1}%)", c.kind, c.flagged, c.windows, 100.0 * c.share());
+    }
+    let blind: Vec<&Coverage> = coverage.iter().filter(|c| c.share() < a.min_coverage).collect();
+    for c in &blind {
+        eprintln!(
+            "warning: the detector flags {} of {} {} windows ({:.1}%, under --min-coverage {:.0}%): it is nearly \
+             blind to this fault, and no signature stands for it; the watchdog and the SLO checks are all that \
+             will notice it",
+            c.flagged,
+            c.windows,
+            c.kind,
+            100.0 * c.share(),
+            100.0 * a.min_coverage
+        );
+    }
+    if a.strict && !blind.is_empty() {
+        let kinds: Vec<&str> = blind.iter().map(|c| c.kind.as_str()).collect();
+        anyhow::bail!(
+            "--strict: the detector is blind to {} (nothing written to {})",
+            kinds.join(", "),
+            a.out.display()
+        );
+    }
+    model.meta.coverage = coverage;
     write_atomic(&a.out, model.to_json().as_bytes())?;
 
     // What the signatures mean: the true faults behind each one.
-    let det = TelemetryDetector::new(model.clone());
     let false_alarms = healthy.iter().filter(|t| det.detect(t).anomalous).count();
     let k = usize::from(det.signatures());
     let mut table = vec![[0usize; FaultKind::COUNT + 1]; k + 1];

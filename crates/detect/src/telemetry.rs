@@ -172,6 +172,34 @@ pub struct DetectorMeta {
     /// a detector fitted on the simulator (and in files older than it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub baseline: Option<Baseline>,
+    /// Per labelled fault kind, how many of its windows the detector flags
+    /// (`selfheal fit-detector`): a kind it never flags is a fault this
+    /// detector cannot see. Empty in files older than it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coverage: Vec<Coverage>,
+}
+
+/// How many windows of one fault kind a detector flags.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Coverage {
+    /// Fault kind (`FaultKind::name`).
+    pub kind: String,
+    /// Windows in which the kind was active.
+    pub windows: usize,
+    /// Of those, the windows flagged anomalous.
+    pub flagged: usize,
+}
+
+impl Coverage {
+    /// Flagged share, 0..1 (0 for a kind without windows).
+    pub fn share(&self) -> f64 {
+        if self.windows == 0 {
+            0.0
+        } else {
+            self.flagged as f64 / self.windows as f64
+        }
+    }
 }
 
 /// Where a rebaselined detector's baseline came from.
@@ -532,6 +560,7 @@ impl DetectorModel {
                 forest: p.forest,
                 signature_seed: p.signature_seed,
                 baseline: None,
+                coverage: Vec::new(),
             },
             features: TELEMETRY_FEATURES.iter().map(|s| s.to_string()).collect(),
             median: med,
