@@ -100,7 +100,7 @@ fn a_count_that_stops_reporting_is_zero_not_carried() {
 
 #[test]
 fn a_glue_job_state_change_event_on_ingest_reaches_the_decision_as_evidence() {
-    use common::{http, Sidecar, Start};
+    use common::{Sidecar, Start};
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
     // The pipeline "orders" runs the Glue job "orders-etl" (the name the event
@@ -123,7 +123,7 @@ fn a_glue_job_state_change_event_on_ingest_reaches_the_decision_as_evidence() {
     let body =
         [sample(1_795_404_240_000), sample(1_795_404_300_000), event.trim().to_string(), sample(1_795_404_360_000)]
             .join("\n");
-    let r = http(&d.addr, "POST", "/ingest", &[], &body).unwrap();
+    let r = d.ingest(&body);
     assert_eq!(r.status, 200, "the event is accepted: {}", r.body);
     common::wait_for(Duration::from_secs(20), "two windows decided", || decisions(&d.log().records).len() >= 2);
     d.terminate(Duration::from_secs(20));

@@ -286,7 +286,9 @@ fn recommend_mode_runs_only_approved_proposals_and_never_expired_ones() {
     let recs = &log.records;
     let status = outcome_of(recs);
     let called: HashSet<&str> = calls(recs).into_iter().map(|c| c.id.as_str()).collect();
-    for (id, by) in [(&by_cli, "cli"), (&by_http, "http")] {
+    // Who answered: what the client says, and the id of the token it proved.
+    let tok = format!("(token {})", selfheal_sidecar::auth::token_id(common::TEST_TOKEN));
+    for (id, by) in [(&by_cli, format!("cli {tok}")), (&by_http, format!("http {tok}"))] {
         assert!(
             recs.iter().any(|r| matches!(r, Record::Approval(a) if &a.id == id && a.approved && a.by == by)),
             "no approval record by {by} for {id}"
@@ -296,7 +298,9 @@ fn recommend_mode_runs_only_approved_proposals_and_never_expired_ones() {
         let dec = decisions(recs).into_iter().find(|d| &d.id == id).expect("its decision");
         assert_eq!((dec.verdict.as_str(), dec.mode.as_str()), ("proposed", "recommend"));
     }
-    assert!(recs.iter().any(|r| matches!(r, Record::Approval(a) if a.id == rejected && !a.approved && a.by == "cli")));
+    assert!(recs
+        .iter()
+        .any(|r| matches!(r, Record::Approval(a) if a.id == rejected && !a.approved && a.by == format!("cli {tok}"))));
     assert_eq!(status.get(&rejected).map(String::as_str), Some("rejected"));
     // Nothing but the two approved proposals ever ran.
     let expected: HashSet<&str> = [by_cli.as_str(), by_http.as_str()].into();
@@ -749,11 +753,17 @@ fn ingest_names_malformed_lines_and_lands_the_valid_ones() {
         sample(t0 + 180_000, 14.0),                                                // 8 ok: closes t0+120
     ]
     .join("\n");
-    let post = |headers: &[(&str, &str)]| http(&d.addr, "POST", "/ingest", headers, &body).unwrap();
+    // /ingest is on the control listener; the legacy `[source] token_env`
+    // token still opens it, and only it.
+    let post = |headers: &[(&str, &str)]| http(&d.control, "POST", "/ingest", headers, &body).unwrap();
     let r = post(&[]);
     assert_eq!(r.status, 401, "no token: {}", r.body);
     let r = post(&[("Authorization", "Bearer wrong")]);
-    assert_eq!(r.status, 401, "wrong token: {}", r.body);
+    assert_eq!(r.status, 403, "wrong token: {}", r.body);
+    let r = http(&d.addr, "POST", "/ingest", &[("Authorization", "Bearer s3cret-token")], &body).unwrap();
+    assert_eq!(r.status, 404, "not on the metrics listener: {}", r.body);
+    let r = http(&d.control, "POST", "/pause", &[("Authorization", "Bearer s3cret-token")], "{}").unwrap();
+    assert_eq!(r.status, 403, "the ingest-only token cannot pause: {}", r.body);
     assert_eq!(metric(&d.metrics(), r#"selfheal_ingest_lines_total{result="accepted"}"#), Some(0.0));
 
     let r = post(&[("Authorization", "Bearer s3cret-token")]);
@@ -780,8 +790,8 @@ fn ingest_names_malformed_lines_and_lands_the_valid_ones() {
     promtool_check(&m);
 
     // A clean body answers 200 and lands too.
-    let r = http(&d.addr, "POST", "/ingest", &[("Authorization", "Bearer s3cret-token")], &sample(t0 + 240_000, 9.0))
-        .unwrap();
+    // The control token opens /ingest too.
+    let r = d.ingest(&sample(t0 + 240_000, 9.0));
     assert_eq!(r.status, 200, "{}", r.body);
     let v: Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!((v["accepted"].as_u64(), v["rejected"].as_array().map(Vec::len)), (Some(1), Some(0)), "{v}");

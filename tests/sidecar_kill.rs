@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 const KILLS: usize = 20;
 
 /// Approve every proposal `addr` lists until `stop`; push each id answered 2xx.
-fn approver(addr: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) {
+fn approver(addr: String, token: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) {
+    let auth = format!("Bearer {token}");
     let mut tried = HashSet::new();
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(10));
-        let Ok(r) = http(&addr, "GET", "/approvals", &[], "") else { continue };
+        let Ok(r) = http(&addr, "GET", "/approvals", &[("Authorization", &auth)], "") else { continue };
         let Ok(list) = serde_json::from_str::<serde_json::Value>(&r.body) else { continue };
         for p in list.as_array().into_iter().flatten() {
             let id = p["id"].as_str().unwrap_or_default().to_string();
@@ -33,7 +34,9 @@ fn approver(addr: String, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>)
             }
             let path = format!("/approvals/{id}");
             let body = r#"{"decision":"approve","by":"kill-test"}"#;
-            if let Ok(r) = http(&addr, "POST", &path, &[("Content-Type", "application/json")], body) {
+            if let Ok(r) =
+                http(&addr, "POST", &path, &[("Content-Type", "application/json"), ("Authorization", &auth)], body)
+            {
                 if (200..300).contains(&r.status) {
                     acked.lock().unwrap().push(id);
                 }
@@ -130,8 +133,8 @@ fn kill_9_at_random_moments_loses_no_acknowledged_approval_and_applies_nothing_t
         }
         let stop = Arc::new(AtomicBool::new(false));
         let t = {
-            let (addr, stop, acked) = (d.addr.clone(), stop.clone(), acked.clone());
-            std::thread::spawn(move || approver(addr, stop, acked))
+            let (addr, token, stop, acked) = (d.control.clone(), d.token.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || approver(addr, token, stop, acked))
         };
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..=1500)));
         d.kill9();

@@ -12,10 +12,13 @@ use selfheal_agent::{EncoderKind, GlueBuiltinsPolicy, QLearner, QTable, RulesPol
 use selfheal_core::{Detector, Metric, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_sidecar::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
-use selfheal_sidecar::config::{ActuatorConfig, LowConfidence, Pace, SidecarConfig, SourceConfig, EXAMPLE};
-use selfheal_sidecar::daemon::{self, Checkpoint, Daemon};
+use selfheal_sidecar::auth::{self, Token};
+use selfheal_sidecar::config::{
+    ActuatorConfig, LowConfidence, Pace, SidecarConfig, SourceConfig, DEFAULT_CONTROL_TOKEN_ENV, EXAMPLE,
+};
+use selfheal_sidecar::daemon::{self, Checkpoint, Daemon, Listeners};
 use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Parts};
-use selfheal_sidecar::http::Ingest;
+use selfheal_sidecar::http::{ControlAuth, Ingest};
 use selfheal_sidecar::source::{FileSource, HttpSource, Pacing, SimFleet, SimSource, TelemetrySource};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +30,10 @@ use std::time::Duration;
 ///
 /// With no --config it is a live demo: the built-in simulator with 3
 /// pipelines and injected faults, the shipped models, act mode. Every decision
-/// is one line on stderr; /metrics, /approvals and /healthz answer on
-/// 127.0.0.1:9477. Stop it with Ctrl-C (SIGINT) or SIGTERM: in-flight actions
+/// is one line on stderr; /metrics, /healthz and /readyz answer on
+/// 127.0.0.1:9477, the control plane (/approvals, /pause, /resume, /ingest;
+/// bearer token from daemon.control_token_file or SELFHEAL_CONTROL_TOKEN) on
+/// 127.0.0.1:9478. Stop it with Ctrl-C (SIGINT) or SIGTERM: in-flight actions
 /// finish (or are cancelled after the grace period), the Q table is saved, the
 /// log is synced. `selfheal config --example` prints every setting.
 #[derive(ClapArgs, Debug)]
@@ -36,9 +41,13 @@ pub struct Args {
     /// Configuration file (TOML); without it, the built-in simulator demo.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// HTTP address (overrides daemon.listen).
+    /// HTTP address of /metrics, /healthz, /readyz (overrides daemon.listen).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// HTTP address of the control plane: /approvals, /pause, /resume, /ingest
+    /// (overrides daemon.control_listen). Not loopback only with a control token.
+    #[arg(long)]
+    control_listen: Option<SocketAddr>,
     /// Mode (overrides guard.mode): observe, recommend or act.
     #[arg(long)]
     mode: Option<selfheal_guard::Mode>,
@@ -64,6 +73,9 @@ pub fn run(a: Args) -> Result<()> {
     let mut cfg = load_config(a.config.as_deref())?;
     if let Some(l) = a.listen {
         cfg.daemon.listen = l;
+    }
+    if let Some(l) = a.control_listen {
+        cfg.daemon.control_listen = l;
     }
     if let Some(m) = a.mode {
         cfg.guard.mode = m;
@@ -115,7 +127,53 @@ pub fn checkpoint_of(model: &ModelFile, grown_from: &str, describe: &dyn StateEn
     ModelFile::new(meta, describe, model.encoder.config.clone(), table)
 }
 
+/// The control plane's tokens, checked against where it listens: refuses a
+/// non-loopback control listener without a control token. Logs where the
+/// token came from (never the token) and warns about a loose token file and
+/// an open loopback control plane.
+fn control_auth(cfg: &SidecarConfig) -> Result<ControlAuth> {
+    let resolved = auth::resolve(&cfg.daemon, |v| std::env::var(v).ok())?;
+    let control = match resolved {
+        Some((token, from, warning)) => {
+            if let Some(w) = warning {
+                tracing::warn!("{w}");
+            }
+            tracing::info!(token_id = %token.id(), from = %from, "control plane requires a bearer token");
+            Some(token)
+        }
+        None => None,
+    };
+    auth::check_exposure(&cfg.daemon, control.as_ref())?;
+    let ingest = match &cfg.source {
+        SourceConfig::Http { token_env: Some(var), .. } => {
+            let v = std::env::var(var).with_context(|| format!("source.token_env names {var}, which is not set"))?;
+            let t = Token::new(v.trim());
+            tracing::info!(token_id = %t.id(), "source.token_env: /ingest also accepts this ingest-only token \
+                (it cannot approve, pause or resume; [daemon] control_token_file sets the control token)");
+            Some(t)
+        }
+        _ => None,
+    };
+    if control.is_none() {
+        tracing::warn!(control_listen = %cfg.daemon.control_listen,
+            "no control token ([daemon] control_token_file, or the environment variable {}): the control plane \
+             (/approvals, /pause, /resume{}) is open to every process on this host; it listens on loopback only",
+            cfg.daemon.control_token_env, if ingest.is_some() { "" } else { ", /ingest" });
+    }
+    if matches!(cfg.source, SourceConfig::Http { .. })
+        && cfg.daemon.control_listen.ip().is_loopback()
+        && !cfg.daemon.listen.ip().is_loopback()
+    {
+        tracing::warn!(control_listen = %cfg.daemon.control_listen, listen = %cfg.daemon.listen,
+            "/ingest is served on the control listener, which is loopback: telemetry pushers on other hosts \
+             cannot reach it (set daemon.control_listen and a control token to accept them)");
+    }
+    Ok(ControlAuth { control, ingest })
+}
+
 async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
+    // Before the models load: a refused exposure is the quickest error to give.
+    let control_auth = control_auth(&cfg)?;
     let scenario = defaults::scenario(cfg.model.scenario.as_deref())?;
     let detector_model = defaults::detector(cfg.model.detector.as_deref())?;
     let checkpoint_path = cfg.daemon.checkpoint_path();
@@ -221,15 +279,9 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
             }
             source
         }
-        SourceConfig::Http { token_env, window_secs } => {
-            let token = match token_env {
-                Some(var) => Some(
-                    std::env::var(var).with_context(|| format!("source.token_env names {var}, which is not set"))?,
-                ),
-                None => None,
-            };
+        SourceConfig::Http { window_secs, .. } => {
             let (tx, src) = HttpSource::channel(1024);
-            let ing = Ingest::new(*window_secs as i64 * 1000, tx, token);
+            let ing = Ingest::new(*window_secs as i64 * 1000, tx);
             // Glue Job State Change events name the job: file them under its pipeline.
             if let ActuatorConfig::Glue { pipelines } = &cfg.actuator {
                 ing.map_jobs(pipelines.iter().map(|p| (p.job_name.clone(), p.name.clone())));
@@ -254,13 +306,21 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.daemon.listen)
         .await
         .with_context(|| format!("cannot listen on {} (daemon.listen / --listen)", cfg.daemon.listen))?;
+    let control = tokio::net::TcpListener::bind(cfg.daemon.control_listen).await.with_context(|| {
+        format!("cannot listen on {} (daemon.control_listen / --control-listen)", cfg.daemon.control_listen)
+    })?;
     eprintln!(
-        "selfheal sidecar: http://{} (healthz, readyz, metrics, approvals); log {}; stop with Ctrl-C",
+        "selfheal sidecar: http://{} (metrics, healthz, readyz); control http://{} (approvals, pause, resume, ingest{}); \
+         log {}; stop with Ctrl-C",
         listener.local_addr()?,
+        control.local_addr()?,
+        if control_auth.control.is_some() { "; bearer token" } else { "; no token" },
         cfg.daemon.log_path().display()
     );
+    let max_body_bytes = usize::try_from(cfg.daemon.max_body_bytes).unwrap_or(usize::MAX);
+    let listeners = Listeners { metrics: listener, control, auth: control_auth, max_body_bytes };
     let d = Daemon { cfg, controller, source, actuator, ingest, checkpoint };
-    let summary = daemon::run(d, listener, shutdown_signal()).await?;
+    let summary = daemon::run(d, listeners, shutdown_signal()).await?;
     eprintln!(
         "selfheal sidecar stopped: {} windows, {} actions succeeded, {} failed, {} Q updates",
         summary.windows, summary.succeeded, summary.failed, summary.q_updates
@@ -466,13 +526,26 @@ pub fn validate(a: ValidateArgs) -> Result<()> {
         defaults::detector(cfg.model.detector.as_deref()).with_context(|| format!("{name}: model.detector"))?;
     let enc = wiring::sidecar_encoder(&model, &scenario, &detector, &cfg.actuator, &name)?;
     check_declared_metrics(&cfg, &detector, &name)?;
+    // The control token as `run` would find it here: the file must read; a
+    // non-loopback control listener needs one (from the file, or the
+    // environment variable in this environment, which should be the daemon's).
+    let token = auth::resolve(&cfg.daemon, |v| std::env::var(v).ok()).with_context(|| name.clone())?;
+    if let Some((_, _, Some(w))) = &token {
+        eprintln!("warning: {name}: {w}");
+    }
+    auth::check_exposure(&cfg.daemon, token.as_ref().map(|t| &t.0)).with_context(|| name.clone())?;
+    let control = match &token {
+        Some((t, from, _)) => format!("token {} from {from}", t.id()),
+        None => "no token: loopback only".into(),
+    };
     println!(
-        "{}: ok (mode {}, source {}, actuator {}, worker levels {:?})",
+        "{}: ok (mode {}, source {}, actuator {}, worker levels {:?}; control on {}, {control})",
         a.config.display(),
         cfg.guard.mode,
         source_kind(&cfg.source),
         actuator_kind(&cfg.actuator),
-        enc.worker_levels
+        enc.worker_levels,
+        cfg.daemon.control_listen,
     );
     Ok(())
 }
@@ -515,9 +588,16 @@ fn actuator_kind(s: &ActuatorConfig) -> &'static str {
 pub struct ClientArgs {
     /// Decision id (from the daemon's log, `selfheal log` or GET /approvals); not used by pause/resume.
     id: Option<String>,
-    /// The daemon's HTTP address.
-    #[arg(long, default_value = "127.0.0.1:9477")]
+    /// The daemon's control address (its daemon.control_listen).
+    #[arg(long, default_value = "127.0.0.1:9478")]
     addr: String,
+    /// File holding the control token (the daemon's daemon.control_token_file);
+    /// without it, the environment variable --token-env names, if set.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Environment variable holding the control token.
+    #[arg(long, default_value = DEFAULT_CONTROL_TOKEN_ENV)]
+    token_env: String,
     /// Reason (pause only).
     #[arg(long)]
     reason: Option<String>,
@@ -543,18 +623,33 @@ pub fn client(ask: Ask, a: ClientArgs) -> Result<()> {
         }
         Ask::Resume => ("/resume".into(), serde_json::json!({})),
     };
+    let token = match &a.token_file {
+        Some(p) => Some(auth::read_token_file(p).context("--token-file")?.0),
+        None => std::env::var(&a.token_env).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty()),
+    };
     let url = format!("http://{}{path}", a.addr);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (status, text) = rt.block_on(async {
-        let resp =
-            reqwest::Client::new().post(&url).json(&body).timeout(Duration::from_secs(10)).send().await.with_context(
-                || format!("cannot reach the daemon at {url}; is `selfheal run` listening there (--addr)?"),
-            )?;
+        let mut req = reqwest::Client::new().post(&url).json(&body).timeout(Duration::from_secs(10));
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.with_context(|| {
+            format!("cannot reach the daemon at {url}; is `selfheal run`'s control plane listening there (--addr)?")
+        })?;
         let status = resp.status();
         Ok::<_, anyhow::Error>((status, resp.text().await.unwrap_or_default()))
     })?;
-    if !status.is_success() {
-        bail!("{status}: {}", text.trim());
+    match status.as_u16() {
+        401 if token.is_none() => {
+            bail!("{status}: the daemon wants its control token: pass --token-file, or set {}", a.token_env)
+        }
+        403 => bail!("{status}: the daemon refused this token (is it the daemon's control token?)"),
+        404 if text.contains("metrics listener") => {
+            bail!("{status}: {} is the daemon's metrics listener; pass its control address (--addr)", a.addr)
+        }
+        _ if !status.is_success() => bail!("{status}: {}", text.trim()),
+        _ => {}
     }
     println!("{}", text.trim());
     Ok(())

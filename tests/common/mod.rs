@@ -176,10 +176,19 @@ pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|s| s.lines().map(String::from).collect()).unwrap_or_default()
 }
 
+/// The control token the tests' daemons run with (unless a test's `env`
+/// sets `SELFHEAL_CONTROL_TOKEN` itself; empty = no token).
+pub const TEST_TOKEN: &str = "e2e-control-token";
+
 /// A running `selfheal run`, killed (SIGKILL) when dropped, even on panic.
 pub struct Sidecar {
     child: Option<Child>,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`).
     pub addr: String,
+    /// The control listener (`/approvals`, `/pause`, `/resume`, `/ingest`).
+    pub control: String,
+    /// The control token (empty: none).
+    pub token: String,
     pub state: PathBuf,
     pub stderr: PathBuf,
 }
@@ -208,15 +217,24 @@ impl Sidecar {
         for _ in 0..3 {
             let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let addr = format!("127.0.0.1:{}", free_port());
+            let control = format!("127.0.0.1:{}", free_port());
             let stderr = s.work.join(format!("daemon-{n}.stderr"));
             let mut cmd = Command::new(bin());
-            cmd.arg("run").args(["--listen", &addr]).arg("--state-dir").arg(s.state);
+            cmd.arg("run").args(["--listen", &addr, "--control-listen", &control]).arg("--state-dir").arg(s.state);
             if let Some(text) = s.config {
                 let path = s.work.join(format!("sidecar-{n}.toml"));
                 std::fs::write(&path, text).unwrap();
                 cmd.arg("--config").arg(path);
             }
+            let token = s
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == "SELFHEAL_CONTROL_TOKEN")
+                .map_or(TEST_TOKEN, |(_, v)| *v)
+                .to_string();
             cmd.args(s.args)
+                .env("SELFHEAL_CONTROL_TOKEN", TEST_TOKEN)
                 .envs(s.env.iter().copied())
                 .env("NO_COLOR", "1")
                 .current_dir(s.work)
@@ -224,7 +242,7 @@ impl Sidecar {
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&stderr).unwrap());
             let child = cmd.spawn().expect("start selfheal run");
-            let mut sc = Sidecar { child: Some(child), addr, state: s.state.to_path_buf(), stderr };
+            let mut sc = Sidecar { child: Some(child), addr, control, token, state: s.state.to_path_buf(), stderr };
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(30) {
                 if let Ok(r) = sc.get("/readyz") {
@@ -260,9 +278,39 @@ impl Sidecar {
         http(&self.addr, "GET", path, &[], "")
     }
 
+    /// `Authorization: Bearer <token>`, if the daemon has a token.
+    pub fn auth(&self) -> Vec<(&'static str, String)> {
+        if self.token.is_empty() {
+            Vec::new()
+        } else {
+            vec![("Authorization", format!("Bearer {}", self.token))]
+        }
+    }
+
+    /// A request to the control listener with the control token and `headers`.
+    pub fn control_http(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> std::io::Result<Response> {
+        let auth = self.auth();
+        let mut all: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        all.extend_from_slice(headers);
+        http(&self.control, method, path, &all, body)
+    }
+
+    /// POST JSON to a control route, with the control token.
     pub fn post(&self, path: &str, body: &str) -> Response {
-        http(&self.addr, "POST", path, &[("Content-Type", "application/json")], body)
+        self.control_http("POST", path, &[("Content-Type", "application/json")], body)
             .unwrap_or_else(|e| panic!("POST {path}: {e}\n{}", self.stderr_tail()))
+    }
+
+    /// POST a body of JSON lines to `/ingest`, with the control token.
+    pub fn ingest(&self, body: &str) -> Response {
+        self.control_http("POST", "/ingest", &[], body)
+            .unwrap_or_else(|e| panic!("POST /ingest: {e}\n{}", self.stderr_tail()))
     }
 
     pub fn metrics(&self) -> String {
@@ -273,7 +321,7 @@ impl Sidecar {
 
     /// Pending proposals as (id, expires_at_ms, pipeline, action).
     pub fn approvals(&self) -> Vec<(String, i64, String, String)> {
-        let r = self.get("/approvals").expect("GET /approvals");
+        let r = self.control_http("GET", "/approvals", &[], "").expect("GET /approvals");
         assert_eq!(r.status, 200, "GET /approvals: {}", r.body);
         let v: serde_json::Value = serde_json::from_str(&r.body).expect("approvals JSON");
         v.as_array()
@@ -329,11 +377,18 @@ impl Sidecar {
         }
     }
 
-    /// Run a client command (`approve ID`, `pause`, ...) against this daemon.
+    /// Run a client command (`approve ID`, `pause`, ...) against this
+    /// daemon's control listener, with its token in `SELFHEAL_CONTROL_TOKEN`.
     pub fn client(&self, args: &[&str]) -> Output {
         let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--addr", &self.addr]);
-        selfheal(&all)
+        all.extend(["--addr", &self.control]);
+        Command::new(bin())
+            .args(&all)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("SELFHEAL_CONTROL_TOKEN", &self.token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run selfheal")
     }
 }
 

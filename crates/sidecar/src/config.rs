@@ -127,8 +127,20 @@ pub struct GluePipeline {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DaemonConfig {
-    /// HTTP address for /healthz, /readyz, /metrics, /ingest, /approvals.
+    /// HTTP address of /metrics, /healthz and /readyz: no credential, may be
+    /// exposed (a Prometheus scrape, a Kubernetes probe).
     pub listen: SocketAddr,
+    /// HTTP address of the control plane (/approvals, /pause, /resume,
+    /// /ingest). Loopback by default; any other address needs a control token
+    /// (see [`crate::auth`]).
+    pub control_listen: SocketAddr,
+    /// File holding the control plane's bearer token (wins over `control_token_env`).
+    pub control_token_file: Option<PathBuf>,
+    /// Environment variable holding the control plane's bearer token.
+    pub control_token_env: String,
+    /// Largest request body the control plane reads (413 beyond): bounds the
+    /// memory one request can take.
+    pub max_body_bytes: u64,
     /// Directory for the provenance log, checkpoints and the pause file.
     pub state_dir: PathBuf,
     /// Save the Q table after this many online updates (and at shutdown).
@@ -143,6 +155,10 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9477)),
+            control_listen: SocketAddr::from(([127, 0, 0, 1], 9478)),
+            control_token_file: None,
+            control_token_env: DEFAULT_CONTROL_TOKEN_ENV.into(),
+            max_body_bytes: 4 * 1024 * 1024,
             state_dir: PathBuf::from("selfheal-state"),
             checkpoint_every: 500,
             shutdown_grace_secs: 10,
@@ -150,6 +166,9 @@ impl Default for DaemonConfig {
         }
     }
 }
+
+/// The environment variable of the control token, in the daemon and the CLI.
+pub const DEFAULT_CONTROL_TOKEN_ENV: &str = "SELFHEAL_CONTROL_TOKEN";
 
 impl DaemonConfig {
     /// The provenance log.
@@ -457,6 +476,16 @@ impl SidecarConfig {
         need(d.checkpoint_every >= 1, "daemon.checkpoint_every", "must be at least 1".into());
         need(d.shutdown_grace_secs <= 600, "daemon.shutdown_grace_secs", "must be at most 600".into());
         need(!d.state_dir.as_os_str().is_empty(), "daemon.state_dir", "must not be empty".into());
+        need(
+            d.listen.port() == 0 || d.listen != d.control_listen,
+            "daemon.control_listen",
+            format!("must differ from daemon.listen ({}): control and metrics are separate listeners", d.listen),
+        );
+        need(!d.control_token_env.is_empty(), "daemon.control_token_env", "must name an environment variable".into());
+        if let Some(f) = &d.control_token_file {
+            need(!f.as_os_str().is_empty(), "daemon.control_token_file", "must name a file".into());
+        }
+        need(d.max_body_bytes >= 1024, "daemon.max_body_bytes", "must be at least 1024".into());
         let m = &self.model;
         need((0.0..=1.0).contains(&m.epsilon), "model.epsilon", format!("must be within [0, 1], got {}", m.epsilon));
         need((1..=100).contains(&m.reward_windows), "model.reward_windows", "must be within 1..=100".into());

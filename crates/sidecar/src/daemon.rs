@@ -20,7 +20,7 @@
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;
 use crate::decide::{Controller, Order, Output, Plan};
-use crate::http::{router, AppState, Command, Ingest, PendingView};
+use crate::http::{control_router, metrics_router, AppState, Command, ControlAuth, Ingest, PendingView};
 use crate::metrics::{render, PageCounts, Snapshot};
 use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
@@ -33,7 +33,7 @@ use crate::window::Window;
 use selfheal_agent::QTable;
 use selfheal_guard::approvals::ApprovalError;
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +60,19 @@ pub struct Daemon {
     pub checkpoint: Checkpoint,
 }
 
+/// The daemon's two listeners (see [`crate::http`]) and who may use the
+/// control one.
+pub struct Listeners {
+    /// `/metrics`, `/healthz`, `/readyz` (`[daemon] listen`).
+    pub metrics: TcpListener,
+    /// The control plane (`[daemon] control_listen`).
+    pub control: TcpListener,
+    /// The tokens the control plane accepts.
+    pub auth: ControlAuth,
+    /// Largest control request body.
+    pub max_body_bytes: usize,
+}
+
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -75,6 +88,9 @@ pub enum DaemonError {
     /// HTTP.
     #[error("http server: {0}")]
     Http(std::io::Error),
+    /// The control plane would be open to other hosts.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// What a run did, for the caller's last log line.
@@ -293,8 +309,16 @@ impl Shell {
 }
 
 /// Run until `shutdown` resolves (or a replayed source is exhausted).
-pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
+pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
     let Daemon { cfg, controller, mut source, actuator, ingest, checkpoint } = d;
+    let Listeners { metrics: listener, control, auth, max_body_bytes } = listeners;
+    // Checked where the address is known for sure (the caller checks the
+    // configured one earlier, for a quick error before the models load).
+    if auth.control.is_none() {
+        let addr = control.local_addr().map_err(DaemonError::Http)?;
+        let daemon = crate::config::DaemonConfig { control_listen: addr, ..cfg.daemon.clone() };
+        crate::auth::check_exposure(&daemon, None)?;
+    }
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .map_err(|e| DaemonError::Log(ProvenanceError::Io { path: cfg.daemon.state_dir.clone(), source: e }))?;
     let log = Arc::new(Mutex::new(ProvenanceLog::open(&cfg.daemon.log_path())?));
@@ -317,14 +341,22 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);
     let (win_tx, mut win_rx) = mpsc::channel::<Vec<Window>>(256);
     let ready = Arc::new(AtomicBool::new(false));
-    let app = router(AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone() });
-    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone() };
+    let control_app = control_router(state.clone(), auth, max_body_bytes)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = metrics_router(state);
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut control_stopped = http_stopped.clone();
+    let mut http_stopped = http_stopped;
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stopped.await;
-            })
-            .await
+        let metrics = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = http_stopped.changed().await;
+        });
+        let control = axum::serve(control, control_app).with_graceful_shutdown(async move {
+            let _ = control_stopped.changed().await;
+        });
+        let (m, c) = tokio::join!(metrics.into_future(), control.into_future());
+        m.and(c)
     });
     let source_name = source.name().to_string();
     let reader = tokio::spawn(async move {
@@ -430,7 +462,7 @@ pub async fn run(d: Daemon, listener: TcpListener, shutdown: impl Future<Output 
     sh.tasks.abort_all();
     sh.save();
     sh.log.lock().expect("log lock").flush(true)?;
-    let _ = stop_http.send(());
+    let _ = stop_http.send(true);
     if let Ok(Err(e)) = server.await {
         return Err(DaemonError::Http(e));
     }

@@ -1,5 +1,16 @@
 //! The daemon's HTTP face: health, metrics, ingest, approvals, kill switch.
 //!
+//! Two routers on two listeners, so exposing one does not expose the other:
+//! [`metrics_router`] (`/metrics`, `/healthz`, `/readyz`; no credential, may
+//! listen on every interface for Prometheus and Kubernetes probes) and
+//! [`control_router`] (`/approvals`, `/approvals/{id}`, `/pause`, `/resume`,
+//! `/ingest`; a bearer token, see [`crate::auth`]; loopback by default). Each
+//! answers 404 to the other's routes, naming the listener to use. Every
+//! control request is logged (target `selfheal::control`) with its route,
+//! method, remote address, the caller's token id and the status answered.
+//! Control bodies are capped at `[daemon] max_body_bytes` (413 beyond), ingest
+//! lines at [`crate::window::MAX_LINE_BYTES`].
+//!
 //! Handlers never touch the decision core directly: they send a [`Command`]
 //! to the daemon's loop and await its answer, so the core stays
 //! single-threaded and an approval is answered 2xx only after the loop has
@@ -7,14 +18,18 @@
 //! windows in the handler (that is the CPU-heavy part, and it runs on every
 //! core) and hands closed windows to the loop through a bounded channel.
 
+use crate::auth::{self, Token, Verdict};
 use crate::window::{assemble, parse_body, Assembler, Ingested, Window};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -72,7 +87,6 @@ pub const WINDOWS_PER_SEND: usize = 64;
 pub struct Ingest {
     asm: Mutex<Assembler>,
     tx: mpsc::Sender<Vec<Window>>,
-    token: Option<String>,
     /// Lines accepted.
     pub accepted: AtomicU64,
     /// Lines rejected.
@@ -86,12 +100,12 @@ impl Ingest {
         self.asm.lock().expect("assembler lock").map_jobs(pairs);
     }
 
-    /// Windows of `period_ms` go to `tx`; `token` is the bearer token required, if any.
-    pub fn new(period_ms: i64, tx: mpsc::Sender<Vec<Window>>, token: Option<String>) -> Ingest {
+    /// Windows of `period_ms` go to `tx`. Who may post is the control
+    /// router's business ([`ControlAuth`]).
+    pub fn new(period_ms: i64, tx: mpsc::Sender<Vec<Window>>) -> Ingest {
         Ingest {
             asm: Mutex::new(Assembler::new(period_ms)),
             tx,
-            token,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
         }
@@ -109,18 +123,117 @@ pub struct AppState {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The router.
-pub fn router(state: AppState) -> Router {
+/// The tokens the control plane accepts.
+#[derive(Clone, Debug, Default)]
+pub struct ControlAuth {
+    /// `[daemon] control_token_file` / `control_token_env`: every control route.
+    pub control: Option<Token>,
+    /// `[source] token_env`, kept from before the control token: `/ingest` only.
+    pub ingest: Option<Token>,
+}
+
+/// Who made a control request: the id of the token it carried (`none` when
+/// the control plane has no token). Handlers record it as the `by` of what
+/// they do.
+#[derive(Clone, Debug)]
+pub struct Caller(pub String);
+
+impl Caller {
+    /// `claimed` (what the client says it is), qualified by the token that
+    /// proves something: `cli (token 1a2b3c4d)`.
+    pub fn by(&self, claimed: &str) -> String {
+        if self.0 == "none" {
+            format!("{claimed} (no token)")
+        } else {
+            format!("{claimed} (token {})", self.0)
+        }
+    }
+}
+
+/// The metrics listener's router: `/metrics`, `/healthz`, `/readyz`.
+pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .fallback(|| async {
+            text(
+                404,
+                "not found on the metrics listener (daemon.listen), which serves /metrics, /healthz and /readyz; \
+                 /approvals, /pause, /resume and /ingest are on the control listener (daemon.control_listen)",
+            )
+        })
+        .with_state(state)
+}
+
+/// The control listener's router: `/approvals`, `/approvals/{id}`, `/pause`,
+/// `/resume`, `/ingest`, each behind [`ControlAuth`] and a body limit of
+/// `max_body_bytes`. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()` so the log names the
+/// remote address.
+pub fn control_router(state: AppState, auth: ControlAuth, max_body_bytes: usize) -> Router {
+    Router::new()
         .route("/ingest", post(ingest))
         .route("/approvals", get(pending))
         .route("/approvals/{id}", post(answer))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new(auth), guard))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .fallback(|| async {
+            text(
+                404,
+                "not found on the control listener (daemon.control_listen), which serves /approvals, /pause, \
+                 /resume and /ingest; /metrics, /healthz and /readyz are on the metrics listener (daemon.listen)",
+            )
+        })
         .with_state(state)
+}
+
+/// Authenticate, then log the request with its outcome. Runs before the
+/// handler reads the body, so a caller without the token cannot make the
+/// daemon buffer one.
+async fn guard(State(auth): State<Arc<ControlAuth>>, mut req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path().to_string(), |m| m.as_str().into());
+    let method = req.method().clone();
+    let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".into(), |c| c.0.to_string());
+    let mut accepted: Vec<&Token> = auth.control.iter().collect();
+    if route == "/ingest" {
+        accepted.extend(auth.ingest.iter());
+    }
+    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let (token_id, refused) = match auth::check(&accepted, given) {
+        Verdict::Allowed(id) => (id, None),
+        Verdict::Missing => (
+            "-".to_string(),
+            Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "missing bearer token: send `Authorization: Bearer <token>` (the control token)\n",
+                )
+                    .into_response(),
+            ),
+        ),
+        Verdict::Wrong(id) => (id, Some(text(403, "wrong bearer token"))),
+    };
+    let resp = match refused {
+        Some(r) => r,
+        None => {
+            req.extensions_mut().insert(Caller(token_id.clone()));
+            next.run(req).await
+        }
+    };
+    let status = resp.status().as_u16();
+    if status == 401 || status == 403 {
+        tracing::warn!(target: "selfheal::control", %route, %method, %remote, token_id = %token_id, status,
+            "control request refused");
+    } else {
+        tracing::info!(target: "selfheal::control", %route, %method, %remote, token_id = %token_id, status,
+            "control request");
+    }
+    resp
 }
 
 fn text(code: u16, msg: impl Into<String>) -> Response {
@@ -163,16 +276,10 @@ struct RejectedLine {
     error: String,
 }
 
-async fn ingest(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     let Some(ing) = s.ingest.clone() else {
         return text(404, "ingest is off: this daemon's source.kind is not \"http\"");
     };
-    if let Some(token) = &ing.token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given.and_then(|v| v.strip_prefix("Bearer ")) != Some(token.as_str()) {
-            return text(401, "missing or wrong bearer token");
-        }
-    }
     // Parse outside the lock (the costly part), assemble under it.
     let (samples, refused) = parse_body(&body);
     let Ingested { accepted, windows, rejected } =
@@ -216,7 +323,12 @@ pub struct AnswerBody {
     pub by: Option<String>,
 }
 
-async fn answer(State(s): State<AppState>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn answer(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     let parsed: AnswerBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => return text(400, format!("expected {{\"decision\": \"approve\" | \"reject\"}}: {e}")),
@@ -227,7 +339,7 @@ async fn answer(State(s): State<AppState>, Path(id): Path<String>, body: Bytes) 
         other => return text(400, format!("decision must be \"approve\" or \"reject\", not {other:?}")),
     };
     let (tx, rx) = oneshot::channel();
-    let by = parsed.by.unwrap_or_else(|| "http".into());
+    let by = caller.by(parsed.by.as_deref().unwrap_or("http"));
     if s.cmd.send(Command::Answer { id, approve, by, reply: tx }).await.is_err() {
         return loop_gone();
     }
@@ -243,10 +355,11 @@ struct PauseBody {
     reason: Option<String>,
 }
 
-async fn pause(State(s): State<AppState>, body: Bytes) -> Response {
+async fn pause(State(s): State<AppState>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
     let reason = serde_json::from_slice::<PauseBody>(&body).ok().and_then(|b| b.reason);
     let (tx, rx) = oneshot::channel();
-    let reason = reason.unwrap_or_else(|| "paused over HTTP".into());
+    // Who paused travels with the reason, which every paused decision records.
+    let reason = caller.by(&reason.unwrap_or_else(|| "paused over HTTP".into()));
     if s.cmd.send(Command::Pause { reason, reply: tx }).await.is_err() {
         return loop_gone();
     }
@@ -269,7 +382,7 @@ mod tests {
     async fn ingest_hands_windows_to_the_loop_in_bounded_batches() {
         let (tx, mut rx) = mpsc::channel(1024);
         let (cmd, _cmd_rx) = mpsc::channel(1);
-        let ing = Arc::new(Ingest::new(1000, tx, None));
+        let ing = Arc::new(Ingest::new(1000, tx));
         let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)) };
         // 200 pipelines in two periods: the second body closes 200 windows.
         let body = |ts: i64| -> String {
@@ -278,7 +391,7 @@ mod tests {
                 .collect()
         };
         for ts in [0, 1000] {
-            let r = ingest(State(state.clone()), HeaderMap::new(), Bytes::from(body(ts))).await;
+            let r = ingest(State(state.clone()), Bytes::from(body(ts))).await;
             assert_eq!(r.status(), StatusCode::OK);
         }
         let mut sizes = Vec::new();

@@ -11,6 +11,7 @@
 //! file that sets it all.
 
 pub mod actuate;
+pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod decide;

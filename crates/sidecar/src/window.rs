@@ -295,6 +295,11 @@ impl Assembler {
 /// Lines of a body: (1-based line number, what it holds).
 pub type Numbered<T> = Vec<(usize, T)>;
 
+/// Longest telemetry line read (bytes, without its newline). One sample is a
+/// few hundred bytes; a longer line is refused with its number, unparsed, so
+/// no single line can make the parser build a huge map.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Parse a body of JSON lines: the samples with their 1-based line numbers,
 /// and the lines refused with why. Blank lines are skipped; a bad line is
 /// refused alone. Pure parsing, so `/ingest` runs it outside its lock.
@@ -304,6 +309,10 @@ pub fn parse_body(body: &[u8]) -> (Numbered<SampleLine<'_>>, Numbered<String>) {
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if line.len() > MAX_LINE_BYTES {
+            rejected.push((i + 1, format!("line is {} bytes, longer than the limit of {MAX_LINE_BYTES}", line.len())));
             continue;
         }
         match parse_line(line) {
