@@ -197,6 +197,59 @@ fn fast_demo_heals_then_explain_and_log_tell_the_story() {
     assert!(text.contains(&dec.id) && !text.contains(" p2 ") && !text.contains(" p3 "), "{text}");
 }
 
+/// A tiny `log_max_bytes` rotates the provenance log many times; `explain`
+/// finds a decision in the oldest segment and `log` lists every segment's records.
+#[test]
+fn a_rotated_log_is_read_across_its_segments() {
+    let work = tempdir();
+    let state = work.path().join("state");
+    let cfg = "[daemon]\nlog_healthy = true\nlog_max_bytes = 4096\nlog_keep = 1000\n\
+               [source]\nkind = \"simulator\"\ntick_ms = 20\n";
+    let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(cfg), args: &[], env: &[] });
+    let segs = |state: &Path| selfheal_sidecar::provenance::segments(&state.join("provenance.jsonl")).unwrap();
+    wait_for(Duration::from_secs(45), "four rotated segments", || segs(&state).len() >= 5);
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "exit status {st}:\n{}", d.stderr_tail());
+
+    let files = segs(&state);
+    let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names[0], "provenance.000001.jsonl", "{names:?}");
+    assert_eq!(names.last().unwrap(), "provenance.jsonl", "{names:?}");
+    let mut per_file = 0;
+    for f in &files[..files.len() - 1] {
+        let len = std::fs::metadata(f).unwrap().len();
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(text.ends_with('\n'), "{} ends mid-record", f.display());
+        // Rotated at the first record boundary at or past 4096 bytes.
+        let last_line = text.trim_end().rsplit('\n').next().unwrap().len() as u64 + 1;
+        assert!(len >= 4096 && len - last_line < 4096, "{}: {len} bytes", f.display());
+        per_file += text.lines().count();
+    }
+    let log = d.log();
+    assert!(log.skipped.is_empty(), "{:?}", log.skipped);
+    let active = std::fs::read_to_string(files.last().unwrap()).unwrap().lines().count();
+    assert_eq!(log.records.len(), per_file + active, "read_log misses a segment's records");
+
+    // explain: a decision whose record lives in the oldest segment.
+    let oldest = std::fs::read_to_string(&files[0]).unwrap();
+    let first: Record = serde_json::from_str(oldest.lines().next().unwrap()).unwrap();
+    let Record::Decision(dec) = first else { panic!("the log does not start with a decision: {first:?}") };
+    let log_path = d.log_path();
+    let log_arg = log_path.to_str().unwrap();
+    let text = assert_ok(&selfheal(&["explain", &dec.id, "--log", log_arg]), "selfheal explain (oldest segment)");
+    assert!(text.contains(&format!("decision {} on pipeline {}", dec.id, dec.pipeline)), "{text}");
+
+    // log: every record of every segment, in order.
+    let json = assert_ok(&selfheal(&["log", "--log", log_arg, "--json"]), "selfheal log --json");
+    let got: Vec<Record> = json.lines().map(|l| serde_json::from_str(l).expect("a record per line")).collect();
+    assert_eq!(got, log.records, "selfheal log does not list every segment's records in order");
+    // shadow (the review readers) counts decisions from every segment, too.
+    let n = decisions(&log.records).len();
+    let out = assert_ok(&selfheal(&["shadow", "--log", log_arg, "--json"]), "selfheal shadow --json");
+    let v: Value = serde_json::from_str(&out).expect("shadow --json prints JSON");
+    assert_eq!(v["decisions"].as_u64(), Some(n as u64), "shadow does not count all {n} decisions:\n{out}");
+}
+
 // ------------------------------------------------------------------ 2. recommend mode
 
 #[test]
@@ -811,7 +864,7 @@ fn example_config_validates_and_bad_configs_name_the_key() {
     let out = assert_ok(&selfheal(&["validate", "--config", path.to_str().unwrap()]), "validate the example");
     assert!(out.contains("ok"), "{out}");
 
-    let cases: [(&str, &str, &[&str]); 4] = [
+    let cases: [(&str, &str, &[&str]); 5] = [
         ("unknown-key.toml", "[guard]\nmode = \"act\"\nbudjet = 3\n", &["budjet"]),
         ("unknown-nested.toml", "[guard.breaker]\nsliding_window = 4\n", &["sliding_window"]),
         ("bad-value.toml", "[guard.budget]\nactions_per_hour = 0\n", &["guard.budget.actions_per_hour"]),
@@ -819,6 +872,11 @@ fn example_config_validates_and_bad_configs_name_the_key() {
             "bad-values.toml",
             "[model]\nepsilon = 2.0\n[source]\nkind = \"simulator\"\ntick_ms = 0\n",
             &["model.epsilon", "source.tick_ms"],
+        ),
+        (
+            "bad-rotation.toml",
+            "[daemon]\nlog_keep = 0\nlog_max_bytes = 0\n",
+            &["daemon.log_keep", "daemon.log_max_bytes"],
         ),
     ];
     for (name, text, keys) in cases {

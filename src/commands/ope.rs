@@ -23,7 +23,7 @@ use std::path::PathBuf;
 /// `probability` of every choice and hold every decision (`log_healthy = true`).
 #[derive(clap::Args)]
 pub struct Args {
-    /// Provenance log.
+    /// Provenance log; its rotated segments (provenance.000001.jsonl, ...) are read too.
     #[arg(long)]
     log: PathBuf,
     /// Candidate policy; defaults to the shipped models/policy.json.
@@ -48,7 +48,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let view = PolicyView::new(defaults::policy(a.policy.as_deref())?)?;
-    let log = selfheal_report::log::read(&a.log)?;
+    let log = crate::commands::provlog::read_review_log(&a.log)?;
     let cfg = OpeConfig { horizon: a.horizon, gamma: a.gamma, resamples: a.resamples, seed: a.seed };
     let r = estimate(&view, &log, cfg)?;
     if a.json {

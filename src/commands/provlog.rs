@@ -8,11 +8,20 @@ use std::path::{Path, PathBuf};
 /// Where the log is: --log, else the default state directory's.
 #[derive(ClapArgs, Debug)]
 pub struct LogSource {
-    /// Provenance log (default: selfheal-state/provenance.jsonl, the daemon's default).
+    /// Provenance log (default: selfheal-state/provenance.jsonl, the daemon's
+    /// default); its rotated segments (provenance.000001.jsonl, ...) are read too.
     #[arg(long, default_value = "selfheal-state/provenance.jsonl")]
     log: PathBuf,
 }
 
+/// The log at `path` for `report`, `shadow` and `ope`: its rotated segments,
+/// oldest first, then `path` itself, joined by decision id across them.
+pub fn read_review_log(path: &Path) -> Result<selfheal_report::log::Log> {
+    let files = selfheal_sidecar::provenance::segments(path)?;
+    Ok(selfheal_report::log::read_segments(&files, path)?)
+}
+
+/// The log at `path` and its rotated segments, bad lines warned about.
 fn read(path: &Path) -> Result<LogRead> {
     let read = read_log(path)?;
     for (line, why) in &read.skipped {

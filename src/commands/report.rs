@@ -35,7 +35,7 @@ pub struct Args {
     /// `selfheal evaluate --format json` output to show instead of evaluating here.
     #[arg(long)]
     eval: Option<PathBuf>,
-    /// Provenance log of the sidecar (live behaviour).
+    /// Provenance log of the sidecar (live behaviour); rotated segments are read too.
     #[arg(long)]
     log: Option<PathBuf>,
     /// Learning curve CSV; defaults to the policy path with .curve.csv (the shipped curve for the shipped policy).
@@ -304,7 +304,7 @@ pub fn run(a: Args) -> Result<()> {
     );
     let live = match &a.log {
         Some(p) => {
-            let log = selfheal_report::log::read(p)?;
+            let log = crate::commands::provlog::read_review_log(p)?;
             for j in &log.decisions {
                 let shadow = Action::ALL.into_iter().find(|x| x.name() == j.d.shadow);
                 note(&mut seen, j.d.state, shadow);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// decisions turned out (outcome and reward records).
 #[derive(clap::Args)]
 pub struct Args {
-    /// Provenance log.
+    /// Provenance log; its rotated segments (provenance.000001.jsonl, ...) are read too.
     #[arg(long, default_value = "selfheal-state/provenance.jsonl")]
     log: PathBuf,
     /// Differing decisions to list one by one.
@@ -20,7 +20,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let log = selfheal_report::log::read(&a.log)?;
+    let log = crate::commands::provlog::read_review_log(&a.log)?;
     for (line, why) in log.skipped.iter().take(5) {
         eprintln!("warning: {}:{line}: skipped: {why}", a.log.display());
     }

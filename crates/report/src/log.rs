@@ -200,20 +200,31 @@ pub struct Log {
 
 /// Parse a log's text.
 pub fn parse(text: &str) -> Log {
+    parse_all(&[("", text)])
+}
+
+/// Parse the texts of a log's files in order (a rotated log's segments, oldest
+/// first, then the active file), joined by decision id across files. A skipped
+/// line's number counts within its file; a reason is prefixed `in NAME: ` when
+/// NAME is not empty.
+pub fn parse_all(files: &[(&str, &str)]) -> Log {
     let mut log = Log::default();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut pending: Vec<Record> = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<Record>(line) {
-            Ok(Record::Decision(d)) => {
-                index.insert(d.id.clone(), log.decisions.len());
-                log.decisions.push(Joined { d, ..Joined::default() });
+    for (name, text) in files {
+        for (i, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
             }
-            Ok(r) => pending.push(r),
-            Err(e) => log.skipped.push((i + 1, e.to_string())),
+            match serde_json::from_str::<Record>(line) {
+                Ok(Record::Decision(d)) => {
+                    index.insert(d.id.clone(), log.decisions.len());
+                    log.decisions.push(Joined { d, ..Joined::default() });
+                }
+                Ok(r) => pending.push(r),
+                Err(e) if name.is_empty() => log.skipped.push((i + 1, e.to_string())),
+                Err(e) => log.skipped.push((i + 1, format!("in {name}: {e}"))),
+            }
         }
     }
     for r in pending {
@@ -250,6 +261,23 @@ pub fn read(path: &std::path::Path) -> Result<Log, ReportError> {
     Ok(parse(&crate::read_text(path)?))
 }
 
+/// Read a rotated log: `files` in order (the sidecar's `provenance::segments`:
+/// rotated segments oldest first, then the active file); `active`'s skipped
+/// lines are reported bare, the others' prefixed by their file name.
+pub fn read_segments(files: &[std::path::PathBuf], active: &std::path::Path) -> Result<Log, ReportError> {
+    if files.is_empty() {
+        return read(active); // names the missing file
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        let name =
+            if f == active { String::new() } else { f.file_name().unwrap_or_default().to_string_lossy().into_owned() };
+        texts.push((name, crate::read_text(f)?));
+    }
+    let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+    Ok(parse_all(&refs))
+}
+
 /// Serialise one record as a line (with the newline).
 pub fn line(r: &Record) -> String {
     let mut s = serde_json::to_string(r).expect("records serialise");
@@ -274,5 +302,20 @@ mod tests {
         assert_eq!(log.decisions[0].reward, Some(-2.0));
         assert_eq!(log.skipped.len(), 1);
         assert_eq!(log.orphans, 1);
+    }
+
+    #[test]
+    fn joins_across_files_and_names_bad_lines_of_old_ones() {
+        let d = Record::Decision(Decision { id: "a-1".into(), ..Decision::default() });
+        let o = Record::Outcome(Outcome { id: "a-1".into(), status: "succeeded".into(), ..Outcome::default() });
+        let old = format!("{}bad\n", line(&d));
+        let new = format!("{}bad\n", line(&o));
+        let log = parse_all(&[("p.000001.jsonl", &old), ("", &new)]);
+        assert_eq!(log.decisions.len(), 1);
+        assert_eq!(log.decisions[0].outcome.as_deref(), Some("succeeded"));
+        assert_eq!(log.orphans, 0);
+        assert_eq!(log.skipped.len(), 2);
+        assert!(log.skipped[0].1.starts_with("in p.000001.jsonl: "));
+        assert_eq!(log.skipped[1].0, 2);
     }
 }

@@ -149,6 +149,14 @@ pub struct DaemonConfig {
     pub shutdown_grace_secs: u64,
     /// Also write healthy no-op decisions to the provenance log.
     pub log_healthy: bool,
+
+    // Provenance log rotation (see `provenance`'s module doc).
+    /// Rotate `provenance.jsonl` once it holds this many bytes.
+    pub log_max_bytes: u64,
+    /// Rotate `provenance.jsonl` once its first record is this old, s.
+    pub log_max_age_secs: u64,
+    /// Rotated segments kept (`provenance.000001.jsonl`, ...); older ones are deleted.
+    pub log_keep: usize,
 }
 
 impl Default for DaemonConfig {
@@ -163,6 +171,10 @@ impl Default for DaemonConfig {
             checkpoint_every: 500,
             shutdown_grace_secs: 10,
             log_healthy: false,
+
+            log_max_bytes: 64 * 1024 * 1024,
+            log_max_age_secs: 86_400,
+            log_keep: 10,
         }
     }
 }
@@ -174,6 +186,14 @@ impl DaemonConfig {
     /// The provenance log.
     pub fn log_path(&self) -> PathBuf {
         self.state_dir.join("provenance.jsonl")
+    }
+    /// How the provenance log is rotated.
+    pub fn log_rotation(&self) -> crate::provenance::Rotation {
+        crate::provenance::Rotation {
+            max_bytes: self.log_max_bytes,
+            max_age_ms: i64::try_from(self.log_max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            keep: self.log_keep,
+        }
     }
     /// The online Q table checkpoint.
     pub fn checkpoint_path(&self) -> PathBuf {
@@ -486,6 +506,9 @@ impl SidecarConfig {
             need(!f.as_os_str().is_empty(), "daemon.control_token_file", "must name a file".into());
         }
         need(d.max_body_bytes >= 1024, "daemon.max_body_bytes", "must be at least 1024".into());
+        need(d.log_max_bytes >= 1, "daemon.log_max_bytes", "must be at least 1".into());
+        need(d.log_max_age_secs >= 1, "daemon.log_max_age_secs", "must be at least 1".into());
+        need(d.log_keep >= 1, "daemon.log_keep", "must be at least 1".into());
         let m = &self.model;
         need((0.0..=1.0).contains(&m.epsilon), "model.epsilon", format!("must be within [0, 1], got {}", m.epsilon));
         need((1..=100).contains(&m.reward_windows), "model.reward_windows", "must be within 1..=100".into());

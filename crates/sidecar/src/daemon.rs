@@ -321,7 +321,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     }
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .map_err(|e| DaemonError::Log(ProvenanceError::Io { path: cfg.daemon.state_dir.clone(), source: e }))?;
-    let log = Arc::new(Mutex::new(ProvenanceLog::open(&cfg.daemon.log_path())?));
+    let log = Arc::new(Mutex::new(ProvenanceLog::open_rotating(&cfg.daemon.log_path(), cfg.daemon.log_rotation())?));
     let g = &cfg.guard;
     let guards = CallGuards { breaker: g.breaker, bulkhead: g.bulkhead, retry: g.retry, timeout: g.timeout };
     let exec = Arc::new(
