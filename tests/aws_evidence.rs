@@ -20,7 +20,7 @@ mod common;
 
 use aws_support::moto::Moto;
 use aws_support::proxy::{Fault, Proxy};
-use aws_support::world::glue_client;
+use aws_support::world::{cw_client, glue_client};
 use selfheal_aws::aws_sdk_cloudwatch as cw;
 use selfheal_aws::aws_sdk_glue as glue;
 use selfheal_aws::cloudwatch::{query_for, CloudWatchSource};
@@ -51,18 +51,6 @@ struct Aws {
     cw: cw::Client,
     /// Start of the first period the tests use (recent past, aligned).
     t0: i64,
-}
-
-fn cw_client(endpoint: &str) -> cw::Client {
-    use cw::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
-    let conf = cw::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .endpoint_url(endpoint)
-        .retry_config(RetryConfig::disabled())
-        .build();
-    cw::Client::from_conf(conf)
 }
 
 fn table_input(name: &str, columns: &[(&str, &str)]) -> glue::types::TableInput {

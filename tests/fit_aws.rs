@@ -9,6 +9,7 @@ mod common;
 
 use aws_support::moto::Moto;
 use aws_support::proxy::{Fault, Proxy};
+use aws_support::world::cw_client;
 use common::{bin, now_ms};
 use selfheal_aws::aws_sdk_cloudwatch as cw;
 use selfheal_aws::cloudwatch::query_for;
@@ -19,18 +20,6 @@ use std::process::Command;
 const JOB: &str = "orders-etl";
 const METRICS: [Metric; 5] =
     [Metric::FailedTasks, Metric::HeapUsage, Metric::CpuLoad, Metric::ElapsedTime, Metric::RecordsRead];
-
-fn cw_client(endpoint: &str) -> cw::Client {
-    use cw::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
-    let conf = cw::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .endpoint_url(endpoint)
-        .retry_config(RetryConfig::disabled())
-        .build();
-    cw::Client::from_conf(conf)
-}
 
 /// 40 minutes of a Glue job's metrics, ending two minutes ago, straight to moto.
 fn publish(moto: &Moto) {

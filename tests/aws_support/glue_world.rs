@@ -37,6 +37,7 @@
 
 use super::moto::Moto;
 use super::proxy::Proxy;
+use super::world::{cw_client, glue_client, table_input};
 use crate::common::{metric, now_ms, Sidecar, Start};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -60,15 +61,7 @@ pub const WORKERS: i32 = 4;
 pub const HISTORY: usize = 30;
 const SETTLE: Duration = Duration::from_secs(45);
 
-/// A column: name and type.
-pub type Col = (String, String);
-
-pub fn initial_columns() -> Vec<Col> {
-    [("order_id", "bigint"), ("customer_id", "bigint"), ("amount", "double"), ("created_at", "timestamp")]
-        .iter()
-        .map(|(n, t)| (n.to_string(), t.to_string()))
-        .collect()
-}
+pub use super::world::{initial_columns, Col};
 
 /// The source's columns after the upstream rename.
 pub fn drifted_columns() -> Vec<Col> {
@@ -123,49 +116,6 @@ pub struct GlueWorld {
     pub state: PathBuf,
     pub minutes: Vec<Minute>,
     pub work: tempfile::TempDir,
-}
-
-fn glue_client(endpoint: &str) -> glue::Client {
-    use glue::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
-    glue::Client::from_conf(
-        glue::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-            .endpoint_url(endpoint)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    )
-}
-
-fn cw_client(endpoint: &str) -> cw::Client {
-    use cw::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
-    cw::Client::from_conf(
-        cw::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-            .endpoint_url(endpoint)
-            .retry_config(RetryConfig::disabled())
-            .build(),
-    )
-}
-
-fn table_input(name: &str, columns: &[Col]) -> glue::types::TableInput {
-    use glue::types::{Column, SerDeInfo, StorageDescriptor, TableInput};
-    let cols = columns.iter().map(|(n, t)| Column::builder().name(n).r#type(t).build().unwrap()).collect();
-    let sd = StorageDescriptor::builder()
-        .set_columns(Some(cols))
-        .location(format!("s3://orders-lake/{name}/"))
-        .input_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat")
-        .output_format("org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat")
-        .serde_info(
-            SerDeInfo::builder()
-                .serialization_library("org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe")
-                .build(),
-        )
-        .build();
-    TableInput::builder().name(name).table_type("EXTERNAL_TABLE").storage_descriptor(sd).build().unwrap()
 }
 
 /// The sidecar's configuration, as the README's "watch your Glue job" path

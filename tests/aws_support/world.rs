@@ -127,7 +127,7 @@ pub fn glue_client(endpoint: &str) -> glue::Client {
     glue::Client::from_conf(conf)
 }
 
-fn cw_client(endpoint: &str) -> cw::Client {
+pub fn cw_client(endpoint: &str) -> cw::Client {
     use cw::config::{retry::RetryConfig, BehaviorVersion, Credentials, Region};
     let conf = cw::Config::builder()
         .behavior_version(BehaviorVersion::latest())
@@ -139,7 +139,7 @@ fn cw_client(endpoint: &str) -> cw::Client {
     cw::Client::from_conf(conf)
 }
 
-fn table_input(name: &str, columns: &[Col]) -> glue::types::TableInput {
+pub fn table_input(name: &str, columns: &[Col]) -> glue::types::TableInput {
     use glue::types::{Column, SerDeInfo, StorageDescriptor, TableInput};
     let cols = columns.iter().map(|(n, t)| Column::builder().name(n).r#type(t).build().unwrap()).collect();
     let sd = StorageDescriptor::builder()

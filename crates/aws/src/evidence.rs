@@ -60,14 +60,7 @@ const PAGE: i32 = 200;
 const MAX_PAGES: usize = 20;
 
 /// The count metrics a job's runs feed.
-pub const RUN_METRICS: [Metric; 6] = [
-    Metric::RunsFailed,
-    Metric::RunsFailedOom,
-    Metric::RunsFailedSchema,
-    Metric::RunsFailedConnection,
-    Metric::RunsFailedThrottling,
-    Metric::RunsFailedAccess,
-];
+pub use selfheal_core::evidence::RUN_METRICS;
 
 /// The job's table and the table the data arrives as (e.g. crawled), in one database.
 #[derive(Clone, Debug, PartialEq, Eq)]

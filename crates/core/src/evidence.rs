@@ -17,6 +17,17 @@
 
 use crate::Metric;
 
+/// The count metrics a job run's end feeds: [`Metric::RunsFailed`] and one
+/// per class of [`RunFailure`].
+pub const RUN_METRICS: [Metric; 6] = [
+    Metric::RunsFailed,
+    Metric::RunsFailedOom,
+    Metric::RunsFailedSchema,
+    Metric::RunsFailedConnection,
+    Metric::RunsFailedThrottling,
+    Metric::RunsFailedAccess,
+];
+
 /// Why a job run failed, in the fault vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunFailure {

@@ -399,16 +399,7 @@ fn threshold_at(mut scores: Vec<f64>, rate: f64) -> f64 {
 
 /// Whether a window carries evidence of a failed Glue job run.
 fn run_failed(t: &Telemetry) -> bool {
-    [
-        Metric::RunsFailed,
-        Metric::RunsFailedOom,
-        Metric::RunsFailedSchema,
-        Metric::RunsFailedConnection,
-        Metric::RunsFailedThrottling,
-        Metric::RunsFailedAccess,
-    ]
-    .iter()
-    .any(|m| t.get(*m) > 0.0)
+    selfheal_core::evidence::RUN_METRICS.iter().any(|m| t.get(*m) > 0.0)
 }
 
 impl DetectorModel {

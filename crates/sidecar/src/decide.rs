@@ -179,18 +179,9 @@ struct Pipeline {
 /// periods; CloudWatch may hold a datapoint back one).
 const EXPECT_AFTER: u64 = 3;
 
-/// The metrics a decision record lists as evidence when present and non-zero.
-const EVIDENCE: [Metric; 9] = [
-    Metric::RunsFailed,
-    Metric::RunsFailedOom,
-    Metric::RunsFailedSchema,
-    Metric::RunsFailedConnection,
-    Metric::RunsFailedThrottling,
-    Metric::RunsFailedAccess,
-    Metric::CatalogDrift,
-    Metric::ErrorsAll,
-    Metric::ErrorsOom,
-];
+/// The metrics a decision record lists as evidence when present and
+/// non-zero, beside the job runs' [`selfheal_core::evidence::RUN_METRICS`].
+const EVIDENCE: [Metric; 3] = [Metric::CatalogDrift, Metric::ErrorsAll, Metric::ErrorsOom];
 
 /// `metric=value` for each [`EVIDENCE`] metric the window has (non-zero),
 /// and the driver's heap once it is critical (the driver-OOM finding's
@@ -200,8 +191,9 @@ fn evidence(t: &Telemetry) -> Vec<String> {
         .value(Metric::DriverHeapUsage)
         .filter(|v| *v >= selfheal_agent::diagnose::HEAP_CRITICAL)
         .map(|v| format!("{}={v}", Metric::DriverHeapUsage.name()));
-    EVIDENCE
+    selfheal_core::evidence::RUN_METRICS
         .iter()
+        .chain(&EVIDENCE)
         .filter_map(|m| t.value(*m).filter(|v| *v != 0.0).map(|v| format!("{}={v}", m.name())))
         .chain(driver)
         .collect()
