@@ -609,11 +609,22 @@ impl Controller {
             }
             return ("noop", "the policy chose no action".into(), Action::NoOp, None);
         }
-        if !unhealthy && cause == Cause::Policy {
+        if cause == Cause::Policy {
             // A healthy window: acting needs the table's confidence; an
-            // unsure choice is not worth a person's attention either.
+            // unsure choice is not worth a person's attention either. Nor is
+            // it on the first unhealthy window with nothing done: one
+            // anomalous window is as often a false alarm (2 % of healthy
+            // ones by construction) as an incident, so an unsure proposal
+            // waits for a second, as a CloudWatch alarm waits for
+            // `DatapointsToAlarm`.
             if let Confidence::Unsure { reason, .. } = self.cfg.confidence.check(row, visits, mask, chosen) {
-                return ("noop", format!("healthy window, {chosen} not proposed: {reason}"), Action::NoOp, None);
+                if !unhealthy {
+                    return ("noop", format!("healthy window, {chosen} not proposed: {reason}"), Action::NoOp, None);
+                }
+                if idle <= 1 {
+                    let why = format!("first unhealthy window, {chosen} not proposed yet: {reason}");
+                    return ("noop", why, Action::NoOp, None);
+                }
             }
         }
         if self.cfg.mode == Mode::Observe {
@@ -913,9 +924,15 @@ mod tests {
             assert_eq!((d.chosen.as_str(), d.verdict.as_str()), ("scale_up", "noop"), "{mode:?}: {d:?}");
             assert!(d.reason.contains("healthy window") && d.reason.contains("lead"), "{}", d.reason);
             assert!(out.plan.is_none() && c.approvals.pending().next().is_none(), "{mode:?}: nothing asked of anyone");
-            // The same unsure choice in an unhealthy window is proposed.
+            // The same unsure choice in an unhealthy window waits one
+            // window (a lone anomalous window is often a false alarm), then
+            // is proposed.
             let mut c = controller(mode, 1000, 0.1);
             let out = c.on_window(&window(60_000), 60_000);
+            let d = decision(&out);
+            assert_eq!(d.verdict, "noop", "{mode:?}: {d:?}");
+            assert!(d.reason.contains("first unhealthy window"), "{}", d.reason);
+            let out = c.on_window(&window(120_000), 120_000);
             assert_eq!(decision(&out).verdict, "proposed", "{mode:?}");
         }
     }
@@ -963,10 +980,12 @@ mod tests {
     fn low_visits_or_small_lead_become_one_proposal() {
         for (visits, lead) in [(10, 2.0), (1000, 0.1)] {
             let mut c = controller(Mode::Act, visits, lead);
-            let out = c.on_window(&window(0), 0);
+            // (The first unhealthy window waits: see the healthy-window test.)
+            assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, "noop");
+            let out = c.on_window(&window(60_000), 1);
             assert_eq!(decision(&out).verdict, "proposed", "visits {visits} lead {lead}");
             assert!(out.plan.is_none());
-            let again = c.on_window(&window(60_000), 1);
+            let again = c.on_window(&window(120_000), 2);
             assert_eq!(decision(&again).verdict, "pending", "the same advice is not proposed twice");
             assert_eq!(c.pending().len(), 1);
         }
