@@ -318,7 +318,12 @@ pub fn scaled(x: &[f64], median: &[f64], scale: &[f64]) -> Vec<f64> {
     let mut out: Vec<f64> = Vec::with_capacity(x.len() + 1);
     let mut top: f64 = 0.0;
     for i in 0..x.len() {
-        let z = (x[i] - median[i]) / scale[i];
+        // Bounded, so an extreme value (or a tiny scale) stays a finite,
+        // very large deviation rather than an infinity the forest cannot rank.
+        // (A NaN feature, from a nonsense input such as a negative elapsed
+        // time, is no evidence either way: the baseline.)
+        let z = ((x[i] - median[i]) / scale[i]).clamp(-1e12, 1e12);
+        let z = if z.is_nan() { 0.0 } else { z };
         top = top.max(z.abs());
         out.push(squash(z));
     }
@@ -598,7 +603,8 @@ impl DetectorModel {
         }
         if m.median.len() != TelemetryFeatures::DIMS
             || m.scale.len() != TelemetryFeatures::DIMS
-            || m.scale.iter().any(|s| s.is_nan() || *s <= 0.0)
+            || m.scale.iter().any(|s| !s.is_finite() || *s <= 0.0)
+            || m.median.iter().any(|x| !x.is_finite())
         {
             return Err(bad("the healthy baseline (median, scale) does not match the features".into()));
         }
