@@ -37,7 +37,7 @@
 
 use super::moto::Moto;
 use super::proxy::Proxy;
-use super::world::{cw_client, glue_client, table_input};
+use super::world::{cw_client, glue_client, setup_catalog_and_job, table_input};
 use crate::common::{metric, now_ms, Sidecar, Start};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -51,10 +51,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const PIPELINE: &str = "orders";
-pub const JOB: &str = "orders-etl";
-pub const DATABASE: &str = "sales";
-pub const TABLE: &str = "orders";
-pub const SOURCE_TABLE: &str = "orders_crawled";
+/// The catalog and the job are the closed loop's (`world`): `sales.orders`
+/// fed from `sales.orders_crawled` by `orders-etl`.
+pub use super::world::{DATABASE, JOB, SOURCE_TABLE, TABLE};
 /// Workers of the job as defined (G.1X: one is the driver).
 pub const WORKERS: i32 = 4;
 /// Healthy minutes published before the sidecar starts (its history).
@@ -176,38 +175,7 @@ impl GlueWorld {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let glue = glue_client(&moto.url);
         let cw = cw_client(&moto.url);
-        rt.block_on(async {
-            use glue::types::{DatabaseInput, JobCommand, WorkerType};
-            glue.create_database()
-                .database_input(DatabaseInput::builder().name(DATABASE).build().unwrap())
-                .send()
-                .await
-                .expect("CreateDatabase");
-            for t in [TABLE, SOURCE_TABLE] {
-                glue.create_table()
-                    .database_name(DATABASE)
-                    .table_input(table_input(t, &initial_columns()))
-                    .send()
-                    .await
-                    .unwrap_or_else(|e| panic!("CreateTable {t}: {e:?}"));
-            }
-            glue.create_job()
-                .name(JOB)
-                .role("arn:aws:iam::123456789012:role/orders-etl")
-                .command(
-                    JobCommand::builder()
-                        .name("glueetl")
-                        .script_location("s3://orders-lake/jobs/orders_etl.py")
-                        .build(),
-                )
-                .glue_version("4.0")
-                .worker_type(WorkerType::G1X)
-                .number_of_workers(WORKERS)
-                .default_arguments("--enable-metrics", "true")
-                .send()
-                .await
-                .expect("CreateJob");
-        });
+        rt.block_on(setup_catalog_and_job(&glue, WORKERS));
         let runs: Arc<Mutex<Vec<Value>>> = Arc::new(Mutex::new(Vec::new()));
         let ours = runs.clone();
         proxy.rewrite("GetJobRuns", move |body: &str| {

@@ -153,6 +153,13 @@ pub fn table_input(name: &str, columns: &[Col]) -> glue::types::TableInput {
 }
 
 async fn setup_glue(c: &glue::Client) {
+    setup_catalog_and_job(c, 10).await;
+}
+
+/// The database `sales` with `orders` and `orders_crawled` (both with
+/// [`initial_columns`]) and the G.1X job `orders-etl` of `workers` workers
+/// with `--enable-metrics`.
+pub async fn setup_catalog_and_job(c: &glue::Client, workers: i32) {
     use glue::types::{DatabaseInput, JobCommand, WorkerType};
     c.create_database()
         .database_input(DatabaseInput::builder().name(DATABASE).build().unwrap())
@@ -173,7 +180,8 @@ async fn setup_glue(c: &glue::Client) {
         .command(JobCommand::builder().name("glueetl").script_location("s3://selfheal-tests/orders_etl.py").build())
         .glue_version("4.0")
         .worker_type(WorkerType::G1X)
-        .number_of_workers(10)
+        .number_of_workers(workers)
+        .default_arguments("--enable-metrics", "true")
         .send()
         .await
         .expect("CreateJob");
