@@ -157,6 +157,19 @@ pub struct DaemonConfig {
     pub log_max_age_secs: u64,
     /// Rotated segments kept (`provenance.000001.jsonl`, ...); older ones are deleted.
     pub log_keep: usize,
+
+    // Bounded memory (see `window::Bounds` and `decide::Controller::evict_idle`).
+    /// Most pipelines held at once (default 1,000): a sample of a new one
+    /// beyond it is refused (`/ingest` answers 429). A sidecar watches tens to
+    /// hundreds of pipelines; the cap bounds what a client pushing made-up
+    /// names can take (a few kB each), while eviction makes room again.
+    pub max_pipelines: usize,
+    /// A pipeline silent this long, s, on the data clock (the newest sample
+    /// time seen, so a replay evicts as the live feed would), is forgotten:
+    /// its open window and decision state are dropped, except while it has an
+    /// open proposal, an action in flight or an action's reward pending.
+    /// Default 90,000 s (25 h): a daily batch job keeps its state between runs.
+    pub pipeline_idle_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -175,6 +188,9 @@ impl Default for DaemonConfig {
             log_max_bytes: 64 * 1024 * 1024,
             log_max_age_secs: 86_400,
             log_keep: 10,
+
+            max_pipelines: 1000,
+            pipeline_idle_secs: 90_000,
         }
     }
 }
@@ -193,6 +209,13 @@ impl DaemonConfig {
             max_bytes: self.log_max_bytes,
             max_age_ms: i64::try_from(self.log_max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             keep: self.log_keep,
+        }
+    }
+    /// The pipeline cap and idle time of the ingest assembler.
+    pub fn bounds(&self) -> crate::window::Bounds {
+        crate::window::Bounds {
+            max_pipelines: self.max_pipelines,
+            idle_ms: i64::try_from(self.pipeline_idle_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         }
     }
     /// The online Q table checkpoint.
@@ -644,7 +667,55 @@ impl SidecarConfig {
                 p.push(e);
             }
         }
+        self.validate_bounds(&mut p);
         p
+    }
+}
+
+impl SidecarConfig {
+    /// `[daemon] max_pipelines` and `pipeline_idle_secs`, against what the
+    /// source and the actuator already name.
+    fn validate_bounds(&self, p: &mut Vec<String>) {
+        let d = &self.daemon;
+        let cap = d.max_pipelines;
+        if cap == 0 {
+            p.push("daemon.max_pipelines: must be at least 1".into());
+        }
+        let configured = [
+            (
+                "source.pipelines",
+                match &self.source {
+                    SourceConfig::Simulator { pipelines, .. } => *pipelines as usize,
+                    SourceConfig::Cloudwatch(c) => c.pipelines.len(),
+                    _ => 0,
+                },
+            ),
+            (
+                "actuator.pipelines",
+                match &self.actuator {
+                    ActuatorConfig::Glue { pipelines } => pipelines.len(),
+                    _ => 0,
+                },
+            ),
+        ];
+        for (key, n) in configured {
+            if n > cap {
+                p.push(format!(
+                    "daemon.max_pipelines: {key} names {n} pipelines, more than the cap of {cap}; raise the cap"
+                ));
+            }
+        }
+        if d.pipeline_idle_secs < 60 {
+            p.push("daemon.pipeline_idle_secs: must be at least 60".into());
+        }
+        if let SourceConfig::Http { window_secs, .. } = &self.source {
+            if d.pipeline_idle_secs < window_secs.saturating_mul(2) {
+                p.push(format!(
+                    "daemon.pipeline_idle_secs: must be at least two windows (source.window_secs = {window_secs}), \
+                     or a pipeline reporting every window could look idle"
+                ));
+            }
+        }
     }
 }
 
@@ -727,6 +798,25 @@ mod tests {
         let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("source.metrics") && e.contains("pipeline.latency.p99"), "{e}");
         assert!(!e.contains("numFailedTasks"), "a known metric is not an error: {e}");
+    }
+
+    #[test]
+    fn configured_pipelines_beyond_the_cap_are_refused() {
+        let text = "[daemon]\nmax_pipelines = 2\n[source]\nkind = \"simulator\"\npipelines = 3\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("daemon.max_pipelines") && e.contains("3 pipelines"), "{e}");
+        let text = "[daemon]\nmax_pipelines = 1\n[source]\nkind = \"cloudwatch\"\n\
+                    [[source.pipelines]]\nname = \"a\"\njob_name = \"a\"\n[[source.pipelines]]\nname = \"b\"\njob_name = \"b\"\n\
+                    [actuator]\nkind = \"dry-run\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("daemon.max_pipelines: source.pipelines names 2"), "{e}");
+        let ok = "[daemon]\nmax_pipelines = 3\n[source]\nkind = \"simulator\"\npipelines = 3\n";
+        assert_eq!(SidecarConfig::from_toml_str(ok, "x.toml").unwrap().daemon.bounds().max_pipelines, 3);
+        let text = "[daemon]\nmax_pipelines = 0\npipeline_idle_secs = 100\n[source]\nkind = \"http\"\n\
+                    window_secs = 60\n[actuator]\nkind = \"dry-run\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("daemon.max_pipelines: must be at least 1"), "{e}");
+        assert!(e.contains("daemon.pipeline_idle_secs: must be at least two windows"), "{e}");
     }
 
     #[test]

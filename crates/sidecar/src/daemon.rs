@@ -21,7 +21,7 @@ use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;
 use crate::decide::{Controller, Order, Output, Plan};
 use crate::http::{control_router, metrics_router, AppState, Command, ControlAuth, Ingest, PendingView};
-use crate::metrics::{render, PageCounts, Snapshot};
+use crate::metrics::{render, PageCounts, PipelineCounts, Snapshot};
 use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
 use crate::pager::Pager;
@@ -123,9 +123,39 @@ struct Shell {
     logged_only: u64,
     checkpoint: Checkpoint,
     checkpoint_every: u64,
+    /// The pipeline cap and idle time (`[daemon] max_pipelines`, `pipeline_idle_secs`).
+    bounds: crate::window::Bounds,
+    /// Pipelines evicted from the decision core.
+    decide_evicted: u64,
 }
 
 impl Shell {
+    /// Forget idle pipelines: the decision core's, then ingest's open windows,
+    /// keeping any the core still needs (see [`Controller::busy`]).
+    fn evict_idle(&mut self, ingest: Option<&Ingest>, now: i64) {
+        let gone = self.ctl.evict_idle(self.bounds.idle_ms, now);
+        if let Some(first) = gone.first() {
+            self.decide_evicted += gone.len() as u64;
+            tracing::info!(evicted = gone.len(), live = self.ctl.live(), %first,
+                "idle pipelines evicted from the decision core");
+        }
+        if let Some(ing) = ingest {
+            let ctl = &self.ctl;
+            ing.evict_idle(now, &|p| ctl.busy(p));
+        }
+    }
+
+    fn pipeline_counts(&self, ingest: Option<&Ingest>) -> PipelineCounts {
+        PipelineCounts {
+            cap: self.bounds.max_pipelines,
+            ingest_live: ingest.map_or(0, Ingest::live),
+            decide_live: self.ctl.live(),
+            refused_cap: ingest.map_or(0, |i| i.bounds.refused_cap.load(Ordering::Relaxed)),
+            ingest_evicted: ingest.map_or(0, |i| i.bounds.evicted.load(Ordering::Relaxed)),
+            decide_evicted: self.decide_evicted,
+        }
+    }
+
     fn write(&mut self, out: &Output) -> Result<(), ProvenanceError> {
         let mut log = self.log.lock().expect("log lock");
         for (rec, durable) in &out.records {
@@ -226,6 +256,7 @@ impl Shell {
                     escalations_delivered: 0,
                     escalations_failed: self.logged_only,
                     pages: Default::default(),
+                    pipelines: self.pipeline_counts(ingest),
                 };
                 if let Some(p) = &self.pager {
                     snap.pages = PageCounts::of(p.stats());
@@ -322,6 +353,9 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     std::fs::create_dir_all(&cfg.daemon.state_dir)
         .map_err(|e| DaemonError::Log(ProvenanceError::Io { path: cfg.daemon.state_dir.clone(), source: e }))?;
     let log = Arc::new(Mutex::new(ProvenanceLog::open_rotating(&cfg.daemon.log_path(), cfg.daemon.log_rotation())?));
+    if let Some(ing) = &ingest {
+        ing.set_bounds(cfg.daemon.bounds());
+    }
     let g = &cfg.guard;
     let guards = CallGuards { breaker: g.breaker, bulkhead: g.bulkhead, retry: g.retry, timeout: g.timeout };
     let exec = Arc::new(
@@ -386,6 +420,8 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         logged_only: 0,
         checkpoint,
         checkpoint_every: cfg.daemon.checkpoint_every,
+        bounds: cfg.daemon.bounds(),
+        decide_evicted: 0,
     };
     let pause_file = cfg.daemon.pause_path();
     ready.store(true, Ordering::Release);
@@ -419,6 +455,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                 let now = now_ms();
                 let out = sh.ctl.on_tick(now);
                 sh.handle(out)?;
+                sh.evict_idle(ingest.as_deref(), now);
                 if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {
                     let why = format!("pause file {} exists", pause_file.display());
                     tracing::warn!(reason = %why, "kill switch on: all acting paused");

@@ -172,6 +172,8 @@ struct Pipeline {
     seen: [bool; Metric::COUNT],
     /// Windows decided for this pipeline.
     windows: u64,
+    /// Start of its latest window, Unix ms: idle is measured from it.
+    last_seen_ms: i64,
 }
 
 /// Windows after which an expected metric that never arrived is warned about
@@ -359,9 +361,11 @@ impl Controller {
             trail: Default::default(),
             seen: [false; Metric::COUNT],
             windows: 0,
+            last_seen_ms: w.ts_ms,
         });
         let t = &w.telemetry;
         p.windows += 1;
+        p.last_seen_ms = p.last_seen_ms.max(w.ts_ms);
         t.present().for_each(|m| p.seen[m.index()] = true);
         if p.windows >= EXPECT_AFTER {
             let missing: Vec<&'static str> =
@@ -773,6 +777,47 @@ impl Controller {
         out
     }
 
+    /// Pipelines the core holds state for.
+    pub fn live(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Whether `pipeline`'s state must be kept whatever its idleness: it has
+    /// an open proposal, an action in flight, or the reward of an executed
+    /// action still pending (a no-op's pending reward does not count: losing
+    /// it loses one update of "do nothing").
+    pub fn busy(&self, pipeline: &str) -> bool {
+        self.approvals.pending().any(|(_, _, p)| p.pipeline == pipeline)
+            || self.budget.in_flight().any(|p| p == pipeline)
+            || self.pipelines.get(pipeline).and_then(|p| p.pending.as_ref()).is_some_and(|pend| {
+                pend.action != Action::NoOp || pend.id.as_ref().is_some_and(|id| self.in_flight.contains(id))
+            })
+    }
+
+    /// Forget every pipeline whose latest window started more than `idle_ms`
+    /// before the telemetry clock (the newest window seen, read no further
+    /// than [`crate::window::MAX_AHEAD_MS`] past `now_ms`, the wall clock,
+    /// Unix ms), unless it is [`Controller::busy`]: its encoder, supervisor,
+    /// trail, pending no-op reward, score and missing-metric gauge go. A
+    /// pipeline that comes back starts afresh, as a new one does. The Q table
+    /// is shared and keeps all it learned. Returns the names, sorted.
+    pub fn evict_idle(&mut self, idle_ms: i64, now_ms: i64) -> Vec<String> {
+        let clock =
+            i64::try_from(self.clock_ms).unwrap_or(i64::MAX).min(now_ms.saturating_add(crate::window::MAX_AHEAD_MS));
+        let mut gone: Vec<String> = self
+            .pipelines
+            .iter()
+            .filter(|(name, p)| clock.saturating_sub(p.last_seen_ms) > idle_ms && !self.busy(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        gone.sort();
+        for name in &gone {
+            self.pipelines.remove(name);
+            self.stats.missing.remove(name);
+        }
+        gone
+    }
+
     /// Expire proposals past their time.
     pub fn on_tick(&mut self, now_ms: i64) -> Output {
         let mut out = Output::default();
@@ -1091,6 +1136,34 @@ mod tests {
         // Once it arrives, the gap closes.
         c.on_window(&window(180_000), 4);
         assert!(c.stats.missing.is_empty());
+    }
+
+    #[test]
+    fn idle_pipelines_are_evicted_but_one_with_an_open_proposal_is_kept() {
+        // Recommend mode: the first window's action becomes a proposal.
+        let mut c = controller(Mode::Recommend, 1000, 2.0);
+        let named = |name: &str, ts: i64| Window { pipeline: name.into(), ..window(ts) };
+        for name in ["asks", "quiet", "busy"] {
+            assert_eq!(decision(&c.on_window(&named(name, 0), 0)).verdict, "proposed");
+        }
+        // Only `asks` keeps its proposal open.
+        for (id, _, p) in c.pending() {
+            if p.pipeline != "asks" {
+                c.answer(&id, false, "test", 1).unwrap();
+            }
+        }
+        assert!(c.evict_idle(600_000, 0).is_empty(), "nothing idle yet");
+        // Ten minutes later on the telemetry clock only `busy` reported again.
+        c.on_window(&named("busy", 660_000), 1);
+        assert_eq!(c.live(), 3);
+        assert_eq!(c.evict_idle(600_000, 1), vec!["quiet".to_string()]);
+        assert!(c.busy("asks") && c.scores().iter().any(|(p, _)| p == "asks"), "an open proposal keeps its pipeline");
+        assert!(!c.scores().iter().any(|(p, _)| p == "quiet"), "its gauge goes with it");
+        // Once the proposal is answered, the idle pipeline goes too.
+        let id = c.pending()[0].0.clone();
+        c.answer(&id, false, "test", 2).unwrap();
+        assert_eq!(c.evict_idle(600_000, 2), vec!["asks".to_string()]);
+        assert_eq!(c.live(), 1);
     }
 
     #[test]

@@ -17,9 +17,16 @@
 //! made its record durable. Ingest is the exception: it parses and assembles
 //! windows in the handler (that is the CPU-heavy part, and it runs on every
 //! core) and hands closed windows to the loop through a bounded channel.
+//!
+//! Ingest is ordered: assembling and handing the closed windows on happen
+//! under one async lock ([`Ingest`]'s `order`), so of two concurrent requests
+//! for one pipeline the windows of the one assembled first reach the loop
+//! first (with the assembler's lock alone, the second could send before the
+//! first). Parsing stays outside it. A new pipeline beyond `[daemon]
+//! max_pipelines` is refused with 429 (see [`crate::window::Bounds`]).
 
 use crate::auth::{self, Token, Verdict};
-use crate::window::{assemble, parse_body, Assembler, Ingested, Window};
+use crate::window::{assemble, parse_body, Assembler, Bounds, Ingested, Window};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -91,6 +98,55 @@ pub struct Ingest {
     pub accepted: AtomicU64,
     /// Lines rejected.
     pub rejected: AtomicU64,
+    /// Held from assembling a body until its windows are handed on: ingest
+    /// ordered per pipeline (see the module doc).
+    order: tokio::sync::Mutex<()>,
+    /// The pipeline cap and eviction counters.
+    pub bounds: IngestBounds,
+}
+
+/// Counters of the pipeline cap and of eviction at ingest (`/metrics`).
+#[derive(Debug, Default)]
+pub struct IngestBounds {
+    /// Lines refused because they named a new pipeline beyond the cap (also
+    /// counted in [`Ingest::rejected`]).
+    pub refused_cap: AtomicU64,
+    /// Pipelines whose open window was dropped for idleness.
+    pub evicted: AtomicU64,
+    /// Set when the cap was first hit, cleared when eviction makes room: one
+    /// warning per episode, not one per refused request.
+    cap_hit: AtomicBool,
+}
+
+impl Ingest {
+    /// Set the pipeline cap and idle time (`[daemon] max_pipelines`,
+    /// `pipeline_idle_secs`).
+    pub fn set_bounds(&self, bounds: Bounds) {
+        self.asm.lock().expect("assembler lock").set_bounds(bounds);
+    }
+
+    /// Pipelines with an open window.
+    pub fn live(&self) -> usize {
+        self.asm.lock().expect("assembler lock").live()
+    }
+
+    /// Drop the open windows of pipelines idle on the data clock (see
+    /// [`Assembler::evict_idle`]; `now_ms` is the wall clock, Unix ms), except
+    /// those `keep` names; counted and logged. Returns the names evicted.
+    pub fn evict_idle(&self, now_ms: i64, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let (gone, live, clock) = {
+            let mut asm = self.asm.lock().expect("assembler lock");
+            let gone = asm.evict_idle(now_ms, keep);
+            (gone, asm.live(), asm.clock())
+        };
+        if !gone.is_empty() {
+            self.bounds.evicted.fetch_add(gone.len() as u64, Ordering::Relaxed);
+            self.bounds.cap_hit.store(false, Ordering::Relaxed);
+            tracing::info!(evicted = gone.len(), live, data_clock_ms = clock, first = %gone[0],
+                "idle pipelines evicted from ingest");
+        }
+        gone
+    }
 }
 
 impl Ingest {
@@ -108,6 +164,8 @@ impl Ingest {
             tx,
             accepted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
+            order: tokio::sync::Mutex::new(()),
+            bounds: IngestBounds::default(),
         }
     }
 }
@@ -268,6 +326,9 @@ async fn metrics(State(s): State<AppState>) -> Response {
 struct IngestAnswer {
     accepted: usize,
     rejected: Vec<RejectedLine>,
+    /// The pipeline cap, when lines were refused for it (status 429).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pipeline_cap: Option<usize>,
 }
 
 #[derive(Serialize)]
@@ -280,10 +341,14 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     let Some(ing) = s.ingest.clone() else {
         return text(404, "ingest is off: this daemon's source.kind is not \"http\"");
     };
-    // Parse outside the lock (the costly part), assemble under it.
+    // Parse outside the locks (the costly part), assemble and hand on under
+    // the order lock, so windows reach the loop in the order they closed.
     let (samples, refused) = parse_body(&body);
-    let Ingested { accepted, windows, rejected } =
-        assemble(&mut ing.asm.lock().expect("assembler lock"), &samples, refused);
+    let order = ing.order.lock().await;
+    let (Ingested { accepted, windows, rejected, capped }, cap) = {
+        let mut asm = ing.asm.lock().expect("assembler lock");
+        (assemble(&mut asm, &samples, refused), asm.bounds().max_pipelines)
+    };
     // In small batches: the channel bounds batches, not windows, so one batch
     // per body would let a loop that falls behind queue a whole body's windows
     // per slot (a body of full samples closes a window per line).
@@ -294,11 +359,33 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
             return loop_gone();
         }
     }
+    drop(order);
     ing.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     ing.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let code = if rejected.is_empty() { StatusCode::OK } else { StatusCode::UNPROCESSABLE_ENTITY };
+    let code = if capped > 0 {
+        capped_lines(ing.as_ref(), capped, cap);
+        StatusCode::TOO_MANY_REQUESTS
+    } else if rejected.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    let pipeline_cap = (capped > 0).then_some(cap);
     let rejected = rejected.into_iter().map(|(line, error)| RejectedLine { line, error }).collect();
-    (code, Json(IngestAnswer { accepted, rejected })).into_response()
+    (code, Json(IngestAnswer { accepted, rejected, pipeline_cap })).into_response()
+}
+
+/// Count lines refused for the pipeline cap; warn once per episode of a full cap.
+fn capped_lines(ing: &Ingest, capped: usize, cap: usize) {
+    ing.bounds.refused_cap.fetch_add(capped as u64, Ordering::Relaxed);
+    if !ing.bounds.cap_hit.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            cap,
+            refused_lines = capped,
+            "ingest: the pipeline cap ([daemon] max_pipelines) is reached; lines of new pipelines are refused \
+             with 429 until idle ones are evicted ([daemon] pipeline_idle_secs)"
+        );
+    }
 }
 
 async fn pending(State(s): State<AppState>) -> Response {
@@ -400,5 +487,82 @@ mod tests {
         }
         assert_eq!(sizes.iter().sum::<usize>(), 200);
         assert!(sizes.iter().all(|&n| n <= WINDOWS_PER_SEND), "{sizes:?}");
+    }
+
+    /// Regression: with the assembler's lock alone, of two concurrent
+    /// requests for one pipeline the later one could hand its window to the
+    /// loop first (this test failed 3 runs of 3 on that handler: a request
+    /// preempted between assembling and sending was overtaken).
+    /// More worker threads than cores make that preemption likely.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+    async fn concurrent_ingest_for_one_pipeline_reaches_the_loop_in_order() {
+        // A channel of one slot and a slow reader: senders queue, which is
+        // where the old handler let them overtake each other.
+        let (tx, mut rx) = mpsc::channel(1);
+        let (cmd, _cmd_rx) = mpsc::channel(1);
+        let ing = Arc::new(Ingest::new(1000, tx));
+        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)) };
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                got.extend(batch.into_iter().map(|w: Window| w.ts_ms));
+                tokio::task::yield_now().await;
+            }
+            got
+        });
+        const N: i64 = 20_000;
+        let mut tasks = Vec::new();
+        for i in 0..N {
+            let state = state.clone();
+            // Each body closes the window before it: a window per request.
+            let body =
+                format!("{{\"ts\":{},\"pipeline\":\"p\",\"metrics\":{{\"pipeline.latency.p95\":{i}}}}}\n", i * 1000);
+            tasks.push(tokio::spawn(async move { ingest(State(state), Bytes::from(body)).await.status() }));
+        }
+        let mut late = 0;
+        for t in tasks {
+            let code = t.await.unwrap();
+            assert!(code == StatusCode::OK || code == StatusCode::UNPROCESSABLE_ENTITY, "{code}");
+            late += usize::from(code == StatusCode::UNPROCESSABLE_ENTITY);
+        }
+        drop(state);
+        let got = reader.await.unwrap();
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "windows out of order: {got:?}");
+        assert_eq!(got.len(), N as usize - late - 1, "every accepted sample but the open one closed a window");
+    }
+
+    #[tokio::test]
+    async fn a_new_pipeline_beyond_the_cap_is_answered_429_naming_the_cap() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let (cmd, _cmd_rx) = mpsc::channel(1);
+        let ing = Arc::new(Ingest::new(1000, tx));
+        ing.set_bounds(Bounds { max_pipelines: 2, idle_ms: 5000 });
+        let state = AppState { cmd, ingest: Some(ing.clone()), ready: Arc::new(AtomicBool::new(true)) };
+        let line = |ts: i64, p: &str| format!("{{\"ts\":{ts},\"pipeline\":\"{p}\",\"metrics\":{{}}}}\n");
+        let post = |body: String| ingest(State(state.clone()), Bytes::from(body));
+        assert_eq!(post(line(0, "a") + &line(0, "b")).await.status(), StatusCode::OK);
+        let r = post(line(1000, "a") + &line(1000, "c") + &line(1000, "b")).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["accepted"], 2);
+        assert_eq!(v["pipeline_cap"], 2);
+        assert_eq!(v["rejected"][0]["line"], 2);
+        assert!(v["rejected"][0]["error"].as_str().unwrap().contains("\"c\" is new"), "{v}");
+        assert_eq!(ing.bounds.refused_cap.load(Ordering::Relaxed), 1);
+        assert_eq!(ing.rejected.load(Ordering::Relaxed), 1);
+        // The existing pipelines closed their windows.
+        let mut closed = Vec::new();
+        while let Ok(b) = rx.try_recv() {
+            closed.extend(b.into_iter().map(|w| w.pipeline));
+        }
+        closed.sort();
+        assert_eq!(closed, ["a", "b"]);
+        // `a` goes silent; once idle on the data clock it is evicted, and `c` is admitted.
+        assert_eq!(post(line(7000, "b")).await.status(), StatusCode::OK);
+        assert_eq!(ing.evict_idle(7000, &|_| false), vec!["a".to_string()]);
+        assert_eq!(ing.bounds.evicted.load(Ordering::Relaxed), 1);
+        assert_eq!(post(line(7000, "c")).await.status(), StatusCode::OK);
+        assert_eq!(ing.live(), 2);
     }
 }

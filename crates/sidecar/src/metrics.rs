@@ -34,6 +34,26 @@ pub struct Snapshot {
     pub escalations_failed: u64,
     /// Durable page delivery.
     pub pages: PageCounts,
+    /// Pipelines held, capped and evicted.
+    pub pipelines: PipelineCounts,
+}
+
+/// Bounded memory: pipelines held, refused for the cap and evicted (see
+/// [`crate::window::Bounds`] and [`crate::decide::Controller::evict_idle`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PipelineCounts {
+    /// `[daemon] max_pipelines`.
+    pub cap: usize,
+    /// Pipelines with an open window at ingest (0 without the HTTP source).
+    pub ingest_live: usize,
+    /// Pipelines the decision core holds state for.
+    pub decide_live: usize,
+    /// Ingest lines refused because they named a new pipeline beyond the cap.
+    pub refused_cap: u64,
+    /// Pipelines evicted from ingest.
+    pub ingest_evicted: u64,
+    /// Pipelines evicted from the decision core.
+    pub decide_evicted: u64,
 }
 
 /// The page delivery counters (see [`crate::pager`]).
@@ -203,7 +223,38 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(o, "selfheal_proposals_pending {}", s.proposals_pending);
     head(&mut o, "selfheal_paused", "gauge", "1 while the kill switch stops all acting.");
     let _ = writeln!(o, "selfheal_paused {}", u8::from(s.paused));
+    render_pipelines(&mut o, &s.pipelines);
     o
+}
+
+/// The bounded-memory families: live pipelines, the cap, refusals, evictions.
+fn render_pipelines(o: &mut String, p: &PipelineCounts) {
+    head(
+        o,
+        "selfheal_pipelines",
+        "gauge",
+        "Pipelines held: by the ingest assembler (an open window) and by the decision core (its state).",
+    );
+    let _ = writeln!(o, "selfheal_pipelines{{holder=\"ingest\"}} {}", p.ingest_live);
+    let _ = writeln!(o, "selfheal_pipelines{{holder=\"decide\"}} {}", p.decide_live);
+    head(o, "selfheal_pipelines_max", "gauge", "The pipeline cap ([daemon] max_pipelines).");
+    let _ = writeln!(o, "selfheal_pipelines_max {}", p.cap);
+    head(
+        o,
+        "selfheal_ingest_refused_total",
+        "counter",
+        "Ingest lines refused with 429, by reason: pipeline_cap (a new pipeline beyond [daemon] max_pipelines). \
+         Also counted in selfheal_ingest_lines_total{result=\"rejected\"}.",
+    );
+    let _ = writeln!(o, "selfheal_ingest_refused_total{{reason=\"pipeline_cap\"}} {}", p.refused_cap);
+    head(
+        o,
+        "selfheal_pipelines_evicted_total",
+        "counter",
+        "Pipelines forgotten after [daemon] pipeline_idle_secs without a sample, by holder.",
+    );
+    let _ = writeln!(o, "selfheal_pipelines_evicted_total{{holder=\"ingest\"}} {}", p.ingest_evicted);
+    let _ = writeln!(o, "selfheal_pipelines_evicted_total{{holder=\"decide\"}} {}", p.decide_evicted);
 }
 
 #[cfg(test)]
@@ -218,6 +269,8 @@ mod tests {
         let text = render(&s);
         assert!(text.contains("selfheal_decisions_total{action=\"scale_up\",verdict=\"allowed\"} 3"));
         assert!(text.contains("pipeline=\"a\\\"b\""));
+        assert!(text.contains("selfheal_ingest_refused_total{reason=\"pipeline_cap\"} 0"), "{text}");
+        assert!(text.contains("selfheal_pipelines{holder=\"decide\"} 0"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let sample = line.split(['{', ' ']).next().unwrap();
             let summary = sample.strip_suffix("_sum").or_else(|| sample.strip_suffix("_count"));

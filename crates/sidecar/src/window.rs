@@ -16,6 +16,16 @@
 //! reported is absent, never 0 (see [`selfheal_core::Telemetry`]). A
 //! sample older than its pipeline's open period is late and refused, never
 //! reordered silently into the past.
+//!
+//! Memory is bounded ([`Bounds`]): a new pipeline beyond `max_pipelines` is
+//! refused ([`Refused::PipelineCap`]), and [`Assembler::evict_idle`] drops
+//! the open window of a pipeline silent for `idle_ms`. Idleness is measured on
+//! the **data clock**, the newest sample time seen (see [`Assembler::clock`]),
+//! not the wall clock: a replay or a soak that pushes an hour of samples in a
+//! minute evicts as the live feed would have, and a daemon whose every pusher
+//! has stopped evicts nothing (nothing new arrives to need the room either).
+//! One pusher's clock far in the future cannot evict everyone else: the data
+//! clock is read no further than [`MAX_AHEAD_MS`] past the wall clock.
 
 use selfheal_core::{Metric, Telemetry};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
@@ -157,6 +167,40 @@ pub enum Refused {
         /// Start of the open window.
         open: i64,
     },
+    /// A new pipeline while `cap` pipelines are open already.
+    #[error(
+        "pipeline {pipeline:?} is new and {cap} pipelines are live, the cap ([daemon] max_pipelines): refused until \
+         an idle one is evicted ([daemon] pipeline_idle_secs)"
+    )]
+    PipelineCap {
+        /// The new pipeline.
+        pipeline: String,
+        /// The cap.
+        cap: usize,
+    },
+}
+
+/// How far past the wall clock the data clock is believed, ms (1 h): a
+/// pusher's clock running ahead by more cannot make every other pipeline
+/// look idle.
+pub const MAX_AHEAD_MS: i64 = 3_600_000;
+
+/// Limits on what an [`Assembler`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bounds {
+    /// Most pipelines with an open window; a sample of a new one beyond it is
+    /// refused ([`Refused::PipelineCap`]).
+    pub max_pipelines: usize,
+    /// A pipeline whose latest sample is this much older than the data clock
+    /// is idle and may be evicted, ms.
+    pub idle_ms: i64,
+}
+
+impl Default for Bounds {
+    /// No limit: a replay file or a fit reads what it was given.
+    fn default() -> Self {
+        Bounds { max_pipelines: usize::MAX, idle_ms: i64::MAX }
+    }
 }
 
 /// Periods a level metric may go unreported before it is treated as absent.
@@ -232,12 +276,77 @@ pub struct Assembler {
     open: HashMap<String, Carry>,
     /// Glue job name → the pipeline that watches it (events name jobs).
     jobs: HashMap<String, String>,
+    bounds: Bounds,
+    /// The data clock: the newest sample time seen, ms.
+    clock: i64,
 }
 
 impl Assembler {
-    /// Windows of `period_ms` (at least 1).
+    /// Windows of `period_ms` (at least 1), without limits.
     pub fn new(period_ms: i64) -> Assembler {
-        Assembler { period_ms: period_ms.max(1), open: HashMap::new(), jobs: HashMap::new() }
+        Assembler::bounded(period_ms, Bounds::default())
+    }
+
+    /// Windows of `period_ms` (at least 1), holding at most `bounds`.
+    pub fn bounded(period_ms: i64, bounds: Bounds) -> Assembler {
+        Assembler { period_ms: period_ms.max(1), open: HashMap::new(), jobs: HashMap::new(), bounds, clock: i64::MIN }
+    }
+
+    /// Change the limits (a pipeline already open beyond a lowered cap stays).
+    pub fn set_bounds(&mut self, bounds: Bounds) {
+        self.bounds = bounds;
+    }
+
+    /// The limits.
+    pub fn bounds(&self) -> Bounds {
+        self.bounds
+    }
+
+    /// Pipelines with an open window.
+    pub fn live(&self) -> usize {
+        self.open.len()
+    }
+
+    /// The data clock: the newest sample time seen, Unix ms (`i64::MIN` before
+    /// the first sample).
+    pub fn clock(&self) -> i64 {
+        self.clock
+    }
+
+    /// Whether a sample of `pipeline` (an event's Glue job name when `event`)
+    /// may be taken: a pipeline already open always may, a new one while
+    /// fewer than `max_pipelines` are open.
+    pub fn admit(&self, pipeline: &str, event: bool) -> Result<(), Refused> {
+        let name = if event { self.jobs.get(pipeline).map_or(pipeline, String::as_str) } else { pipeline };
+        if self.open.len() < self.bounds.max_pipelines || self.open.contains_key(name) {
+            Ok(())
+        } else {
+            Err(Refused::PipelineCap { pipeline: name.to_string(), cap: self.bounds.max_pipelines })
+        }
+    }
+
+    /// Drop the open window of every pipeline idle for `bounds.idle_ms` on
+    /// the data clock, read no further than [`MAX_AHEAD_MS`] past `now_ms`
+    /// (wall clock, Unix ms), except those `keep` names (a pipeline the
+    /// decision core still needs: an open proposal, an action in flight).
+    /// Idle is measured from the start of the pipeline's latest period. What
+    /// is dropped is a partial window nobody would close (no later sample is
+    /// coming) and levels that went stale after [`STALE_PERIODS`] periods
+    /// anyway. Returns the names evicted, sorted.
+    pub fn evict_idle(&mut self, now_ms: i64, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
+        let clock = self.clock.min(now_ms.saturating_add(MAX_AHEAD_MS));
+        let idle = self.bounds.idle_ms;
+        let mut gone: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(name, c)| clock.saturating_sub(c.start) > idle && !keep(name))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &gone {
+            self.open.remove(name);
+        }
+        gone.sort();
+        gone
     }
 
     /// File events about Glue job `job` under `pipeline` (the configured
@@ -254,13 +363,17 @@ impl Assembler {
     pub fn push_event(&mut self, job: &str, ts: i64, metrics: &[(Metric, f64)]) {
         let pipeline = self.jobs.get(job).cloned().unwrap_or_else(|| job.to_string());
         let start = ts - ts.rem_euclid(self.period_ms);
+        self.clock = self.clock.max(ts);
         self.open.entry(pipeline).or_insert_with(|| Carry::new(start)).add(metrics);
     }
 
-    /// Add a sample; returns the window it closed, if any.
+    /// Add a sample; returns the window it closed, if any. A new pipeline
+    /// beyond `max_pipelines` is refused ([`Refused::PipelineCap`]).
     pub fn push(&mut self, pipeline: &str, ts: i64, metrics: &[(Metric, f64)]) -> Result<Option<Window>, Refused> {
         let start = ts - ts.rem_euclid(self.period_ms);
         let Some(open) = self.open.get_mut(pipeline) else {
+            self.admit(pipeline, false)?;
+            self.clock = self.clock.max(ts);
             let mut open = Carry::new(start);
             open.set(metrics);
             self.open.insert(pipeline.to_string(), open);
@@ -269,6 +382,7 @@ impl Assembler {
         if start < open.start {
             return Err(Refused::Late { pipeline: pipeline.to_string(), ts, open: open.start });
         }
+        self.clock = self.clock.max(ts);
         let closed = if start > open.start {
             let w = Window { pipeline: pipeline.to_string(), ts_ms: open.start, telemetry: open.telemetry };
             open.roll(start, self.period_ms);
@@ -332,6 +446,8 @@ pub struct Ingested {
     pub windows: Vec<Window>,
     /// 1-based line number and why, for every refused line, in line order.
     pub rejected: Numbered<String>,
+    /// How many of `rejected` were refused for the pipeline cap.
+    pub capped: usize,
 }
 
 /// Push parsed samples into `asm`; lines already refused by parsing are kept
@@ -339,17 +455,17 @@ pub struct Ingested {
 pub fn assemble(asm: &mut Assembler, samples: &[(usize, SampleLine<'_>)], refused: Numbered<String>) -> Ingested {
     let mut out = Ingested { rejected: refused, ..Ingested::default() };
     for (line, s) in samples {
-        if s.event {
-            asm.push_event(&s.pipeline, s.ts, &s.metrics.0);
-            out.accepted += 1;
-            continue;
-        }
-        match asm.push(&s.pipeline, s.ts, &s.metrics.0) {
-            Ok(w) => {
-                out.accepted += 1;
-                out.windows.extend(w);
+        let taken = if s.event {
+            asm.admit(&s.pipeline, true).map(|()| asm.push_event(&s.pipeline, s.ts, &s.metrics.0))
+        } else {
+            asm.push(&s.pipeline, s.ts, &s.metrics.0).map(|w| out.windows.extend(w))
+        };
+        match taken {
+            Ok(()) => out.accepted += 1,
+            Err(e) => {
+                out.capped += usize::from(matches!(e, Refused::PipelineCap { .. }));
+                out.rejected.push((*line, e.to_string()));
             }
-            Err(e) => out.rejected.push((*line, e.to_string())),
         }
     }
     out.rejected.sort_by_key(|r| r.0);
@@ -454,6 +570,57 @@ not json\n\
         assert_eq!(w.telemetry.value(Metric::RunsFailedOom), Some(1.0));
         assert_eq!(w.telemetry.get(LAT), 10.0);
         assert!(a.drain().iter().all(|w| w.pipeline == "orders"), "no pipeline named after the job");
+    }
+
+    #[test]
+    fn a_new_pipeline_beyond_the_cap_is_refused_and_the_others_keep_working() {
+        let mut a = Assembler::bounded(1000, Bounds { max_pipelines: 2, idle_ms: 10_000 });
+        a.map_jobs([("etl".to_string(), "c".to_string())]);
+        a.push("a", 0, &[(LAT, 1.0)]).unwrap();
+        a.push("b", 0, &[(LAT, 1.0)]).unwrap();
+        let e = a.push("c", 0, &[(LAT, 1.0)]).unwrap_err();
+        assert_eq!(e, Refused::PipelineCap { pipeline: "c".into(), cap: 2 });
+        assert!(e.to_string().contains("max_pipelines"), "{e}");
+        // An event of a job filed under a new pipeline is refused alike.
+        assert_eq!(a.admit("etl", true), Err(Refused::PipelineCap { pipeline: "c".into(), cap: 2 }));
+        assert_eq!(a.live(), 2);
+        // The open ones go on closing windows.
+        assert_eq!(a.push("a", 1000, &[(LAT, 2.0)]).unwrap().map(|w| w.ts_ms), Some(0));
+        // A body: the capped line is counted apart from the others refused.
+        let body = b"{\"ts\":2000,\"pipeline\":\"b\",\"metrics\":{}}\n\
+{\"ts\":2000,\"pipeline\":\"d\",\"metrics\":{}}\n\
+{\"ts\":0,\"pipeline\":\"a\",\"metrics\":{}}\n";
+        let (samples, refused) = parse_body(body);
+        let r = assemble(&mut a, &samples, refused);
+        assert_eq!((r.accepted, r.capped, r.windows.len()), (1, 1, 1));
+        assert_eq!(r.rejected.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3], "{:?}", r.rejected);
+    }
+
+    #[test]
+    fn idle_pipelines_are_evicted_on_the_data_clock_and_kept_ones_stay() {
+        let mut a = Assembler::bounded(1000, Bounds { max_pipelines: 2, idle_ms: 10_000 });
+        a.push("old", 0, &[(LAT, 1.0)]).unwrap();
+        a.push("kept", 0, &[(LAT, 1.0)]).unwrap();
+        // Wall time says nothing: a replay far in the past evicts by its own clock.
+        let wall = 4_000_000_000_000;
+        assert!(a.evict_idle(wall, &|_| false).is_empty(), "the data clock has not moved");
+        a.push("kept", 9_500, &[(LAT, 1.0)]).unwrap();
+        assert!(a.evict_idle(wall, &|_| false).is_empty(), "9.5 s on the data clock: not idle yet");
+        a.push("kept", 11_000, &[(LAT, 1.0)]).unwrap();
+        assert_eq!(a.clock(), 11_000);
+        assert_eq!(a.evict_idle(wall, &|_| false), vec!["old".to_string()]);
+        // Room again for a new name.
+        assert_eq!(a.push("new", 11_000, &[(LAT, 1.0)]), Ok(None));
+        a.push("new", 30_000, &[(LAT, 1.0)]).unwrap();
+        assert!(a.evict_idle(wall, &|n| n == "kept").is_empty(), "kept by the caller");
+        assert_eq!(a.evict_idle(wall, &|_| false), vec!["kept".to_string()]);
+        // A sample from a clock a day ahead of the wall clock does not make
+        // the others idle: the data clock is read an hour past the wall clock at most.
+        let mut a = Assembler::bounded(1000, Bounds { max_pipelines: 10, idle_ms: 2 * 3_600_000 });
+        a.push("b", 0, &[(LAT, 1.0)]).unwrap();
+        a.push("ahead", 86_400_000, &[(LAT, 1.0)]).unwrap();
+        assert!(a.evict_idle(0, &|_| false).is_empty());
+        assert_eq!(a.evict_idle(86_400_000, &|_| false), vec!["b".to_string()], "once the wall clock is there");
     }
 
     #[test]
