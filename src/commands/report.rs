@@ -326,11 +326,29 @@ pub fn run(a: Args) -> Result<()> {
         eval_source,
         mix: Some(sim.mix),
         live,
+        coverage: coverage(&l.detector, a.sim.detector.as_deref()),
     };
+    for w in input.coverage.iter().flat_map(render::DetectorCoverage::warnings) {
+        eprintln!("{w}");
+    }
     let files = render::write_all(&input, &a.out)?;
     for f in &files {
         println!("wrote {}", f.display());
     }
     eprintln!("report in {:.2} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The detector file's coverage figures (`meta.coverage`), if it has any.
+fn coverage(detector: &DetectorModel, path: Option<&Path>) -> Option<render::DetectorCoverage> {
+    let rows: Vec<render::CoverageRow> = detector
+        .meta
+        .coverage
+        .iter()
+        .map(|c| render::CoverageRow { kind: c.kind.clone(), windows: c.windows, flagged: c.flagged })
+        .collect();
+    (!rows.is_empty()).then(|| render::DetectorCoverage {
+        source: path.map_or("shipped models/detector.json".into(), |p| p.display().to_string()),
+        rows,
+    })
 }

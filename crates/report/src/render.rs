@@ -35,6 +35,108 @@ pub struct ReportInput<'a> {
     pub mix: Option<ActionMix>,
     /// Live behaviour from a provenance log.
     pub live: Option<Live>,
+    /// What the detector flags per fault kind, when its file records it.
+    pub coverage: Option<DetectorCoverage>,
+}
+
+/// The detector's coverage: per labelled fault kind, the windows it flags
+/// (`meta.coverage` of a detector file written by `selfheal fit-detector`).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DetectorCoverage {
+    /// The detector file.
+    pub source: String,
+    /// One row per fault kind.
+    pub rows: Vec<CoverageRow>,
+}
+
+/// One fault kind's windows and how many of them the detector flags.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CoverageRow {
+    /// Fault kind.
+    pub kind: String,
+    /// Windows in which it was active.
+    pub windows: usize,
+    /// Of those, flagged anomalous.
+    pub flagged: usize,
+}
+
+impl CoverageRow {
+    /// Flagged share, 0..1 (0 without windows).
+    pub fn share(&self) -> f64 {
+        if self.windows == 0 {
+            0.0
+        } else {
+            self.flagged as f64 / self.windows as f64
+        }
+    }
+}
+
+impl DetectorCoverage {
+    /// One line per fault kind the detector never flags: a fault the policy
+    /// cannot see, whatever it learned.
+    pub fn warnings(&self) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|r| r.flagged == 0)
+            .map(|r| {
+                format!(
+                    "warning: the detector flags none of the {} {} windows: the policy cannot see this fault",
+                    r.windows, r.kind
+                )
+            })
+            .collect()
+    }
+}
+
+/// The coverage section of `report.html`.
+fn coverage_html(h: &mut String, c: Option<&DetectorCoverage>) {
+    h.push_str("<h3 id=\"detector-coverage\">Detector coverage</h3>");
+    let Some(c) = c.filter(|c| !c.rows.is_empty()) else {
+        h.push_str(
+            "<p>The detector file holds no coverage figures (fitted before <code>selfheal fit-detector</code> \
+             recorded them); refit it to see which fault kinds it flags.</p>",
+        );
+        return;
+    };
+    let _ = write!(
+        h,
+        "<p>Share of each fault kind's windows the detector flags anomalous, as <code>selfheal fit-detector</code> \
+         measured it ({}). A kind never flagged is a fault the policy cannot see.</p>\
+         <table id=\"coverage-table\"><thead><tr><th class=\"l\">fault kind</th><th>windows</th><th>flagged</th>\
+         <th>share</th></tr></thead><tbody>",
+        esc(&c.source)
+    );
+    for r in &c.rows {
+        let _ = write!(
+            h,
+            "<tr data-kind=\"{}\"><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{} %</td></tr>",
+            esc(&r.kind),
+            esc(&r.kind),
+            r.windows,
+            r.flagged,
+            f(100.0 * r.share(), 1)
+        );
+    }
+    h.push_str("</tbody></table>\n");
+    for w in c.warnings() {
+        let _ = writeln!(h, "<p class=\"warn\"><span class=\"flag\">blind</span> {}</p>", esc(&w));
+    }
+}
+
+/// The coverage section of `report.md`.
+fn coverage_markdown(s: &mut String, c: Option<&DetectorCoverage>) {
+    s.push_str("\n## Detector coverage\n\n");
+    let Some(c) = c.filter(|c| !c.rows.is_empty()) else {
+        s.push_str("The detector file holds no coverage figures; refit it with `selfheal fit-detector`.\n");
+        return;
+    };
+    let _ = write!(s, "{}\n\n| fault kind | windows | flagged | share |\n|---|---:|---:|---:|\n", c.source);
+    for r in &c.rows {
+        let _ = writeln!(s, "| {} | {} | {} | {} % |", r.kind, r.windows, r.flagged, f(100.0 * r.share(), 1));
+    }
+    for w in c.warnings() {
+        let _ = write!(s, "\n**{w}**\n");
+    }
 }
 
 /// Live behaviour, summarised from a provenance log.
@@ -411,6 +513,8 @@ pub fn html(inp: &ReportInput<'_>) -> Result<String, ReportError> {
         figures(&mut h, &ch.mix);
     }
 
+    coverage_html(&mut h, inp.coverage.as_ref());
+
     // Training.
     h.push_str("<h2 id=\"training\">Training</h2>");
     if inp.curve.is_some() {
@@ -600,6 +704,7 @@ pub fn markdown(inp: &ReportInput<'_>) -> String {
         }
         s.push('\n');
     }
+    coverage_markdown(&mut s, inp.coverage.as_ref());
     if let Some(l) = &inp.live {
         let _ = write!(
             s,
@@ -738,4 +843,38 @@ pub fn write_all(inp: &ReportInput<'_>, dir: &std::path::Path) -> Result<Vec<std
         out.push(p);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn coverage() -> DetectorCoverage {
+        let row = |kind: &str, windows, flagged| CoverageRow { kind: kind.into(), windows, flagged };
+        DetectorCoverage {
+            source: "d.json".into(),
+            rows: vec![row("upstream_5xx", 200, 150), row("stuck_job", 34_516, 0)],
+        }
+    }
+
+    #[test]
+    fn coverage_is_a_table_with_a_warning_for_a_kind_never_flagged() {
+        let c = coverage();
+        assert_eq!(c.warnings().len(), 1);
+        assert!(c.warnings()[0].contains("none of the 34516 stuck_job windows"), "{:?}", c.warnings());
+        let mut h = String::new();
+        coverage_html(&mut h, Some(&c));
+        assert!(h.contains("id=\"coverage-table\""), "{h}");
+        assert!(h.contains("<td class=\"l\">upstream_5xx</td><td>200</td><td>150</td><td>75.0 %</td>"), "{h}");
+        assert!(h.contains("<td>0.0 %</td>") && h.contains("class=\"warn\"") && h.contains("stuck_job"), "{h}");
+        assert_eq!(h.matches("class=\"warn\"").count(), 1, "the kind it flags is not warned about");
+        let mut md = String::new();
+        coverage_markdown(&mut md, Some(&c));
+        assert!(md.contains("| upstream_5xx | 200 | 150 | 75.0 % |"), "{md}");
+        assert!(md.contains("**warning: the detector flags none of the 34516 stuck_job windows"), "{md}");
+        // A detector file without the figures says so instead.
+        let mut h = String::new();
+        coverage_html(&mut h, None);
+        assert!(h.contains("holds no coverage figures") && !h.contains("coverage-table"), "{h}");
+    }
 }
