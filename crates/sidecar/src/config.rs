@@ -162,7 +162,7 @@ pub struct DaemonConfig {
     /// Most pipelines held at once (default 1,000): a sample of a new one
     /// beyond it is refused (`/ingest` answers 429). A sidecar watches tens to
     /// hundreds of pipelines; the cap bounds what a client pushing made-up
-    /// names can take (a few kB each), while eviction makes room again.
+    /// names can take (about 10 kB each, benches/soak.sh), while eviction makes room again.
     pub max_pipelines: usize,
     /// A pipeline silent this long, s, on the data clock (the newest sample
     /// time seen, so a replay evicts as the live feed would), is forgotten:
