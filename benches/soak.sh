@@ -108,10 +108,10 @@ wrk -t"$THREADS" -c"$THREADS" -d"$MAX_WALL" --timeout 10s -s benches/soak.lua \
     "http://127.0.0.1:$cport/ingest" -- "$LINES" "$NAMES" "$LIFE_S" "$SAMPLES" "$THREADS" "$tmp" >"$tmp/wrk.out" 2>&1 &
 wrk_pid=$!
 : >"$tmp/series"
-s=0
+t0=$SECONDS
 while kill -0 "$wrk_pid" 2>/dev/null; do
     sleep 1
-    s=$((s + 1))
+    s=$((SECONDS - t0)) # wall seconds since the load started (a busy machine skips some)
     kill -0 "$pid" 2>/dev/null || { tail -20 "$tmp/daemon.log" >&2; die "the daemon exited"; }
     rss=$(kb VmRSS)
     bytes=$(du -sb "$state" | cut -f1)
@@ -122,7 +122,7 @@ while kill -0 "$wrk_pid" 2>/dev/null; do
     if [ "$(find "$tmp" -maxdepth 1 -name 'done.*' | wc -l)" -ge "$THREADS" ]; then
         kill -INT "$wrk_pid" 2>/dev/null || true # every thread has covered the hour
     fi
-    if [ $((s % 5)) = 0 ]; then
+    if [ $(($(wc -l <"$tmp/series") % 5)) = 0 ]; then
         echo "  t=${s}s VmRSS $(mb "$rss") MB, state dir $(mb $((bytes / 1024))) MB, live pipelines ingest $live_i / decide $live_d"
     fi
 done
@@ -136,6 +136,7 @@ n=$(wc -l <"$tmp/series")
 [ "$n" -ge 3 ] || die "the load took under 3 s: too short to read anything (raise SAMPLES)"
 row() { sed -n "$1p" "$tmp/series"; }
 rss_at() { row "$1" | awk '{ print $2 }'; }
+t_at() { row "$1" | awk '{ print $1 }'; }
 max_col() { awk -v c="$1" '$c > m { m = $c } END { print m + 0 }' "$tmp/series"; }
 accepted=$(metric 'selfheal_ingest_lines_total{result="accepted"}')
 rejected=$(metric 'selfheal_ingest_lines_total{result="rejected"}')
@@ -144,7 +145,7 @@ ev_i=$(metric 'selfheal_pipelines_evicted_total{holder="ingest"}')
 ev_d=$(metric 'selfheal_pipelines_evicted_total{holder="decide"}')
 windows=$(metric selfheal_windows_total)
 say "result"
-echo "VmRSS start (t=1 s) $(mb "$(rss_at 1)") MB, middle (t=$((n / 2)) s) $(mb "$(rss_at $((n / 2)))") MB, end (t=$n s) $(mb "$(rss_at "$n")") MB"
+echo "VmRSS start (t=$(t_at 1) s) $(mb "$(rss_at 1)") MB, middle (t=$(t_at $((n / 2))) s) $(mb "$(rss_at $((n / 2)))") MB, end (t=$(t_at "$n") s) $(mb "$(rss_at "$n")") MB"
 echo "max VmRSS $(mb "$(max_col 2)") MB, VmHWM $(mb "$hwm") MB"
 echo "state dir: max $(mb $(($(max_col 3) / 1024))) MB, at the end $(mb $(($(du -sb "$state" | cut -f1) / 1024))) MB ($(ls "$state" | tr '\n' ' '))"
 echo "pipelines live at peak: ingest $(max_col 4), decide $(max_col 5); evicted: ingest $ev_i, decide $ev_d"
