@@ -113,3 +113,77 @@ fn the_pipeline_cap_refuses_new_names_with_429_and_eviction_makes_room_but_keeps
     let st = d.terminate(Duration::from_secs(15));
     assert!(st.success(), "{st}:\n{}", d.stderr_tail());
 }
+
+/// The soak of `benches/soak.sh`, CI-sized: an hour of sample time with 2,000
+/// names rotating through (each live 6 minutes of it), paced so the daemon's
+/// eviction sweeps (every 500 ms of wall time) see the hour pass in about ten
+/// seconds. The live pipelines stay near what the rotation keeps live, every
+/// name that went silent is evicted, nothing is refused, and rotation bounds
+/// the provenance log.
+#[test]
+fn an_hour_of_rotating_names_keeps_pipelines_and_the_log_bounded() {
+    const NAMES: i64 = 2000;
+    const LIFE_MS: i64 = 360_000;
+    const HOUR_MS: i64 = 3_600_000;
+    const LINES: i64 = 500;
+    const STEP_MS: i64 = 15_000; // about 10 samples per live name per window
+    const LOG_MAX: u64 = 65_536;
+    let work = tempdir();
+    let state = work.path().join("state");
+    let cfg = format!(
+        "[daemon]\nmax_pipelines = 800\npipeline_idle_secs = 300\nlog_healthy = true\nlog_max_bytes = {LOG_MAX}\n\
+         log_keep = 2\n[source]\nkind = \"http\"\nwindow_secs = 60\n[actuator]\nkind = \"dry-run\"\n\
+         [guard]\nmode = \"observe\"\n"
+    );
+    let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &[] });
+    let (mut g, mut peak, mut t) = (0i64, 0.0f64, 0i64);
+    let started = std::time::Instant::now();
+    while t <= HOUR_MS + 2 * 60_000 {
+        // Live at t: entered (j × HOUR / NAMES <= t), not yet silent (t < that + LIFE).
+        let lo = ((t - LIFE_MS) * NAMES + HOUR_MS - 1).div_euclid(HOUR_MS).max(0); // ceil
+        let hi = (t * NAMES / HOUR_MS).min(NAMES - 1);
+        let count = hi - lo + 1;
+        let body: String = (0..LINES)
+            .map(|_| {
+                g += 1;
+                format!(
+                    "{{\"ts\":{},\"pipeline\":\"soak-n{}\",\"metrics\":{{\"pipeline.latency.p95\":40}}}}\n",
+                    T0 + t,
+                    lo + g % count
+                )
+            })
+            .collect();
+        let r = d.ingest(&body);
+        assert_eq!(r.status, 200, "at {t} ms of sample time: {}", r.body);
+        t += STEP_MS;
+        std::thread::sleep(Duration::from_millis(40));
+        if t % (20 * STEP_MS) == 0 {
+            peak = peak.max(gauge(&d, r#"selfheal_pipelines{holder="ingest"}"#));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1200)); // a last sweep
+    let m = d.metrics();
+    let evicted = metric(&m, r#"selfheal_pipelines_evicted_total{holder="ingest"}"#).unwrap();
+    let live = metric(&m, r#"selfheal_pipelines{holder="ingest"}"#).unwrap();
+    eprintln!("{:?} for the hour; peak {peak} live, {evicted} evicted, {live} live at the end", started.elapsed());
+    // 200 live + 300 s × 2000 / 3600 s ≈ 167 silent but not yet idle, plus a
+    // sweep's lag (at most about 12 requests of 15 s per 500 ms tick: 100
+    // names), with slack; without eviction it would reach 2000.
+    assert!(peak <= 550.0, "{peak} pipelines live at once:\n{m}");
+    assert_eq!(evicted + live, NAMES as f64, "every name is either evicted or still live:\n{m}");
+    assert!(evicted >= 1500.0, "only {evicted} evicted:\n{m}");
+    assert_eq!(metric(&m, r#"selfheal_ingest_refused_total{reason="pipeline_cap"}"#), Some(0.0));
+    assert!(metric(&m, r#"selfheal_pipelines_evicted_total{holder="decide"}"#).unwrap() >= 1500.0, "{m}");
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{st}:\n{}", d.stderr_tail());
+    let logs: Vec<(String, u64)> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("provenance"))
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.metadata().unwrap().len()))
+        .collect();
+    let total: u64 = logs.iter().map(|l| l.1).sum();
+    assert!(logs.len() <= 3, "the live log and 2 kept segments: {logs:?}");
+    assert!(total <= 3 * (LOG_MAX + 4096), "{total} bytes of log: {logs:?}");
+    assert!(logs.iter().any(|l| l.0 != "provenance.jsonl"), "the log rotated: {logs:?}");
+}

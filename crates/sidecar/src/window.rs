@@ -25,7 +25,11 @@
 //! minute evicts as the live feed would have, and a daemon whose every pusher
 //! has stopped evicts nothing (nothing new arrives to need the room either).
 //! One pusher's clock far in the future cannot evict everyone else: the data
-//! clock is read no further than [`MAX_AHEAD_MS`] past the wall clock.
+//! clock is read no further than [`MAX_AHEAD_MS`] past the wall clock. The
+//! limit of this clock: a pusher lagging the newest by more than the idle
+//! time (a backfill a day behind, with the 25 h default) sees its pipelines
+//! evicted and re-admitted between its samples (the soak showed it with two
+//! load threads whose clocks drifted apart; `benches/RESULTS.md`).
 
 use selfheal_core::{Metric, Telemetry};
 use serde::de::{self, Deserializer, MapAccess, Visitor};
