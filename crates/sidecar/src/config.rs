@@ -352,6 +352,11 @@ pub struct GuardConfig {
     pub mode: Mode,
     /// Seconds a proposal waits for approval before it expires.
     pub approval_ttl_secs: u64,
+    /// Seconds after which a proposal nobody answered is paged as such
+    /// ("nobody answered"), once; must be below `approval_ttl_secs`. Default:
+    /// 300, or two thirds of the lifetime when that is shorter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_unanswered_secs: Option<u64>,
     /// Act-mode trust thresholds.
     pub confidence: ConfidenceGate,
     /// The watchdog against inaction: pages after this many unhealthy windows
@@ -371,11 +376,20 @@ pub struct GuardConfig {
     pub timeout: TimeoutConfig,
 }
 
+impl GuardConfig {
+    /// `approval_unanswered_secs` or its default, in ms.
+    pub fn unanswered_after_ms(&self) -> u64 {
+        let secs = self.approval_unanswered_secs.unwrap_or_else(|| 300.min(self.approval_ttl_secs * 2 / 3).max(1));
+        secs * 1000
+    }
+}
+
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
             mode: Mode::Act,
             approval_ttl_secs: 900,
+            approval_unanswered_secs: None,
             confidence: ConfidenceGate::default(),
             watchdog: WatchdogConfig::default(),
             low_confidence: LowConfidence::default(),
@@ -600,6 +614,13 @@ impl SidecarConfig {
         }
         let g = &self.guard;
         need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1".into());
+        if let Some(u) = g.approval_unanswered_secs {
+            need(
+                u >= 1 && u < g.approval_ttl_secs,
+                "guard.approval_unanswered_secs",
+                format!("must be at least 1 and below guard.approval_ttl_secs ({})", g.approval_ttl_secs),
+            );
+        }
         need(
             g.confidence.min_lead.is_finite() && g.confidence.min_lead >= 0.0,
             "guard.confidence.min_lead",

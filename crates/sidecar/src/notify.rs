@@ -75,6 +75,11 @@ pub struct WebhookConfig {
     /// The second channel, used when the webhook keeps failing or refuses a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackConfig>,
+    /// Where people reach the control plane, for the answer links of proposal
+    /// messages (e.g. `https://selfheal.example.com` behind a proxy); default
+    /// `http://<daemon.control_listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// Kinds of second channel.
@@ -130,6 +135,7 @@ impl WebhookConfig {
             base_ms: default_base_ms(),
             cap_ms: default_cap_ms(),
             fallback: None,
+            public_url: None,
         }
     }
 
@@ -175,6 +181,133 @@ pub struct Escalation {
     pub summary: String,
     /// Structured facts: score, signature, chosen action, verdict, reason, ...
     pub detail: serde_json::Value,
+}
+
+/// Which message about a proposal an [`Escalation`] is (its
+/// `detail.notice`); absent, the page is an escalation.
+///
+/// Proposals ride the same durable path as escalations ([`crate::pager`]):
+/// a proposal nobody hears of waits its whole lifetime for nobody, so it is
+/// as owed to a human as a page. Each message has its own id,
+/// `<decision id>/<notice>` (also its `Idempotency-Key`), so the proposal,
+/// its answer and its "nobody answered" page are three deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A new proposal: the evidence, the action, why it waits, how to answer.
+    Proposal,
+    /// It was approved.
+    Approved,
+    /// It was rejected.
+    Rejected,
+    /// It expired unanswered.
+    Expired,
+    /// It is still unanswered past `guard.approval_unanswered_secs`.
+    Unanswered,
+}
+
+impl Notice {
+    /// `proposal`, `approved`, `rejected`, `expired`, `unanswered`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Notice::Proposal => "proposal",
+            Notice::Approved => "approved",
+            Notice::Rejected => "rejected",
+            Notice::Expired => "expired",
+            Notice::Unanswered => "unanswered",
+        }
+    }
+
+    /// The notice a page is, from its `detail.notice`.
+    pub fn of(e: &Escalation) -> Option<Notice> {
+        let name = e.detail.get("notice")?.as_str()?;
+        [Notice::Proposal, Notice::Approved, Notice::Rejected, Notice::Expired, Notice::Unanswered]
+            .into_iter()
+            .find(|n| n.name() == name)
+    }
+}
+
+/// RFC 3339 UTC of Unix ms, to the second (`2026-11-29T22:03:10Z`).
+pub fn rfc3339(ms: u64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    httpdate_rfc3339(t)
+}
+
+fn httpdate_rfc3339(t: SystemTime) -> String {
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// The Slack text of a proposal message: one read has what a person needs.
+fn proposal_text(kind: Notice, e: &Escalation) -> String {
+    let d = &e.detail;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let id = s("decision_id");
+    let ev = d.get("evidence").cloned().unwrap_or_default();
+    let evs = |k: &str| ev.get(k).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let expires = d.get("expires_at_ms").and_then(|v| v.as_u64()).map(rfc3339).unwrap_or_else(|| "?".into());
+    let answer = d.get("answer").cloned().unwrap_or_default();
+    let how = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let also: Vec<String> = d
+        .get("also_open")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|o| format!("{} ({})", o["id"].as_str().unwrap_or("?"), o["action"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let also =
+        if also.is_empty() { String::new() } else { format!("\nAlso open on this pipeline: {}.", also.join(", ")) };
+    match kind {
+        Notice::Proposal | Notice::Unanswered => {
+            let head = if kind == Notice::Proposal {
+                format!(
+                    "selfheal proposes *{}* on pipeline *{}* (decision `{id}`) and waits for a human.",
+                    s("action"),
+                    e.pipeline
+                )
+            } else {
+                format!(
+                    "Nobody answered: selfheal still waits to run *{}* on pipeline *{}* (decision `{id}`).",
+                    s("action"),
+                    e.pipeline
+                )
+            };
+            format!(
+                "{head}\nWhy it waits: {}\nEvidence: anomaly score {}, signature {}, state: {}; window {}; metrics {}\n\
+                 Rule policy would: {}\nExpires: {expires} (then it does not run).\n\
+                 Answer: `{}` or `{}`, or open {}{also}",
+                s("why"),
+                evs("score"),
+                evs("signature"),
+                ev.get("state").and_then(|v| v.as_str()).unwrap_or("?"),
+                evs("window"),
+                evs("metrics"),
+                ev.get("rules").and_then(|v| v.as_str()).unwrap_or("?"),
+                how("approve"),
+                how("reject"),
+                how("url"),
+            )
+        }
+        _ => format!(
+            "selfheal proposal `{id}` ({} on pipeline *{}*) {}: {}{also}",
+            s("action"),
+            e.pipeline,
+            kind.name(),
+            s("result"),
+        ),
+    }
 }
 
 /// What one delivery attempt came to.
@@ -256,6 +389,19 @@ impl Notifier {
     }
 
     fn body(&self, e: &Escalation) -> serde_json::Value {
+        if let Some(kind) = Notice::of(e) {
+            return match self.cfg.format {
+                WebhookFormat::Slack => serde_json::json!({ "text": proposal_text(kind, e) }),
+                WebhookFormat::Generic => serde_json::json!({
+                    "event": format!("selfheal.proposal.{}", kind.name()),
+                    "id": e.id,
+                    "pipeline": e.pipeline,
+                    "summary": e.summary,
+                    "text": proposal_text(kind, e),
+                    "detail": e.detail,
+                }),
+            };
+        }
         match self.cfg.format {
             WebhookFormat::Slack => serde_json::json!({
                 "text": format!(
