@@ -248,13 +248,36 @@ fn httpdate_rfc3339(t: SystemTime) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// A window summary (the `window` of a proposal's evidence) in words:
+/// `latency p95 59.9 s, error ratio 1.00, backlog 0, records in 1000, workers 10`.
+pub fn window_words(w: &serde_json::Value) -> String {
+    let f = |k: &str| w.get(k).and_then(serde_json::Value::as_f64);
+    let mut parts = Vec::new();
+    if let Some(v) = f("latency_p95_s") {
+        parts.push(format!("latency p95 {v:.1} s"));
+    }
+    if let Some(v) = f("error_ratio") {
+        parts.push(format!("error ratio {v:.2}"));
+    }
+    for (k, name) in [("backlog", "backlog"), ("records_in", "records in"), ("workers", "workers")] {
+        if let Some(v) = f(k) {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    parts.join(", ")
+}
+
 /// The Slack text of a proposal message: one read has what a person needs.
 fn proposal_text(kind: Notice, e: &Escalation) -> String {
     let d = &e.detail;
     let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let id = s("decision_id");
     let ev = d.get("evidence").cloned().unwrap_or_default();
-    let evs = |k: &str| ev.get(k).map(|v| v.to_string()).unwrap_or_else(|| "?".into());
+    let evs = |k: &str| match ev.get(k) {
+        Some(serde_json::Value::Number(n)) if k == "score" => format!("{:.2}", n.as_f64().unwrap_or(f64::NAN)),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    };
     let expires = d.get("expires_at_ms").and_then(|v| v.as_u64()).map(rfc3339).unwrap_or_else(|| "?".into());
     let answer = d.get("answer").cloned().unwrap_or_default();
     let how = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
@@ -292,7 +315,7 @@ fn proposal_text(kind: Notice, e: &Escalation) -> String {
                 evs("score"),
                 evs("signature"),
                 ev.get("state").and_then(|v| v.as_str()).unwrap_or("?"),
-                evs("window"),
+                window_words(&ev["window"]),
                 evs("metrics"),
                 ev.get("rules").and_then(|v| v.as_str()).unwrap_or("?"),
                 how("approve"),

@@ -136,7 +136,9 @@ fn html(code: StatusCode, body: String) -> Response {
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CONTENT_SECURITY_POLICY, CSP),
             (header::CACHE_CONTROL, "no-store"),
-            (header::REFERRER_POLICY, "no-referrer"),
+            // `same-origin`, not `no-referrer`: with the latter a browser sends
+            // `Origin: null` on the page's own forms, which the origin check refuses.
+            (header::REFERRER_POLICY, "same-origin"),
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
         ],
@@ -195,7 +197,7 @@ pub fn render(v: &UiView, csrf: &str, said: Option<&str>) -> String {
          body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;max-width:70em;color:#222}\
          h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;margin-top:1.5em}\
          article{border:1px solid #bbb;border-radius:6px;padding:.6em 1em;margin:.8em 0;background:#fafafa}\
-         dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em 0}dt{color:#555}dd{margin:0}\
+         dl{display:grid;grid-template-columns:max-content auto;gap:.15em 1em;margin:.5em 0}dt{color:#555}dd{margin:0;overflow-wrap:anywhere}\
          button{font:inherit;padding:.3em 1.1em;margin-right:.5em;cursor:pointer}\
          .approve{background:#1a7f37;color:#fff;border:1px solid #116329}.reject{background:#fff;border:1px solid #999}\
          .said{background:#eef6ff;border:1px solid #9cc3ef;padding:.5em 1em}.paused{color:#b00;font-weight:bold}\
@@ -244,7 +246,16 @@ pub fn render(v: &UiView, csrf: &str, said: Option<&str>) -> String {
             left = secs(left),
         );
         let ev = &p.evidence;
-        let field = |k: &str| ev.get(k).map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned));
+        let field = |k: &str| {
+            ev.get(k).map(|x| match (k, x) {
+                ("window", w) => crate::notify::window_words(w),
+                ("score", serde_json::Value::Number(n)) => format!("{:.2}", n.as_f64().unwrap_or(f64::NAN)),
+                ("metrics", serde_json::Value::Array(a)) => {
+                    a.iter().filter_map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+                }
+                (_, x) => x.as_str().map_or_else(|| x.to_string(), str::to_owned),
+            })
+        };
         for (label, key) in [
             ("State", "state"),
             ("Anomaly score", "score"),
@@ -254,7 +265,7 @@ pub fn render(v: &UiView, csrf: &str, said: Option<&str>) -> String {
             ("Window", "window"),
             ("Evidence metrics", "metrics"),
         ] {
-            if let Some(x) = field(key).filter(|x| x != "null") {
+            if let Some(x) = field(key).filter(|x| x != "null" && !x.is_empty()) {
                 let _ = write!(o, "<dt>{label}</dt><dd>{}</dd>", esc(&x));
             }
         }
