@@ -125,11 +125,8 @@ impl Browser {
 
     fn read(&mut self) -> serde_json::Value {
         let m: serde_json::Value = serde_json::from_str(&self.ws.recv()).expect("DevTools JSON");
-        match m["method"].as_str() {
-            Some("Network.requestWillBeSent") => {
-                self.requests.push(m["params"]["request"]["url"].as_str().unwrap_or("?").to_string())
-            }
-            _ => {}
+        if m["method"] == "Network.requestWillBeSent" {
+            self.requests.push(m["params"]["request"]["url"].as_str().unwrap_or("?").to_string());
         }
         m
     }
