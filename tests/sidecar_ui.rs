@@ -352,6 +352,17 @@ fn approving_from_ui_in_headless_chromium_runs_the_proposal_and_shows_the_outcom
         b.navigate(&format!("{base}/ui"));
     }
     assert!(!d.approvals().iter().any(|p| p.0 == id), "{id} no longer waits");
+    // `selfheal log --waiting` tells the same: what waits, not what was answered.
+    let log = state.join("provenance.jsonl");
+    let mut said = String::new();
+    wait_for(Duration::from_secs(10), "selfheal log --waiting lists an open proposal", || {
+        let open: Vec<String> = d.approvals().into_iter().map(|p| p.0).collect();
+        let out = selfheal(&["log", "--log", log.to_str().unwrap(), "--waiting", "--ttl-secs", "120"]);
+        said = String::from_utf8_lossy(&out.stdout).into_owned();
+        out.status.success() && open.iter().any(|o| said.contains(&format!("({o};")))
+    });
+    assert!(said.contains("waits for a human") && said.contains("proposed") && said.contains("expires in"), "{said}");
+    assert!(!said.contains(&format!("({id};")), "the approved {id} does not wait: {said}");
     // Pause and resume from the page.
     b.click("#killswitch + form button");
     assert!(b.eval("document.getElementById('killswitch').innerText").as_str().unwrap().starts_with("Paused"));
