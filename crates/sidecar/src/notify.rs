@@ -226,28 +226,6 @@ impl Notice {
     }
 }
 
-/// RFC 3339 UTC of Unix ms, to the second (`2026-11-29T22:03:10Z`).
-pub fn rfc3339(ms: u64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-    httpdate_rfc3339(t)
-}
-
-fn httpdate_rfc3339(t: SystemTime) -> String {
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// A window summary (the `window` of a proposal's evidence) in words:
 /// `latency p95 59.9 s, error ratio 1.00, backlog 0, records in 1000, workers 10`.
 pub fn window_words(w: &serde_json::Value) -> String {
@@ -278,7 +256,11 @@ fn proposal_text(kind: Notice, e: &Escalation) -> String {
         Some(v) => v.to_string(),
         None => "?".into(),
     };
-    let expires = d.get("expires_at_ms").and_then(|v| v.as_u64()).map(rfc3339).unwrap_or_else(|| "?".into());
+    let expires = d
+        .get("expires_at_ms")
+        .and_then(|v| v.as_i64())
+        .map(crate::provenance::format_utc)
+        .unwrap_or_else(|| "?".into());
     let answer = d.get("answer").cloned().unwrap_or_default();
     let how = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
     let also: Vec<String> = d
@@ -487,6 +469,51 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proposal_reads_in_one_message_in_both_formats() {
+        let e = Escalation {
+            id: "r-7/proposal".into(),
+            pipeline: "orders".into(),
+            summary: "orders: scale_up proposed".into(),
+            detail: serde_json::json!({
+                "notice": "proposal", "decision_id": "r-7", "pipeline": "orders", "action": "scale_up",
+                "why": "low confidence: 3 visits < 30",
+                "evidence": { "score": 0.8123, "signature": 2, "state": "latency=>600s workers=4", "rules": "restart",
+                              "window": { "latency_p95_s": 712.04, "error_ratio": 0.0, "workers": 4.0 },
+                              "metrics": ["glue.driver.aggregate.numFailedTasks=3"] },
+                "proposed_ms": 1_795_989_600_000u64, "expires_at_ms": 1_795_990_500_000u64,
+                "also_open": [{ "id": "r-9", "action": "retry_with_backoff" }],
+                "answer": { "approve": "selfheal approve r-7 --addr 127.0.0.1:9478",
+                            "reject": "selfheal reject r-7 --addr 127.0.0.1:9478", "url": "http://127.0.0.1:9478/ui" },
+            }),
+        };
+        assert_eq!(Notice::of(&e), Some(Notice::Proposal));
+        let n = Notifier::new(WebhookConfig::new("http://127.0.0.1:1/"), 1).unwrap();
+        let text = n.body(&e)["text"].as_str().unwrap().to_string();
+        for needle in [
+            "*scale_up* on pipeline *orders* (decision `r-7`)",
+            "Why it waits: low confidence: 3 visits < 30",
+            "anomaly score 0.81, signature 2, state: latency=>600s workers=4",
+            "latency p95 712.0 s, error ratio 0.00, workers 4",
+            "Rule policy would: restart",
+            "Expires: 2026-11-29T",
+            "`selfheal approve r-7 --addr 127.0.0.1:9478`",
+            "http://127.0.0.1:9478/ui",
+            "Also open on this pipeline: r-9 (retry_with_backoff)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+        let g = Notifier::new(WebhookConfig { format: WebhookFormat::Generic, ..WebhookConfig::new("http://x/") }, 1)
+            .unwrap()
+            .body(&e);
+        assert_eq!((g["event"].as_str(), g["id"].as_str()), (Some("selfheal.proposal.proposal"), Some("r-7/proposal")));
+        assert_eq!(g["detail"]["evidence"]["signature"], 2);
+        // An escalation is not a notice and keeps its format.
+        let plain = Escalation { detail: serde_json::json!({}), ..e };
+        assert_eq!(Notice::of(&plain), None);
+        assert!(n.body(&plain)["text"].as_str().unwrap().starts_with("selfheal escalation"));
+    }
 
     #[test]
     fn defaults_and_validation() {
