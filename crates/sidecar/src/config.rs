@@ -732,6 +732,19 @@ mod tests {
         for key in ["model.epsilon", "guard.budget.actions_per_hour", "guard.retry.base_ms"] {
             assert!(e.contains(key), "{key} missing from {e}");
         }
+        // The unanswered page comes before the proposal expires.
+        let late = "[guard]\napproval_ttl_secs = 60\napproval_unanswered_secs = 60\n";
+        let e = SidecarConfig::from_toml_str(late, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("guard.approval_unanswered_secs") && e.contains("below guard.approval_ttl_secs (60)"),
+            "{e}"
+        );
+        let g = SidecarConfig::from_toml_str("[guard]\napproval_ttl_secs = 60\n", "x.toml").unwrap().guard;
+        assert_eq!(g.unanswered_after_ms(), 40_000, "two thirds of a short lifetime");
+        assert_eq!(GuardConfig::default().unanswered_after_ms(), 300_000);
+        let bad = "[notify]\nurl = \"http://x/\"\npublic_url = \"selfheal.internal\"\n";
+        let e = SidecarConfig::from_toml_str(bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("notify.public_url"), "{e}");
     }
 
     #[test]

@@ -15,7 +15,11 @@
 //! Escalations (pages) are the exception to "nothing is replayed": a page is
 //! owed to a human until the webhook accepts it, so it is logged durably before
 //! delivery and a page left undelivered by a crash or a shutdown is sent again
-//! at the next start (see [`crate::pager`]).
+//! at the next start (see [`crate::pager`]). Messages about proposals (the
+//! proposal, its answer or expiry, "nobody answered") take the same path: a
+//! proposal nobody hears of waits its lifetime for nobody. The loop adds how
+//! to answer (the CLI command with this daemon's control address, the `/ui`
+//! URL) before raising them.
 
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;

@@ -158,6 +158,12 @@ impl WebhookConfig {
         if self.cap_ms == 0 {
             return Err("notify.cap_ms: must be at least 1".to_owned());
         }
+        if let Some(u) = &self.public_url {
+            let ok = reqwest::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"));
+            if !ok {
+                return Err(format!("notify.public_url: must be an http:// or https:// URL, got {u:?}"));
+            }
+        }
         if let Some(f) = &self.fallback {
             if f.path.as_os_str().is_empty() {
                 return Err("notify.fallback.path: must name a file".to_owned());
