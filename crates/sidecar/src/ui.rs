@@ -407,6 +407,32 @@ mod tests {
         assert!(!h.contains("http://") && !h.contains("https://") && !h.contains("src="), "no external URL: {h}");
     }
 
+    proptest::proptest! {
+        // A fixed seed, as every random stream in selfheal (see tests/fuzz.rs).
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2_000,
+            rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5e1f_0019),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+        /// Outside input (the query string, the cookie header, a form body)
+        /// never panics the page's parsers.
+        #[test]
+        fn parsers_of_outside_input_never_panic(q in ".{0,64}", c in proptest::collection::vec(proptest::num::u8::ANY, 0..64), b in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(&c) {
+                h.insert(header::COOKIE, v);
+            }
+            let _ = credential(&h, Some(&q));
+            let _ = credential(&h, None);
+            let _ = unhex(&q);
+            let secret = UiSecret { csrf: "x".into() };
+            let r = check_form(&HeaderMap::new(), &Bytes::from(b), &secret);
+            proptest::prop_assert!(r.is_err() || r.is_ok_and(|f| f.csrf == "x"));
+        }
+    }
+
     #[test]
     fn the_credential_comes_from_the_query_or_the_cookie() {
         let mut h = HeaderMap::new();
