@@ -223,3 +223,40 @@ fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_en
 fn log_path(state: &std::path::Path) -> std::path::PathBuf {
     state.join("provenance.jsonl")
 }
+
+#[test]
+fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
+    let work = tempfile::tempdir().unwrap();
+    let state = work.path().join("state");
+    let hook = Hook::start();
+    let cfg = format!(
+        "[source]\nkind = \"simulator\"\ntick_ms = 20\npipelines = 1\n\
+         [guard]\nmode = \"recommend\"\napproval_ttl_secs = 600\n\
+         [notify]\nurl = {:?}\nformat = \"generic\"\nbase_ms = 10\ncap_ms = 50\n",
+        hook.url
+    );
+    let start = || Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &[] });
+    let mut d = start();
+    wait_for(Duration::from_secs(30), "a proposal message", || !hook.notices("proposal").is_empty());
+    let id = hook.notices("proposal")[0].body["detail"]["decision_id"].as_str().unwrap().to_string();
+    d.kill9();
+    let void = |hook: &Hook| hook.notices("expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
+    assert_eq!(void(&hook), 0);
+
+    let mut d = start();
+    wait_for(Duration::from_secs(30), "the void proposal announced", || void(&hook) == 1);
+    let msg = hook.notices("expired").into_iter().find(|h| h.key == format!("{id}/expired")).unwrap();
+    assert!(msg.body["text"].as_str().unwrap().contains("restarted"), "{:?}", msg.body);
+    let out = d.client(&["approve", &id]);
+    assert!(!out.status.success(), "a proposal of the earlier run cannot be approved");
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{st}:\n{}", d.stderr_tail());
+    assert!(outcomes(&d.log().records).iter().any(|o| o.id == id && o.status == "expired"), "closed in the log");
+
+    // A second restart does not say it again.
+    let mut d = start();
+    std::thread::sleep(Duration::from_secs(2));
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{st}:\n{}", d.stderr_tail());
+    assert_eq!(void(&hook), 1, "announced once");
+}

@@ -30,7 +30,7 @@ use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
 use crate::pager::Pager;
 use crate::provenance::{
-    one_line, owed_pages, read_log, EscalationRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
+    one_line, owed_pages, read_log, EscalationRecord, OutcomeRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
 };
 use crate::source::TelemetrySource;
 use crate::window::Window;
@@ -396,8 +396,23 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             let notifier =
                 Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?);
             // Pages an earlier run raised and never got accepted are still owed.
-            let owed = owed_pages(&read_log(&cfg.daemon.log_path())?.records);
-            Some(Pager::start(notifier, log.clone(), owed))
+            let records = read_log(&cfg.daemon.log_path())?.records;
+            let owed = owed_pages(&records);
+            let pager = Pager::start(notifier, log.clone(), owed);
+            // Proposals told about before a restart are void now: say so, and
+            // close them in the log so the next start does not say it again.
+            for (id, notice) in crate::pager::orphaned_proposals(&records, now_ms()) {
+                tracing::warn!(id = %id, pipeline = %notice.pipeline, "a proposal of an earlier run is void; announcing it");
+                let rec = OutcomeRecord {
+                    id: id.clone(),
+                    ts_ms: now_ms(),
+                    status: "expired".into(),
+                    detail: "void: the daemon restarted before anyone answered; never ran".into(),
+                };
+                log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;
+                pager.raise(notice)?;
+            }
+            Some(pager)
         }
         None => None,
     };
