@@ -148,14 +148,11 @@ pub fn orphaned_proposals(records: &[Record], now_ms: i64) -> Vec<(String, Escal
             Record::Outcome(o) => {
                 closed.insert(o.id.as_str());
             }
-            Record::Escalation(e) => match (e.phase, &e.page) {
-                (Some(PagePhase::Raised), Some(page)) => match e.id.rsplit_once('/') {
-                    Some((_, "proposal")) => told.push(page),
-                    Some((d, "approved" | "rejected" | "expired")) => {
-                        closed.insert(d);
-                    }
-                    _ => {}
-                },
+            Record::Escalation(e) if e.phase == Some(PagePhase::Raised) => match (e.id.rsplit_once('/'), &e.page) {
+                (Some((_, "proposal")), Some(page)) => told.push(page),
+                (Some((d, "approved" | "rejected" | "expired")), _) => {
+                    closed.insert(d);
+                }
                 _ => {}
             },
             _ => {}
