@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use selfheal_sidecar::provenance::{explain, filter, one_line, parse_time, read_log, LogFilter, LogRead};
+use selfheal_sidecar::provenance::{explain, filter, one_line, parse_time, read_log, LogFilter, LogRead, Record};
 use std::path::{Path, PathBuf};
 
 /// Where the log is: --log, else the default state directory's.
@@ -75,6 +75,15 @@ pub struct LogArgs {
     /// Print the records as JSON lines instead of one readable line each.
     #[arg(long)]
     json: bool,
+    /// Instead of records: what each pipeline waits for now, i.e. the
+    /// proposals with no answer, expiry or outcome in the log yet, how long
+    /// they have waited and how many later windows waited on them.
+    #[arg(long)]
+    waiting: bool,
+    /// With --waiting: the proposal lifetime (the daemon's
+    /// guard.approval_ttl_secs); older proposals have expired.
+    #[arg(long, default_value_t = 900)]
+    ttl_secs: u64,
 }
 
 pub fn run_log(a: LogArgs) -> Result<()> {
@@ -89,6 +98,12 @@ pub fn run_log(a: LogArgs) -> Result<()> {
         id: a.id,
     };
     let read = read(&a.source.log)?;
+    if a.waiting {
+        for line in waiting(&read.records, &f, now, a.ttl_secs as i64 * 1000) {
+            println!("{line}");
+        }
+        return Ok(());
+    }
     for rec in filter(&read.records, &f) {
         if a.json {
             println!("{}", serde_json::to_string(rec)?);
@@ -97,4 +112,44 @@ pub fn run_log(a: LogArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One line per proposal still open in `records` at `now` (ms): no approval,
+/// outcome or expiry recorded and younger than `ttl_ms`, oldest first.
+fn waiting(records: &[Record], f: &LogFilter, now: i64, ttl_ms: i64) -> Vec<String> {
+    let closed: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Approval(a) => Some(a.id.as_str()),
+            Record::Outcome(o) => Some(o.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for rec in filter(records, f) {
+        let Record::Decision(d) = rec else { continue };
+        if d.verdict != "proposed" || closed.contains(d.id.as_str()) || now - d.ts_ms >= ttl_ms {
+            continue;
+        }
+        let waits = records
+            .iter()
+            .filter(|r| matches!(r, Record::Decision(x) if x.verdict == "pending" && x.reason.contains(&format!("proposal {} ", d.id))))
+            .count();
+        out.push(format!(
+            "{} waits for a human: {} proposed {} s ago ({}; {}), expires in {} s; {waits} later window(s) waited on it; \
+             answer with `selfheal approve {}` or `selfheal reject {}`",
+            d.pipeline,
+            d.chosen,
+            (now - d.ts_ms) / 1000,
+            d.id,
+            d.reason,
+            (ttl_ms - (now - d.ts_ms)) / 1000,
+            d.id,
+            d.id
+        ));
+    }
+    if out.is_empty() {
+        out.push("nothing waits for a human".into());
+    }
+    out
 }

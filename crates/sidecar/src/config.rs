@@ -375,6 +375,11 @@ pub struct GuardConfig {
     pub mode: Mode,
     /// Seconds a proposal waits for approval before it expires.
     pub approval_ttl_secs: u64,
+    /// Seconds after which a proposal nobody answered is paged as such
+    /// ("nobody answered"), once; must be below `approval_ttl_secs`. Default:
+    /// 300, or two thirds of the lifetime when that is shorter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_unanswered_secs: Option<u64>,
     /// Act-mode trust thresholds.
     pub confidence: ConfidenceGate,
     /// The watchdog against inaction: pages after this many unhealthy windows
@@ -394,11 +399,20 @@ pub struct GuardConfig {
     pub timeout: TimeoutConfig,
 }
 
+impl GuardConfig {
+    /// `approval_unanswered_secs` or its default, in ms.
+    pub fn unanswered_after_ms(&self) -> u64 {
+        let secs = self.approval_unanswered_secs.unwrap_or_else(|| 300.min(self.approval_ttl_secs * 2 / 3).max(1));
+        secs * 1000
+    }
+}
+
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
             mode: Mode::Act,
             approval_ttl_secs: 900,
+            approval_unanswered_secs: None,
             confidence: ConfidenceGate::default(),
             watchdog: WatchdogConfig::default(),
             low_confidence: LowConfidence::default(),
@@ -623,6 +637,13 @@ impl SidecarConfig {
         }
         let g = &self.guard;
         need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1".into());
+        if let Some(u) = g.approval_unanswered_secs {
+            need(
+                u >= 1 && u < g.approval_ttl_secs,
+                "guard.approval_unanswered_secs",
+                format!("must be at least 1 and below guard.approval_ttl_secs ({})", g.approval_ttl_secs),
+            );
+        }
         need(
             g.confidence.min_lead.is_finite() && g.confidence.min_lead >= 0.0,
             "guard.confidence.min_lead",
@@ -782,6 +803,19 @@ mod tests {
         for key in ["model.epsilon", "guard.budget.actions_per_hour", "guard.retry.base_ms"] {
             assert!(e.contains(key), "{key} missing from {e}");
         }
+        // The unanswered page comes before the proposal expires.
+        let late = "[guard]\napproval_ttl_secs = 60\napproval_unanswered_secs = 60\n";
+        let e = SidecarConfig::from_toml_str(late, "x.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("guard.approval_unanswered_secs") && e.contains("below guard.approval_ttl_secs (60)"),
+            "{e}"
+        );
+        let g = SidecarConfig::from_toml_str("[guard]\napproval_ttl_secs = 60\n", "x.toml").unwrap().guard;
+        assert_eq!(g.unanswered_after_ms(), 40_000, "two thirds of a short lifetime");
+        assert_eq!(GuardConfig::default().unanswered_after_ms(), 300_000);
+        let bad = "[notify]\nurl = \"http://x/\"\npublic_url = \"selfheal.internal\"\n";
+        let e = SidecarConfig::from_toml_str(bad, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("notify.public_url"), "{e}");
     }
 
     #[test]

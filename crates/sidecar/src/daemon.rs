@@ -15,7 +15,11 @@
 //! Escalations (pages) are the exception to "nothing is replayed": a page is
 //! owed to a human until the webhook accepts it, so it is logged durably before
 //! delivery and a page left undelivered by a crash or a shutdown is sent again
-//! at the next start (see [`crate::pager`]).
+//! at the next start (see [`crate::pager`]). Messages about proposals (the
+//! proposal, its answer or expiry, "nobody answered") take the same path: a
+//! proposal nobody hears of waits its lifetime for nobody. The loop adds how
+//! to answer (the CLI command with this daemon's control address, the `/ui`
+//! URL) before raising them.
 
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;
@@ -26,7 +30,7 @@ use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
 use crate::pager::Pager;
 use crate::provenance::{
-    one_line, owed_pages, read_log, EscalationRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
+    one_line, owed_pages, read_log, EscalationRecord, OutcomeRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
 };
 use crate::source::TelemetrySource;
 use crate::window::Window;
@@ -127,7 +131,16 @@ struct Shell {
     bounds: crate::window::Bounds,
     /// Pipelines evicted from the decision core.
     decide_evicted: u64,
+    /// Recent decisions that did something and outcomes, for `/ui`.
+    recent: std::collections::VecDeque<String>,
+    /// Where people answer: the control plane's address for the CLI and
+    /// its base URL for the page (`notify.public_url` or `http://<control>`).
+    answer_addr: String,
+    answer_url: String,
 }
+
+/// Lines of recent decisions and outcomes `/ui` shows.
+const RECENT: usize = 30;
 
 impl Shell {
     /// Forget idle pipelines: the decision core's, then ingest's open windows,
@@ -160,6 +173,17 @@ impl Shell {
         let mut log = self.log.lock().expect("log lock");
         for (rec, durable) in &out.records {
             log.append(rec, *durable)?;
+            let shown = match rec {
+                Record::Decision(d) => !matches!(d.verdict.as_str(), "noop" | "pending" | "observed"),
+                Record::Outcome(_) | Record::Approval(_) => true,
+                _ => false,
+            };
+            if shown {
+                if self.recent.len() == RECENT {
+                    self.recent.pop_front();
+                }
+                self.recent.push_back(one_line(rec));
+            }
             match rec {
                 Record::Decision(d) if d.verdict == "noop" || d.verdict == "pending" => {
                     tracing::debug!(target: "selfheal::decision", id = %d.id, "{}", one_line(rec))
@@ -178,7 +202,7 @@ impl Shell {
         Ok(())
     }
 
-    /// Log the records, then carry out the plan.
+    /// Log the records, then carry out the plan and send the notices.
     fn handle(&mut self, out: Output) -> Result<(), ProvenanceError> {
         self.write(&out)?;
         match out.plan {
@@ -186,7 +210,37 @@ impl Shell {
             Some(Plan::Act(order)) => self.start(order),
             Some(Plan::Escalate(e)) => self.escalate(e)?,
         }
+        for n in out.notices {
+            self.notify(n)?;
+        }
         Ok(())
+    }
+
+    /// A message about a proposal, with how to answer it, on the pages'
+    /// durable path; only logged to the console without a webhook (the
+    /// proposal itself is in the provenance log and on `/ui`).
+    fn notify(&mut self, mut n: Escalation) -> Result<(), ProvenanceError> {
+        let id = n.detail.get("decision_id").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        if let Some(d) = n.detail.as_object_mut() {
+            let addr = &self.answer_addr;
+            d.insert(
+                "answer".into(),
+                serde_json::json!({
+                    "approve": format!("selfheal approve {id} --addr {addr}"),
+                    "reject": format!("selfheal reject {id} --addr {addr}"),
+                    "token": "the CLI reads the control token from --token-file or SELFHEAL_CONTROL_TOKEN",
+                    "url": format!("{}/ui", self.answer_url),
+                    "api": format!("POST {}/approvals/{id} {{\"decision\": \"approve\" | \"reject\"}}", self.answer_url),
+                }),
+            );
+        }
+        match &self.pager {
+            Some(p) => p.raise(n),
+            None => {
+                tracing::info!(id = %n.id, pipeline = %n.pipeline, "{} (no [notify] webhook configured)", n.summary);
+                Ok(())
+            }
+        }
     }
 
     fn start(&mut self, order: Order) {
@@ -252,6 +306,7 @@ impl Shell {
                     ingest_accepted: acc,
                     ingest_rejected: rej,
                     proposals_pending: self.ctl.pending().len(),
+                    proposals_oldest_age_seconds: self.ctl.waiting(now_ms()).1,
                     paused: self.ctl.kill_switch().paused().is_some(),
                     escalations_delivered: 0,
                     escalations_failed: self.logged_only,
@@ -266,24 +321,22 @@ impl Shell {
                 let _ = reply.send(render(&snap));
             }
             Command::Pending(reply) => {
-                let list = self
-                    .ctl
-                    .pending()
-                    .into_iter()
-                    .map(|(id, exp, p)| PendingView {
-                        id,
-                        pipeline: p.pipeline,
-                        action: p.action.name().into(),
-                        reason: p.reason,
-                        expires_at_ms: exp,
-                    })
-                    .collect();
+                let list = self.ctl.pending().into_iter().map(|(id, exp, p)| pending_view(id, exp, p)).collect();
                 let _ = reply.send(list);
+            }
+            Command::Ui(reply) => {
+                let view = crate::ui::UiView {
+                    pending: self.ctl.pending().into_iter().map(|(id, exp, p)| pending_view(id, exp, p)).collect(),
+                    recent: self.recent.iter().cloned().collect(),
+                    paused: self.ctl.kill_switch().paused().map(|p| p.reason.clone()),
+                    now_ms: now_ms(),
+                };
+                let _ = reply.send(view);
             }
             Command::Answer { id, approve, by, reply } => match self.ctl.answer(&id, approve, &by, now_ms()) {
                 Ok(out) => {
                     // The approval record is durable before the answer goes out.
-                    self.write(&Output { records: out.records.clone(), plan: None })?;
+                    self.write(&Output { records: out.records.clone(), ..Output::default() })?;
                     let msg = match &out.plan {
                         Some(Plan::Act(o)) => format!("approved: running {} on {} ({id})", o.action, o.pipeline),
                         _ => out
@@ -296,9 +349,7 @@ impl Shell {
                             .unwrap_or_else(|| "recorded".into()),
                     };
                     let _ = reply.send((200, msg));
-                    if let Some(plan) = out.plan {
-                        self.handle(Output { records: Vec::new(), plan: Some(plan) })?;
-                    }
+                    self.handle(Output { records: Vec::new(), plan: out.plan, notices: out.notices })?;
                 }
                 Err(e) => {
                     let code = match e {
@@ -339,9 +390,22 @@ impl Shell {
     }
 }
 
+fn pending_view(id: String, exp: u64, p: crate::decide::Proposal) -> PendingView {
+    PendingView {
+        id,
+        pipeline: p.pipeline,
+        action: p.action.name().into(),
+        reason: p.reason,
+        expires_at_ms: exp,
+        proposed_ms: p.proposed_ms,
+        evidence: p.evidence,
+    }
+}
+
 /// Run until `shutdown` resolves (or a replayed source is exhausted).
 pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
-    let Daemon { cfg, controller, mut source, actuator, ingest, checkpoint } = d;
+    let Daemon { cfg, mut controller, mut source, actuator, ingest, checkpoint } = d;
+    controller.set_unanswered_after(Some(cfg.guard.unanswered_after_ms()));
     let Listeners { metrics: listener, control, auth, max_body_bytes } = listeners;
     // Checked where the address is known for sure (the caller checks the
     // configured one earlier, for a quick error before the models load).
@@ -366,8 +430,23 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             let notifier =
                 Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?);
             // Pages an earlier run raised and never got accepted are still owed.
-            let owed = owed_pages(&read_log(&cfg.daemon.log_path())?.records);
-            Some(Pager::start(notifier, log.clone(), owed))
+            let records = read_log(&cfg.daemon.log_path())?.records;
+            let owed = owed_pages(&records);
+            let pager = Pager::start(notifier, log.clone(), owed);
+            // Proposals told about before a restart are void now: say so, and
+            // close them in the log so the next start does not say it again.
+            for (id, notice) in crate::pager::orphaned_proposals(&records, now_ms()) {
+                tracing::warn!(id = %id, pipeline = %notice.pipeline, "a proposal of an earlier run is void; announcing it");
+                let rec = OutcomeRecord {
+                    id: id.clone(),
+                    ts_ms: now_ms(),
+                    status: "expired".into(),
+                    detail: "void: the daemon restarted before anyone answered; never ran".into(),
+                };
+                log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;
+                pager.raise(notice)?;
+            }
+            Some(pager)
         }
         None => None,
     };
@@ -376,6 +455,13 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let (win_tx, mut win_rx) = mpsc::channel::<Vec<Window>>(256);
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone() };
+    let answer_addr = control.local_addr().map_err(DaemonError::Http)?.to_string();
+    let answer_url = cfg
+        .notify
+        .as_ref()
+        .and_then(|n| n.public_url.clone())
+        .map(|u| u.trim_end_matches('/').to_string())
+        .unwrap_or_else(|| format!("http://{answer_addr}"));
     let control_app = control_router(state.clone(), auth, max_body_bytes)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let app = metrics_router(state);
@@ -422,6 +508,9 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         checkpoint_every: cfg.daemon.checkpoint_every,
         bounds: cfg.daemon.bounds(),
         decide_evicted: 0,
+        recent: Default::default(),
+        answer_addr,
+        answer_url,
     };
     let pause_file = cfg.daemon.pause_path();
     ready.store(true, Ordering::Release);

@@ -135,6 +135,9 @@ pub struct Output {
     pub records: Vec<(Record, bool)>,
     /// What to do.
     pub plan: Option<Plan>,
+    /// Messages about proposals for the people who answer them (see
+    /// [`crate::notify::Notice`]); delivered like pages, after the records.
+    pub notices: Vec<Escalation>,
 }
 
 /// A proposal waiting for a human.
@@ -146,6 +149,22 @@ pub struct Proposal {
     pub action: Action,
     /// Why it was not run alone.
     pub reason: String,
+    /// When it was proposed, Unix ms (wall time).
+    pub proposed_ms: i64,
+    /// What a person needs to decide: the window summary, anomaly score,
+    /// signature, state in words, evidence metrics, the rule policy's choice.
+    pub evidence: serde_json::Value,
+}
+
+/// Which proposal of a pipeline its people were told about, and how many
+/// later ones were folded into that message (one message per pipeline and
+/// incident, not one per window or action).
+#[derive(Clone, Debug)]
+struct Told {
+    id: String,
+    folded: u32,
+    /// The unanswered page went out.
+    nagged: bool,
 }
 
 struct PendingReward {
@@ -228,6 +247,8 @@ pub struct Stats {
     /// Rewards not computed because the window lacked one of their inputs
     /// (those windows taught the table nothing).
     pub rewards_skipped: u64,
+    /// Proposals paged as unanswered past `guard.approval_unanswered_secs`.
+    pub proposals_unanswered: u64,
 }
 
 /// The decision core.
@@ -248,6 +269,10 @@ pub struct Controller {
     expected: Vec<Metric>,
     /// Counters for `/metrics`.
     pub stats: Stats,
+    /// Per pipeline, the open proposal its people were told about.
+    told: HashMap<String, Told>,
+    /// A proposal unanswered this long is paged as such (`guard.approval_unanswered_secs`).
+    unanswered_after_ms: Option<u64>,
 }
 
 /// Result of a human's answer to a proposal.
@@ -278,7 +303,15 @@ impl Controller {
             in_flight: Default::default(),
             updates_since_checkpoint: 0,
             stats: Stats::default(),
+            told: HashMap::new(),
+            unanswered_after_ms: None,
         }
+    }
+
+    /// Page "nobody answered" for a proposal still open `ms` after it was
+    /// proposed (the proposal watchdog); `None` (the default) never does.
+    pub fn set_unanswered_after(&mut self, ms: Option<u64>) {
+        self.unanswered_after_ms = ms;
     }
 
     /// What the source discovered `pipeline` publishing (before its first
@@ -335,6 +368,95 @@ impl Controller {
     /// Proposals waiting for a human: (id, expires at, proposal).
     pub fn pending(&self) -> Vec<(String, u64, Proposal)> {
         self.approvals.pending().map(|(id, exp, p)| (id.to_string(), exp, p.clone())).collect()
+    }
+
+    /// Open proposals and the age of the oldest at `now_ms`, in seconds
+    /// (0 with none open).
+    pub fn waiting(&self, now_ms: i64) -> (usize, f64) {
+        let oldest = self.approvals.pending().map(|(_, _, p)| p.proposed_ms).min();
+        let age = oldest.map_or(0.0, |t| (now_ms - t).max(0) as f64 / 1000.0);
+        (self.approvals.pending().count(), age)
+    }
+
+    /// A notice about proposal `id` of `pipeline` (see [`crate::notify::Notice`]).
+    fn notice(
+        &self,
+        kind: crate::notify::Notice,
+        id: &str,
+        prop: &Proposal,
+        expires_at_ms: u64,
+        now_ms: i64,
+        extra: serde_json::Value,
+    ) -> Escalation {
+        let others: Vec<serde_json::Value> = self
+            .approvals
+            .pending()
+            .filter(|(o, _, p)| *o != id && p.pipeline == prop.pipeline)
+            .map(|(o, exp, p)| serde_json::json!({ "id": o, "action": p.action.name(), "expires_at_ms": exp }))
+            .collect();
+        let summary = match kind {
+            crate::notify::Notice::Proposal => {
+                format!("{}: {} proposed, waiting for a human: {}", prop.pipeline, prop.action, prop.reason)
+            }
+            crate::notify::Notice::Unanswered => format!(
+                "{}: nobody answered proposal {id} ({}) in {} s; it expires at {expires_at_ms} (Unix ms)",
+                prop.pipeline,
+                prop.action,
+                (now_ms - prop.proposed_ms).max(0) / 1000
+            ),
+            _ => format!("{}: proposal {id} ({}) {}", prop.pipeline, prop.action, kind.name()),
+        };
+        let mut detail = serde_json::json!({
+            "notice": kind.name(),
+            "decision_id": id,
+            "pipeline": prop.pipeline,
+            "action": prop.action.name(),
+            "why": prop.reason,
+            "evidence": prop.evidence,
+            "proposed_ms": prop.proposed_ms,
+            "expires_at_ms": expires_at_ms,
+            "at_ms": now_ms,
+            "also_open": others,
+        });
+        if let (Some(d), serde_json::Value::Object(x)) = (detail.as_object_mut(), extra) {
+            d.extend(x);
+        }
+        Escalation { id: format!("{id}/{}", kind.name()), pipeline: prop.pipeline.clone(), summary, detail }
+    }
+
+    /// A proposal was answered or expired: announce it if its pipeline's
+    /// people were told about it, and let the next open one (folded into the
+    /// message) inherit the telling.
+    fn closed(
+        &mut self,
+        out: &mut Output,
+        kind: crate::notify::Notice,
+        id: &str,
+        prop: &Proposal,
+        now_ms: i64,
+        extra: serde_json::Value,
+    ) {
+        let Some(told) = self.told.get(&prop.pipeline).filter(|t| t.id == id).cloned() else { return };
+        let expires_at_ms = (prop.proposed_ms.max(0) as u64).saturating_add(self.cfg.approval_ttl_ms);
+        let e = self.notice(kind, id, prop, expires_at_ms, now_ms, extra);
+        out.notices.push(e);
+        let next = self
+            .approvals
+            .pending()
+            .filter(|(_, _, p)| p.pipeline == prop.pipeline)
+            .map(|(o, _, _)| o.to_string())
+            .next();
+        match next {
+            Some(next) => {
+                self.told.insert(
+                    prop.pipeline.clone(),
+                    Told { id: next, folded: told.folded.saturating_sub(1), nagged: false },
+                );
+            }
+            None => {
+                self.told.remove(&prop.pipeline);
+            }
+        }
     }
 
     fn next_id(&mut self) -> String {
@@ -499,6 +621,7 @@ impl Controller {
                 mask,
                 &detection,
                 state,
+                now_ms,
             )
         };
         let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
@@ -531,9 +654,40 @@ impl Controller {
             }
             Pending::Propose(reason) => {
                 let ttl = self.cfg.approval_ttl_ms;
-                let prop = Proposal { pipeline: w.pipeline.clone(), action: chosen, reason };
-                if let Err(e) = self.approvals.propose(id.clone(), prop, now_ms as u64, ttl) {
-                    tracing::error!(id = %id, error = %e, "proposal not recorded");
+                let sm = summary(w);
+                let evidence_json = serde_json::json!({
+                    "window": sm, "score": detection.score, "anomalous": detection.anomalous,
+                    "signature": detection.signature, "state": self.parts.describe.describe(state),
+                    "metrics": evidence(t), "rules": shadow.name(),
+                    "glue_builtins": glue_shadow.map(|a| a.name()),
+                });
+                let prop = Proposal {
+                    pipeline: w.pipeline.clone(),
+                    action: chosen,
+                    reason,
+                    proposed_ms: now_ms,
+                    evidence: evidence_json,
+                };
+                match self.approvals.propose(id.clone(), prop.clone(), now_ms as u64, ttl) {
+                    Err(e) => tracing::error!(id = %id, error = %e, "proposal not recorded"),
+                    // One message per pipeline and incident: later proposals
+                    // while the told one is open are folded into it (and
+                    // listed when it closes).
+                    Ok(()) => match self.told.get_mut(&w.pipeline) {
+                        Some(told) => told.folded += 1,
+                        None => {
+                            let exp = now_ms as u64 + ttl;
+                            out.notices.push(self.notice(
+                                crate::notify::Notice::Proposal,
+                                &id,
+                                &prop,
+                                exp,
+                                now_ms,
+                                serde_json::json!({}),
+                            ));
+                            self.told.insert(w.pipeline.clone(), Told { id: id.clone(), folded: 0, nagged: false });
+                        }
+                    },
                 }
                 Plan::Nothing
             }
@@ -592,6 +746,7 @@ impl Controller {
         mask: ActionMask,
         detection: &selfheal_core::Detection,
         state: StateId,
+        now_ms: i64,
     ) -> (&'static str, String, Action, Option<Pending>) {
         let escalation = |why: &str| {
             format!(
@@ -654,8 +809,13 @@ impl Controller {
         // while a human has not answered adds nothing.
         let waiting = self.approvals.pending().find(|(_, _, p)| p.pipeline == pipeline && p.action == chosen);
         let propose = |why: String| match waiting {
-            Some((open, _, _)) => {
-                ("pending", format!("{why}; proposal {open} already awaits a human"), Action::NoOp, None)
+            Some((open, exp, p)) => {
+                let wall = now_ms;
+                let waited = (wall - p.proposed_ms).max(0) / 1000;
+                let left = (exp as i64 - wall).max(0) / 1000;
+                let why =
+                    format!("{why}; waiting for a human: proposal {open} has waited {waited} s, expires in {left} s");
+                ("pending", why, Action::NoOp, None)
             }
             None => ("proposed", why.clone(), Action::NoOp, Some(Pending::Propose(why))),
         };
@@ -712,27 +872,36 @@ impl Controller {
             }),
             true,
         ));
-        if !approve {
-            self.outcome(&mut out, id, "rejected", format!("rejected by {by}; {} never ran", prop.action), now_ms);
-            return Ok(out);
-        }
-        if let Some(pause) = self.kill.paused() {
+        let (kind, then) = if approve {
+            (crate::notify::Notice::Approved, "approved")
+        } else {
+            (crate::notify::Notice::Rejected, "rejected")
+        };
+        let result = if !approve {
+            let why = format!("rejected by {by}; {} never ran", prop.action);
+            self.outcome(&mut out, id, "rejected", why.clone(), now_ms);
+            why
+        } else if let Some(pause) = self.kill.paused() {
             let why = format!("approved, but the kill switch is on ({}); not run", pause.reason);
-            self.outcome(&mut out, id, "skipped", why, now_ms);
-            return Ok(out);
-        }
-        if let Err(denied) = self.budget.check(self.clock_ms, &prop.pipeline, prop.action) {
-            self.outcome(&mut out, id, "skipped", format!("approved, but {denied}; not run"), now_ms);
-            return Ok(out);
-        }
-        self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
-        self.in_flight.insert(id.to_string());
-        out.plan = Some(Plan::Act(Order {
-            id: id.into(),
-            key: format!("{id}/{}", prop.action.name()),
-            pipeline: prop.pipeline,
-            action: prop.action,
-        }));
+            self.outcome(&mut out, id, "skipped", why.clone(), now_ms);
+            why
+        } else if let Err(denied) = self.budget.check(self.clock_ms, &prop.pipeline, prop.action) {
+            let why = format!("approved, but {denied}; not run");
+            self.outcome(&mut out, id, "skipped", why.clone(), now_ms);
+            why
+        } else {
+            self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
+            self.in_flight.insert(id.to_string());
+            out.plan = Some(Plan::Act(Order {
+                id: id.into(),
+                key: format!("{id}/{}", prop.action.name()),
+                pipeline: prop.pipeline.clone(),
+                action: prop.action,
+            }));
+            format!("approved by {by}: running {} on {}", prop.action, prop.pipeline)
+        };
+        let extra = serde_json::json!({ "by": by, "answer": then, "result": result });
+        self.closed(&mut out, kind, id, &prop, now_ms, extra);
         Ok(out)
     }
 
@@ -833,6 +1002,31 @@ impl Controller {
                 true,
             ));
             self.outcome(&mut out, &id, "expired", format!("{} on {} never ran", prop.action, prop.pipeline), now_ms);
+            let extra = serde_json::json!({ "result": format!("expired unanswered; {} never ran", prop.action) });
+            self.closed(&mut out, crate::notify::Notice::Expired, &id, &prop, now_ms, extra);
+        }
+        // The proposal watchdog: a told proposal open past the configured
+        // time pages that nobody answered (once per proposal).
+        if let Some(after) = self.unanswered_after_ms {
+            let due: Vec<(String, u64, Proposal)> = self
+                .approvals
+                .pending()
+                .filter(|(id, _, p)| {
+                    now_ms.saturating_sub(p.proposed_ms) >= after as i64
+                        && self.told.get(&p.pipeline).is_some_and(|t| t.id == *id && !t.nagged)
+                })
+                .map(|(id, exp, p)| (id.to_string(), exp, p.clone()))
+                .collect();
+            for (id, exp, prop) in due {
+                let e = self.notice(crate::notify::Notice::Unanswered, &id, &prop, exp, now_ms, serde_json::json!({}));
+                tracing::warn!(id = %id, pipeline = %prop.pipeline, waited_ms = now_ms - prop.proposed_ms,
+                    "nobody answered the proposal; paging");
+                out.notices.push(e);
+                self.stats.proposals_unanswered += 1;
+                if let Some(t) = self.told.get_mut(&prop.pipeline) {
+                    t.nagged = true;
+                }
+            }
         }
         out
     }
@@ -1034,6 +1228,55 @@ mod tests {
             assert_eq!(decision(&again).verdict, "pending", "the same advice is not proposed twice");
             assert_eq!(c.pending().len(), 1);
         }
+    }
+
+    #[test]
+    fn proposals_are_told_once_per_pipeline_and_their_end_is_announced() {
+        use crate::notify::Notice;
+        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
+        let mut c = controller(Mode::Recommend, 1000, 2.0);
+        c.set_unanswered_after(Some(300));
+        let first = c.on_window(&window(0), 0);
+        assert_eq!(kinds(&first), [Notice::Proposal]);
+        let id = decision(&first).id.clone();
+        let n = &first.notices[0];
+        assert_eq!(n.id, format!("{id}/proposal"));
+        assert_eq!(n.detail["expires_at_ms"], 1000);
+        assert_eq!(n.detail["evidence"]["state"], c.parts.describe.describe(decision(&first).state));
+        assert_eq!(n.detail["evidence"]["rules"], "noop");
+        // The same advice again waits, saying for how long; nothing is sent.
+        let again = c.on_window(&window(60_000), 200);
+        assert_eq!(decision(&again).verdict, "pending");
+        assert!(
+            decision(&again).reason.contains(&format!("proposal {id} has waited 0 s")),
+            "{}",
+            decision(&again).reason
+        );
+        assert!(again.notices.is_empty());
+        // A second proposal of the pipeline (another action) is folded.
+        c.parts.learner = {
+            let mut t = c.learner().table().clone();
+            let s = decision(&first).state;
+            let mut q = [-5.0; Action::COUNT];
+            q[Action::ScaleDown.index()] = -3.0;
+            t.set_row(s, &q, &[1000; Action::COUNT]);
+            QLearner::from_table(t, QParams::default(), 1)
+        };
+        let other = c.on_window(&window(120_000), 250);
+        assert_eq!((decision(&other).chosen.as_str(), decision(&other).verdict.as_str()), ("scale_down", "proposed"));
+        assert!(other.notices.is_empty(), "folded into the told proposal");
+        assert_eq!(c.waiting(1250), (2, 1.25));
+        // Unanswered past 300 ms: one page, once.
+        assert_eq!(kinds(&c.on_tick(301)), [Notice::Unanswered]);
+        assert!(c.on_tick(400).notices.is_empty());
+        // The answer is announced, listing what is still open.
+        let out = c.answer(&id, false, "test", 500).unwrap();
+        assert_eq!(kinds(&out), [Notice::Rejected]);
+        assert_eq!(out.notices[0].detail["also_open"][0]["action"], "scale_down");
+        // The folded one inherits the telling: its expiry is announced.
+        let out = c.on_tick(2000);
+        assert_eq!(kinds(&out), [Notice::Expired]);
+        assert_eq!(c.waiting(2000), (0, 0.0));
     }
 
     #[test]

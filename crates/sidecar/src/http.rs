@@ -4,7 +4,9 @@
 //! [`metrics_router`] (`/metrics`, `/healthz`, `/readyz`; no credential, may
 //! listen on every interface for Prometheus and Kubernetes probes) and
 //! [`control_router`] (`/approvals`, `/approvals/{id}`, `/pause`, `/resume`,
-//! `/ingest`; a bearer token, see [`crate::auth`]; loopback by default). Each
+//! `/ingest`, and the approvals page `/ui` of [`crate::ui`]; a bearer token,
+//! see [`crate::auth`], or for `/ui` the same token in a cookie; loopback by
+//! default). Each
 //! answers 404 to the other's routes, naming the listener to use. Every
 //! control request is logged (target `selfheal::control`) with its route,
 //! method, remote address, the caller's token id and the status answered.
@@ -54,6 +56,13 @@ pub struct PendingView {
     pub reason: String,
     /// Expiry, Unix ms.
     pub expires_at_ms: u64,
+    /// When it was proposed, Unix ms.
+    #[serde(default)]
+    pub proposed_ms: i64,
+    /// The evidence it was proposed on (window summary, anomaly score,
+    /// signature, state in words, the rule policy's choice).
+    #[serde(default)]
+    pub evidence: serde_json::Value,
 }
 
 /// A request to the daemon's loop.
@@ -83,6 +92,8 @@ pub enum Command {
     },
     /// Resume acting.
     Resume(oneshot::Sender<(u16, String)>),
+    /// What the approvals page shows.
+    Ui(oneshot::Sender<crate::ui::UiView>),
 }
 
 /// Most windows handed to the decision loop in one message. With the
@@ -236,6 +247,7 @@ pub fn control_router(state: AppState, auth: ControlAuth, max_body_bytes: usize)
         .route("/approvals/{id}", post(answer))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
+        .merge(crate::ui::routes(crate::ui::UiSecret::random()))
         .route_layer(axum::middleware::from_fn_with_state(Arc::new(auth), guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .fallback(|| async {
@@ -260,9 +272,19 @@ async fn guard(State(auth): State<Arc<ControlAuth>>, mut req: Request, next: Nex
     if route == "/ingest" {
         accepted.extend(auth.ingest.iter());
     }
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let (token_id, refused) = match auth::check(&accepted, given) {
+    let mut given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // A browser on the approvals page carries the token in a cookie, or in
+    // `?token=` on its first visit (see `crate::ui`).
+    let page = route == "/ui" || route.starts_with("/ui/");
+    if page && given.is_none() {
+        given = crate::ui::credential(req.headers(), req.uri().query());
+    }
+    let (token_id, refused) = match auth::check(&accepted, given.as_deref()) {
         Verdict::Allowed(id) => (id, None),
+        Verdict::Missing if page => (
+            "-".to_string(),
+            Some(text(401, "the approvals page needs the control token once: open /ui?token=<the control token>")),
+        ),
         Verdict::Missing => (
             "-".to_string(),
             Some(

@@ -21,6 +21,7 @@ pub mod notify;
 pub mod pager;
 pub mod provenance;
 pub mod source;
+pub mod ui;
 pub mod window;
 
 /// A boxed future, the return type of the async seams ([`source::TelemetrySource`],

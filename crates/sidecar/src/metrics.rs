@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub ingest_rejected: u64,
     /// Proposals waiting for approval.
     pub proposals_pending: usize,
+    /// Age of the oldest open proposal, seconds (0 with none).
+    pub proposals_oldest_age_seconds: f64,
     /// 1 while the kill switch is on.
     pub paused: bool,
     /// Escalations delivered / not delivered.
@@ -221,6 +223,21 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(o, "selfheal_ingest_lines_total{{result=\"rejected\"}} {}", s.ingest_rejected);
     head(&mut o, "selfheal_proposals_pending", "gauge", "Proposals waiting for a human.");
     let _ = writeln!(o, "selfheal_proposals_pending {}", s.proposals_pending);
+    // What waits and for how long (issue 19).
+    head(
+        &mut o,
+        "selfheal_proposal_oldest_age_seconds",
+        "gauge",
+        "Seconds the oldest open proposal has waited for a human (0 with none open).",
+    );
+    let _ = writeln!(o, "selfheal_proposal_oldest_age_seconds {}", num(s.proposals_oldest_age_seconds));
+    head(
+        &mut o,
+        "selfheal_proposals_unanswered_total",
+        "counter",
+        "Proposals paged as unanswered past guard.approval_unanswered_secs.",
+    );
+    let _ = writeln!(o, "selfheal_proposals_unanswered_total {}", s.stats.proposals_unanswered);
     head(&mut o, "selfheal_paused", "gauge", "1 while the kill switch stops all acting.");
     let _ = writeln!(o, "selfheal_paused {}", u8::from(s.paused));
     render_pipelines(&mut o, &s.pipelines);

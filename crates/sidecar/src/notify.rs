@@ -75,6 +75,11 @@ pub struct WebhookConfig {
     /// The second channel, used when the webhook keeps failing or refuses a page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<FallbackConfig>,
+    /// Where people reach the control plane, for the answer links of proposal
+    /// messages (e.g. `https://selfheal.example.com` behind a proxy); default
+    /// `http://<daemon.control_listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// Kinds of second channel.
@@ -130,6 +135,7 @@ impl WebhookConfig {
             base_ms: default_base_ms(),
             cap_ms: default_cap_ms(),
             fallback: None,
+            public_url: None,
         }
     }
 
@@ -151,6 +157,12 @@ impl WebhookConfig {
         }
         if self.cap_ms == 0 {
             return Err("notify.cap_ms: must be at least 1".to_owned());
+        }
+        if let Some(u) = &self.public_url {
+            let ok = reqwest::Url::parse(u).is_ok_and(|p| matches!(p.scheme(), "http" | "https"));
+            if !ok {
+                return Err(format!("notify.public_url: must be an http:// or https:// URL, got {u:?}"));
+            }
         }
         if let Some(f) = &self.fallback {
             if f.path.as_os_str().is_empty() {
@@ -175,6 +187,138 @@ pub struct Escalation {
     pub summary: String,
     /// Structured facts: score, signature, chosen action, verdict, reason, ...
     pub detail: serde_json::Value,
+}
+
+/// Which message about a proposal an [`Escalation`] is (its
+/// `detail.notice`); absent, the page is an escalation.
+///
+/// Proposals ride the same durable path as escalations ([`crate::pager`]):
+/// a proposal nobody hears of waits its whole lifetime for nobody, so it is
+/// as owed to a human as a page. Each message has its own id,
+/// `<decision id>/<notice>` (also its `Idempotency-Key`), so the proposal,
+/// its answer and its "nobody answered" page are three deliveries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A new proposal: the evidence, the action, why it waits, how to answer.
+    Proposal,
+    /// It was approved.
+    Approved,
+    /// It was rejected.
+    Rejected,
+    /// It expired unanswered.
+    Expired,
+    /// It is still unanswered past `guard.approval_unanswered_secs`.
+    Unanswered,
+}
+
+impl Notice {
+    /// `proposal`, `approved`, `rejected`, `expired`, `unanswered`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Notice::Proposal => "proposal",
+            Notice::Approved => "approved",
+            Notice::Rejected => "rejected",
+            Notice::Expired => "expired",
+            Notice::Unanswered => "unanswered",
+        }
+    }
+
+    /// The notice a page is, from its `detail.notice`.
+    pub fn of(e: &Escalation) -> Option<Notice> {
+        let name = e.detail.get("notice")?.as_str()?;
+        [Notice::Proposal, Notice::Approved, Notice::Rejected, Notice::Expired, Notice::Unanswered]
+            .into_iter()
+            .find(|n| n.name() == name)
+    }
+}
+
+/// A window summary (the `window` of a proposal's evidence) in words:
+/// `latency p95 59.9 s, error ratio 1.00, backlog 0, records in 1000, workers 10`.
+pub fn window_words(w: &serde_json::Value) -> String {
+    let f = |k: &str| w.get(k).and_then(serde_json::Value::as_f64);
+    let mut parts = Vec::new();
+    if let Some(v) = f("latency_p95_s") {
+        parts.push(format!("latency p95 {v:.1} s"));
+    }
+    if let Some(v) = f("error_ratio") {
+        parts.push(format!("error ratio {v:.2}"));
+    }
+    for (k, name) in [("backlog", "backlog"), ("records_in", "records in"), ("workers", "workers")] {
+        if let Some(v) = f(k) {
+            parts.push(format!("{name} {v}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// The Slack text of a proposal message: one read has what a person needs.
+fn proposal_text(kind: Notice, e: &Escalation) -> String {
+    let d = &e.detail;
+    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let id = s("decision_id");
+    let ev = d.get("evidence").cloned().unwrap_or_default();
+    let evs = |k: &str| match ev.get(k) {
+        Some(serde_json::Value::Number(n)) if k == "score" => format!("{:.2}", n.as_f64().unwrap_or(f64::NAN)),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    };
+    let expires = d
+        .get("expires_at_ms")
+        .and_then(|v| v.as_i64())
+        .map(crate::provenance::format_utc)
+        .unwrap_or_else(|| "?".into());
+    let answer = d.get("answer").cloned().unwrap_or_default();
+    let how = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let also: Vec<String> = d
+        .get("also_open")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|o| format!("{} ({})", o["id"].as_str().unwrap_or("?"), o["action"].as_str().unwrap_or("?")))
+                .collect()
+        })
+        .unwrap_or_default();
+    let also =
+        if also.is_empty() { String::new() } else { format!("\nAlso open on this pipeline: {}.", also.join(", ")) };
+    match kind {
+        Notice::Proposal | Notice::Unanswered => {
+            let head = if kind == Notice::Proposal {
+                format!(
+                    "selfheal proposes *{}* on pipeline *{}* (decision `{id}`) and waits for a human.",
+                    s("action"),
+                    e.pipeline
+                )
+            } else {
+                format!(
+                    "Nobody answered: selfheal still waits to run *{}* on pipeline *{}* (decision `{id}`).",
+                    s("action"),
+                    e.pipeline
+                )
+            };
+            format!(
+                "{head}\nWhy it waits: {}\nEvidence: anomaly score {}, signature {}, state: {}; window {}; metrics {}\n\
+                 Rule policy would: {}\nExpires: {expires} (then it does not run).\n\
+                 Answer: `{}` or `{}`, or open {}{also}",
+                s("why"),
+                evs("score"),
+                evs("signature"),
+                ev.get("state").and_then(|v| v.as_str()).unwrap_or("?"),
+                window_words(&ev["window"]),
+                evs("metrics"),
+                ev.get("rules").and_then(|v| v.as_str()).unwrap_or("?"),
+                how("approve"),
+                how("reject"),
+                how("url"),
+            )
+        }
+        _ => format!(
+            "selfheal proposal `{id}` ({} on pipeline *{}*) {}: {}{also}",
+            s("action"),
+            e.pipeline,
+            kind.name(),
+            s("result"),
+        ),
+    }
 }
 
 /// What one delivery attempt came to.
@@ -256,6 +400,19 @@ impl Notifier {
     }
 
     fn body(&self, e: &Escalation) -> serde_json::Value {
+        if let Some(kind) = Notice::of(e) {
+            return match self.cfg.format {
+                WebhookFormat::Slack => serde_json::json!({ "text": proposal_text(kind, e) }),
+                WebhookFormat::Generic => serde_json::json!({
+                    "event": format!("selfheal.proposal.{}", kind.name()),
+                    "id": e.id,
+                    "pipeline": e.pipeline,
+                    "summary": e.summary,
+                    "text": proposal_text(kind, e),
+                    "detail": e.detail,
+                }),
+            };
+        }
         match self.cfg.format {
             WebhookFormat::Slack => serde_json::json!({
                 "text": format!(
@@ -318,6 +475,51 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proposal_reads_in_one_message_in_both_formats() {
+        let e = Escalation {
+            id: "r-7/proposal".into(),
+            pipeline: "orders".into(),
+            summary: "orders: scale_up proposed".into(),
+            detail: serde_json::json!({
+                "notice": "proposal", "decision_id": "r-7", "pipeline": "orders", "action": "scale_up",
+                "why": "low confidence: 3 visits < 30",
+                "evidence": { "score": 0.8123, "signature": 2, "state": "latency=>600s workers=4", "rules": "restart",
+                              "window": { "latency_p95_s": 712.04, "error_ratio": 0.0, "workers": 4.0 },
+                              "metrics": ["glue.driver.aggregate.numFailedTasks=3"] },
+                "proposed_ms": 1_795_989_600_000u64, "expires_at_ms": 1_795_990_500_000u64,
+                "also_open": [{ "id": "r-9", "action": "retry_with_backoff" }],
+                "answer": { "approve": "selfheal approve r-7 --addr 127.0.0.1:9478",
+                            "reject": "selfheal reject r-7 --addr 127.0.0.1:9478", "url": "http://127.0.0.1:9478/ui" },
+            }),
+        };
+        assert_eq!(Notice::of(&e), Some(Notice::Proposal));
+        let n = Notifier::new(WebhookConfig::new("http://127.0.0.1:1/"), 1).unwrap();
+        let text = n.body(&e)["text"].as_str().unwrap().to_string();
+        for needle in [
+            "*scale_up* on pipeline *orders* (decision `r-7`)",
+            "Why it waits: low confidence: 3 visits < 30",
+            "anomaly score 0.81, signature 2, state: latency=>600s workers=4",
+            "latency p95 712.0 s, error ratio 0.00, workers 4",
+            "Rule policy would: restart",
+            "Expires: 2026-11-29T",
+            "`selfheal approve r-7 --addr 127.0.0.1:9478`",
+            "http://127.0.0.1:9478/ui",
+            "Also open on this pipeline: r-9 (retry_with_backoff)",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
+        let g = Notifier::new(WebhookConfig { format: WebhookFormat::Generic, ..WebhookConfig::new("http://x/") }, 1)
+            .unwrap()
+            .body(&e);
+        assert_eq!((g["event"].as_str(), g["id"].as_str()), (Some("selfheal.proposal.proposal"), Some("r-7/proposal")));
+        assert_eq!(g["detail"]["evidence"]["signature"], 2);
+        // An escalation is not a notice and keeps its format.
+        let plain = Escalation { detail: serde_json::json!({}), ..e };
+        assert_eq!(Notice::of(&plain), None);
+        assert!(n.body(&plain)["text"].as_str().unwrap().starts_with("selfheal escalation"));
+    }
 
     #[test]
     fn defaults_and_validation() {

@@ -131,6 +131,54 @@ impl Pager {
     }
 }
 
+/// Proposals an earlier run told people about and that were never closed
+/// (no approval, outcome, or closing message in the log): proposals live in
+/// the daemon's memory only, so after a restart they are void, and the people
+/// holding the message must hear so rather than find a 404 behind its link.
+/// For each, the pair (decision id, its "expired" message), oldest first.
+pub fn orphaned_proposals(records: &[Record], now_ms: i64) -> Vec<(String, Escalation)> {
+    use std::collections::HashSet;
+    let mut closed: HashSet<&str> = HashSet::new();
+    let mut told: Vec<&Escalation> = Vec::new();
+    for r in records {
+        match r {
+            Record::Approval(a) => {
+                closed.insert(a.id.as_str());
+            }
+            Record::Outcome(o) => {
+                closed.insert(o.id.as_str());
+            }
+            Record::Escalation(e) if e.phase == Some(PagePhase::Raised) => match (e.id.rsplit_once('/'), &e.page) {
+                (Some((_, "proposal")), Some(page)) => told.push(page),
+                (Some((d, "approved" | "rejected" | "expired")), _) => {
+                    closed.insert(d);
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    told.into_iter()
+        .filter_map(|page| {
+            let id = page.detail.get("decision_id")?.as_str()?;
+            if closed.contains(id) {
+                return None;
+            }
+            let mut detail = page.detail.clone();
+            let result = "void: the daemon restarted before anyone answered; it will not run";
+            if let Some(d) = detail.as_object_mut() {
+                d.insert("notice".into(), "expired".into());
+                d.insert("result".into(), result.into());
+                d.insert("at_ms".into(), now_ms.into());
+                d.insert("also_open".into(), serde_json::json!([]));
+            }
+            let summary = format!("{}: proposal {id} {result}", page.pipeline);
+            let e = Escalation { id: format!("{id}/expired"), pipeline: page.pipeline.clone(), summary, detail };
+            Some((id.to_string(), e))
+        })
+        .collect()
+}
+
 struct Worker {
     notifier: Arc<Notifier>,
     log: Arc<Mutex<ProvenanceLog>>,
