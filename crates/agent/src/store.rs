@@ -490,6 +490,7 @@ mod tests {
                 state: 7,
                 action: Action::Restart,
                 reward: -1.0,
+                steps: 1,
                 next_state: 7,
                 next_mask: ActionMask::ALL,
                 done: false,
