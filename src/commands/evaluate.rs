@@ -3,7 +3,7 @@
 use crate::{defaults, wiring};
 use anyhow::Result;
 use selfheal_core::seeds::TRAIN_SEED_FLOOR;
-use selfheal_harness::{aggregate, Comparison};
+use selfheal_harness::{aggregate, Comparison, PolicyKind};
 use selfheal_sim::Oracle;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,9 +78,9 @@ pub fn run(a: Args) -> Result<()> {
     parts.watchdog.windows = a.watchdog_windows;
     parts.watchdog.stale_after = parts.watchdog.stale_after.max(a.watchdog_windows);
     parts.watchdog.check()?;
-    for name in wiring::POLICIES {
-        let episodes = parts.run(name, seeds.clone())?;
-        lines.push(aggregate(name, &episodes, usd));
+    for kind in PolicyKind::ALL {
+        let episodes = parts.run(kind, seeds.clone())?;
+        lines.push(aggregate(kind.name(), &episodes, usd));
     }
     let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
     match a.format {

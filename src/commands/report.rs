@@ -7,7 +7,7 @@ use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{GlueSettings, RulesPolicy};
 use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
 use selfheal_detect::telemetry::DetectorModel;
-use selfheal_harness::{aggregate, run_episode, Comparison, Controller};
+use selfheal_harness::{aggregate, run_episode, Comparison, Controller, PolicyKind};
 use selfheal_report::eval::{ActionMix, Evaluation, MixRow, PolicyMix};
 use selfheal_report::playbook::SignatureSample;
 use selfheal_report::policy::{note, PolicyView, SeenMap};
@@ -183,15 +183,17 @@ pub fn simulate(
     let (mut seen, mut sigs) = (SeenMap::new(), BTreeMap::<u32, SignatureSample>::new());
     let mut parts = wiring::PolicyParts::new(scenario, model, detector, rules, Some(&oracle));
     parts.glue = glue;
-    for name in wiring::POLICIES {
+    for kind in PolicyKind::ALL {
+        let name = kind.name();
         let mut env = Simulator::new(scenario);
-        let (mut enc, inner) = parts.controller(name)?;
+        let (mut enc, inner) = parts.controller(kind)?;
+        let learned = kind == PolicyKind::Learned;
         let mut rec = Recorder {
             inner,
             view,
-            shadow: (name == "learned").then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
-            sample: name == "learned" || name == "noop",
-            learned: name == "learned",
+            shadow: learned.then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
+            sample: learned || kind == PolicyKind::NoOp,
+            learned,
             mix: vec![[0; Action::COUNT]; 1 + FaultKind::COUNT],
             seen: SeenMap::new(),
             sigs: BTreeMap::new(),
@@ -211,7 +213,7 @@ pub fn simulate(
             })
             .collect();
         mix.push(PolicyMix { name: name.to_string(), rows });
-        if name == "learned" {
+        if learned {
             seen = rec.seen;
         }
         for (k, s) in rec.sigs {

@@ -25,8 +25,6 @@ pub const RULES_FORMAT: &str = "selfheal-rules";
 pub const GLUE_BUILTINS_FORMAT: &str = "selfheal-glue-builtins";
 /// Current version of every format.
 pub const VERSION: u32 = 1;
-/// State encoders this build can rebuild from a model file.
-pub const ENCODERS: [&str; 3] = ["telemetry-v1", "detector-v1", "detector-v2"];
 
 /// What can go wrong reading or writing a model file.
 #[derive(Debug, thiserror::Error)]
@@ -240,17 +238,15 @@ impl ModelFile {
                 message: format!("action columns {:?} differ from this build's {:?}", m.actions, names),
             });
         }
-        if !ENCODERS.contains(&m.encoder.id.as_str()) {
-            return Err(StoreError::Mismatch {
-                path,
-                message: format!(
-                    "encoder {:?} is unknown to this build (it reads {})",
-                    m.encoder.id,
-                    ENCODERS.join(", ")
-                ),
-            });
-        }
-        let uses_detector = crate::EncoderKind::parse(&m.encoder.id).is_some_and(|k| k.uses_detector());
+        let kind: crate::EncoderKind = m.encoder.id.parse().map_err(|_| StoreError::Mismatch {
+            path: path.clone(),
+            message: format!(
+                "encoder {:?} is unknown to this build (it reads {})",
+                m.encoder.id,
+                crate::EncoderKind::known()
+            ),
+        })?;
+        let uses_detector = kind.uses_detector();
         if uses_detector != m.encoder.config.detector.is_some() {
             return Err(StoreError::Mismatch {
                 path,
