@@ -8,7 +8,7 @@ use selfheal_agent::{GlueSettings, RulesPolicy};
 use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
 use selfheal_detect::telemetry::DetectorModel;
 use selfheal_harness::{aggregate, run_episode, Comparison, Controller, PolicyKind};
-use selfheal_report::eval::{ActionMix, Evaluation, MixRow, PolicyMix};
+use selfheal_report::eval::{self, ActionMix, MixRow, PolicyMix};
 use selfheal_report::playbook::SignatureSample;
 use selfheal_report::policy::{note, PolicyView, SeenMap};
 use selfheal_report::render::{self, ReportInput};
@@ -71,7 +71,7 @@ pub struct SimArgs {
 /// What the simulated evaluation episodes showed.
 pub struct Sim {
     /// The comparison, exactly as `evaluate` computes it.
-    pub eval: Evaluation,
+    pub eval: Comparison,
     /// Action mix per fault kind.
     pub mix: ActionMix,
     /// States met by the learned policy, with the rules' shadow choice.
@@ -234,8 +234,7 @@ pub fn simulate(
             }
         }
     }
-    let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
-    let eval = Evaluation::from_json(&serde_json::to_string(&c)?, "<evaluation>")?;
+    let eval = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
     Ok(Sim {
         eval,
         mix: ActionMix { seeds: format!("{}..{}", seeds.start, seeds.end), policies: mix },
@@ -280,7 +279,7 @@ pub fn run(a: Args) -> Result<()> {
     let (eval, eval_source) = match &a.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            (Evaluation::from_json(&text, &p.display().to_string())?, format!("from {}", p.display()))
+            (eval::parse(&text, &p.display().to_string())?, format!("from {}", p.display()))
         }
         None => (
             sim.eval.clone(),
