@@ -204,6 +204,7 @@ impl ModelFile {
 
     /// Serialise (deterministic, pretty).
     pub fn to_json(&self) -> String {
+        #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
         let mut s = serde_json::to_string_pretty(self).expect("model serialises");
         s.push('\n');
         s
@@ -345,6 +346,7 @@ impl RulesFile {
 
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
         let mut s = serde_json::to_string_pretty(self).expect("rules serialise");
         s.push('\n');
         write_atomic(path, s.as_bytes())

@@ -148,6 +148,7 @@ pub fn cross_validate(cats: &[&Category], scores: &[Vec<Vec<Vec<f64>>>], profile
                     best = Some((k, r));
                 }
             }
+            #[allow(clippy::expect_used)] // `scores` holds at least one candidate: none is a caller's bug
             let (chosen, r) = best.expect("at least one candidate");
             let held = cats[out];
             let hs = &scores[chosen][out];

@@ -171,6 +171,8 @@ impl Cache<'_> {
         let key = v.to_string();
         let cats = self.cats;
         self.scores.entry(key).or_insert_with(|| {
+            // The values are candidate parameter sets built by this test.
+            #[allow(clippy::expect_used)]
             let p: StreamParams = serde_json::from_value(v.clone()).expect("parameters");
             cats.iter().map(|c| c.score(&p)).collect()
         })

@@ -406,6 +406,7 @@ pub fn sweep(files: &[(&LabeledSeries, &[f64])], profile: &Profile) -> Sweep {
             best = Some((theta, total));
         }
     }
+    #[allow(clippy::expect_used)] // no scores: the nothing-detected state is a candidate; else the highest score is
     let (threshold, _) = best.expect("a candidate threshold always exists");
     let per_file: Vec<f64> = files.iter().map(|&(s, a)| file_score(s, a, threshold, profile)).collect();
     let raw = per_file.iter().sum();

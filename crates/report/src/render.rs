@@ -667,6 +667,7 @@ pub fn policy_json(inp: &ReportInput<'_>) -> String {
         rules_source: &inp.rules_source,
         states: &inp.lines,
     };
+    #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
     let mut s = serde_json::to_string_pretty(&d).expect("review serialises");
     s.push('\n');
     s
