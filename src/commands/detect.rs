@@ -118,28 +118,8 @@ pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
     let params: StreamParams = serde_json::from_str(&text).with_context(|| {
         format!("{}: not a detector parameter file (see `selfheal detect --print-params`)", path.display())
     })?;
-    check_params(&params).with_context(|| format!("{}: bad detector parameters", path.display()))?;
+    params.check().with_context(|| format!("{}: bad detector parameters", path.display()))?;
     Ok(params)
-}
-
-/// Rejects parameters the detector cannot run with (or would silently score
-/// every row 0 with).
-fn check_params(p: &StreamParams) -> Result<()> {
-    anyhow::ensure!(p.context.window >= 1, "context.window must be >= 1");
-    anyhow::ensure!(p.context.shingle >= 1, "context.shingle must be >= 1");
-    anyhow::ensure!((0.0..=1.0).contains(&p.context.season_weight), "context.season_weight must be in [0, 1]");
-    anyhow::ensure!(p.forest.n_trees >= 1, "forest.n_trees must be >= 1");
-    anyhow::ensure!(p.forest.sample_size >= 2, "forest.sample_size must be >= 2");
-    anyhow::ensure!(
-        p.forest.extension_level <= p.context.shingle + 1,
-        "forest.extension_level must be <= context.shingle + 1 (the vectors have shingle + 2 dimensions)"
-    );
-    anyhow::ensure!((0.0..=1.0).contains(&p.probation), "probation must be in [0, 1]");
-    anyhow::ensure!((0.0..=1.0).contains(&p.normal_quantile), "normal_quantile must be in [0, 1]");
-    anyhow::ensure!(p.memory >= 1, "memory must be >= 1");
-    anyhow::ensure!(p.average >= 1 && p.history >= 1, "average and history must be >= 1");
-    anyhow::ensure!(p.rest >= 0.0, "rest must be >= 0");
-    Ok(())
 }
 
 use selfheal_nab::series::{read_series, Series, TimeIssue};
@@ -277,16 +257,4 @@ fn detect_dir(input: &Path, output: &Path, params: &StreamParams, strict: bool) 
     }
     bar.finish_and_clear();
     Ok((files.len(), rows))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_params_pass_the_checks() {
-        check_params(&StreamParams::default()).unwrap();
-        let bad = StreamParams { normal_quantile: 1.5, ..StreamParams::default() };
-        assert!(check_params(&bad).is_err());
-    }
 }
