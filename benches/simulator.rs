@@ -101,6 +101,7 @@ fn q_update(c: &mut Criterion) {
             state: rng.gen_range(0..num_states) as StateId,
             action: Action::ALL[rng.gen_range(0..Action::COUNT)],
             reward: rng.gen_range(-2.0..0.0),
+            steps: 1,
             next_state: rng.gen_range(0..num_states) as StateId,
             next_mask: ActionMask::ALL,
             done: rng.gen_bool(1.0 / 240.0),

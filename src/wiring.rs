@@ -5,13 +5,13 @@ use anyhow::{bail, Context, Result};
 use selfheal_agent::confidence::ConfidenceGate;
 use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{
-    DetectorRef, EncoderConfig, EncoderKind, GlueBuiltinsPolicy, GlueSettings, GreedyPolicy, JobShape, NoOpPolicy,
-    RandomPolicy, RulesPolicy, Supervised, WatchdogConfig,
+    DetectorRef, EncoderConfig, EncoderKind, GlueBuiltinsPolicy, GlueSettings, GreedyPolicy, JobShape, RulesPolicy,
+    WatchdogConfig,
 };
 use selfheal_core::{Action, Detector, Metric, Observation, RewardV1, Slo, StateEncoder};
 use selfheal_detect::features::TelemetryFeatures;
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
-use selfheal_harness::{run_episode, Controller, EpisodeStats, Fixed};
+use selfheal_harness::{run_episode, Controller, EpisodeStats, PolicyInputs, PolicyKind};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 use std::sync::Arc;
 
@@ -52,16 +52,25 @@ pub fn worker_step_usd(s: &Scenario) -> f64 {
 pub type Encoder = Box<dyn StateEncoder + Send + Sync>;
 
 /// Build the encoder `id` for a deployment (and a shared copy for fallbacks).
+///
+/// # Errors
+/// An id this build does not know, listing the known ones.
 pub fn encoder(
     id: &str,
     config: EncoderConfig,
     detector: &DetectorModel,
 ) -> Result<(Encoder, Arc<dyn StateEncoder + Send + Sync>)> {
-    let Some(kind) = EncoderKind::parse(id) else {
-        bail!("unknown encoder {id:?}; expected one of {}", EncoderKind::known())
-    };
+    Ok(encoder_of(id.parse()?, config, detector))
+}
+
+/// Build an encoder of `kind` over `detector` (and a shared copy for fallbacks).
+pub fn encoder_of(
+    kind: EncoderKind,
+    config: EncoderConfig,
+    detector: &DetectorModel,
+) -> (Encoder, Arc<dyn StateEncoder + Send + Sync>) {
     let d: Arc<dyn Detector + Send + Sync> = Arc::new(TelemetryDetector::new(detector.clone()));
-    Ok((kind.build(config.clone(), d.clone()), Arc::from(kind.build(config, d))))
+    (kind.build(config.clone(), d.clone()), Arc::from(kind.build(config, d)))
 }
 
 /// The reference a `detector-v1` policy keeps to its detector: a detector
@@ -235,9 +244,6 @@ pub fn sidecar_encoder(
     Ok(enc)
 }
 
-/// Names of the policies `evaluate` knows, in report order.
-pub const POLICIES: [&str; 6] = ["noop", "random", "rules", "glue-builtins", "learned", "oracle"];
-
 /// The job shape a scenario implies for the Glue built-ins: its worker levels
 /// and its CloudWatch period.
 pub fn job_shape(s: &Scenario) -> JobShape {
@@ -313,30 +319,27 @@ impl<'a> PolicyParts<'a> {
         Ok(p)
     }
 
-    /// The learned policy's encoder, and the named policy as a controller:
-    /// `learned` is the greedy table supervised by the gate and the watchdog
-    /// ([`Supervised`]), exactly as the sidecar decides.
-    pub fn controller(&self, name: &str) -> Result<(Encoder, Box<dyn Controller<Simulator> + 'a>)> {
+    /// The learned policy's encoder, and the policy of `kind` as a
+    /// controller ([`PolicyKind::controller`]): `learned` is the greedy table
+    /// supervised by the gate and the watchdog ([`selfheal_agent::Supervised`]), exactly as
+    /// the sidecar decides.
+    pub fn controller(&self, kind: PolicyKind) -> Result<(Encoder, Box<dyn Controller<Simulator> + 'a>)> {
         let (enc, greedy) = learned(self.model, self.scenario, self.detector)?;
-        let ctl: Box<dyn Controller<Simulator> + 'a> = match name {
-            "noop" => Box::new(Fixed(NoOpPolicy)),
-            "random" => Box::new(Fixed(RandomPolicy::new(0))),
-            "rules" => Box::new(Fixed(self.rules_policy())),
-            "glue-builtins" => Box::new(Fixed(self.glue_policy()?)),
-            "learned" => Box::new(Supervised::new(greedy, self.rules_policy(), self.gate, self.watchdog)),
-            "oracle" => match self.oracle {
-                Some(o) => Box::new(OracleController(o)),
-                None => bail!("the oracle was not solved"),
-            },
-            other => bail!("unknown policy {other:?}; expected one of {}", POLICIES.join(", ")),
+        let inputs = PolicyInputs {
+            greedy,
+            rules: self.rules_policy(),
+            glue: (kind == PolicyKind::GlueBuiltins).then(|| self.glue_policy()).transpose()?,
+            gate: self.gate,
+            watchdog: self.watchdog,
+            oracle: self.oracle.map(|o| Box::new(OracleController(o)) as Box<dyn Controller<Simulator> + 'a>),
         };
-        Ok((enc, ctl))
+        Ok((enc, kind.controller(inputs)?))
     }
 
-    /// Run one named policy on every seed.
-    pub fn run(&self, name: &str, seeds: std::ops::Range<u64>) -> Result<Vec<EpisodeStats>> {
+    /// Run the policy of `kind` on every seed.
+    pub fn run(&self, kind: PolicyKind, seeds: std::ops::Range<u64>) -> Result<Vec<EpisodeStats>> {
         let mut env = Simulator::new(self.scenario);
-        let (mut enc, mut ctl) = self.controller(name)?;
+        let (mut enc, mut ctl) = self.controller(kind)?;
         let reward = reward(self.scenario);
         Ok(seeds.map(|seed| run_episode(&mut env, ctl.as_mut(), enc.as_mut(), &reward, seed, |_| {})).collect())
     }

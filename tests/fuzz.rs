@@ -16,16 +16,13 @@
 //! default case counts keep the file to a few seconds; `SELFHEAL_FUZZ_CASES=N`
 //! runs N inputs per target (the long run of `benches/RESULTS.md`).
 
-#[allow(dead_code, clippy::all)]
-#[path = "../src/commands/detect.rs"]
-mod detect_cmd;
-
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, RngSeed, TestCaseError, TestRunner};
 use selfheal_agent::store::{GlueBuiltinsFile, ModelFile, RulesFile};
+use selfheal_core::time::parse_stamp;
 use selfheal_core::{Detector, Metric, Telemetry};
-use selfheal_detect::nab::{self, parse_stamp};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
+use selfheal_nab as nab;
 use selfheal_sidecar::config::{ConfigError, SidecarConfig};
 use selfheal_sidecar::source::{FileSource, Pacing, SourceError};
 use selfheal_sidecar::window::{assemble, parse_body, parse_line, Assembler};
@@ -545,8 +542,8 @@ fn fuzz_nab_csv() {
         let mut accepted = false;
         std::fs::write(&path, &bytes).unwrap();
         let lines = bytes.split(|&c| c == b'\n').count();
-        match nab::read_series_csv(&path) {
-            Ok((t, v)) => {
+        match nab::series::read_series(&path, false) {
+            Ok(nab::series::Series { timestamps: t, values: v, .. }) => {
                 accepted = true;
                 prop_assert_eq!(t.len(), v.len());
                 prop_assert!(v.iter().all(|x| x.is_finite()));
@@ -607,7 +604,7 @@ fn fuzz_nab_corpus() {
     });
 }
 
-/// `selfheal detect`'s own reader (the binary's module, compiled in here).
+/// The same reader as `selfheal detect` calls it, with `--strict` on or off.
 #[test]
 fn fuzz_detect_csv() {
     let dir = tempfile::tempdir().unwrap();
@@ -618,7 +615,7 @@ fn fuzz_detect_csv() {
         let mut accepted = false;
         std::fs::write(&path, &bytes).unwrap();
         let lines = bytes.split(|&c| c == b'\n').count();
-        match detect_cmd::read_series(&path, strict) {
+        match nab::series::read_series(&path, strict) {
             Ok(s) => {
                 accepted = true;
                 prop_assert_eq!(s.timestamps.len(), s.values.len());

@@ -125,6 +125,7 @@ fn train(mdp: &Mdp, params: QParams, episodes: u64, seed: u64) -> QLearner {
                 state,
                 action,
                 reward: o.reward,
+                steps: 1,
                 next_state: o.next as StateId,
                 next_mask: mask,
                 // Only a terminal state ends the bootstrap; running out of

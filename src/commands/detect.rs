@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::store::write_atomic;
 use selfheal_detect::benchmark::score_series;
-use selfheal_detect::nab::{parse_stamp, Stamp};
 use selfheal_detect::stream::StreamParams;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -119,98 +118,33 @@ pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
     let params: StreamParams = serde_json::from_str(&text).with_context(|| {
         format!("{}: not a detector parameter file (see `selfheal detect --print-params`)", path.display())
     })?;
-    check_params(&params).with_context(|| format!("{}: bad detector parameters", path.display()))?;
+    params.check().with_context(|| format!("{}: bad detector parameters", path.display()))?;
     Ok(params)
 }
 
-/// Rejects parameters the detector cannot run with (or would silently score
-/// every row 0 with).
-fn check_params(p: &StreamParams) -> Result<()> {
-    anyhow::ensure!(p.context.window >= 1, "context.window must be >= 1");
-    anyhow::ensure!(p.context.shingle >= 1, "context.shingle must be >= 1");
-    anyhow::ensure!((0.0..=1.0).contains(&p.context.season_weight), "context.season_weight must be in [0, 1]");
-    anyhow::ensure!(p.forest.n_trees >= 1, "forest.n_trees must be >= 1");
-    anyhow::ensure!(p.forest.sample_size >= 2, "forest.sample_size must be >= 2");
-    anyhow::ensure!(
-        p.forest.extension_level <= p.context.shingle + 1,
-        "forest.extension_level must be <= context.shingle + 1 (the vectors have shingle + 2 dimensions)"
+use selfheal_nab::series::{read_series, Series, TimeIssue};
+
+/// Prints the first warnings of `path` and a count per kind to stderr.
+fn report_warnings(series: &Series, path: &Path) {
+    if series.warnings.is_empty() {
+        return;
+    }
+    for w in series.warnings.iter().take(SHOWN_WARNINGS) {
+        eprintln!("warning: {}:{}: {}", path.display(), w.line, w.message);
+    }
+    if series.warnings.len() > SHOWN_WARNINGS {
+        eprintln!("warning: {}: {} more such rows not shown", path.display(), series.warnings.len() - SHOWN_WARNINGS);
+    }
+    eprintln!(
+        "warning: {}: {} row{} back in time, {} duplicate timestamp{}, {} gap{}; all scored in file order",
+        path.display(),
+        series.count(TimeIssue::BackInTime),
+        plural(series.count(TimeIssue::BackInTime)),
+        series.count(TimeIssue::Duplicate),
+        plural(series.count(TimeIssue::Duplicate)),
+        series.count(TimeIssue::Gap),
+        plural(series.count(TimeIssue::Gap)),
     );
-    anyhow::ensure!((0.0..=1.0).contains(&p.probation), "probation must be in [0, 1]");
-    anyhow::ensure!((0.0..=1.0).contains(&p.normal_quantile), "normal_quantile must be in [0, 1]");
-    anyhow::ensure!(p.memory >= 1, "memory must be >= 1");
-    anyhow::ensure!(p.average >= 1 && p.history >= 1, "average and history must be >= 1");
-    anyhow::ensure!(p.rest >= 0.0, "rest must be >= 0");
-    Ok(())
-}
-
-/// One NAB series as read from its CSV file.
-#[derive(Clone, Debug)]
-pub struct Series {
-    /// Timestamps as written.
-    pub timestamps: Vec<String>,
-    /// Values as written (for copying to the output unchanged).
-    pub texts: Vec<String>,
-    /// The parsed values, all finite.
-    pub values: Vec<f64>,
-    /// Row times, Unix milliseconds (the stamps read as UTC).
-    pub stamps: Vec<i64>,
-    /// Rows whose time goes back, repeats or jumps, in file order.
-    pub warnings: Vec<TimeWarning>,
-}
-
-/// What is odd about a row's time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeIssue {
-    /// Earlier than the row before it.
-    BackInTime,
-    /// Equal to the row before it.
-    Duplicate,
-    /// More than [`GAP_FACTOR`] times the file's median step after the row before it.
-    Gap,
-}
-
-/// A step past the latest time so far longer than this many median steps is a gap.
-pub const GAP_FACTOR: i64 = 4;
-
-/// One row with an odd time.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TimeWarning {
-    /// 1-based line (the header is line 1).
-    pub line: usize,
-    /// What is odd.
-    pub issue: TimeIssue,
-    /// The sentence to print.
-    pub message: String,
-}
-
-impl Series {
-    /// How many rows have `issue`.
-    pub fn count(&self, issue: TimeIssue) -> usize {
-        self.warnings.iter().filter(|w| w.issue == issue).count()
-    }
-
-    /// Prints the first warnings of `path` and a count per kind to stderr.
-    pub fn report_warnings(&self, path: &Path) {
-        if self.warnings.is_empty() {
-            return;
-        }
-        for w in self.warnings.iter().take(SHOWN_WARNINGS) {
-            eprintln!("warning: {}:{}: {}", path.display(), w.line, w.message);
-        }
-        if self.warnings.len() > SHOWN_WARNINGS {
-            eprintln!("warning: {}: {} more such rows not shown", path.display(), self.warnings.len() - SHOWN_WARNINGS);
-        }
-        eprintln!(
-            "warning: {}: {} row{} back in time, {} duplicate timestamp{}, {} gap{}; all scored in file order",
-            path.display(),
-            self.count(TimeIssue::BackInTime),
-            plural(self.count(TimeIssue::BackInTime)),
-            self.count(TimeIssue::Duplicate),
-            plural(self.count(TimeIssue::Duplicate)),
-            self.count(TimeIssue::Gap),
-            plural(self.count(TimeIssue::Gap)),
-        );
-    }
 }
 
 fn plural(n: usize) -> &'static str {
@@ -219,136 +153,6 @@ fn plural(n: usize) -> &'static str {
     } else {
         "s"
     }
-}
-
-/// Largest accepted magnitude of a value: the detector's deviations and
-/// z-scores need headroom below `f64::MAX`.
-pub const MAX_ABS_VALUE: f64 = 1e200;
-
-/// Reads `path` as text, naming the line of the first invalid UTF-8 byte.
-fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    String::from_utf8(bytes).map_err(|e| {
-        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-        let line = 1 + valid.iter().filter(|&&c| c == b'\n').count();
-        anyhow::anyhow!("{}:{line}: not UTF-8 text", path.display())
-    })
-}
-
-/// The data lines of `text` after its header, numbered from 2; trailing blank
-/// lines at the end of the file are ignored, other blank lines are not.
-fn data_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let end = lines.iter().rposition(|l| !l.trim().is_empty()).map_or(0, |i| i + 1);
-    lines.into_iter().take(end).enumerate().skip(1).map(|(i, l)| (i + 1, l))
-}
-
-/// Reads a NAB CSV file (see `selfheal detect --help` for the format). Errors
-/// name the file and the 1-based line (the header is line 1); with `strict`, a
-/// timestamp earlier than the row before it is an error, else a warning.
-pub fn read_series(path: &Path, strict: bool) -> Result<Series> {
-    let text = read_text(path)?;
-    let at = |line: usize, msg: String| anyhow::anyhow!("{}:{line}: {msg}", path.display());
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    if text.trim().is_empty() {
-        return Err(at(1, "empty file; expected the header \"timestamp,value\" and at least one data row".into()));
-    }
-    let header = text.lines().next().unwrap_or("");
-    let fields: Vec<&str> = header.split(',').map(str::trim).collect();
-    if fields != ["timestamp", "value"] {
-        let what = if fields.first().is_some_and(|t| parse_stamp(t).is_some()) { "missing" } else { "wrong" };
-        return Err(at(1, format!("{what} header: expected \"timestamp,value\", found {header:?}")));
-    }
-    let mut s = Series {
-        timestamps: Vec::new(),
-        texts: Vec::new(),
-        values: Vec::new(),
-        stamps: Vec::new(),
-        warnings: Vec::new(),
-    };
-    let mut previous: Option<Stamp> = None;
-    let mut lines = Vec::new();
-    for (line, row) in data_lines(text) {
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        if fields.len() != 2 {
-            return Err(at(line, format!("expected 2 fields (timestamp,value), found {}: {row:?}", fields.len())));
-        }
-        let (t, v) = (fields[0], fields[1]);
-        let stamp = parse_stamp(t)
-            .ok_or_else(|| at(line, format!("bad timestamp {t:?}; expected YYYY-MM-DD HH:MM:SS[.fraction]")))?;
-        if let Some(p) = previous {
-            let before = s.timestamps.last().map_or("", String::as_str);
-            if stamp < p && strict {
-                return Err(at(
-                    line,
-                    format!(
-                        "timestamp {t:?} is earlier than {before:?} on the line before; with --strict rows must be \
-                         in time order"
-                    ),
-                ));
-            } else if stamp < p {
-                s.warnings.push(TimeWarning {
-                    line,
-                    issue: TimeIssue::BackInTime,
-                    message: format!(
-                        "timestamp {t:?} is earlier than {before:?} on the line before; scored in file order"
-                    ),
-                });
-            } else if stamp == p {
-                s.warnings.push(TimeWarning {
-                    line,
-                    issue: TimeIssue::Duplicate,
-                    message: format!("timestamp {t:?} repeats the line before; scored in file order"),
-                });
-            }
-        }
-        previous = Some(stamp);
-        lines.push(line);
-        let value: f64 = v.parse().map_err(|_| at(line, format!("value {v:?} is not a number")))?;
-        if value.is_nan() {
-            return Err(at(line, format!("value {v:?} is NaN (not a number); every value must be finite")));
-        }
-        if value.is_infinite() {
-            return Err(at(line, format!("value {v:?} is infinite; every value must be finite")));
-        }
-        if value.abs() > MAX_ABS_VALUE {
-            return Err(at(line, format!("value {v:?} is out of range; |value| must be at most {MAX_ABS_VALUE:e}")));
-        }
-        s.timestamps.push(t.to_owned());
-        s.texts.push(v.to_owned());
-        s.values.push(value);
-        s.stamps.push(stamp.unix_ms());
-    }
-    if s.values.is_empty() {
-        return Err(at(2, "no data rows after the header".into()));
-    }
-    // Gaps: steps forward longer than GAP_FACTOR median steps.
-    let mut steps: Vec<i64> = s.stamps.windows(2).map(|w| w[1] - w[0]).filter(|d| *d > 0).collect();
-    if !steps.is_empty() {
-        let mid = steps.len() / 2;
-        let median = *steps.select_nth_unstable(mid).1;
-        // Against the latest time so far, so the row after one that went back
-        // is not a gap.
-        let mut latest = s.stamps[0];
-        for (i, (&t, &line)) in s.stamps.iter().zip(&lines).enumerate().skip(1) {
-            let step = t - latest;
-            if step > GAP_FACTOR * median {
-                s.warnings.push(TimeWarning {
-                    line,
-                    issue: TimeIssue::Gap,
-                    message: format!(
-                        "a gap of {:.1} min after {:?} (the median step is {:.1} min); scored in file order",
-                        step as f64 / 60_000.0,
-                        s.timestamps[i - 1],
-                        median as f64 / 60_000.0
-                    ),
-                });
-            }
-            latest = latest.max(t);
-        }
-        s.warnings.sort_by_key(|w| w.line);
-    }
-    Ok(s)
 }
 
 /// Runs the streaming detector over a series' rows in file order, one score per row.
@@ -390,7 +194,7 @@ fn detect_file(input: &Path, output: &Path, params: &StreamParams, strict: bool)
         bail!("--output {} is the input file; choose another path", output.display());
     }
     let series = read_series(input, strict)?;
-    series.report_warnings(input);
+    report_warnings(&series, input);
     let text = render(input, &series, params)?;
     write_atomic(output, text.as_bytes()).with_context(|| format!("cannot write {}", output.display()))?;
     Ok((1, series.values.len()))
@@ -444,7 +248,7 @@ fn detect_dir(input: &Path, output: &Path, params: &StreamParams, strict: bool) 
         let name = f.file_name().expect("a listed file has a name");
         bar.set_message(name.to_string_lossy().into_owned());
         let series = read_series(f, strict)?;
-        bar.suspend(|| series.report_warnings(f));
+        bar.suspend(|| report_warnings(&series, f));
         let text = render(f, &series, params)?;
         let out = output.join(name);
         write_atomic(&out, text.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
@@ -453,29 +257,4 @@ fn detect_dir(input: &Path, output: &Path, params: &StreamParams, strict: bool) 
     }
     bar.finish_and_clear();
     Ok((files.len(), rows))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stamps_parse_and_order() {
-        assert!(parse_stamp("2014-02-14 14:30:00").is_some());
-        assert_eq!(parse_stamp("2014-02-14 14:30:00"), parse_stamp("2014-02-14 14:30:00.000"));
-        assert!(parse_stamp("2014-02-14 14:30:00") < parse_stamp("2014-02-14 14:30:00.5"));
-        assert!(parse_stamp("2014-02-14 14:30:00") < parse_stamp("2014-02-15 00:00:00"));
-        for bad in ["2014-02-30 00:00:00", "2014-13-01 00:00:00", "2014-02-14T14:30:00", "2014-02-14 24:00:00", "x"] {
-            assert!(parse_stamp(bad).is_none(), "{bad}");
-        }
-        assert!(parse_stamp("2016-02-29 00:00:00").is_some());
-        assert!(parse_stamp("2014-02-29 00:00:00").is_none());
-    }
-
-    #[test]
-    fn default_params_pass_the_checks() {
-        check_params(&StreamParams::default()).unwrap();
-        let bad = StreamParams { normal_quantile: 1.5, ..StreamParams::default() };
-        assert!(check_params(&bad).is_err());
-    }
 }

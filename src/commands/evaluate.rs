@@ -3,7 +3,7 @@
 use crate::{defaults, wiring};
 use anyhow::Result;
 use selfheal_core::seeds::TRAIN_SEED_FLOOR;
-use selfheal_harness::{aggregate, Comparison};
+use selfheal_harness::{aggregate, Comparison, PolicyKind};
 use selfheal_sim::Oracle;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -78,9 +78,9 @@ pub fn run(a: Args) -> Result<()> {
     parts.watchdog.windows = a.watchdog_windows;
     parts.watchdog.stale_after = parts.watchdog.stale_after.max(a.watchdog_windows);
     parts.watchdog.check()?;
-    for name in wiring::POLICIES {
-        let episodes = parts.run(name, seeds.clone())?;
-        lines.push(aggregate(name, &episodes, usd));
+    for kind in PolicyKind::ALL {
+        let episodes = parts.run(kind, seeds.clone())?;
+        lines.push(aggregate(kind.name(), &episodes, usd));
     }
     let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
     match a.format {
@@ -89,6 +89,16 @@ pub fn run(a: Args) -> Result<()> {
         Format::Table => print!("{}", table(&c, &seeds)),
     }
     Ok(())
+}
+
+/// A field the harness always writes (older evaluations may lack it), as text.
+fn opt<T: std::fmt::Display>(x: Option<T>) -> String {
+    x.map_or_else(String::new, |v| v.to_string())
+}
+
+/// An interval the harness always writes (older evaluations may lack it).
+fn ci(x: Option<[f64; 2]>) -> [f64; 2] {
+    x.unwrap_or([f64::NAN; 2])
 }
 
 fn csv(c: &Comparison) -> String {
@@ -116,17 +126,17 @@ fn csv(c: &Comparison) -> String {
             p.dead_lettered,
             p.cost,
             p.false_actions,
-            p.episodes_with_loss,
-            p.worst_return,
-            p.incident_p95_steps,
-            p.longest_idle_streak,
-            p.watchdog_firings,
-            p.slo_ci95[0],
-            p.slo_ci95[1],
-            p.records_lost_ci95[0],
-            p.records_lost_ci95[1],
-            p.cost_ci95[0],
-            p.cost_ci95[1]
+            opt(p.episodes_with_loss),
+            opt(p.worst_return),
+            opt(p.incident_p95_steps),
+            opt(p.longest_idle_streak),
+            opt(p.watchdog_firings),
+            ci(p.slo_ci95)[0],
+            ci(p.slo_ci95)[1],
+            ci(p.records_lost_ci95)[0],
+            ci(p.records_lost_ci95)[1],
+            ci(p.cost_ci95)[0],
+            ci(p.cost_ci95)[1]
         ));
     }
     out
@@ -181,11 +191,11 @@ fn table(c: &Comparison, seeds: &std::ops::Range<u64>) -> String {
         out.push_str(&format!(
             "{:<13} {:>11} {:>10.1} {:>13.0} {:>12} {:>9}\n",
             p.name,
-            format!("{}/{}", p.episodes_with_loss, c.seeds),
-            p.worst_return,
-            p.incident_p95_steps,
-            p.longest_idle_streak,
-            p.watchdog_firings
+            format!("{}/{}", opt(p.episodes_with_loss), c.seeds),
+            p.worst_return.unwrap_or(f64::NAN),
+            p.incident_p95_steps.unwrap_or(f64::NAN),
+            opt(p.longest_idle_streak),
+            opt(p.watchdog_firings)
         ));
     }
     out.push_str("\nMTTR by the fault kind that opened the incident (unresolved in brackets):\n");
@@ -224,16 +234,16 @@ fn versus(c: &Comparison, a: &str, b: &str) -> Option<String> {
         y.mttr_steps,
         iv(y.mttr_ci95, 2),
         x.records_lost,
-        iv(x.records_lost_ci95, 0),
+        iv(ci(x.records_lost_ci95), 0),
         y.records_lost,
-        iv(y.records_lost_ci95, 0),
+        iv(ci(y.records_lost_ci95), 0),
         100.0 * x.slo_attainment,
-        iv(pct(x.slo_ci95), 1),
+        iv(pct(ci(x.slo_ci95)), 1),
         100.0 * y.slo_attainment,
-        iv(pct(y.slo_ci95), 1),
+        iv(pct(ci(y.slo_ci95)), 1),
         x.cost,
-        iv(x.cost_ci95, 2),
+        iv(ci(x.cost_ci95), 2),
         y.cost,
-        iv(y.cost_ci95, 2),
+        iv(ci(y.cost_ci95), 2),
     ))
 }

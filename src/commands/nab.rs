@@ -4,7 +4,7 @@
 use crate::commands::detect;
 use anyhow::{bail, Context, Result};
 use selfheal_detect::benchmark::{self, Category};
-use selfheal_detect::nab::{file_score, normalize, sweep, LabeledSeries, Profile, PROFILES, START_THRESHOLD};
+use selfheal_nab::{file_score, normalize, sweep, LabeledSeries, Profile, PROFILES, START_THRESHOLD};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

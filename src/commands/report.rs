@@ -7,8 +7,8 @@ use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{GlueSettings, RulesPolicy};
 use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
 use selfheal_detect::telemetry::DetectorModel;
-use selfheal_harness::{aggregate, run_episode, Comparison, Controller};
-use selfheal_report::eval::{ActionMix, Evaluation, MixRow, PolicyMix};
+use selfheal_harness::{aggregate, run_episode, Comparison, Controller, PolicyKind};
+use selfheal_report::eval::{self, ActionMix, MixRow, PolicyMix};
 use selfheal_report::playbook::SignatureSample;
 use selfheal_report::policy::{note, PolicyView, SeenMap};
 use selfheal_report::render::{self, ReportInput};
@@ -71,7 +71,7 @@ pub struct SimArgs {
 /// What the simulated evaluation episodes showed.
 pub struct Sim {
     /// The comparison, exactly as `evaluate` computes it.
-    pub eval: Evaluation,
+    pub eval: Comparison,
     /// Action mix per fault kind.
     pub mix: ActionMix,
     /// States met by the learned policy, with the rules' shadow choice.
@@ -183,15 +183,17 @@ pub fn simulate(
     let (mut seen, mut sigs) = (SeenMap::new(), BTreeMap::<u32, SignatureSample>::new());
     let mut parts = wiring::PolicyParts::new(scenario, model, detector, rules, Some(&oracle));
     parts.glue = glue;
-    for name in wiring::POLICIES {
+    for kind in PolicyKind::ALL {
+        let name = kind.name();
         let mut env = Simulator::new(scenario);
-        let (mut enc, inner) = parts.controller(name)?;
+        let (mut enc, inner) = parts.controller(kind)?;
+        let learned = kind == PolicyKind::Learned;
         let mut rec = Recorder {
             inner,
             view,
-            shadow: (name == "learned").then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
-            sample: name == "learned" || name == "noop",
-            learned: name == "learned",
+            shadow: learned.then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
+            sample: learned || kind == PolicyKind::NoOp,
+            learned,
             mix: vec![[0; Action::COUNT]; 1 + FaultKind::COUNT],
             seen: SeenMap::new(),
             sigs: BTreeMap::new(),
@@ -211,7 +213,7 @@ pub fn simulate(
             })
             .collect();
         mix.push(PolicyMix { name: name.to_string(), rows });
-        if name == "learned" {
+        if learned {
             seen = rec.seen;
         }
         for (k, s) in rec.sigs {
@@ -232,8 +234,7 @@ pub fn simulate(
             }
         }
     }
-    let c = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
-    let eval = Evaluation::from_json(&serde_json::to_string(&c)?, "<evaluation>")?;
+    let eval = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
     Ok(Sim {
         eval,
         mix: ActionMix { seeds: format!("{}..{}", seeds.start, seeds.end), policies: mix },
@@ -278,7 +279,7 @@ pub fn run(a: Args) -> Result<()> {
     let (eval, eval_source) = match &a.eval {
         Some(p) => {
             let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            (Evaluation::from_json(&text, &p.display().to_string())?, format!("from {}", p.display()))
+            (eval::parse(&text, &p.display().to_string())?, format!("from {}", p.display()))
         }
         None => (
             sim.eval.clone(),

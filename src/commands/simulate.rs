@@ -3,7 +3,7 @@
 use crate::{defaults, wiring};
 use anyhow::Result;
 use selfheal_core::FaultKind;
-use selfheal_harness::run_episode;
+use selfheal_harness::{run_episode, PolicyKind};
 use selfheal_sim::{Oracle, Simulator};
 use serde_json::json;
 use std::io::Write;
@@ -22,7 +22,7 @@ pub struct Args {
     seed: u64,
     /// Policy: noop, random, rules, glue-builtins, learned or oracle.
     #[arg(long, default_value = "learned")]
-    policy: String,
+    policy: PolicyKind,
     /// Policy model for `learned`; defaults to the shipped one.
     #[arg(long)]
     model: Option<PathBuf>,
@@ -42,10 +42,10 @@ pub fn run(a: Args) -> Result<()> {
     let model = defaults::policy(a.model.as_deref())?;
     let rules = defaults::rules(a.rules.as_deref())?;
     let detector = defaults::detector(a.detector.as_deref())?;
-    let oracle = (a.policy == "oracle").then(|| Oracle::solve(&scenario));
+    let oracle = (a.policy == PolicyKind::Oracle).then(|| Oracle::solve(&scenario));
     let mut parts = wiring::PolicyParts::new(&scenario, &model, &detector, &rules, oracle.as_ref());
     parts.glue = defaults::glue_builtins(a.glue_builtins.as_deref())?.settings;
-    let (mut enc, mut ctl) = parts.controller(&a.policy)?;
+    let (mut enc, mut ctl) = parts.controller(a.policy)?;
     let mut env = Simulator::new(&scenario);
     let reward = wiring::reward(&scenario);
     let (describer, _) = wiring::encoder(&model.encoder.id, model.encoder.config.clone(), &detector)?;

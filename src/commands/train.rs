@@ -27,7 +27,7 @@ pub struct Args {
     /// policy), detector-v1 (the same without the age) or telemetry-v1
     /// (hand-written symptom rules; the foundation's encoder).
     #[arg(long, default_value = "detector-v2")]
-    encoder: String,
+    encoder: selfheal_agent::EncoderKind,
     /// Detector model for detector-v1/v2; defaults to the shipped models/detector.json.
     #[arg(long)]
     detector: Option<PathBuf>,
@@ -108,14 +108,14 @@ pub fn run(a: Args) -> Result<()> {
     };
     let mut config = wiring::encoder_config(&scenario);
     let detector = defaults::detector(a.detector.as_deref())?;
-    if selfheal_agent::EncoderKind::parse(&a.encoder).is_some_and(|k| k.uses_detector()) {
+    if a.encoder.uses_detector() {
         config.detector = Some(wiring::detector_ref(&detector));
     }
-    let (enc, _) = wiring::encoder(&a.encoder, config.clone(), &detector)?;
+    let (enc, _) = wiring::encoder_of(a.encoder, config.clone(), &detector);
     let reward = wiring::reward(&scenario);
     let mut workers = Vec::with_capacity(threads);
     for _ in 0..threads {
-        workers.push((Simulator::new(&scenario), wiring::encoder(&a.encoder, config.clone(), &detector)?.0));
+        workers.push((Simulator::new(&scenario), wiring::encoder_of(a.encoder, config.clone(), &detector).0));
     }
     let mut learner = QLearner::new(enc.num_states(), params, selfheal_core::seeds::mix(a.seed, 0xA6E7));
 

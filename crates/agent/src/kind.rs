@@ -3,6 +3,8 @@
 
 use crate::{DetectorEncoder, EncoderConfig, TelemetryEncoder};
 use selfheal_core::{Detector, StateEncoder};
+use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// A state encoder known to this build.
@@ -29,9 +31,10 @@ impl EncoderKind {
         }
     }
 
-    /// The kind with this id, if this build knows it.
+    /// The kind with this id, if this build knows it (see the [`FromStr`]
+    /// impl for an error that lists the known ids).
     pub fn parse(id: &str) -> Option<EncoderKind> {
-        EncoderKind::ALL.into_iter().find(|k| k.id() == id)
+        id.parse().ok()
     }
 
     /// The ids this build knows, for messages.
@@ -50,13 +53,45 @@ impl EncoderKind {
         config: EncoderConfig,
         detector: Arc<dyn Detector + Send + Sync>,
     ) -> Box<dyn StateEncoder + Send + Sync> {
+        match self.detector_encoder(config.clone(), detector) {
+            Some(e) => Box::new(e),
+            None => Box::new(TelemetryEncoder::new(config)),
+        }
+    }
+
+    /// The encoder of a detector kind as its concrete type (whose states can
+    /// be taken apart into signature, bucket and age); `None` for `telemetry-v1`.
+    pub fn detector_encoder(
+        self,
+        config: EncoderConfig,
+        detector: Arc<dyn Detector + Send + Sync>,
+    ) -> Option<DetectorEncoder> {
         match self {
-            EncoderKind::TelemetryV1 => Box::new(TelemetryEncoder::new(config)),
-            EncoderKind::DetectorV1 => Box::new(DetectorEncoder::new(config, detector)),
-            EncoderKind::DetectorV2 => Box::new(DetectorEncoder::with_age(config, detector)),
+            EncoderKind::TelemetryV1 => None,
+            EncoderKind::DetectorV1 => Some(DetectorEncoder::new(config, detector)),
+            EncoderKind::DetectorV2 => Some(DetectorEncoder::with_age(config, detector)),
         }
     }
 }
+
+impl fmt::Display for EncoderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+impl FromStr for EncoderKind {
+    type Err = UnknownEncoder;
+
+    fn from_str(id: &str) -> Result<EncoderKind, UnknownEncoder> {
+        EncoderKind::ALL.into_iter().find(|k| k.id() == id).ok_or_else(|| UnknownEncoder(id.to_string()))
+    }
+}
+
+/// An encoder id this build does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown encoder {0:?}; this build knows {known}", known = EncoderKind::known())]
+pub struct UnknownEncoder(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -83,5 +118,10 @@ mod tests {
             assert_eq!(k.build(cfg.clone(), Arc::new(None0)).id(), k.id());
         }
         assert_eq!(EncoderKind::parse("detector-v9"), None);
+        let err = "detector-v9".parse::<EncoderKind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown encoder \"detector-v9\"; this build knows telemetry-v1, detector-v1, detector-v2"
+        );
     }
 }

@@ -33,7 +33,7 @@ pub use baselines::{NoOpPolicy, RandomPolicy, RuleThresholds, RulesPolicy};
 pub use detector_encoder::DetectorEncoder;
 pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
 pub use glue_builtins::{GlueBuiltinsPolicy, GlueSettings, GlueSettingsError, JobShape};
-pub use kind::EncoderKind;
+pub use kind::{EncoderKind, UnknownEncoder};
 pub use qlearn::{deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
 pub use store::{ModelFile, ModelMeta, StoreError};
 pub use supervise::{window_unhealthy, Cause, Supervised, Supervisor};

@@ -1,8 +1,10 @@
 //! Tabular Q-learning.
 //!
-//! Update: `Q(s,a) += α(s,a) · (r + γ · max_{a' ∈ mask(s')} Q(s',a') − Q(s,a))`
+//! Update: `Q(s,a) += α(s,a) · (r + γⁿ · max_{a' ∈ mask(s')} Q(s',a') − Q(s,a))`
+//! with `n` the transition's `steps` (1, or the sidecar's `reward_windows`
+//! when `r` is the discounted sum of that many windows' rewards)
 //! with a count-based step size `α(s,a) = max(α_min, n(s,a)^−ω)`: polynomial
-//! steps (ω ≈ 0.8) forget the early, exploratory targets faster than `1/n` yet
+//! steps (ω ≈ 0.7) forget the early, exploratory targets faster than `1/n` yet
 //! average away the noise of random fault arrivals in often-visited states, where
 //! the actions' true values differ only by their small price. Exploration is ε-greedy
 //! over the allowed actions, ε following a linear schedule over episodes. Greedy
@@ -238,11 +240,21 @@ impl Policy for QLearner {
 }
 
 impl QLearner {
+    /// The discounted bootstrap `γ^steps · max_{a'} Q(s', a')` of a
+    /// transition, 0 when it ended the episode.
+    fn bootstrap(&self, t: &Transition) -> f64 {
+        if t.done {
+            return 0.0;
+        }
+        let steps = i32::try_from(t.steps.max(1)).unwrap_or(i32::MAX);
+        self.params.gamma.powi(steps) * self.table.max(t.next_state, t.next_mask)
+    }
+
     /// A Q update from a live window: the same rule as [`Learner::update`]
     /// (the step size decays with all updates of the cell), counted as an
     /// **online** visit, never as a training one (see [`QTable`]).
     pub fn update_online(&mut self, t: &Transition) {
-        let bootstrap = if t.done { 0.0 } else { self.params.gamma * self.table.max(t.next_state, t.next_mask) };
+        let bootstrap = self.bootstrap(t);
         let i = t.state as usize * Action::COUNT + t.action.index();
         self.table.online[i] = self.table.online[i].saturating_add(1);
         let n = self.table.visits[i].saturating_add(self.table.online[i]);
@@ -253,7 +265,7 @@ impl QLearner {
 
 impl Learner for QLearner {
     fn update(&mut self, t: &Transition) {
-        let bootstrap = if t.done { 0.0 } else { self.params.gamma * self.table.max(t.next_state, t.next_mask) };
+        let bootstrap = self.bootstrap(t);
         let i = t.state as usize * Action::COUNT + t.action.index();
         let n = self.table.visits[i].saturating_add(1);
         self.table.visits[i] = n;
@@ -362,6 +374,7 @@ mod tests {
             state: 0,
             action: Action::Restart,
             reward: -1.0,
+            steps: 1,
             next_state: 1,
             next_mask: ActionMask::ALL,
             done: true,
@@ -393,5 +406,49 @@ mod tests {
         }
         let p: f64 = mask.iter().map(|a| l.action_probability(0, mask, a)).sum();
         assert!((p - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn n_step_transition_bootstraps_with_gamma_to_the_n() {
+        // γ = 0.5 so the powers are exact; α = 1 on a first visit.
+        let params = QParams { gamma: 0.5, ..QParams::default() };
+        let mut l = QLearner::new(2, params, 3);
+        // Give the next state a known value: Q(1, NoOp) = 8 (done, so no bootstrap).
+        let seed = Transition {
+            state: 1,
+            action: Action::NoOp,
+            reward: 8.0,
+            steps: 1,
+            next_state: 1,
+            next_mask: ActionMask::ALL,
+            done: true,
+        };
+        l.update(&seed);
+        assert_eq!(l.table().max(1, ActionMask::ALL), 8.0);
+        // Three windows of reward 1 each, summed with discounts: 1 + 0.5 + 0.25 = 1.75.
+        // Bootstrap with γ³ = 0.125: target = 1.75 + 0.125 · 8 = 2.75 (with γ it would be 5.75).
+        let three = Transition {
+            state: 0,
+            action: Action::Restart,
+            reward: 1.75,
+            steps: 3,
+            next_state: 1,
+            done: false,
+            ..seed
+        };
+        l.update_online(&three);
+        assert_eq!(l.table().row(0)[Action::Restart.index()], 2.75);
+        // The training update follows the same rule.
+        let mut t = QLearner::new(2, params, 3);
+        t.update(&seed);
+        t.update(&three);
+        assert_eq!(t.table().row(0)[Action::Restart.index()], 2.75);
+        // One step (and 0, read as 1) bootstraps with γ: 1.75 + 0.5 · 8 = 5.75.
+        for steps in [0, 1] {
+            let mut o = QLearner::new(2, params, 3);
+            o.update(&seed);
+            o.update_online(&Transition { steps, ..three });
+            assert_eq!(o.table().row(0)[Action::Restart.index()], 5.75, "steps = {steps}");
+        }
     }
 }

@@ -25,8 +25,6 @@ pub const RULES_FORMAT: &str = "selfheal-rules";
 pub const GLUE_BUILTINS_FORMAT: &str = "selfheal-glue-builtins";
 /// Current version of every format.
 pub const VERSION: u32 = 1;
-/// State encoders this build can rebuild from a model file.
-pub const ENCODERS: [&str; 3] = ["telemetry-v1", "detector-v1", "detector-v2"];
 
 /// What can go wrong reading or writing a model file.
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +204,7 @@ impl ModelFile {
 
     /// Serialise (deterministic, pretty).
     pub fn to_json(&self) -> String {
+        #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
         let mut s = serde_json::to_string_pretty(self).expect("model serialises");
         s.push('\n');
         s
@@ -240,17 +239,15 @@ impl ModelFile {
                 message: format!("action columns {:?} differ from this build's {:?}", m.actions, names),
             });
         }
-        if !ENCODERS.contains(&m.encoder.id.as_str()) {
-            return Err(StoreError::Mismatch {
-                path,
-                message: format!(
-                    "encoder {:?} is unknown to this build (it reads {})",
-                    m.encoder.id,
-                    ENCODERS.join(", ")
-                ),
-            });
-        }
-        let uses_detector = crate::EncoderKind::parse(&m.encoder.id).is_some_and(|k| k.uses_detector());
+        let kind: crate::EncoderKind = m.encoder.id.parse().map_err(|_| StoreError::Mismatch {
+            path: path.clone(),
+            message: format!(
+                "encoder {:?} is unknown to this build (it reads {})",
+                m.encoder.id,
+                crate::EncoderKind::known()
+            ),
+        })?;
+        let uses_detector = kind.uses_detector();
         if uses_detector != m.encoder.config.detector.is_some() {
             return Err(StoreError::Mismatch {
                 path,
@@ -349,6 +346,7 @@ impl RulesFile {
 
     /// Write atomically.
     pub fn save(&self, path: &Path) -> Result<(), StoreError> {
+        #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
         let mut s = serde_json::to_string_pretty(self).expect("rules serialise");
         s.push('\n');
         write_atomic(path, s.as_bytes())
@@ -490,6 +488,7 @@ mod tests {
                 state: 7,
                 action: Action::Restart,
                 reward: -1.0,
+                steps: 1,
                 next_state: 7,
                 next_mask: ActionMask::ALL,
                 done: false,

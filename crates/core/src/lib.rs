@@ -15,6 +15,7 @@ pub mod reward;
 pub mod seams;
 pub mod stats;
 pub mod telemetry;
+pub mod time;
 
 pub use action::{Action, ActionMask};
 pub use fault::{FaultKind, FaultSet};

@@ -32,15 +32,23 @@ pub trait Policy {
     fn act(&mut self, obs: &Observation<'_>) -> Action;
 }
 
-/// One step of experience.
+/// One step of experience, or `steps` of them summed (an n-step return).
+///
+/// With `steps = n` the reward is the discounted sum `Σ_{i<n} γⁱ·rᵢ` of the
+/// `n` windows after the action and `next_state` is the state `n` windows
+/// later, so the learner bootstraps with `γⁿ` (the sidecar's
+/// `reward_windows`); `steps = 1` is the ordinary one-step transition.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Transition {
     /// State the action was taken in.
     pub state: StateId,
     /// The action.
     pub action: Action,
-    /// Reward observed after it.
+    /// Reward observed after it (for `steps > 1`, the discounted sum over the steps).
     pub reward: f64,
+    /// Steps between `state` and `next_state`: the learner discounts the
+    /// bootstrap by `γ^steps`. 1 for a one-step transition; 0 is read as 1.
+    pub steps: u32,
     /// State after it.
     pub next_state: StateId,
     /// Actions allowed in `next_state`.

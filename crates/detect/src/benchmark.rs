@@ -6,8 +6,9 @@
 //! `selfheal nab` prints what this computes; the tests of the detector use it
 //! for their acceptance figures.
 
-use crate::nab::{file_score, load_category, normalize, parse_stamp, sweep, LabeledSeries, NabError, Profile};
 use crate::stream::{StreamDetector, StreamParams};
+use selfheal_core::time::parse_stamp;
+use selfheal_nab::{file_score, load_category, normalize, sweep, LabeledSeries, NabError, Profile};
 use std::path::Path;
 
 /// One NAB category: its files, values and row times.
@@ -147,6 +148,7 @@ pub fn cross_validate(cats: &[&Category], scores: &[Vec<Vec<Vec<f64>>>], profile
                     best = Some((k, r));
                 }
             }
+            #[allow(clippy::expect_used)] // `scores` holds at least one candidate: none is a caller's bug
             let (chosen, r) = best.expect("at least one candidate");
             let held = cats[out];
             let hs = &scores[chosen][out];

@@ -12,9 +12,8 @@
 //! - [`likelihood`]: raw scores calibrated into an anomaly likelihood;
 //! - [`stream`]: streaming detection of one series (learn, score, adapt);
 //! - [`telemetry`]: the pipeline detector the agent's state is built on;
-//! - [`nab`]: the Numenta Anomaly Benchmark's scoring rules;
-//! - [`benchmark`]: the streaming detector over NAB categories, scored and
-//!   cross-validated.
+//! - [`benchmark`]: the streaming detector over NAB categories, scored by
+//!   `selfheal_nab` and cross-validated.
 
 #![forbid(unsafe_code)]
 
@@ -24,7 +23,6 @@ pub mod features;
 pub mod flat;
 pub mod forest;
 pub mod likelihood;
-pub mod nab;
 pub mod signature;
 pub mod stream;
 pub mod telemetry;

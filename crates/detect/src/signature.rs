@@ -89,6 +89,7 @@ impl Signatures {
                 best = Some((s, centroids));
             }
         }
+        #[allow(clippy::expect_used)] // `ks` is non-empty: an empty range is a caller's bug
         let (_, centroids) = best.expect("at least one k");
         Ok(Signatures { mean, scale, centroids, silhouette })
     }

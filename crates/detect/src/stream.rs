@@ -95,6 +95,49 @@ pub struct StreamParams {
     pub rest_level: f64,
 }
 
+/// A streaming-detector parameter out of its bounds: the parameter's path
+/// (as in the JSON of `selfheal detect --print-params`) and the bound.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{param} must be {bound}")]
+pub struct InvalidStreamParams {
+    /// The parameter, e.g. `context.window`.
+    pub param: &'static str,
+    /// The bound it breaks, e.g. `>= 1`.
+    pub bound: &'static str,
+}
+
+impl StreamParams {
+    /// Check the parameters the detector cannot run with (or would silently
+    /// score every row 0 with).
+    ///
+    /// # Errors
+    /// The first parameter out of its bounds, naming it and the bound.
+    pub fn check(&self) -> Result<(), InvalidStreamParams> {
+        let checks = [
+            (self.context.window >= 1, "context.window", ">= 1"),
+            (self.context.shingle >= 1, "context.shingle", ">= 1"),
+            ((0.0..=1.0).contains(&self.context.season_weight), "context.season_weight", "in [0, 1]"),
+            (self.forest.n_trees >= 1, "forest.n_trees", ">= 1"),
+            (self.forest.sample_size >= 2, "forest.sample_size", ">= 2"),
+            (
+                self.forest.extension_level <= self.context.shingle + 1,
+                "forest.extension_level",
+                "<= context.shingle + 1 (the vectors have shingle + 2 dimensions)",
+            ),
+            ((0.0..=1.0).contains(&self.probation), "probation", "in [0, 1]"),
+            ((0.0..=1.0).contains(&self.normal_quantile), "normal_quantile", "in [0, 1]"),
+            (self.memory >= 1, "memory", ">= 1"),
+            (self.average >= 1, "average", ">= 1"),
+            (self.history >= 1, "history", ">= 1"),
+            (self.rest >= 0.0, "rest", ">= 0"),
+        ];
+        match checks.into_iter().find(|(ok, _, _)| !ok) {
+            Some((_, param, bound)) => Err(InvalidStreamParams { param, bound }),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Default for StreamParams {
     fn default() -> Self {
         // Chosen on NAB's four labelled categories together by the procedure
@@ -333,6 +376,18 @@ impl StreamDetector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn params_check_names_the_parameter_and_its_bound() {
+        assert_eq!(StreamParams::default().check(), Ok(()));
+        let bad = StreamParams { normal_quantile: 1.5, ..StreamParams::default() };
+        assert_eq!(bad.check().unwrap_err().to_string(), "normal_quantile must be in [0, 1]");
+        let mut bad = StreamParams::default();
+        bad.forest.extension_level = bad.context.shingle + 2;
+        assert_eq!(bad.check().unwrap_err().param, "forest.extension_level");
+        let bad = StreamParams { history: 0, ..StreamParams::default() };
+        assert_eq!(bad.check().unwrap_err().to_string(), "history must be >= 1");
+    }
 
     fn series(n: usize) -> Vec<f64> {
         (0..n).map(|i| 50.0 + 5.0 * ((i as f64) * 0.2).sin() + ((i * 7919) % 13) as f64 * 0.1).collect()

@@ -570,6 +570,7 @@ impl DetectorModel {
 
     /// Serialise (deterministic).
     pub fn to_json(&self) -> String {
+        #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
         let mut s = serde_json::to_string(self).expect("detector serialises");
         s.push('\n');
         s

@@ -7,10 +7,10 @@
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::time::parse_stamp;
 use selfheal_core::{Metric, Telemetry};
 use selfheal_detect::benchmark::score_series;
 use selfheal_detect::forest::ForestParams;
-use selfheal_detect::nab::parse_stamp;
 use selfheal_detect::stream::StreamParams;
 use selfheal_detect::telemetry::{DetectorModel, FitParams};
 use std::path::Path;

@@ -29,8 +29,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_detect::benchmark::{cross_validate, false_alarms, score_set, Category};
-use selfheal_detect::nab::PROFILES;
 use selfheal_detect::stream::StreamParams;
+use selfheal_nab::PROFILES;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::Path;
@@ -105,7 +105,7 @@ fn search() {
                         series.name(),
                         series.len(),
                         p,
-                        selfheal_detect::nab::file_score(series, a, r.threshold, std),
+                        selfheal_nab::file_score(series, a, r.threshold, std),
                         hits.join(" "),
                         fps.len(),
                         &fps[..fps.len().min(12)]
@@ -171,6 +171,8 @@ impl Cache<'_> {
         let key = v.to_string();
         let cats = self.cats;
         self.scores.entry(key).or_insert_with(|| {
+            // The values are candidate parameter sets built by this test.
+            #[allow(clippy::expect_used)]
             let p: StreamParams = serde_json::from_value(v.clone()).expect("parameters");
             cats.iter().map(|c| c.score(&p)).collect()
         })
@@ -248,9 +250,9 @@ fn nested_search() {
                     .files
                     .iter()
                     .zip(&s)
-                    .map(|((series, _), a)| selfheal_detect::nab::file_score(series, a, threshold, &PROFILES[0]))
+                    .map(|((series, _), a)| selfheal_nab::file_score(series, a, threshold, &PROFILES[0]))
                     .sum();
-                let held = selfheal_detect::nab::normalize(raw, cats[c].windows(), &PROFILES[0]);
+                let held = selfheal_nab::normalize(raw, cats[c].windows(), &PROFILES[0]);
                 println!(
                     "NESTED held out {name:<22} train {train_score:.2} (random best {from_random:.2}) @ {threshold:.4}  \
                      held-out {held:.2} (own threshold {:.2})\n    {best}",

@@ -120,6 +120,7 @@ impl<T> Approvals<T> {
             self.pending.iter().filter(|(_, p)| p.expires_at_ms <= now_ms).map(|(id, _)| id.clone()).collect();
         ids.into_iter()
             .map(|id| {
+                #[allow(clippy::expect_used)] // the ids were listed from the map just above, under the same &mut self
                 let p = self.pending.remove(&id).expect("listed above");
                 self.remember(id.clone(), Decision::Expired);
                 (id, p.payload)
@@ -148,6 +149,7 @@ impl<T> Approvals<T> {
             }),
             Some(p) if now_ms >= p.expires_at_ms => Err(ApprovalError::Expired(id.to_string())),
             Some(_) => {
+                #[allow(clippy::expect_used)] // matched `Some` just above, under the same &mut self
                 let p = self.pending.remove(id).expect("present");
                 self.remember(id.to_string(), how);
                 Ok(p.payload)

@@ -190,7 +190,7 @@ where
         let r = reward.reward(action, &step.telemetry);
         let (next_state, next_mask) = enc.encode(&step.telemetry);
         // A time limit is a truncation, not a terminal state: keep bootstrapping.
-        ctl.learn(&Transition { state, action, reward: r, next_state, next_mask, done: false });
+        ctl.learn(&Transition { state, action, reward: r, steps: 1, next_state, next_mask, done: false });
 
         let info = &step.info;
         stats.ret += r;

@@ -16,84 +16,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_core::stats::percentile_interval_95;
 use selfheal_core::FaultKind;
-use serde::Serialize;
-
-/// One policy's line in the comparison (the JSON shape of `evaluate`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct PolicyReport {
-    /// Policy name.
-    pub name: String,
-    /// Mean return over seeds.
-    pub mean_return: f64,
-    /// 95 % interval of the mean return.
-    pub return_ci95: [f64; 2],
-    /// Share of the oracle's improvement over no-op, percent.
-    pub pct_of_oracle: f64,
-    /// Mean steps to heal.
-    pub mttr_steps: f64,
-    /// 95 % interval of the MTTR.
-    pub mttr_ci95: [f64; 2],
-    /// Incidents still open at the end of their episode.
-    pub unresolved: u64,
-    /// Share of steps meeting the SLO.
-    pub slo_attainment: f64,
-    /// 95 % interval of the SLO attainment.
-    pub slo_ci95: [f64; 2],
-    /// Share of incidents healed without escalation.
-    pub auto_resolved: f64,
-    /// `Escalate` actions.
-    pub escalations: u64,
-    /// Records lost.
-    pub records_lost: u64,
-    /// 95 % interval of the records lost (the total over the seeds).
-    pub records_lost_ci95: [f64; 2],
-    /// Records dead-lettered.
-    pub dead_lettered: u64,
-    /// Mean worker cost per episode, USD.
-    pub cost: f64,
-    /// 95 % interval of the mean cost.
-    pub cost_ci95: [f64; 2],
-    /// Remedial actions in healthy windows.
-    pub false_actions: u64,
-    /// Episodes that lost any record.
-    pub episodes_with_loss: u64,
-    /// The worst episode's return.
-    pub worst_return: f64,
-    /// 95th percentile of incident duration, steps (nearest rank, over every
-    /// incident of every episode, unresolved ones with their time to the end).
-    pub incident_p95_steps: f64,
-    /// Longest unhealthy streak with neither action nor escalation, steps,
-    /// over all episodes (see [`EpisodeStats::longest_idle_streak`]).
-    pub longest_idle_streak: u32,
-    /// Decisions forced by the policy's watchdog.
-    pub watchdog_firings: u64,
-    /// Incidents and MTTR per fault kind that opened them.
-    pub by_fault: Vec<FaultLine>,
-}
-
-/// MTTR of the incidents one fault kind opened.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FaultLine {
-    /// Fault kind.
-    pub fault: FaultKind,
-    /// Incidents it opened.
-    pub incidents: u64,
-    /// Their mean steps to heal.
-    pub mttr_steps: f64,
-    /// Of them, still open at the end.
-    pub unresolved: u64,
-}
-
-/// The whole comparison.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Comparison {
-    /// Scenario name.
-    pub scenario: String,
-    /// Number of seeds.
-    pub seeds: u64,
-    /// One line per policy.
-    pub policies: Vec<PolicyReport>,
-}
+pub use selfheal_schema::eval::{Comparison, FaultLine, PolicyReport};
 
 fn mean(xs: &[f64]) -> f64 {
     if xs.is_empty() {
@@ -156,7 +79,7 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
         mttr_ci95: percentile_interval_95(boot_mttr),
         unresolved: episodes.iter().map(|e| u64::from(e.unresolved)).sum(),
         slo_attainment: episodes.iter().map(|e| u64::from(e.slo_steps)).sum::<u64>() as f64 / steps.max(1) as f64,
-        slo_ci95: percentile_interval_95(boot_slo),
+        slo_ci95: Some(percentile_interval_95(boot_slo)),
         auto_resolved: if incidents == 0 {
             f64::NAN
         } else {
@@ -164,19 +87,19 @@ pub fn aggregate(name: &str, episodes: &[EpisodeStats], worker_step_usd: f64) ->
         },
         escalations: episodes.iter().map(|e| u64::from(e.escalations)).sum(),
         records_lost: episodes.iter().map(|e| e.ledger.lost).sum(),
-        records_lost_ci95: percentile_interval_95(boot_lost),
+        records_lost_ci95: Some(percentile_interval_95(boot_lost)),
         dead_lettered: episodes.iter().map(|e| e.ledger.dead_lettered).sum(),
         cost: episodes.iter().map(|e| e.worker_steps as f64 * worker_step_usd).sum::<f64>() / n.max(1) as f64,
-        cost_ci95: percentile_interval_95(boot_cost),
+        cost_ci95: Some(percentile_interval_95(boot_cost)),
         false_actions: episodes.iter().map(|e| u64::from(e.false_actions)).sum(),
-        episodes_with_loss: episodes.iter().filter(|e| e.ledger.lost > 0).count() as u64,
-        worst_return: returns.iter().copied().fold(f64::NAN, f64::min),
-        incident_p95_steps: percentile_nearest_rank(
+        episodes_with_loss: Some(episodes.iter().filter(|e| e.ledger.lost > 0).count() as u64),
+        worst_return: Some(returns.iter().copied().fold(f64::NAN, f64::min)),
+        incident_p95_steps: Some(percentile_nearest_rank(
             episodes.iter().flat_map(|e| e.incident_steps.iter().map(|x| f64::from(*x))).collect(),
             0.95,
-        ),
-        longest_idle_streak: episodes.iter().map(|e| e.longest_idle_streak).max().unwrap_or(0),
-        watchdog_firings: episodes.iter().map(|e| u64::from(e.watchdog_firings)).sum(),
+        )),
+        longest_idle_streak: Some(u64::from(episodes.iter().map(|e| e.longest_idle_streak).max().unwrap_or(0))),
+        watchdog_firings: Some(episodes.iter().map(|e| u64::from(e.watchdog_firings)).sum()),
         by_fault: by_fault(episodes),
     }
 }
@@ -208,25 +131,6 @@ fn by_fault(episodes: &[EpisodeStats]) -> Vec<FaultLine> {
             (n > 0).then(|| FaultLine { fault: *k, incidents: n, mttr_steps: sum / n as f64, unresolved: open })
         })
         .collect()
-}
-
-impl Comparison {
-    /// Assemble the comparison and fill in `pct_of_oracle` from the lines named
-    /// `noop` and `oracle` (NaN when either is missing).
-    pub fn new(scenario: &str, seeds: u64, mut policies: Vec<PolicyReport>) -> Comparison {
-        let find = |n: &str, p: &[PolicyReport]| p.iter().find(|x| x.name == n).map(|x| x.mean_return);
-        if let (Some(r0), Some(r1)) = (find("noop", &policies), find("oracle", &policies)) {
-            for p in &mut policies {
-                p.pct_of_oracle = 100.0 * (p.mean_return - r0) / (r1 - r0);
-            }
-        }
-        Comparison { scenario: scenario.to_string(), seeds, policies }
-    }
-
-    /// The line of a policy.
-    pub fn policy(&self, name: &str) -> Option<&PolicyReport> {
-        self.policies.iter().find(|p| p.name == name)
-    }
 }
 
 #[cfg(test)]
@@ -268,12 +172,12 @@ mod tests {
         let mut b = ep(-9.0, &[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 30]);
         b.longest_idle_streak = 3;
         let r = aggregate("x", &[a, b, ep(-2.0, &[])], 0.0);
-        assert_eq!(r.episodes_with_loss, 1);
-        assert_eq!(r.worst_return, -9.0);
+        assert_eq!(r.episodes_with_loss, Some(1));
+        assert_eq!(r.worst_return, Some(-9.0));
         // 20 incidents: the 19th smallest (nearest rank of 0.95 × 20) is 4.
-        assert_eq!(r.incident_p95_steps, 4.0);
-        assert_eq!(r.longest_idle_streak, 7);
-        assert_eq!(r.watchdog_firings, 2);
-        assert!(aggregate("y", &[ep(0.0, &[])], 0.0).incident_p95_steps.is_nan());
+        assert_eq!(r.incident_p95_steps, Some(4.0));
+        assert_eq!(r.longest_idle_streak, Some(7));
+        assert_eq!(r.watchdog_firings, Some(2));
+        assert!(aggregate("y", &[ep(0.0, &[])], 0.0).incident_p95_steps.is_some_and(f64::is_nan));
     }
 }

@@ -239,7 +239,10 @@ pub fn train<E, S, R>(
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("a training worker panicked")).collect()
+            // A worker's panic is re-raised here, as if it had happened on this thread.
+            #[allow(clippy::expect_used)]
+            let all = handles.into_iter().flat_map(|h| h.join().expect("a training worker panicked")).collect();
+            all
         });
         generated.sort_by_key(|g| g.point.episode);
         for g in generated {

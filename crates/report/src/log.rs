@@ -280,6 +280,7 @@ pub fn read_segments(files: &[std::path::PathBuf], active: &std::path::Path) -> 
 
 /// Serialise one record as a line (with the newline).
 pub fn line(r: &Record) -> String {
+    #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
     let mut s = serde_json::to_string(r).expect("records serialise");
     s.push('\n');
     s

@@ -6,7 +6,7 @@
 use crate::ReportError;
 use selfheal_agent::detector_encoder::DetectorState;
 use selfheal_agent::encoder::action_mask;
-use selfheal_agent::{deciding_state, DetectorEncoder, GreedyPolicy, ModelFile, QTable, TelemetryEncoder};
+use selfheal_agent::{deciding_state, DetectorEncoder, EncoderKind, GreedyPolicy, ModelFile, QTable, UnknownEncoder};
 use selfheal_core::{Action, ActionMask, Detection, Detector, StateEncoder, StateId, Telemetry};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -131,18 +131,13 @@ impl PolicyView {
     /// Rebuild the encoder the model names (its shape only) and the table.
     pub fn new(model: ModelFile) -> Result<PolicyView, ReportError> {
         let cfg = model.encoder.config.clone();
-        let (encoder, detector): (Arc<dyn StateEncoder + Send + Sync>, _) = match model.encoder.id.as_str() {
-            "detector-v1" | "detector-v2" => {
-                let sigs = cfg.detector.as_ref().map(|d| d.signatures).unwrap_or(0);
-                let e = if model.encoder.id == "detector-v2" {
-                    DetectorEncoder::with_age(cfg, Arc::new(Shape(sigs)))
-                } else {
-                    DetectorEncoder::new(cfg, Arc::new(Shape(sigs)))
-                };
-                (Arc::new(e.clone()), Some(e))
-            }
-            "telemetry-v1" => (Arc::new(TelemetryEncoder::new(cfg)), None),
-            other => return Err(ReportError::Policy(format!("unknown encoder {other:?}"))),
+        let kind: EncoderKind =
+            model.encoder.id.parse().map_err(|e: UnknownEncoder| ReportError::Policy(e.to_string()))?;
+        let sigs = cfg.detector.as_ref().map(|d| d.signatures).unwrap_or(0);
+        let detector = kind.detector_encoder(cfg.clone(), Arc::new(Shape(sigs)));
+        let encoder: Arc<dyn StateEncoder + Send + Sync> = match &detector {
+            Some(e) => Arc::new(e.clone()),
+            None => Arc::from(kind.build(cfg, Arc::new(Shape(sigs)))),
         };
         let table = model.table(encoder.as_ref()).map_err(|e| ReportError::Policy(e.to_string()))?;
         Ok(PolicyView { model, table, encoder, detector })

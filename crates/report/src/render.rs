@@ -4,7 +4,7 @@
 
 use crate::charts::{self, Bar, Series};
 use crate::curve::CurveRow;
-use crate::eval::{ActionMix, EvalLine, Evaluation};
+use crate::eval::{ActionMix, Comparison, PolicyReport};
 use crate::log::Log;
 use crate::policy::{PolicyView, StateLine};
 use crate::ReportError;
@@ -28,7 +28,7 @@ pub struct ReportInput<'a> {
     /// Where it came from.
     pub curve_source: String,
     /// The evaluation.
-    pub eval: Evaluation,
+    pub eval: Comparison,
     /// Where it came from.
     pub eval_source: String,
     /// Action mix per fault kind.
@@ -263,7 +263,7 @@ const EVAL_COLS: [(&str, &str); 19] = [
 ];
 
 /// One evaluation cell: (exact values, shown text).
-fn eval_cell(p: &EvalLine, key: &str) -> (Vec<f64>, String) {
+fn eval_cell(p: &PolicyReport, key: &str) -> (Vec<f64>, String) {
     let ci = |c: [f64; 2], d| (c.to_vec(), format!("[{}, {}]", f(c[0], d), f(c[1], d)));
     let n = |x: u64| (vec![x as f64], x.to_string());
     // Tails are absent from evaluations written before they existed.
@@ -332,7 +332,7 @@ fn make_charts(inp: &ReportInput<'_>) -> Result<Charts, ReportError> {
         ));
     }
     let e = &inp.eval.policies;
-    type Pick<'a> = &'a dyn Fn(&EvalLine) -> (f64, Option<[f64; 2]>);
+    type Pick<'a> = &'a dyn Fn(&PolicyReport) -> (f64, Option<[f64; 2]>);
     let bar = |g: Pick<'_>| -> Vec<Bar> {
         e.iter().map(|p| Bar { label: p.name.clone(), value: g(p).0, ci: g(p).1 }).collect()
     };
@@ -480,15 +480,15 @@ pub fn html(inp: &ReportInput<'_>) -> Result<String, ReportError> {
     let mut faults: Vec<&str> = Vec::new();
     for p in &inp.eval.policies {
         for fl in &p.by_fault {
-            if !faults.contains(&fl.fault.as_str()) {
-                faults.push(&fl.fault);
+            if !faults.contains(&fl.fault.name()) {
+                faults.push(fl.fault.name());
             }
         }
     }
     for k in &faults {
         let _ = write!(h, "<tr><td class=\"l\">{}</td>", esc(k));
         for p in &inp.eval.policies {
-            match p.by_fault.iter().find(|x| x.fault == *k) {
+            match p.by_fault.iter().find(|x| x.fault.name() == *k) {
                 Some(x) => {
                     let _ = write!(h, "<td>{} [{}]</td>", f(x.mttr_steps, 2), x.unresolved);
                 }
@@ -772,6 +772,7 @@ pub fn policy_json(inp: &ReportInput<'_>) -> String {
         rules_source: &inp.rules_source,
         states: &inp.lines,
     };
+    #[allow(clippy::expect_used)] // plain structs with string keys: serde_json cannot fail on them
     let mut s = serde_json::to_string_pretty(&d).expect("review serialises");
     s.push('\n');
     s

@@ -535,6 +535,7 @@ impl Controller {
                     state: pend.state,
                     action: pend.action,
                     reward: pend.acc,
+                    steps: pend.windows,
                     next_state: state,
                     next_mask: mask,
                     done: false,

@@ -255,7 +255,7 @@ impl FileSource {
                 }
                 let (stamp, value) =
                     line.split_once(',').ok_or_else(|| bad(i + 1, "expected `timestamp,value`".into()))?;
-                let ts = selfheal_detect::nab::parse_stamp(stamp.trim())
+                let ts = selfheal_core::time::parse_stamp(stamp.trim())
                     .ok_or_else(|| bad(i + 1, format!("bad timestamp {stamp:?}; expected YYYY-MM-DD HH:MM:SS")))?
                     .unix_ms();
                 let v: f64 =
@@ -366,7 +366,7 @@ mod tests {
     async fn csv_replay_from_a_time() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         writeln!(f, "timestamp,value\n2026-11-23 03:00:00,1\n2026-11-23 03:05:00,2\n2026-11-23 03:10:00,3").unwrap();
-        let from = selfheal_detect::nab::parse_stamp("2026-11-23 03:05:00").unwrap().unix_ms();
+        let from = selfheal_core::time::parse_stamp("2026-11-23 03:05:00").unwrap().unix_ms();
         let mut s = FileSource::open(f.path(), Metric::LatencyP95, "x", Pacing::Fast, Some(from), &[]).unwrap();
         let mut got = Vec::new();
         while let Some(b) = s.next().await.unwrap() {

@@ -30,8 +30,16 @@
 //! files (67,740 rows) is a sort plus one pass.
 //!
 //! [`load_category`] reads a NAB category (CSV files plus
-//! `labels/combined_windows.json`) into [`LabeledSeries`] with their values.
+//! `labels/combined_windows.json`) into [`LabeledSeries`] with their values,
+//! through the one NAB CSV reader, [`series::read_series`]. Timestamps are
+//! parsed by [`selfheal_core::time`].
+//!
+//! Why a crate of its own: the scorer judges any detector, and the detector
+//! crate should not carry the benchmark's rules, file formats and loaders.
 
+pub mod series;
+
+use selfheal_core::time::{parse_stamp, Stamp};
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -134,86 +142,6 @@ pub fn scaled_sigmoid(y: f64) -> f64 {
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
-}
-
-/// A parsed `YYYY-MM-DD HH:MM:SS[.fraction]` timestamp; equal instants compare
-/// equal whatever the fraction's length (`00:05:00` equals `00:05:00.000000`),
-/// and stamps order in time.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Stamp {
-    fields: [u16; 6],
-    nanos: u32,
-}
-
-impl Stamp {
-    /// The instant as Unix milliseconds (the stamp read as UTC).
-    pub fn unix_ms(&self) -> i64 {
-        let [y, m, d, hh, mm, ss] = self.fields.map(i64::from);
-        // Days from 1970-01-01 to the civil date (Howard Hinnant's algorithm).
-        let y = if m <= 2 { y - 1 } else { y };
-        let era = y.div_euclid(400);
-        let yoe = y - era * 400;
-        let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-        let days = era * 146_097 + doe - 719_468;
-        ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + i64::from(self.nanos / 1_000_000)
-    }
-}
-
-fn days_in_month(year: u16, month: u16) -> u16 {
-    match month {
-        2 if year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400)) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Parse `YYYY-MM-DD HH:MM:SS[.fraction]` (1 to 9 fraction digits); `None` for
-/// anything else, impossible dates (02-30) included.
-pub fn parse_stamp(s: &str) -> Option<Stamp> {
-    let b = s.as_bytes();
-    if b.len() < 19
-        || !b[..19].is_ascii()
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b' '
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u16> {
-        let part = &s[r];
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let fields = [num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?];
-    let [year, month, day, hour, minute, second] = fields;
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let nanos = match &s[19..] {
-        "" => 0,
-        rest => {
-            let digits = rest.strip_prefix('.')?;
-            if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|c| c.is_ascii_digit()) {
-                return None;
-            }
-            let padded = format!("{digits:0<9}");
-            padded.parse().ok()?
-        }
-    };
-    Some(Stamp { fields, nanos })
 }
 
 /// One NAB data file with its anomaly windows as inclusive row indices.
@@ -478,6 +406,7 @@ pub fn sweep(files: &[(&LabeledSeries, &[f64])], profile: &Profile) -> Sweep {
             best = Some((theta, total));
         }
     }
+    #[allow(clippy::expect_used)] // no scores: the nothing-detected state is a candidate; else the highest score is
     let (threshold, _) = best.expect("a candidate threshold always exists");
     let per_file: Vec<f64> = files.iter().map(|&(s, a)| file_score(s, a, threshold, profile)).collect();
     let raw = per_file.iter().sum();
@@ -490,44 +419,6 @@ pub fn sweep(files: &[(&LabeledSeries, &[f64])], profile: &Profile) -> Sweep {
 pub fn load_windows(path: &Path) -> Result<HashMap<String, Vec<(String, String)>>, NabError> {
     let text = fs::read_to_string(path).map_err(|source| NabError::Io { path: path.to_owned(), source })?;
     serde_json::from_str(&text).map_err(|source| NabError::Json { path: path.to_owned(), source })
-}
-
-/// Reads a NAB CSV file strictly: the header `timestamp,value`, then one
-/// `YYYY-MM-DD HH:MM:SS[.fraction],<finite number>` per line, at least one row,
-/// no blank lines. Returns the timestamps as written and the values.
-pub fn read_series_csv(path: &Path) -> Result<(Vec<String>, Vec<f64>), NabError> {
-    let text = fs::read_to_string(path).map_err(|source| NabError::Io { path: path.to_owned(), source })?;
-    let bad = |line: usize, message: String| NabError::Csv { path: path.to_owned(), line, message };
-    let mut lines = text.lines();
-    match lines.next() {
-        Some("timestamp,value") => {}
-        other => {
-            return Err(bad(1, format!("expected the header \"timestamp,value\", found {:?}", other.unwrap_or(""))))
-        }
-    }
-    let mut timestamps = Vec::new();
-    let mut values = Vec::new();
-    for (k, line) in lines.enumerate() {
-        let line_no = k + 2;
-        let (t, v) =
-            line.split_once(',').ok_or_else(|| bad(line_no, format!("expected two fields, found {line:?}")))?;
-        if v.contains(',') {
-            return Err(bad(line_no, format!("expected two fields, found {line:?}")));
-        }
-        if parse_stamp(t).is_none() {
-            return Err(bad(line_no, format!("bad timestamp {t:?}, expected YYYY-MM-DD HH:MM:SS")));
-        }
-        let value: f64 = v.trim().parse().map_err(|_| bad(line_no, format!("bad value {v:?}")))?;
-        if !value.is_finite() {
-            return Err(bad(line_no, format!("value {v:?} is not finite")));
-        }
-        timestamps.push(t.to_owned());
-        values.push(value);
-    }
-    if timestamps.is_empty() {
-        return Err(bad(2, "no data rows".to_owned()));
-    }
-    Ok((timestamps, values))
 }
 
 /// Loads every `<root>/<category>/*.csv` (sorted by file name) with its windows
@@ -558,8 +449,8 @@ pub fn load_category(root: &Path, category: &str) -> Result<Vec<(LabeledSeries, 
                 path: path.clone(),
                 message: format!("no entry {name:?} in combined_windows.json"),
             })?;
-            let (timestamps, values) = read_series_csv(&path)?;
-            Ok((LabeledSeries::new(name, timestamps, windows)?, values))
+            let series = series::read_series(&path, false)?;
+            Ok((LabeledSeries::new(name, series.timestamps, windows)?, series.values))
         })
         .collect()
 }
@@ -977,26 +868,6 @@ mod tests {
     }
 
     #[test]
-    fn timestamp_parsing() {
-        assert_eq!(parse_stamp("2014-02-26 13:45:00"), parse_stamp("2014-02-26 13:45:00.000000"));
-        assert_ne!(parse_stamp("2014-02-26 13:45:00"), parse_stamp("2014-02-26 13:45:00.000001"));
-        assert_eq!(parse_stamp("2014-02-26 13:45:00.5"), parse_stamp("2014-02-26 13:45:00.500"));
-        for bad in [
-            "",
-            "2014-02-26",
-            "2014-02-26T13:45:00",
-            "2014-13-01 00:00:00",
-            "2014-02-26 24:00:00",
-            "2014-02-26 13:45:00.",
-            "2014-02-26 13:45:00x",
-            "2014-02-26 13:45:0a",
-            "+014-02-26 13:45:00",
-        ] {
-            assert_eq!(parse_stamp(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
     fn csv_reading() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| {
@@ -1005,25 +876,25 @@ mod tests {
             p
         };
         let ok = write("ok.csv", "timestamp,value\n2014-01-01 00:00:00,1.5\n2014-01-01 00:05:00,-2e-3\r\n");
-        let (t, v) = read_series_csv(&ok).unwrap();
-        assert_eq!(t, ["2014-01-01 00:00:00", "2014-01-01 00:05:00"]);
-        assert_eq!(v, [1.5, -0.002]);
+        let s = series::read_series(&ok, false).unwrap();
+        assert_eq!(s.timestamps, ["2014-01-01 00:00:00", "2014-01-01 00:05:00"]);
+        assert_eq!(s.values, [1.5, -0.002]);
         let cases = [
             ("header.csv", "time,value\n2014-01-01 00:00:00,1\n", ":1:"),
             ("empty.csv", "", ":1:"),
             ("norows.csv", "timestamp,value\n", "no data rows"),
-            ("value.csv", "timestamp,value\n2014-01-01 00:00:00,1\n2014-01-01 00:05:00,abc\n", ":3: bad value"),
+            ("value.csv", "timestamp,value\n2014-01-01 00:00:00,1\n2014-01-01 00:05:00,abc\n", ":3: value \"abc\""),
             ("nan.csv", "timestamp,value\n2014-01-01 00:00:00,NaN\n", ":2: value"),
             ("stamp.csv", "timestamp,value\n2014-01-01 00:00:00,1\n2014/01/01 00:05:00,2\n", ":3: bad timestamp"),
-            ("fields.csv", "timestamp,value\n2014-01-01 00:00:00,1,2\n", ":2: expected two fields"),
-            ("blank.csv", "timestamp,value\n2014-01-01 00:00:00,1\n\n2014-01-01 00:10:00,1\n", ":3: expected two"),
+            ("fields.csv", "timestamp,value\n2014-01-01 00:00:00,1,2\n", ":2: expected 2 fields"),
+            ("blank.csv", "timestamp,value\n2014-01-01 00:00:00,1\n\n2014-01-01 00:10:00,1\n", ":3: expected 2 fields"),
         ];
         for (name, text, expected) in cases {
-            let err = read_series_csv(&write(name, text)).unwrap_err();
+            let err = series::read_series(&write(name, text), false).unwrap_err();
             assert!(matches!(err, NabError::Csv { .. }), "{name}: {err}");
             assert!(err.to_string().contains(expected), "{name}: {err}");
         }
-        let err = read_series_csv(&dir.path().join("missing.csv")).unwrap_err();
+        let err = series::read_series(&dir.path().join("missing.csv"), false).unwrap_err();
         assert!(matches!(err, NabError::Io { .. }), "{err}");
     }
 
@@ -1111,13 +982,5 @@ mod tests {
         for (r, profile) in results.iter().zip(&PROFILES) {
             assert!(r.normalized.is_finite() && r.normalized >= 0.0, "{}: {r:?}", profile.name);
         }
-    }
-
-    #[test]
-    fn stamp_to_unix_ms() {
-        assert_eq!(parse_stamp("1970-01-01 00:00:00").unwrap().unix_ms(), 0);
-        // date -u -d '2026-11-23 03:00:00' +%s
-        assert_eq!(parse_stamp("2026-11-23 03:00:00.250").unwrap().unix_ms(), 1_795_402_800_250);
-        assert_eq!(parse_stamp("2000-03-01 00:00:00").unwrap().unix_ms(), 951_868_800_000);
     }
 }
