@@ -13,6 +13,7 @@ prometheus-operator models of cloudcoil-models-prometheus-operator):
   check.py config BASE SELFHEAL        the ConfigMap's sidecar.toml agrees with the Deployment
                                        (ports, probes, mounts, read-only root) and passes
                                        `SELFHEAL validate --config`
+  check.py config-selftest BASE        each consistency check catches the mistake it is for
 
 Each problem is printed with the file and key it concerns; exit status 1 if any.
 """
@@ -272,6 +273,51 @@ def validate_with(selfheal, text, daemon, cm_file):
     return []
 
 
+def selftest(base):
+    """Each check of `consistency` must catch the mistake it is for: mutate a
+    copy of the manifests in memory and expect a problem each time."""
+    objs = by_kind(base)
+    (cm_file, cm), (dep_file, dep), (svc_file, svc) = (objs[k][0] for k in ("ConfigMap", "Deployment", "Service"))
+    cfg = tomllib.loads(cm["data"]["sidecar.toml"])
+
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+
+    def volume(d, name):
+        return next(v for v in d["spec"]["template"]["spec"]["volumes"] if v["name"] == name)
+
+    mutations = {
+        "listen on loopback": lambda c, d, s: c["daemon"].update(listen="127.0.0.1:9477"),
+        "listen on another port": lambda c, d, s: c["daemon"].update(listen="0.0.0.0:9000"),
+        "control port exposed": lambda c, d, s: container(d)["ports"].append({"name": "control", "containerPort": 9478}),
+        "control off loopback, no token": lambda c, d, s: (c["daemon"].update(control_listen="0.0.0.0:9478"),
+                                                           c["daemon"].pop("control_token_file")),
+        "token file elsewhere": lambda c, d, s: c["daemon"].update(control_token_file="/etc/token"),
+        "token Secret world-readable": lambda c, d, s: volume(d, "control-token")["secret"].update(defaultMode=0o444),
+        "state_dir not mounted": lambda c, d, s: c["daemon"].update(state_dir="/var/lib/other"),
+        "state volume read-only": lambda c, d, s: next(m for m in container(d)["volumeMounts"]
+                                                       if m["name"] == "state").update(readOnly=True),
+        "log outgrows the volume": lambda c, d, s: volume(d, "state")["emptyDir"].update(sizeLimit="100Mi"),
+        "root fs writable": lambda c, d, s: container(d)["securityContext"].update(readOnlyRootFilesystem=False),
+        "liveness on another path": lambda c, d, s: container(d)["livenessProbe"]["httpGet"].update(path="/metrics"),
+        "readiness missing": lambda c, d, s: container(d).pop("readinessProbe"),
+        "Service targets the control port": lambda c, d, s: s["spec"]["ports"][0].update(targetPort=9478),
+        "--config elsewhere": lambda c, d, s: container(d).update(args=["run", "--config", "/etc/other/sidecar.toml"]),
+    }
+    problems = []
+    if consistency(cfg, cfg["daemon"], cm, dep, svc, cm_file, dep_file, svc_file):
+        problems.append("the unmutated manifests already have problems")
+    for name, mutate in mutations.items():
+        c, d, s = copy.deepcopy(cfg), copy.deepcopy(dep), copy.deepcopy(svc)
+        mutate(c, d, s)
+        found = consistency(c, c["daemon"], cm, d, s, cm_file, dep_file, svc_file)
+        if not found:
+            problems.append(f"self-test: the mistake '{name}' went unnoticed")
+    if not problems:
+        print(f"self-test: each of {len(mutations)} deliberate mistakes is caught")
+    return problems
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "servicemonitor":
         return check_servicemonitors(argv[1:])
@@ -279,6 +325,8 @@ def main(argv):
         return iam_terraform(argv[1], argv[2])
     if len(argv) == 3 and argv[0] == "config":
         return check_config(argv[1], argv[2])
+    if len(argv) == 2 and argv[0] == "config-selftest":
+        return selftest(argv[1])
     return [__doc__]
 
 

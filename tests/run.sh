@@ -94,8 +94,9 @@ deploy_pins=(
     'PyYAML==6.0.3'
 )
 stage "deployment linters (pip ${deploy_pins[*]} in .venv/deploy)"
-if ! { [ -x "$deploy_py" ] && "$deploy_py" -m pip freeze 2>/dev/null | grep -qxF 'checkov==3.3.30' \
-        && "$deploy_py" -m pip freeze | grep -qxF 'cloudcoil.models.prometheus_operator==0.80.1.0'; }; then
+deploy_have=$([ -x "$deploy_py" ] && "$deploy_py" -m pip freeze 2>/dev/null || true)
+if ! grep -qxF 'checkov==3.3.30' <<<"$deploy_have" \
+        || ! grep -qxF 'cloudcoil.models.prometheus_operator==0.80.1.0' <<<"$deploy_have"; then
     { [ -x "$deploy_py" ] || python3 -m venv .venv/deploy; } && .venv/deploy/bin/pip install --quiet "${deploy_pins[@]}" || {
         echo "tests/run.sh: installing the deployment linters into .venv/deploy failed (python3-venv? network? proxy?)." >&2
         echo "  Install them: python3 -m venv .venv/deploy && .venv/deploy/bin/pip install ${deploy_pins[*]}" >&2
@@ -143,6 +144,7 @@ fi
 echo "negative control: the policy with s3:PutObject on \"*\" fails checkov, as it must"
 
 stage "deploy/base's sidecar.toml agrees with the Deployment and passes selfheal validate"
+"$deploy_py" deploy/check.py config-selftest deploy/base
 cargo build --quiet --bin selfheal
 "$deploy_py" deploy/check.py config deploy/base target/debug/selfheal
 # ---- end of deployment as code ----
