@@ -27,15 +27,18 @@
 //! (version `N`, ETag `E`) and version `N`; delete the deltas `N` folded
 //! (left over if its merger died before cleaning up); list the remaining
 //! deltas; fold them ([`crate::policy::merge`]) into version `M + 1` (`M` the
-//! highest version key, created with `If-None-Match: *`, the next number on
-//! 412); move the pointer with `If-Match: E`; on 412 start over. Only a merge whose pointer write wins deletes its deltas, and each
-//! merge folds exactly the deltas that are in no version of the pointer's
-//! lineage, so concurrent merges never lose or double a delta. A loser's
-//! version key stays behind unreferenced (harmless; listed by
-//! [`PolicyStore::versions`]).
+//! highest version key; created with `If-None-Match: *`, the next number on
+//! 412); move the pointer with `If-Match: E`; on 412 start over. Only a merge
+//! whose pointer write wins deletes its deltas, and by the time a version is
+//! current the deltas of its ancestors are deleted, so each merge folds
+//! exactly the deltas that no version of the pointer's lineage holds:
+//! concurrent merges never lose or double a delta. A loser's version key
+//! stays behind unreferenced (harmless; listed by [`PolicyStore::versions`]).
 //!
 //! Rollback moves the pointer back; the online learning folded into the
-//! versions after the target is discarded with them (they stay readable).
+//! versions after the target is discarded with them (they stay readable),
+//! except the deltas of a head whose merger died before its cleanup: those
+//! are still pending and the next merge folds them onto the target.
 //!
 //! IAM: `s3:GetObject`, `s3:PutObject`, `s3:DeleteObject` on `PREFIX/*`,
 //! `s3:ListBucket` on the bucket with an `s3:prefix` condition.
@@ -332,7 +335,7 @@ impl PolicyStore {
     /// Create version 1 holding `model` and point at it.
     ///
     /// # Errors
-    /// [`PolicyStoreError::AlreadyInitialised`] when a pointer exists; S3 errors.
+    /// [`PolicyStoreError::AlreadyInitialised`] when a pointer, or a version 1 of another model, exists; S3 errors.
     pub async fn init(&self, model: ModelFile) -> Result<(), PolicyStoreError> {
         let v = PolicyVersion {
             format: VERSION_FORMAT.into(),
@@ -342,8 +345,15 @@ impl PolicyStore {
             folded_visits: 0,
             model,
         };
-        // A leftover v1 from a crashed init is fine to keep if identical; a different one is a conflict below.
-        let _ = self.put(&version_key(1), to_json(&v), None).await?;
+        if let Put::PreconditionFailed = self.put(&version_key(1), to_json(&v), None).await? {
+            // Left by an init that died before the pointer, or a store in use.
+            if self.version(1).await?.model != v.model {
+                return Err(PolicyStoreError::AlreadyInitialised {
+                    bucket: self.bucket.clone(),
+                    prefix: self.prefix.clone(),
+                });
+            }
+        }
         let ptr = PolicyPointer::new(1, 1);
         match self.put("current", to_json(&ptr), None).await? {
             Put::Done => Ok(()),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 const SEC: Duration = Duration::from_secs(1);
 
-async fn table(moto: &support::Moto, name: &str) -> DynamoLeases {
+async fn table(moto: &support::Aws, name: &str) -> DynamoLeases {
     let leases = DynamoLeases::new(support::dynamodb(&moto.url), name);
     leases.create_table().await.expect("create the lease table");
     leases

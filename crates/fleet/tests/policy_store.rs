@@ -69,7 +69,7 @@ fn random_delta(rng: &mut Xoshiro256PlusPlus, replica: &str) -> PolicyDelta {
     }
 }
 
-async fn store(moto: &support::Moto) -> PolicyStore {
+async fn store(moto: &support::Aws) -> PolicyStore {
     let client = support::s3(&moto.url);
     client.create_bucket().bucket(BUCKET).send().await.expect("create bucket");
     at(&client, "fleet/policies").await
@@ -329,4 +329,26 @@ async fn a_merge_planned_on_a_moved_pointer_is_refused_and_its_deltas_stay_pendi
     let v5 = s.version(5).await.unwrap();
     let once = merge(&base_model(), &[d1, d3, d2]).unwrap();
     assert_eq!(online(&v5.model), online(&once));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_finishes_a_crashed_init_but_never_overwrites_a_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = support::start(dir.path());
+    let client = support::s3(&moto.url);
+    client.create_bucket().bucket(BUCKET).send().await.unwrap();
+    // A first init wrote version 1 and died before the pointer.
+    let first = PolicyStore::new(client.clone(), BUCKET, "crashed");
+    first.init(base_model()).await.unwrap();
+    client.delete_object().bucket(BUCKET).key("crashed/current").send().await.unwrap();
+    assert!(matches!(first.current().await, Err(PolicyStoreError::NotInitialised { .. })));
+    // The same model: init completes.
+    first.init(base_model()).await.unwrap();
+    assert_eq!(first.current().await.unwrap().1.version, 1);
+    // Another model over a left-over version 1: refused, version 1 kept.
+    client.delete_object().bucket(BUCKET).key("crashed/current").send().await.unwrap();
+    let mut other = base_model();
+    other.meta.seed = 99;
+    assert!(matches!(first.init(other).await, Err(PolicyStoreError::AlreadyInitialised { .. })));
+    assert_eq!(first.version(1).await.unwrap().model, base_model());
 }
