@@ -29,7 +29,9 @@
 //! - `sidecar/on_window`: one `on_window` call (the criterion mean);
 //! - `sidecar/on_window_observed`: the same with the two
 //!   `selfheal_decision_seconds` observations the daemon loop makes (issue 18),
-//!   for the histograms' overhead against `sidecar/on_window`;
+//!   for the histograms' overhead against `sidecar/on_window` (within the
+//!   noise between two rigs); `sidecar/decision_observations`: those
+//!   observations alone;
 //! - `sidecar/sample_to_decision`: one JSON line (a full sample, all 21
 //!   metrics) through `parse_line`, `Assembler::push` (which closes the
 //!   pipeline's previous window) and `on_window` on the window it closed;
@@ -235,6 +237,16 @@ fn bench(c: &mut Criterion) {
     let mut rig = Rig::new();
     g.bench_function("on_window_observed", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| rig.decide_observed_timed()).sum())
+    });
+
+    // The observations alone, as the daemon loop makes them per window: an
+    // `Instant` and two timed histogram observations.
+    g.bench_function("decision_observations", |b| {
+        b.iter(|| {
+            let t0 = Instant::now();
+            DECISION_SECONDS.observe(black_box(t0).elapsed());
+            DECISION_LOGGED_SECONDS.observe(black_box(t0).elapsed());
+        })
     });
 
     let mut lines = LineRig::new();
