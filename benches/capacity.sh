@@ -150,18 +150,19 @@ point() {
     local -a env=()
     port=$(free_port)
     rm -rf "$tmp/state"
+    printf '==> %s, %s pipelines, %s s\n' "$src" "$n" "$SECS"
     if [ "$src" = cloudwatch ]; then
         start_moto
         now=$(date +%s)
         seeded=$("$py" benches/capacity_seed.py "$endpoint" "$n" $((now - LOOKBACK)) $((now + SECS + 60)))
         env=(AWS_ENDPOINT_URL="$endpoint" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
             AWS_REGION=us-east-1)
+        printf '  moto seeded (datapoints, s): %s\n' "$seeded"
         printf '  moto alone, one GetMetricData call of min(4 N, 500) queries over the lookback (s, datapoints): %s\n' \
             "$("$py" benches/capacity_seed.py --probe "$endpoint" "$n" $(((now - LOOKBACK) / 60 * 60)) $((now / 60 * 60)))"
         moto_cpu0=$(cpu "$moto_pid")
     fi
     config "$src" "$n" "$port" >"$tmp/sidecar.toml"
-    printf '==> %s, %s pipelines, %s s%s\n' "$src" "$n" "$SECS" "${seeded:+; moto seeded (datapoints, s): $seeded}"
     env "${env[@]}" "$bin" run --config "$tmp/sidecar.toml" 2>"$tmp/daemon.log" &
     pid=$!
     for _ in $(seq 1 600); do

@@ -349,7 +349,8 @@ pub static DECISION_LOGGED_SECONDS: Histogram<14> = Histogram::new(DECISION_BOUN
 
 /// `selfheal_source_poll_seconds`: one poll round of a polling source for all
 /// its pipelines (CloudWatch: every `GetMetricData` call of a poll, 500
-/// queries each, pages followed). Buckets 5 ms … 120 s.
+/// queries each, pages followed; a poll before the next period has closed
+/// calls nothing and is not counted). Buckets 5 ms … 120 s.
 pub static SOURCE_POLL_SECONDS: Histogram<14> = Histogram::new([
     5_000_000,
     10_000_000,
@@ -381,8 +382,8 @@ fn render_latency(o: &mut String) {
         o,
         "selfheal_source_poll_seconds",
         "histogram",
-        "Seconds per poll round of the telemetry source for all pipelines (CloudWatch: its GetMetricData calls); \
-         empty for push and simulated sources.",
+        "Seconds per poll round of the telemetry source for all pipelines (CloudWatch: its GetMetricData calls, \
+         made once a new period has closed); empty for push and simulated sources.",
     );
     SOURCE_POLL_SECONDS.render(o, "selfheal_source_poll_seconds", "");
 }
