@@ -27,6 +27,11 @@
 //! are not.
 //!
 //! - `sidecar/on_window`: one `on_window` call (the criterion mean);
+//! - `sidecar/on_window_observed`: the same with the two
+//!   `selfheal_decision_seconds` observations the daemon loop makes (issue 18),
+//!   for the histograms' overhead against `sidecar/on_window` (within the
+//!   noise between two rigs); `sidecar/decision_observations`: those
+//!   observations alone;
 //! - `sidecar/sample_to_decision`: one JSON line (a full sample, all 21
 //!   metrics) through `parse_line`, `Assembler::push` (which closes the
 //!   pipeline's previous window) and `on_window` on the window it closed;
@@ -43,6 +48,7 @@ use selfheal_guard::budget::BudgetConfig;
 use selfheal_guard::confidence::ConfidenceGate;
 use selfheal_guard::Mode;
 use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Output, Parts, Plan};
+use selfheal_sidecar::metrics::{DECISION_LOGGED_SECONDS, DECISION_SECONDS};
 use selfheal_sidecar::source::SimFleet;
 use selfheal_sidecar::window::{parse_line, Assembler, Window};
 use selfheal_sim::Scenario;
@@ -163,6 +169,23 @@ impl Rig {
         self.apply(out);
         dt
     }
+
+    /// One timed `on_window` with the daemon loop's two observations of
+    /// `selfheal_decision_seconds` around it, as `daemon.rs` makes them
+    /// (without the log append between them): the histograms' overhead is
+    /// this against `decide_timed`.
+    fn decide_observed_timed(&mut self) -> Duration {
+        let w = self.next_window();
+        let now = self.now_ms;
+        let outer = Instant::now();
+        let t0 = Instant::now();
+        let out = self.ctl.on_window(black_box(&w), now);
+        DECISION_SECONDS.observe(t0.elapsed());
+        DECISION_LOGGED_SECONDS.observe(t0.elapsed());
+        let dt = outer.elapsed();
+        self.apply(out);
+        dt
+    }
 }
 
 /// A pushing client's view: every window of the fleet as one JSON line.
@@ -210,6 +233,21 @@ fn bench(c: &mut Criterion) {
 
     let mut rig = Rig::new();
     g.bench_function("on_window", |b| b.iter_custom(|iters| (0..iters).map(|_| rig.decide_timed()).sum()));
+
+    let mut rig = Rig::new();
+    g.bench_function("on_window_observed", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| rig.decide_observed_timed()).sum())
+    });
+
+    // The observations alone, as the daemon loop makes them per window: an
+    // `Instant` and two timed histogram observations.
+    g.bench_function("decision_observations", |b| {
+        b.iter(|| {
+            let t0 = Instant::now();
+            DECISION_SECONDS.observe(black_box(t0).elapsed());
+            DECISION_LOGGED_SECONDS.observe(black_box(t0).elapsed());
+        })
+    });
 
     let mut lines = LineRig::new();
     g.bench_function("sample_to_decision", |b| b.iter_custom(|iters| (0..iters).map(|_| lines.sample_timed()).sum()));

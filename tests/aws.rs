@@ -124,6 +124,10 @@ fn closed_loop_heals_schema_drift_and_memory_pressure_on_glue_and_rolls_back() {
     common::promtool_check(&body);
     let succeeded = metric(&body, r#"selfheal_action_outcomes_total{status="succeeded"}"#).unwrap_or(0.0);
     assert!(succeeded >= 2.0, "{body}");
+    // Every GetMetricData round that gave these windows was timed.
+    let polls = metric(&body, "selfheal_source_poll_seconds_count").unwrap_or(0.0);
+    let inf = metric(&body, r#"selfheal_source_poll_seconds_bucket{le="+Inf"}"#);
+    assert!(polls >= 1.0 && inf == Some(polls), "{body}");
     let recs = stop_and_read(&mut w);
 
     // Each healing decision: anomalous, allowed, its calls, succeeded, rewarded.

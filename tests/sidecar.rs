@@ -116,6 +116,14 @@ fn fast_demo_heals_then_explain_and_log_tell_the_story() {
     let body = d.metrics();
     assert!(metric(&body, SUCCEEDED).unwrap() > 0.0, "{body}");
     assert_eq!(metric(&body, r#"selfheal_breaker_state{endpoint="simulator",state="closed"}"#), Some(0.0), "{body}");
+    // Every window decided is timed in both stages; the simulated source does not poll.
+    let windows = metric(&body, "selfheal_windows_total").unwrap();
+    for stage in ["decide", "logged"] {
+        let count = metric(&body, &format!("selfheal_decision_seconds_count{{stage=\"{stage}\"}}")).unwrap();
+        let inf = metric(&body, &format!("selfheal_decision_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}}"));
+        assert!(count > 0.0 && count <= windows && inf == Some(count), "{stage}: {count} of {windows}:\n{body}");
+    }
+    assert_eq!(metric(&body, "selfheal_source_poll_seconds_count"), Some(0.0), "{body}");
     promtool_check(&body);
     let st = d.terminate(Duration::from_secs(15));
     assert!(st.success(), "exit status {st}:\n{}", d.stderr_tail());

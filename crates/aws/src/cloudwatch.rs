@@ -398,6 +398,7 @@ impl CloudWatchSource {
         // pipeline → period start → metric values
         let mut points: BTreeMap<(i64, usize), Vec<(Metric, f64)>> = BTreeMap::new();
         // GetMetricData takes at most 500 queries per call.
+        let round = std::time::Instant::now();
         for chunk in queries.chunks(500) {
             let mut token: Option<String> = None;
             loop {
@@ -428,6 +429,7 @@ impl CloudWatchSource {
                 }
             }
         }
+        selfheal_sidecar::metrics::SOURCE_POLL_SECONDS.observe(round.elapsed());
         self.merge_evidence(&mut points, end, period).await;
         // Periods older than the lag are final: each becomes a window now,
         // its missing metrics read from the pipeline's previous window by kind.

@@ -529,8 +529,11 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file)?,
             ws = win_rx.recv(), if source_open => match ws {
                 Some(ws) => for w in ws {
+                    let t0 = std::time::Instant::now();
                     let out = sh.ctl.on_window(&w, now_ms());
+                    crate::metrics::DECISION_SECONDS.observe(t0.elapsed());
                     sh.handle(out)?;
+                    crate::metrics::DECISION_LOGGED_SECONDS.observe(t0.elapsed());
                 },
                 None => {
                     tracing::info!(source = %source_name, "telemetry source exhausted; finishing");

@@ -10,6 +10,8 @@
 use crate::decide::Stats;
 use selfheal_guard::breaker::BreakerState;
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// Everything `/metrics` shows, taken at one moment.
 #[derive(Clone, Debug, Default)]
@@ -241,6 +243,7 @@ pub fn render(s: &Snapshot) -> String {
     head(&mut o, "selfheal_paused", "gauge", "1 while the kill switch stops all acting.");
     let _ = writeln!(o, "selfheal_paused {}", u8::from(s.paused));
     render_pipelines(&mut o, &s.pipelines);
+    render_latency(&mut o);
     o
 }
 
@@ -274,6 +277,134 @@ fn render_pipelines(o: &mut String, p: &PipelineCounts) {
     let _ = writeln!(o, "selfheal_pipelines_evicted_total{{holder=\"decide\"}} {}", p.decide_evicted);
 }
 
+// ---- Latency histograms (issue 18: cost per pipeline) ----------------------
+//
+// Process-wide statics, unlike the counters above: the poll is timed inside a
+// telemetry source the binary builds (the aws crate's CloudWatch source), the
+// decision inside the daemon loop, and a static is the one place both reach
+// without widening the `TelemetrySource` trait. One process runs one daemon.
+
+/// A Prometheus histogram of durations with fixed upper bounds, lock-free:
+/// `observe` is one bucket search over `N` bounds and three relaxed atomic adds
+/// (a few ns next to the ~10 µs of a decision), so it can sit on the hot path.
+pub struct Histogram<const N: usize> {
+    /// Upper bounds (inclusive), nanoseconds, ascending.
+    bounds_ns: [u64; N],
+    /// Observations per bucket (not cumulative; `+Inf` is `count − Σ buckets`).
+    buckets: [AtomicU64; N],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    /// An empty histogram with these upper bounds (nanoseconds, ascending).
+    pub const fn new(bounds_ns: [u64; N]) -> Histogram<N> {
+        Histogram {
+            bounds_ns,
+            buckets: [const { AtomicU64::new(0) }; N],
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Count one duration.
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        if let Some(i) = self.bounds_ns.iter().position(|&b| ns <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Render the series of family `name` (seconds) with these labels
+    /// (`""` or `key="value",`…): cumulative `_bucket{le}`, `_sum`, `_count`.
+    /// The `# HELP`/`# TYPE` lines are the caller's.
+    pub fn render(&self, o: &mut String, name: &str, labels: &str) {
+        let count = self.count.load(Ordering::Relaxed);
+        let mut cum = 0;
+        for (b, n) in self.bounds_ns.iter().zip(&self.buckets) {
+            // A racing observe may have bumped a bucket but not yet the count.
+            cum = (cum + n.load(Ordering::Relaxed)).min(count);
+            let _ = writeln!(o, "{name}_bucket{{{labels}le=\"{}\"}} {cum}", num(*b as f64 / 1e9));
+        }
+        let _ = writeln!(o, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let braces = |l: &str| if l.is_empty() { String::new() } else { format!("{{{}}}", l.trim_end_matches(',')) };
+        let _ = writeln!(o, "{name}_sum{} {}", braces(labels), num(self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9));
+        let _ = writeln!(o, "{name}_count{} {count}", braces(labels));
+    }
+}
+
+/// Decision buckets: 5 µs … 1 s (the in-process target is p99 ≤ 50 µs; a
+/// durable log append, an fsync, takes milliseconds).
+const DECISION_BOUNDS_NS: [u64; 14] = [
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    50_000_000,
+    250_000_000,
+    1_000_000_000,
+];
+
+/// `selfheal_decision_seconds{stage="decide"}`: `Controller::on_window` for
+/// one window in the daemon loop (what the 50 µs target of the in-process
+/// bench measures).
+pub static DECISION_SECONDS: Histogram<14> = Histogram::new(DECISION_BOUNDS_NS);
+
+/// `selfheal_decision_seconds{stage="logged"}`: the same window from
+/// `on_window` to its records appended to the provenance log (durably, with
+/// an fsync, when it will act) and its plan started.
+pub static DECISION_LOGGED_SECONDS: Histogram<14> = Histogram::new(DECISION_BOUNDS_NS);
+
+/// `selfheal_source_poll_seconds`: one poll round of a polling source for all
+/// its pipelines (CloudWatch: every `GetMetricData` call of a poll, 500
+/// queries each, pages followed; a poll before the next period has closed
+/// calls nothing and is not counted). Buckets 5 ms … 120 s.
+pub static SOURCE_POLL_SECONDS: Histogram<14> = Histogram::new([
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+    30_000_000_000,
+    60_000_000_000,
+    120_000_000_000,
+]);
+
+fn render_latency(o: &mut String) {
+    head(
+        o,
+        "selfheal_decision_seconds",
+        "histogram",
+        "Seconds per window in the decision loop, by stage: decide (on_window), logged (decided, appended to the \
+         provenance log, plan started).",
+    );
+    DECISION_SECONDS.render(o, "selfheal_decision_seconds", "stage=\"decide\",");
+    DECISION_LOGGED_SECONDS.render(o, "selfheal_decision_seconds", "stage=\"logged\",");
+    head(
+        o,
+        "selfheal_source_poll_seconds",
+        "histogram",
+        "Seconds per poll round of the telemetry source for all pipelines (CloudWatch: its GetMetricData calls, \
+         made once a new period has closed); empty for push and simulated sources.",
+    );
+    SOURCE_POLL_SECONDS.render(o, "selfheal_source_poll_seconds", "");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,7 +423,44 @@ mod tests {
             let sample = line.split(['{', ' ']).next().unwrap();
             let summary = sample.strip_suffix("_sum").or_else(|| sample.strip_suffix("_count"));
             let name = summary.filter(|f| text.contains(&format!("# TYPE {f} summary"))).unwrap_or(sample);
+            let histo = sample
+                .strip_suffix("_bucket")
+                .or_else(|| sample.strip_suffix("_sum"))
+                .or_else(|| sample.strip_suffix("_count"));
+            let name = histo.filter(|f| text.contains(&format!("# TYPE {f} histogram"))).unwrap_or(name);
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} has no TYPE");
         }
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_seconds_with_sum_and_count() {
+        let h = Histogram::new([10_000, 50_000, 1_000_000]);
+        for us in [3, 10, 20, 49, 51, 2_000] {
+            h.observe(Duration::from_micros(us));
+        }
+        let mut o = String::new();
+        h.render(&mut o, "x_seconds", "");
+        h.render(&mut o, "x_seconds", "stage=\"a\",");
+        // 3 and 10 µs ≤ 10 µs; 20 and 49 ≤ 50 µs; 51 ≤ 1 ms; 2 ms only in +Inf.
+        for line in [
+            "x_seconds_bucket{le=\"0.00001\"} 2",
+            "x_seconds_bucket{le=\"0.00005\"} 4",
+            "x_seconds_bucket{le=\"0.001\"} 5",
+            "x_seconds_bucket{le=\"+Inf\"} 6",
+            "x_seconds_count 6",
+            "x_seconds_sum 0.002133",
+        ] {
+            assert!(o.lines().any(|l| l == line), "no `{line}` in\n{o}");
+        }
+        assert!(o.lines().any(|l| l == "x_seconds_bucket{stage=\"a\",le=\"0.00005\"} 4"), "{o}");
+        assert!(o.lines().any(|l| l == "x_seconds_count{stage=\"a\"} 6"), "{o}");
+        // Both daemon histograms are rendered as typed families.
+        let text = render(&Snapshot::default());
+        for f in ["selfheal_decision_seconds", "selfheal_source_poll_seconds"] {
+            assert!(text.contains(&format!("# TYPE {f} histogram")), "{text}");
+        }
+        assert!(text.contains("selfheal_decision_seconds_bucket{stage=\"decide\",le=\"+Inf\"} "), "{text}");
+        assert!(text.contains("selfheal_decision_seconds_count{stage=\"logged\"} "), "{text}");
+        assert!(text.contains("selfheal_source_poll_seconds_bucket{le=\"+Inf\"} "), "{text}");
     }
 }
