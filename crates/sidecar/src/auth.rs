@@ -234,6 +234,7 @@ pub struct AllowedHosts {
     /// then), any IP literal on this port: an IP-literal `Host` cannot be
     /// rebound, and the machine's addresses are not known here.
     any_ip_on_port: Option<u16>,
+    https: bool,
 }
 
 impl AllowedHosts {
@@ -260,7 +261,14 @@ impl AllowedHosts {
             }
         }
         let any_ip_on_port = listen.ip().is_unspecified().then_some(port);
-        AllowedHosts { names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(), any_ip_on_port }
+        let https = public_url.is_some_and(|u| u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")));
+        AllowedHosts { names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(), any_ip_on_port, https }
+    }
+
+    /// Whether the daemon is reached over https (`notify.public_url`): its
+    /// `/ui` cookie is then `Secure`.
+    pub fn https(&self) -> bool {
+        self.https
     }
 
     /// Whether a `Host` header value names this daemon.

@@ -250,14 +250,15 @@ pub fn metrics_router(state: AppState) -> Router {
 /// and a POST to `/approvals/{id}`, `/pause` or `/resume` without
 /// `Content-Type: application/json` with 415 (see [`crate::auth`]).
 pub fn control_router(state: AppState, auth: ControlAuth, hosts: auth::AllowedHosts, max_body_bytes: usize) -> Router {
+    let ui = Arc::new(crate::ui::UiSecret::random(hosts.https()));
     Router::new()
         .route("/ingest", post(ingest))
         .route("/approvals", get(pending))
         .route("/approvals/{id}", post(answer))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
-        .merge(crate::ui::routes(crate::ui::UiSecret::random()))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::new((auth, hosts)), guard))
+        .merge(crate::ui::routes(ui.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new((auth, hosts, ui)), guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .fallback(|| async {
             text(
@@ -272,8 +273,10 @@ pub fn control_router(state: AppState, auth: ControlAuth, hosts: auth::AllowedHo
 /// Authenticate, then log the request with its outcome. Runs before the
 /// handler reads the body, so a caller without the token cannot make the
 /// daemon buffer one.
-async fn guard(State(g): State<Arc<(ControlAuth, auth::AllowedHosts)>>, mut req: Request, next: Next) -> Response {
-    let (auth, hosts) = (&g.0, &g.1);
+type GuardState = (ControlAuth, auth::AllowedHosts, Arc<crate::ui::UiSecret>);
+
+async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -> Response {
+    let (auth, hosts, ui) = (&g.0, &g.1, &g.2);
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path().to_string(), |m| m.as_str().into());
     let method = req.method().clone();
@@ -289,13 +292,18 @@ async fn guard(State(g): State<Arc<(ControlAuth, auth::AllowedHosts)>>, mut req:
         accepted.extend(auth.ingest.iter());
     }
     let mut given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    // A browser on the approvals page carries the token in a cookie, or in
-    // `?token=` on its first visit (see `crate::ui`).
+    // A browser on the approvals page carries a session cookie, or the
+    // token in `?token=` on its first visit (see `crate::ui`).
     let page = route == "/ui" || route.starts_with("/ui/");
-    if page && given.is_none() {
-        given = crate::ui::credential(req.headers(), req.uri().query());
+    let session = if page && given.is_none() { ui.session(req.headers(), crate::now_ms()) } else { None };
+    if page && given.is_none() && session.is_none() {
+        given = crate::ui::credential(req.uri().query());
     }
-    let (token_id, refused) = match auth::check(&accepted, given.as_deref()) {
+    let verdict = match session {
+        Some(id) => Verdict::Allowed(id),
+        None => auth::check(&accepted, given.as_deref()),
+    };
+    let (token_id, refused) = match verdict {
         Verdict::Allowed(id) => (id, None),
         Verdict::Missing if page => (
             "-".to_string(),
