@@ -171,7 +171,7 @@ fn oversized_bodies_get_413_and_long_lines_are_refused_by_number() {
     let big = "x".repeat(250_000);
     let r = d.control_http("POST", "/ingest", &[], &big).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
-    let r = d.control_http("POST", "/pause", &[], &big).unwrap();
+    let r = d.control_http("POST", "/pause", &[("Content-Type", "application/json")], &big).unwrap();
     assert_eq!(r.status, 413, "{}", r.body);
     // Without the token an oversized body is refused before it is read: 401.
     let r = http(&d.control, "POST", "/ingest", &[], &big).unwrap();

@@ -240,6 +240,23 @@ fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
     wait_for(Duration::from_secs(30), "a proposal message", || !hook.notices("proposal").is_empty());
     let id = hook.notices("proposal")[0].body["detail"]["decision_id"].as_str().unwrap().to_string();
     d.kill9();
+    // `selfheal log --waiting` takes the proposal lifetime from --config
+    // (guard.approval_ttl_secs) when given: with 2 s the proposal no longer waits.
+    let log = log_path(&state);
+    let waits = |extra: &[&str]| {
+        let mut a = vec!["log", "--log", log.to_str().unwrap(), "--waiting"];
+        a.extend_from_slice(extra);
+        let out = selfheal(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).contains(&format!("({id};"))
+    };
+    let (long, short) = (work.path().join("long.toml"), work.path().join("short.toml"));
+    std::fs::write(&long, &cfg).unwrap();
+    std::fs::write(&short, cfg.replace("approval_ttl_secs = 600", "approval_ttl_secs = 2")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(waits(&[]) && waits(&["--config", long.to_str().unwrap()]), "open, within 600 s and the default");
+    assert!(!waits(&["--config", short.to_str().unwrap()]), "expired after the config's 2 s");
+    assert!(waits(&["--config", short.to_str().unwrap(), "--ttl-secs", "600"]), "--ttl-secs wins");
     let void = |hook: &Hook| hook.notices("expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
     assert_eq!(void(&hook), 0);
 

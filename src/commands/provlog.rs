@@ -81,14 +81,31 @@ pub struct LogArgs {
     #[arg(long)]
     waiting: bool,
     /// With --waiting: the proposal lifetime (the daemon's
-    /// guard.approval_ttl_secs); older proposals have expired.
-    #[arg(long, default_value_t = 900)]
-    ttl_secs: u64,
+    /// guard.approval_ttl_secs); older proposals have expired. Default: the
+    /// value in --config if given, else 900.
+    #[arg(long)]
+    ttl_secs: Option<u64>,
+    /// The daemon's config file, for its guard.approval_ttl_secs (--waiting).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The proposal lifetime for `--waiting`: `--ttl-secs`, else the config's
+/// `guard.approval_ttl_secs`, else the daemon's default (900 s).
+fn ttl_secs(a: &LogArgs) -> Result<u64> {
+    if let Some(t) = a.ttl_secs {
+        return Ok(t);
+    }
+    match &a.config {
+        Some(p) => Ok(selfheal_sidecar::config::SidecarConfig::load(p)?.guard.approval_ttl_secs),
+        None => Ok(selfheal_sidecar::config::SidecarConfig::default().guard.approval_ttl_secs),
+    }
 }
 
 pub fn run_log(a: LogArgs) -> Result<()> {
     let now = selfheal_sidecar::now_ms();
     let time = |s: &Option<String>| s.as_deref().map(|s| parse_time(s, now)).transpose().map_err(anyhow::Error::msg);
+    let ttl_ms = i64::try_from(ttl_secs(&a)?.saturating_mul(1000)).unwrap_or(i64::MAX);
     let f = LogFilter {
         since_ms: time(&a.since)?,
         until_ms: time(&a.until)?,
@@ -99,7 +116,7 @@ pub fn run_log(a: LogArgs) -> Result<()> {
     };
     let read = read(&a.source.log)?;
     if a.waiting {
-        for line in waiting(&read.records, &f, now, a.ttl_secs as i64 * 1000) {
+        for line in waiting(&read.records, &f, now, ttl_ms) {
             println!("{line}");
         }
         return Ok(());

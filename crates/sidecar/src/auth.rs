@@ -20,6 +20,16 @@
 //! Without a control token the control plane is open, so it may only listen
 //! on a loopback address ([`check_exposure`]): the daemon refuses to start
 //! otherwise, and `selfheal validate` reports the same problem.
+//!
+//! Loopback is not enough against a browser: a page on `evil.example` whose
+//! name is re-pointed at 127.0.0.1 (DNS rebinding) talks to the daemon as its
+//! own origin, and any site can send a "simple" cross-site POST (`text/plain`)
+//! without reading the answer. So every control request must also name the
+//! daemon in its `Host` header ([`AllowedHosts`]: the control listen address,
+//! `localhost`, `127.0.0.1` or `[::1]` on its port, or the host of
+//! `notify.public_url`), may not carry a foreign `Origin`, and the JSON routes
+//! take only `Content-Type: application/json` (which a cross-site form cannot
+//! send without a CORS preflight, which the daemon never grants).
 
 use crate::config::DaemonConfig;
 use sha2::{Digest, Sha256};
@@ -214,9 +224,110 @@ pub fn check(accepted: &[&Token], authorization: Option<&str>) -> Verdict {
     }
 }
 
+/// The `Host` names the control plane answers to (DNS rebinding defence,
+/// see the module doc). Compared case-insensitively, as `host[:port]`
+/// authorities (RFC 9110 §7.2).
+#[derive(Clone, Debug, Default)]
+pub struct AllowedHosts {
+    names: Vec<String>,
+    /// With an unspecified listen address (0.0.0.0 or ::, a token is required
+    /// then), any IP literal on this port: an IP-literal `Host` cannot be
+    /// rebound, and the machine's addresses are not known here.
+    any_ip_on_port: Option<u16>,
+    https: bool,
+}
+
+impl AllowedHosts {
+    /// The names of a control plane listening on `listen` (its actual,
+    /// bound address) and reached from outside as `public_url` (an
+    /// `http://` or `https://` URL, `notify.public_url`), if any.
+    pub fn new(listen: SocketAddr, public_url: Option<&str>) -> AllowedHosts {
+        let port = listen.port();
+        let mut names =
+            vec![listen.to_string(), format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}")];
+        if let Some(u) = public_url {
+            let (scheme, rest) = u.split_once("://").unwrap_or(("http", u));
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h).to_ascii_lowercase();
+            if !authority.is_empty() {
+                let default_port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+                // A browser leaves the default port out of `Host` and `Origin`.
+                match authority.strip_suffix(&format!(":{default_port}")) {
+                    Some(bare) => names.push(bare.to_string()),
+                    None if !has_port(&authority) => names.push(format!("{authority}:{default_port}")),
+                    None => {}
+                }
+                names.push(authority);
+            }
+        }
+        let any_ip_on_port = listen.ip().is_unspecified().then_some(port);
+        let https = public_url.is_some_and(|u| u.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://")));
+        AllowedHosts { names: names.into_iter().map(|n| n.to_ascii_lowercase()).collect(), any_ip_on_port, https }
+    }
+
+    /// Whether the daemon is reached over https (`notify.public_url`): its
+    /// `/ui` cookie is then `Secure`.
+    pub fn https(&self) -> bool {
+        self.https
+    }
+
+    /// Whether a `Host` header value names this daemon.
+    pub fn allows_host(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        if self.names.contains(&host) {
+            return true;
+        }
+        match (self.any_ip_on_port, host.parse::<SocketAddr>()) {
+            (Some(port), Ok(a)) => a.port() == port,
+            _ => false,
+        }
+    }
+
+    /// Whether an `Origin` header value (`scheme://host[:port]`) is this
+    /// daemon; `null` and anything else is foreign.
+    pub fn allows_origin(&self, origin: &str) -> bool {
+        match origin.trim().split_once("://") {
+            Some((scheme, host)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+                self.allows_host(host)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn has_port(authority: &str) -> bool {
+    match authority.rsplit_once(':') {
+        Some((h, p)) => {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && (!h.starts_with('[') || h.ends_with(']'))
+        }
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_daemons_own_names_pass_the_host_check() {
+        let h = AllowedHosts::new("127.0.0.1:19478".parse().unwrap(), None);
+        for ok in ["127.0.0.1:19478", "localhost:19478", "LOCALHOST:19478", "[::1]:19478"] {
+            assert!(h.allows_host(ok), "{ok}");
+        }
+        for bad in ["evil.example:19478", "127.0.0.1:19479", "localhost", "127.0.0.1", "10.0.0.5:19478", ""] {
+            assert!(!h.allows_host(bad), "{bad}");
+        }
+        assert!(h.allows_origin("http://localhost:19478"));
+        assert!(!h.allows_origin("http://evil.example:19478") && !h.allows_origin("null"));
+        let p = AllowedHosts::new("127.0.0.1:19478".parse().unwrap(), Some("https://Selfheal.internal/base/"));
+        assert!(p.allows_host("selfheal.internal") && p.allows_host("selfheal.internal:443"));
+        assert!(p.allows_origin("https://selfheal.internal") && !p.allows_host("selfheal.internal.evil.example"));
+        let p = AllowedHosts::new("127.0.0.1:19478".parse().unwrap(), Some("http://ops.example:8080"));
+        assert!(p.allows_host("ops.example:8080") && !p.allows_host("ops.example"));
+        let any = AllowedHosts::new("0.0.0.0:9478".parse().unwrap(), None);
+        assert!(any.allows_host("10.0.0.5:9478") && any.allows_host("[fe80::1]:9478"));
+        assert!(!any.allows_host("evil.example:9478") && !any.allows_host("10.0.0.5:80"));
+    }
 
     #[test]
     fn a_token_matches_itself_only_and_its_id_is_short_and_stable() {

@@ -729,10 +729,21 @@ impl SidecarConfig {
         if d.pipeline_idle_secs < 60 {
             p.push("daemon.pipeline_idle_secs: must be at least 60".into());
         }
-        if let SourceConfig::Http { window_secs, .. } = &self.source {
-            if d.pipeline_idle_secs < window_secs.saturating_mul(2) {
+        // Every source kind: a pipeline reporting every period must never look
+        // idle (the data clock is read no further than the wall clock, see
+        // `crate::window`, so one period plus delivery lag is the most a live
+        // pipeline lags it). A file replay's spacing is the file's: not known here.
+        let period = match &self.source {
+            SourceConfig::Http { window_secs, .. } => Some(("source.window_secs", *window_secs)),
+            SourceConfig::Cloudwatch(c) => Some(("source.period_secs", u64::from(c.period_secs))),
+            // The simulator's step (`pipeline.step_seconds` of its scenario, 60 s built in).
+            SourceConfig::Simulator { .. } => Some(("the simulator's step", 60)),
+            SourceConfig::File { .. } => None,
+        };
+        if let Some((key, secs)) = period {
+            if d.pipeline_idle_secs < secs.saturating_mul(2) {
                 p.push(format!(
-                    "daemon.pipeline_idle_secs: must be at least two windows (source.window_secs = {window_secs}), \
+                    "daemon.pipeline_idle_secs: must be at least two windows ({key} = {secs}), \
                      or a pipeline reporting every window could look idle"
                 ));
             }
@@ -851,6 +862,16 @@ mod tests {
         let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
         assert!(e.contains("daemon.max_pipelines: must be at least 1"), "{e}");
         assert!(e.contains("daemon.pipeline_idle_secs: must be at least two windows"), "{e}");
+        // Every source kind, not only http: the CloudWatch period and the simulator's step too.
+        let text = "[daemon]\npipeline_idle_secs = 500\n[source]\nkind = \"cloudwatch\"\nperiod_secs = 300\n\
+                    [[source.pipelines]]\nname = \"a\"\njob_name = \"a\"\n[actuator]\nkind = \"dry-run\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("must be at least two windows (source.period_secs = 300)"), "{e}");
+        let text = "[daemon]\npipeline_idle_secs = 100\n[source]\nkind = \"simulator\"\n";
+        let e = SidecarConfig::from_toml_str(text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("must be at least two windows (the simulator's step = 60)"), "{e}");
+        let ok = "[daemon]\npipeline_idle_secs = 120\n[source]\nkind = \"simulator\"\n";
+        assert!(SidecarConfig::from_toml_str(ok, "x.toml").is_ok());
     }
 
     #[test]

@@ -202,16 +202,23 @@ impl Shell {
         Ok(())
     }
 
-    /// Log the records, then carry out the plan and send the notices.
-    fn handle(&mut self, out: Output) -> Result<(), ProvenanceError> {
+    /// Send the notices, log the records, then carry out the plan.
+    ///
+    /// The notices are raised first: a raised page is durable, and a crash
+    /// between raising and writing the records that close a proposal then
+    /// leaves a message about a proposal the log still shows open (announced
+    /// once more as void at the next start), never a closed proposal whose
+    /// closing message is lost. [`crate::pager::orphaned_proposals`] also
+    /// re-raises a closing message a crash lost the other way.
+    fn handle(&mut self, mut out: Output) -> Result<(), ProvenanceError> {
+        for n in std::mem::take(&mut out.notices) {
+            self.notify(n)?;
+        }
         self.write(&out)?;
         match out.plan {
             None | Some(Plan::Nothing) => {}
             Some(Plan::Act(order)) => self.start(order),
             Some(Plan::Escalate(e)) => self.escalate(e)?,
-        }
-        for n in out.notices {
-            self.notify(n)?;
         }
         Ok(())
     }
@@ -429,22 +436,43 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         Some(n) => {
             let notifier =
                 Arc::new(Notifier::new(n.clone(), cfg.model.seed).map_err(|e| DaemonError::Notify(e.to_string()))?);
-            // Pages an earlier run raised and never got accepted are still owed.
+            // Pages an earlier run raised and never got accepted are still
+            // owed, except a proposal message for a proposal closed or void
+            // by now (its approve link would 404; its end is announced).
             let records = read_log(&cfg.daemon.log_path())?.records;
-            let owed = owed_pages(&records);
+            let orphans = crate::pager::orphaned_proposals(&records, now_ms());
+            let closed = crate::pager::closed_proposals(&records);
+            let mut owed = owed_pages(&records);
+            let before = owed.len();
+            owed.retain(|o| match o.page.id.strip_suffix("/proposal") {
+                Some(id) => !closed.contains(id) && !orphans.iter().any(|x| x.id == id),
+                None => true,
+            });
+            if owed.len() < before {
+                tracing::info!(
+                    dropped = before - owed.len(),
+                    "owed proposal messages dropped: those proposals are closed or void"
+                );
+            }
             let pager = Pager::start(notifier, log.clone(), owed);
-            // Proposals told about before a restart are void now: say so, and
-            // close them in the log so the next start does not say it again.
-            for (id, notice) in crate::pager::orphaned_proposals(&records, now_ms()) {
-                tracing::warn!(id = %id, pipeline = %notice.pipeline, "a proposal of an earlier run is void; announcing it");
-                let rec = OutcomeRecord {
-                    id: id.clone(),
-                    ts_ms: now_ms(),
-                    status: "expired".into(),
-                    detail: "void: the daemon restarted before anyone answered; never ran".into(),
-                };
-                log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;
-                pager.raise(notice)?;
+            // Proposals told about before a restart whose end nobody was told:
+            // say it now. Raise first (the Raised record is durable), then
+            // close a void one in the log: a crash in between raises it again
+            // on the next start, which the webhook's idempotency key absorbs,
+            // where the other order could lose the message.
+            for o in orphans {
+                tracing::warn!(id = %o.id, pipeline = %o.notice.pipeline, void = o.void,
+                    "a proposal of an earlier run ended unannounced; announcing it");
+                pager.raise(o.notice)?;
+                if o.void {
+                    let rec = OutcomeRecord {
+                        id: o.id.clone(),
+                        ts_ms: now_ms(),
+                        status: "expired".into(),
+                        detail: "void: the daemon restarted before anyone answered; never ran".into(),
+                    };
+                    log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;
+                }
             }
             Some(pager)
         }
@@ -462,7 +490,11 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         .and_then(|n| n.public_url.clone())
         .map(|u| u.trim_end_matches('/').to_string())
         .unwrap_or_else(|| format!("http://{answer_addr}"));
-    let control_app = control_router(state.clone(), auth, max_body_bytes)
+    let hosts = crate::auth::AllowedHosts::new(
+        control.local_addr().map_err(DaemonError::Http)?,
+        cfg.notify.as_ref().and_then(|n| n.public_url.as_deref()),
+    );
+    let control_app = control_router(state.clone(), auth, hosts, max_body_bytes)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let app = metrics_router(state);
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);

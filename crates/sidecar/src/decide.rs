@@ -165,6 +165,10 @@ struct Told {
     folded: u32,
     /// The unanswered page went out.
     nagged: bool,
+    /// Folded proposals that ended while this one was open (`{id, action,
+    /// result}`), listed in the next closing message (`detail.ended`): their
+    /// ends are announced, still folded.
+    ended: Vec<serde_json::Value>,
 }
 
 struct PendingReward {
@@ -436,9 +440,21 @@ impl Controller {
         now_ms: i64,
         extra: serde_json::Value,
     ) {
-        let Some(told) = self.told.get(&prop.pipeline).filter(|t| t.id == id).cloned() else { return };
+        let Some(told) = self.told.get_mut(&prop.pipeline) else { return };
+        if told.id != id {
+            // A folded proposal: its end waits for the next closing message
+            // of the pipeline (one message per incident close, listing them).
+            let result = extra.get("result").cloned().unwrap_or_else(|| kind.name().into());
+            told.ended.push(serde_json::json!({ "id": id, "action": prop.action.name(), "result": result }));
+            told.folded = told.folded.saturating_sub(1);
+            return;
+        }
+        let told = told.clone();
         let expires_at_ms = (prop.proposed_ms.max(0) as u64).saturating_add(self.cfg.approval_ttl_ms);
-        let e = self.notice(kind, id, prop, expires_at_ms, now_ms, extra);
+        let mut e = self.notice(kind, id, prop, expires_at_ms, now_ms, extra);
+        if let Some(d) = e.detail.as_object_mut().filter(|_| !told.ended.is_empty()) {
+            d.insert("ended".into(), told.ended.clone().into());
+        }
         out.notices.push(e);
         let next = self
             .approvals
@@ -450,7 +466,7 @@ impl Controller {
             Some(next) => {
                 self.told.insert(
                     prop.pipeline.clone(),
-                    Told { id: next, folded: told.folded.saturating_sub(1), nagged: false },
+                    Told { id: next, folded: told.folded.saturating_sub(1), nagged: false, ended: Vec::new() },
                 );
             }
             None => {
@@ -686,7 +702,10 @@ impl Controller {
                                 now_ms,
                                 serde_json::json!({}),
                             ));
-                            self.told.insert(w.pipeline.clone(), Told { id: id.clone(), folded: 0, nagged: false });
+                            self.told.insert(
+                                w.pipeline.clone(),
+                                Told { id: id.clone(), folded: 0, nagged: false, ended: Vec::new() },
+                            );
                         }
                     },
                 }
@@ -966,14 +985,13 @@ impl Controller {
 
     /// Forget every pipeline whose latest window started more than `idle_ms`
     /// before the telemetry clock (the newest window seen, read no further
-    /// than [`crate::window::MAX_AHEAD_MS`] past `now_ms`, the wall clock,
-    /// Unix ms), unless it is [`Controller::busy`]: its encoder, supervisor,
+    /// than `now_ms`, the wall clock, Unix ms: one sender's clock ahead
+    /// cannot make the others idle; see [`crate::window`]), unless it is [`Controller::busy`]: its encoder, supervisor,
     /// trail, pending no-op reward, score and missing-metric gauge go. A
     /// pipeline that comes back starts afresh, as a new one does. The Q table
     /// is shared and keeps all it learned. Returns the names, sorted.
     pub fn evict_idle(&mut self, idle_ms: i64, now_ms: i64) -> Vec<String> {
-        let clock =
-            i64::try_from(self.clock_ms).unwrap_or(i64::MAX).min(now_ms.saturating_add(crate::window::MAX_AHEAD_MS));
+        let clock = i64::try_from(self.clock_ms).unwrap_or(i64::MAX).min(now_ms);
         let mut gone: Vec<String> = self
             .pipelines
             .iter()
@@ -1281,6 +1299,37 @@ mod tests {
     }
 
     #[test]
+    fn a_folded_proposals_end_is_announced_in_the_next_closing_message() {
+        use crate::notify::Notice;
+        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
+        let mut c = controller(Mode::Recommend, 100_000, 2.0);
+        let first = c.on_window(&window(0), 0);
+        let told = decision(&first).id.clone();
+        // A second proposal (another action) is folded into the told one.
+        c.parts.learner = {
+            let mut t = c.learner().table().clone();
+            let s = decision(&first).state;
+            let mut q = [-5.0; Action::COUNT];
+            q[Action::ScaleDown.index()] = -3.0;
+            t.set_row(s, &q, &[1000; Action::COUNT]);
+            QLearner::from_table(t, QParams::default(), 1)
+        };
+        let other = c.on_window(&window(60_000), 10);
+        let folded = decision(&other).id.clone();
+        assert!(other.notices.is_empty(), "folded");
+        // The folded one is answered first: no message of its own...
+        let out = c.answer(&folded, false, "ops", 20).unwrap();
+        assert!(out.notices.is_empty(), "still folded: {:?}", kinds(&out));
+        // ...and its end is listed in the told one's closing message.
+        let out = c.answer(&told, true, "ops", 30).unwrap();
+        assert_eq!(kinds(&out), [Notice::Approved]);
+        let ended = &out.notices[0].detail["ended"];
+        assert_eq!(ended[0]["id"], folded.as_str(), "{ended}");
+        assert_eq!(ended[0]["action"], "scale_down");
+        assert!(ended[0]["result"].as_str().unwrap().contains("rejected"), "{ended}");
+    }
+
+    #[test]
     fn kill_switch_pauses_and_budget_denies() {
         let mut c = controller(Mode::Act, 1000, 2.0);
         c.kill_switch().pause("test".into(), 0);
@@ -1400,14 +1449,21 @@ mod tests {
         // Ten minutes later on the telemetry clock only `busy` reported again.
         c.on_window(&named("busy", 660_000), 1);
         assert_eq!(c.live(), 3);
-        assert_eq!(c.evict_idle(600_000, 1), vec!["quiet".to_string()]);
+        // The wall clock (second argument) bounds the telemetry clock.
+        assert!(c.evict_idle(600_000, 1).is_empty(), "the wall clock is not there yet");
+        assert_eq!(c.evict_idle(600_000, 660_000), vec!["quiet".to_string()]);
         assert!(c.busy("asks") && c.scores().iter().any(|(p, _)| p == "asks"), "an open proposal keeps its pipeline");
         assert!(!c.scores().iter().any(|(p, _)| p == "quiet"), "its gauge goes with it");
         // Once the proposal is answered, the idle pipeline goes too.
         let id = c.pending()[0].0.clone();
         c.answer(&id, false, "test", 2).unwrap();
-        assert_eq!(c.evict_idle(600_000, 2), vec!["asks".to_string()]);
+        assert_eq!(c.evict_idle(600_000, 660_001), vec!["asks".to_string()]);
         assert_eq!(c.live(), 1);
+        // One sender a day ahead of the wall clock evicts nobody else.
+        c.on_window(&named("ahead", 86_400_000), 3);
+        c.on_window(&named("busy", 720_000), 4);
+        assert!(c.evict_idle(600_000, 720_000).is_empty(), "the clock is read no further than the wall clock");
+        assert_eq!(c.live(), 2);
     }
 
     #[test]

@@ -24,8 +24,12 @@
 //! under one async lock ([`Ingest`]'s `order`), so of two concurrent requests
 //! for one pipeline the windows of the one assembled first reach the loop
 //! first (with the assembler's lock alone, the second could send before the
-//! first). Parsing stays outside it. A new pipeline beyond `[daemon]
-//! max_pipelines` is refused with 429 (see [`crate::window::Bounds`]).
+//! first). Parsing stays outside it. A line of a new pipeline beyond
+//! `[daemon] max_pipelines` is refused (see [`crate::window::Bounds`]): the
+//! answer is 429 with `Retry-After` only when no line of the body was taken
+//! (so a shipper's retry of the whole body adds nothing twice); when some
+//! were, it is 422 listing the refused lines, each naming the cap, with
+//! `pipeline_cap` set.
 
 use crate::auth::{self, Token, Verdict};
 use crate::window::{assemble, parse_body, Assembler, Bounds, Ingested, Window};
@@ -240,15 +244,21 @@ pub fn metrics_router(state: AppState) -> Router {
 /// `max_body_bytes`. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()` so the log names the
 /// remote address.
-pub fn control_router(state: AppState, auth: ControlAuth, max_body_bytes: usize) -> Router {
+///
+/// `hosts` are the names the daemon is served under: a request naming
+/// another `Host` is refused with 421, one with a foreign `Origin` with 403,
+/// and a POST to `/approvals/{id}`, `/pause` or `/resume` without
+/// `Content-Type: application/json` with 415 (see [`crate::auth`]).
+pub fn control_router(state: AppState, auth: ControlAuth, hosts: auth::AllowedHosts, max_body_bytes: usize) -> Router {
+    let ui = Arc::new(crate::ui::UiSecret::random(hosts.https()));
     Router::new()
         .route("/ingest", post(ingest))
         .route("/approvals", get(pending))
         .route("/approvals/{id}", post(answer))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
-        .merge(crate::ui::routes(crate::ui::UiSecret::random()))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::new(auth), guard))
+        .merge(crate::ui::routes(ui.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::new((auth, hosts, ui)), guard))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .fallback(|| async {
             text(
@@ -263,23 +273,37 @@ pub fn control_router(state: AppState, auth: ControlAuth, max_body_bytes: usize)
 /// Authenticate, then log the request with its outcome. Runs before the
 /// handler reads the body, so a caller without the token cannot make the
 /// daemon buffer one.
-async fn guard(State(auth): State<Arc<ControlAuth>>, mut req: Request, next: Next) -> Response {
+type GuardState = (ControlAuth, auth::AllowedHosts, Arc<crate::ui::UiSecret>);
+
+async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -> Response {
+    let (auth, hosts, ui) = (&g.0, &g.1, &g.2);
     let route =
         req.extensions().get::<MatchedPath>().map_or_else(|| req.uri().path().to_string(), |m| m.as_str().into());
     let method = req.method().clone();
     let remote = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or_else(|| "-".into(), |c| c.0.to_string());
+    if let Some(r) = foreign(req.headers(), hosts) {
+        tracing::warn!(target: "selfheal::control", %route, %method, %remote, status = r.status().as_u16(),
+            host = ?req.headers().get(header::HOST), origin = ?req.headers().get(header::ORIGIN),
+            "control request refused: not addressed to this daemon");
+        return r;
+    }
     let mut accepted: Vec<&Token> = auth.control.iter().collect();
     if route == "/ingest" {
         accepted.extend(auth.ingest.iter());
     }
     let mut given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    // A browser on the approvals page carries the token in a cookie, or in
-    // `?token=` on its first visit (see `crate::ui`).
+    // A browser on the approvals page carries a session cookie, or the
+    // token in `?token=` on its first visit (see `crate::ui`).
     let page = route == "/ui" || route.starts_with("/ui/");
-    if page && given.is_none() {
-        given = crate::ui::credential(req.headers(), req.uri().query());
+    let session = if page && given.is_none() { ui.session(req.headers(), crate::now_ms()) } else { None };
+    if page && given.is_none() && session.is_none() {
+        given = crate::ui::credential(req.uri().query());
     }
-    let (token_id, refused) = match auth::check(&accepted, given.as_deref()) {
+    let verdict = match session {
+        Some(id) => Verdict::Allowed(id),
+        None => auth::check(&accepted, given.as_deref()),
+    };
+    let (token_id, refused) = match verdict {
         Verdict::Allowed(id) => (id, None),
         Verdict::Missing if page => (
             "-".to_string(),
@@ -298,6 +322,7 @@ async fn guard(State(auth): State<Arc<ControlAuth>>, mut req: Request, next: Nex
         ),
         Verdict::Wrong(id) => (id, Some(text(403, "wrong bearer token"))),
     };
+    let refused = refused.or_else(|| not_json(req.headers(), &route, &method));
     let resp = match refused {
         Some(r) => r,
         None => {
@@ -314,6 +339,47 @@ async fn guard(State(auth): State<Arc<ControlAuth>>, mut req: Request, next: Nex
             "control request");
     }
     resp
+}
+
+/// The browser defences of the control plane (see [`crate::auth`]): the
+/// `Host` must name this daemon (421) and an `Origin` must be this daemon
+/// (403); see also [`not_json`]. `None` when the request passes.
+fn foreign(h: &header::HeaderMap, hosts: &auth::AllowedHosts) -> Option<Response> {
+    // HTTP/2 carries the authority in the URI, HTTP/1.1 in `Host`; hyper
+    // exposes the latter only as the header.
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !hosts.allows_host(host) {
+        return Some(text(
+            421,
+            format!(
+                "refused: Host {host:?} is not a name this daemon is served under (its control address, localhost,                  127.0.0.1, [::1] on its port, or the host of notify.public_url)"
+            ),
+        ));
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let o = origin.to_str().unwrap_or("");
+        if !hosts.allows_origin(o) {
+            return Some(text(403, format!("refused: a request from another site (Origin {o:?})")));
+        }
+    }
+    None
+}
+
+/// A POST to a JSON route without `Content-Type: application/json`: 415.
+/// Checked after the token, so a caller without one learns nothing more.
+fn not_json(h: &header::HeaderMap, route: &str, method: &axum::http::Method) -> Option<Response> {
+    let json_route = matches!(route, "/approvals/{id}" | "/pause" | "/resume");
+    if json_route && method == axum::http::Method::POST {
+        let ct = h.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/json") {
+            return Some(text(
+                415,
+                format!("{route} takes a JSON body: send `Content-Type: application/json` (got {ct:?})"),
+            ));
+        }
+    }
+    None
 }
 
 fn text(code: u16, msg: impl Into<String>) -> Response {
@@ -348,7 +414,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 struct IngestAnswer {
     accepted: usize,
     rejected: Vec<RejectedLine>,
-    /// The pipeline cap, when lines were refused for it (status 429).
+    /// The pipeline cap, when lines were refused for it (status 429 if no
+    /// line was taken, else 422).
     #[serde(skip_serializing_if = "Option::is_none")]
     pipeline_cap: Option<usize>,
 }
@@ -384,8 +451,13 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     drop(order);
     ing.accepted.fetch_add(accepted as u64, Ordering::Relaxed);
     ing.rejected.fetch_add(rejected.len() as u64, Ordering::Relaxed);
-    let code = if capped > 0 {
+    if capped > 0 {
         capped_lines(ing.as_ref(), capped, cap);
+    }
+    // 429 tells a shipper to send the same body again later: only right when
+    // nothing of it was taken, or counts would be added twice. A body partly
+    // taken is a 422 that lists the refused lines (naming the cap).
+    let code = if capped > 0 && accepted == 0 {
         StatusCode::TOO_MANY_REQUESTS
     } else if rejected.is_empty() {
         StatusCode::OK
@@ -394,7 +466,13 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     };
     let pipeline_cap = (capped > 0).then_some(cap);
     let rejected = rejected.into_iter().map(|(line, error)| RejectedLine { line, error }).collect();
-    (code, Json(IngestAnswer { accepted, rejected, pipeline_cap })).into_response()
+    let answer = Json(IngestAnswer { accepted, rejected, pipeline_cap });
+    if code == StatusCode::TOO_MANY_REQUESTS {
+        // Room is made by eviction, checked about every idle time.
+        let idle_s = (ing.asm.lock().expect("assembler lock").bounds().idle_ms / 1000).max(1);
+        return (code, [(header::RETRY_AFTER, idle_s.to_string())], answer).into_response();
+    }
+    (code, answer).into_response()
 }
 
 /// Count lines refused for the pipeline cap; warn once per episode of a full cap.
@@ -564,7 +642,8 @@ mod tests {
         let post = |body: String| ingest(State(state.clone()), Bytes::from(body));
         assert_eq!(post(line(0, "a") + &line(0, "b")).await.status(), StatusCode::OK);
         let r = post(line(1000, "a") + &line(1000, "c") + &line(1000, "b")).await;
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        // Partly taken: 422, not 429 (a resent body would add `a` and `b` twice).
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["accepted"], 2);
@@ -580,6 +659,14 @@ mod tests {
         }
         closed.sort();
         assert_eq!(closed, ["a", "b"]);
+        // Nothing taken, some refused for the cap: 429 with Retry-After.
+        let r = post(line(1000, "c") + &line(1000, "d")).await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("5"));
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!((v["accepted"].as_u64(), v["pipeline_cap"].as_u64()), (Some(0), Some(2)), "{v}");
+        assert_eq!(ing.bounds.refused_cap.load(Ordering::Relaxed), 3);
         // `a` goes silent; once idle on the data clock it is evicted, and `c` is admitted.
         assert_eq!(post(line(7000, "b")).await.status(), StatusCode::OK);
         assert_eq!(ing.evict_idle(7000, &|_| false), vec!["a".to_string()]);

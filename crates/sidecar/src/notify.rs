@@ -251,48 +251,87 @@ pub fn window_words(w: &serde_json::Value) -> String {
     parts.join(", ")
 }
 
-/// The Slack text of a proposal message: one read has what a person needs.
-fn proposal_text(kind: Notice, e: &Escalation) -> String {
+/// Escapes text for a Slack message: `&`, `<` and `>` become `&amp;`,
+/// `&lt;`, `&gt;`, so that a pipeline name such as `<!channel>` or
+/// `<https://evil|Approve here>` stays text instead of becoming a ping or a
+/// link (<https://api.slack.com/reference/surfaces/formatting#escaping>).
+pub fn slack_escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// The text of a proposal message: one read has what a person needs. With
+/// `slack`, every interpolated field is [`slack_escape`]d (the generic
+/// format's consumers get the plain text).
+fn proposal_text(kind: Notice, e: &Escalation, slack: bool) -> String {
+    let q = |x: &str| if slack { slack_escape(x) } else { x.to_string() };
     let d = &e.detail;
-    let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let s = |k: &str| q(d.get(k).and_then(|v| v.as_str()).unwrap_or("?"));
     let id = s("decision_id");
     let ev = d.get("evidence").cloned().unwrap_or_default();
-    let evs = |k: &str| match ev.get(k) {
-        Some(serde_json::Value::Number(n)) if k == "score" => format!("{:.2}", n.as_f64().unwrap_or(f64::NAN)),
-        Some(v) => v.to_string(),
-        None => "?".into(),
+    let evs = |k: &str| {
+        q(&match ev.get(k) {
+            Some(serde_json::Value::Number(n)) if k == "score" => format!("{:.2}", n.as_f64().unwrap_or(f64::NAN)),
+            Some(v) => v.to_string(),
+            None => "?".into(),
+        })
     };
+    let pipeline = q(&e.pipeline);
     let expires = d
         .get("expires_at_ms")
         .and_then(|v| v.as_i64())
         .map(crate::provenance::format_utc)
         .unwrap_or_else(|| "?".into());
     let answer = d.get("answer").cloned().unwrap_or_default();
-    let how = |k: &str| answer.get(k).and_then(|v| v.as_str()).unwrap_or("?").to_string();
+    let how = |k: &str| q(answer.get(k).and_then(|v| v.as_str()).unwrap_or("?"));
     let also: Vec<String> = d
         .get("also_open")
         .and_then(|v| v.as_array())
         .map(|a| {
             a.iter()
-                .map(|o| format!("{} ({})", o["id"].as_str().unwrap_or("?"), o["action"].as_str().unwrap_or("?")))
+                .map(|o| format!("{} ({})", q(o["id"].as_str().unwrap_or("?")), q(o["action"].as_str().unwrap_or("?"))))
                 .collect()
         })
         .unwrap_or_default();
-    let also =
+    let mut also =
         if also.is_empty() { String::new() } else { format!("\nAlso open on this pipeline: {}.", also.join(", ")) };
+    // Folded proposals that ended meanwhile (see `Controller`'s closing notices).
+    let ended: Vec<String> = d
+        .get("ended")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|o| {
+                    let f = |k: &str| q(o[k].as_str().unwrap_or("?"));
+                    format!("{} ({}): {}", f("id"), f("action"), f("result"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ended.is_empty() {
+        also.push_str(&format!("\nAlso ended on this pipeline: {}.", ended.join("; ")));
+    }
     match kind {
         Notice::Proposal | Notice::Unanswered => {
             let head = if kind == Notice::Proposal {
                 format!(
                     "selfheal proposes *{}* on pipeline *{}* (decision `{id}`) and waits for a human.",
                     s("action"),
-                    e.pipeline
+                    pipeline
                 )
             } else {
                 format!(
                     "Nobody answered: selfheal still waits to run *{}* on pipeline *{}* (decision `{id}`).",
                     s("action"),
-                    e.pipeline
+                    pipeline
                 )
             };
             format!(
@@ -302,10 +341,10 @@ fn proposal_text(kind: Notice, e: &Escalation) -> String {
                 s("why"),
                 evs("score"),
                 evs("signature"),
-                ev.get("state").and_then(|v| v.as_str()).unwrap_or("?"),
-                window_words(&ev["window"]),
+                q(ev.get("state").and_then(|v| v.as_str()).unwrap_or("?")),
+                q(&window_words(&ev["window"])),
                 evs("metrics"),
-                ev.get("rules").and_then(|v| v.as_str()).unwrap_or("?"),
+                q(ev.get("rules").and_then(|v| v.as_str()).unwrap_or("?")),
                 how("approve"),
                 how("reject"),
                 how("url"),
@@ -314,7 +353,7 @@ fn proposal_text(kind: Notice, e: &Escalation) -> String {
         _ => format!(
             "selfheal proposal `{id}` ({} on pipeline *{}*) {}: {}{also}",
             s("action"),
-            e.pipeline,
+            pipeline,
             kind.name(),
             s("result"),
         ),
@@ -402,13 +441,13 @@ impl Notifier {
     fn body(&self, e: &Escalation) -> serde_json::Value {
         if let Some(kind) = Notice::of(e) {
             return match self.cfg.format {
-                WebhookFormat::Slack => serde_json::json!({ "text": proposal_text(kind, e) }),
+                WebhookFormat::Slack => serde_json::json!({ "text": proposal_text(kind, e, true) }),
                 WebhookFormat::Generic => serde_json::json!({
                     "event": format!("selfheal.proposal.{}", kind.name()),
                     "id": e.id,
                     "pipeline": e.pipeline,
                     "summary": e.summary,
-                    "text": proposal_text(kind, e),
+                    "text": proposal_text(kind, e, false),
                     "detail": e.detail,
                 }),
             };
@@ -417,7 +456,7 @@ impl Notifier {
             WebhookFormat::Slack => serde_json::json!({
                 "text": format!(
                     "selfheal escalation on pipeline *{}* (decision `{}`)\n{}\nRun `selfheal explain {}` for the full provenance.",
-                    e.pipeline, e.id, e.summary, e.id
+                    slack_escape(&e.pipeline), slack_escape(&e.id), slack_escape(&e.summary), slack_escape(&e.id)
                 )
             }),
             WebhookFormat::Generic => serde_json::json!({
@@ -499,8 +538,8 @@ mod tests {
         let text = n.body(&e)["text"].as_str().unwrap().to_string();
         for needle in [
             "*scale_up* on pipeline *orders* (decision `r-7`)",
-            "Why it waits: low confidence: 3 visits < 30",
-            "anomaly score 0.81, signature 2, state: latency=>600s workers=4",
+            "Why it waits: low confidence: 3 visits &lt; 30",
+            "anomaly score 0.81, signature 2, state: latency=&gt;600s workers=4",
             "latency p95 712.0 s, error ratio 0.00, workers 4",
             "Rule policy would: restart",
             "Expires: 2026-11-29T",
@@ -519,6 +558,46 @@ mod tests {
         let plain = Escalation { detail: serde_json::json!({}), ..e };
         assert_eq!(Notice::of(&plain), None);
         assert!(n.body(&plain)["text"].as_str().unwrap().starts_with("selfheal escalation"));
+    }
+
+    #[test]
+    fn slack_text_escapes_every_interpolated_field() {
+        let nasty = "<!channel> & <https://evil.example|Approve here>";
+        let e = Escalation {
+            id: "r-1/approved".into(),
+            pipeline: nasty.into(),
+            summary: nasty.into(),
+            detail: serde_json::json!({
+                "notice": "approved", "decision_id": "r-1", "action": "scale_up",
+                "result": format!("approved by {nasty}"),
+                "also_open": [{ "id": nasty, "action": nasty }],
+                "ended": [{ "id": "r-2", "action": "scale_down", "result": nasty }],
+            }),
+        };
+        let n = Notifier::new(WebhookConfig::new("http://127.0.0.1:1/"), 1).unwrap();
+        let text = n.body(&e)["text"].as_str().unwrap().to_string();
+        assert!(!text.contains('<') && !text.contains('>'), "no Slack control sequence survives:\n{text}");
+        assert!(text.contains("&lt;!channel&gt; &amp; &lt;https://evil.example|Approve here&gt;"), "{text}");
+        assert!(text.contains("Also ended on this pipeline: r-2 (scale_down): &lt;!channel&gt;"), "{text}");
+        let p = Escalation {
+            id: "r-1/proposal".into(),
+            detail: serde_json::json!({
+                "notice": "proposal", "decision_id": nasty, "action": nasty, "why": nasty,
+                "evidence": { "state": nasty, "rules": nasty, "metrics": [nasty], "signature": nasty },
+                "answer": { "approve": nasty, "reject": nasty, "url": nasty },
+            }),
+            ..e.clone()
+        };
+        let text = n.body(&p)["text"].as_str().unwrap().to_string();
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        let plain = Escalation { detail: serde_json::json!({}), ..e.clone() };
+        let text = n.body(&plain)["text"].as_str().unwrap().to_string();
+        assert!(!text.contains('<') && !text.contains('>'), "{text}");
+        // The generic format carries the plain text (its consumer escapes for its own medium).
+        let g = Notifier::new(WebhookConfig { format: WebhookFormat::Generic, ..WebhookConfig::new("http://x/") }, 1)
+            .unwrap()
+            .body(&e);
+        assert!(g["text"].as_str().unwrap().contains(nasty));
     }
 
     #[test]

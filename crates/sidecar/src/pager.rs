@@ -31,7 +31,7 @@
 use crate::notify::{Attempt, Escalation, FallbackConfig, FallbackKind, Notifier};
 use crate::now_ms;
 use crate::provenance::{EscalationRecord, OwedPage, PagePhase, ProvenanceError, ProvenanceLog, Record};
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::Path;
@@ -131,50 +131,135 @@ impl Pager {
     }
 }
 
-/// Proposals an earlier run told people about and that were never closed
-/// (no approval, outcome, or closing message in the log): proposals live in
-/// the daemon's memory only, so after a restart they are void, and the people
-/// holding the message must hear so rather than find a 404 behind its link.
-/// For each, the pair (decision id, its "expired" message), oldest first.
-pub fn orphaned_proposals(records: &[Record], now_ms: i64) -> Vec<(String, Escalation)> {
-    use std::collections::HashSet;
-    let mut closed: HashSet<&str> = HashSet::new();
-    let mut told: Vec<&Escalation> = Vec::new();
+/// What a restart owes the people told about a proposal (see
+/// [`orphaned_proposals`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Orphan {
+    /// The decision id.
+    pub id: String,
+    /// The closing message to raise.
+    pub notice: Escalation,
+    /// The proposal was still open when the earlier run stopped: it is void
+    /// now, and the caller closes it in the log (an `expired` outcome) after
+    /// raising the notice. `false`: it was closed by a record (an approval or
+    /// an outcome) whose message was never raised (a crash in between).
+    pub void: bool,
+}
+
+/// The decision ids closed in the log: by an approval, an outcome, or a
+/// raised closing message (`<id>/approved|rejected|expired`). An owed
+/// `<id>/proposal` page of one of them is useless (its approve link would
+/// 404): the daemon drops it at start.
+pub fn closed_proposals(records: &[Record]) -> HashSet<String> {
+    let mut closed = HashSet::new();
     for r in records {
         match r {
             Record::Approval(a) => {
-                closed.insert(a.id.as_str());
+                closed.insert(a.id.clone());
             }
             Record::Outcome(o) => {
-                closed.insert(o.id.as_str());
+                closed.insert(o.id.clone());
+            }
+            Record::Escalation(e) if e.phase == Some(PagePhase::Raised) => {
+                if let Some((d, "approved" | "rejected" | "expired")) = e.id.rsplit_once('/') {
+                    closed.insert(d.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    closed
+}
+
+/// Proposals an earlier run told people about whose end nobody was told
+/// (no closing message raised): proposals live in the daemon's memory only,
+/// so after a restart an open one is void, and the people holding the
+/// message must hear so rather than find a 404 behind its link; one closed by
+/// a record (approved, rejected, expired) whose message a crash lost gets
+/// that message now. Folded proposals count as told: a delivered message
+/// lists them (`also_open`). Oldest first.
+pub fn orphaned_proposals(records: &[Record], now_ms: i64) -> Vec<Orphan> {
+    use crate::notify::Notice;
+    // How each closed proposal ended, from its records.
+    let mut ended: HashMap<&str, (Notice, String)> = HashMap::new();
+    let mut announced: HashSet<&str> = HashSet::new();
+    let mut told: Vec<(String, &Escalation)> = Vec::new();
+    for r in records {
+        match r {
+            Record::Approval(a) => {
+                let kind = if a.approved { Notice::Approved } else { Notice::Rejected };
+                ended.entry(a.id.as_str()).or_insert((kind, format!("{} by {}", a.note, a.by)));
+            }
+            Record::Outcome(o) => {
+                let kind = match o.status.as_str() {
+                    "rejected" => Notice::Rejected,
+                    _ => Notice::Expired,
+                };
+                let e = ended.entry(o.id.as_str()).or_insert((kind, String::new()));
+                let sep = if e.1.is_empty() { "" } else { "; " };
+                e.1 = format!("{}{sep}{}: {}", e.1, o.status, o.detail);
             }
             Record::Escalation(e) if e.phase == Some(PagePhase::Raised) => match (e.id.rsplit_once('/'), &e.page) {
-                (Some((_, "proposal")), Some(page)) => told.push(page),
-                (Some((d, "approved" | "rejected" | "expired")), _) => {
-                    closed.insert(d);
+                (Some((_, "proposal")), Some(page)) => {
+                    if let Some(id) = page.detail.get("decision_id").and_then(|v| v.as_str()) {
+                        told.push((id.to_string(), page));
+                    }
+                    // The proposals folded into the message were told too.
+                    for o in page.detail.get("also_open").and_then(|v| v.as_array()).into_iter().flatten() {
+                        if let Some(id) = o.get("id").and_then(|v| v.as_str()) {
+                            told.push((id.to_string(), page));
+                        }
+                    }
+                }
+                (Some((d, "approved" | "rejected" | "expired")), page) => {
+                    announced.insert(d);
+                    // Folded proposals whose end that message listed.
+                    let ended = page.as_ref().and_then(|p| p.detail.get("ended")).and_then(|v| v.as_array());
+                    for o in ended.into_iter().flatten() {
+                        if let Some(id) = o.get("id").and_then(|v| v.as_str()) {
+                            announced.insert(id);
+                        }
+                    }
                 }
                 _ => {}
             },
             _ => {}
         }
     }
+    let mut seen: HashSet<String> = HashSet::new();
     told.into_iter()
-        .filter_map(|page| {
-            let id = page.detail.get("decision_id")?.as_str()?;
-            if closed.contains(id) {
-                return None;
-            }
+        .filter(|(id, _)| !announced.contains(id.as_str()) && seen.insert(id.clone()))
+        .map(|(id, page)| {
+            let (kind, result, void) = match ended.get(id.as_str()) {
+                Some((kind, result)) => (*kind, result.clone(), false),
+                None => {
+                    (Notice::Expired, "void: the daemon restarted before anyone answered; it will not run".into(), true)
+                }
+            };
             let mut detail = page.detail.clone();
-            let result = "void: the daemon restarted before anyone answered; it will not run";
             if let Some(d) = detail.as_object_mut() {
-                d.insert("notice".into(), "expired".into());
-                d.insert("result".into(), result.into());
+                d.insert("notice".into(), kind.name().into());
+                d.insert("decision_id".into(), id.clone().into());
+                d.insert("result".into(), result.clone().into());
                 d.insert("at_ms".into(), now_ms.into());
                 d.insert("also_open".into(), serde_json::json!([]));
             }
+            // A folded proposal's own action, from the message that listed it.
+            if let Some(action) = page
+                .detail
+                .get("also_open")
+                .and_then(|v| v.as_array())
+                .and_then(|a| a.iter().find(|o| o.get("id").and_then(|v| v.as_str()) == Some(id.as_str())))
+                .and_then(|o| o.get("action").cloned())
+            {
+                if let Some(d) = detail.as_object_mut() {
+                    d.insert("action".into(), action);
+                }
+            }
             let summary = format!("{}: proposal {id} {result}", page.pipeline);
-            let e = Escalation { id: format!("{id}/expired"), pipeline: page.pipeline.clone(), summary, detail };
-            Some((id.to_string(), e))
+            let notice =
+                Escalation { id: format!("{id}/{}", kind.name()), pipeline: page.pipeline.clone(), summary, detail };
+            Orphan { id, notice, void }
         })
         .collect()
 }
@@ -359,5 +444,81 @@ fn write_fallback(cfg: &FallbackConfig, page: &Escalation, why: &str) -> std::io
             f.write_all(text.as_bytes())?;
             f.sync_data()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provenance::{ApprovalRecord, OutcomeRecord};
+
+    fn raised(page: Escalation) -> Record {
+        let mut rec = EscalationRecord::new(&page.id, 1, PagePhase::Raised, 0, page.summary.clone());
+        rec.page = Some(page);
+        Record::Escalation(rec)
+    }
+
+    fn page(id: &str, notice: &str, detail: serde_json::Value) -> Escalation {
+        let mut d = serde_json::json!({ "notice": notice, "decision_id": id, "action": "scale_up" });
+        if let (Some(d), serde_json::Value::Object(x)) = (d.as_object_mut(), detail) {
+            d.extend(x);
+        }
+        Escalation { id: format!("{id}/{notice}"), pipeline: "orders".into(), summary: String::new(), detail: d }
+    }
+
+    fn outcome(id: &str, status: &str) -> Record {
+        Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: 2, status: status.into(), detail: "d".into() })
+    }
+
+    #[test]
+    fn an_open_proposal_is_void_and_a_closed_one_gets_its_lost_closing_message() {
+        let approval = Record::Approval(ApprovalRecord {
+            id: "r-2".into(),
+            ts_ms: 2,
+            approved: true,
+            by: "cli (no token)".into(),
+            note: "approved".into(),
+        });
+        let records = vec![
+            // r-1 told, never closed: void.
+            raised(page("r-1", "proposal", serde_json::json!({}))),
+            // r-2 told and approved, killed before its message was raised.
+            raised(page("r-2", "proposal", serde_json::json!({}))),
+            approval,
+            // r-3 told, expired, and its message raised: nothing owed.
+            raised(page("r-3", "proposal", serde_json::json!({}))),
+            outcome("r-3", "expired"),
+            raised(page("r-3", "expired", serde_json::json!({}))),
+        ];
+        let o = orphaned_proposals(&records, 9);
+        let got: Vec<(&str, &str, bool)> = o.iter().map(|o| (o.id.as_str(), o.notice.id.as_str(), o.void)).collect();
+        assert_eq!(got, [("r-1", "r-1/expired", true), ("r-2", "r-2/approved", false)]);
+        assert!(o[0].notice.detail["result"].as_str().unwrap().starts_with("void"));
+        assert_eq!(o[1].notice.detail["result"], "approved by cli (no token)");
+        let closed = closed_proposals(&records);
+        assert!(closed.contains("r-2") && closed.contains("r-3") && !closed.contains("r-1"));
+        // Once raised (and r-1 closed in the log), nothing more is owed.
+        let mut later = records.clone();
+        later.push(raised(o[0].notice.clone()));
+        later.push(outcome("r-1", "expired"));
+        later.push(raised(o[1].notice.clone()));
+        assert!(orphaned_proposals(&later, 10).is_empty());
+    }
+
+    #[test]
+    fn folded_proposals_listed_in_a_message_are_announced_once() {
+        let also = serde_json::json!({ "also_open": [{ "id": "r-5", "action": "scale_down" }] });
+        let told = vec![raised(page("r-4", "proposal", also))];
+        let o = orphaned_proposals(&told, 9);
+        let got: Vec<(&str, bool)> = o.iter().map(|o| (o.id.as_str(), o.void)).collect();
+        assert_eq!(got, [("r-4", true), ("r-5", true)], "the folded one was told too");
+        assert_eq!(o[1].notice.detail["action"], "scale_down", "its own action");
+        // A closing message listing r-5 as ended announced it.
+        let mut r = told.clone();
+        r.push(outcome("r-5", "rejected"));
+        r.push(outcome("r-4", "expired"));
+        let ended = serde_json::json!({ "ended": [{ "id": "r-5", "action": "scale_down", "result": "rejected" }] });
+        r.push(raised(page("r-4", "expired", ended)));
+        assert!(orphaned_proposals(&r, 10).is_empty());
     }
 }

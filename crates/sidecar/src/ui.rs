@@ -13,14 +13,24 @@
 //!
 //! Authentication (the control plane's token, [`crate::auth`]): a browser
 //! cannot add a bearer header to a plain form, so the token is given once as
-//! `GET /ui?token=…`; the daemon checks it, sets it (hex-encoded) as the
-//! cookie `selfheal_ui` (`HttpOnly; SameSite=Strict; Path=/ui`) and redirects
-//! to `/ui`, dropping the token from the address bar and history. The control
-//! guard accepts that cookie on `/ui` routes only. Forms carry a CSRF token
-//! drawn at random when the daemon starts (never sent anywhere but in the page),
-//! and a POST whose `Origin` is not this host is refused: with SameSite=Strict
-//! that is two independent locks against a cross-site form, which matters
-//! most when no token is configured (loopback).
+//! `GET /ui?token=…`; the daemon checks it, opens a session (a 128-bit id
+//! drawn from the operating system's CSPRNG, mapped in memory to the token's
+//! id, expiring after [`SESSION_TTL_MS`], at most [`MAX_SESSIONS`] at once:
+//! the oldest goes first), sets the id as the cookie `selfheal_ui`
+//! (`HttpOnly; SameSite=Strict; Path=/ui`, plus `Secure` when
+//! `notify.public_url` is https) and redirects to `/ui`, dropping the token
+//! from the address bar and history. The cookie carries nothing derived from
+//! the token, and a restart ends every session. (A POST login form would also
+//! keep the token out of the server's request line; `?token=` stays because
+//! the notification links and the browser test use it, and the redirect
+//! drops it at once.) The control guard accepts the cookie on `/ui` routes
+//! only. Forms carry a CSRF token drawn at random when the daemon starts
+//! (never sent anywhere but in the page), and a POST whose `Origin` is not
+//! this host is refused: with SameSite=Strict and the guard's `Host` check
+//! (DNS rebinding, see [`crate::auth`]) these are independent locks against a
+//! cross-site form, which matters most when no token is configured
+//! (loopback). After a form, the page shows the daemon's answer by a message
+//! number (`/ui?said=N`, kept in memory), never text taken from the URL.
 
 use crate::http::{AppState, Caller, Command, PendingView};
 use axum::body::Bytes;
@@ -51,19 +61,86 @@ pub struct UiView {
     pub now_ms: i64,
 }
 
-/// The page's per-daemon secret.
-#[derive(Clone, Debug)]
+/// How long a `/ui` session lasts, ms (12 h).
+pub const SESSION_TTL_MS: i64 = 12 * 3_600_000;
+/// Most `/ui` sessions held at once; a new one beyond evicts the oldest.
+pub const MAX_SESSIONS: usize = 64;
+/// Most answers kept for `/ui?said=N`.
+const MAX_SAID: usize = 32;
+
+/// The page's per-daemon secrets and state: the CSRF token, the sessions
+/// (cookie id → token id and expiry, Unix ms) and the recent answers shown
+/// after a form.
+#[derive(Debug)]
 pub struct UiSecret {
     csrf: String,
+    secure: bool,
+    sessions: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+    said: std::sync::Mutex<(u64, std::collections::VecDeque<(u64, String)>)>,
+}
+
+fn random_hex() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex(&b)
 }
 
 impl UiSecret {
-    /// A fresh CSRF token from the operating system's random source.
-    pub fn random() -> UiSecret {
-        use rand::RngCore;
-        let mut b = [0u8; 16];
-        rand::rngs::OsRng.fill_bytes(&mut b);
-        UiSecret { csrf: hex(&b) }
+    /// A fresh CSRF token from the operating system's random source; with
+    /// `secure`, the session cookie is marked `Secure` (https public URL).
+    pub fn random(secure: bool) -> UiSecret {
+        UiSecret { csrf: random_hex(), secure, sessions: Default::default(), said: Default::default() }
+    }
+
+    /// Open a session for the caller with token id `token_id` at `now_ms`;
+    /// returns the `Set-Cookie` value.
+    pub fn open_session(&self, token_id: &str, now_ms: i64) -> String {
+        let id = random_hex();
+        let mut m = self.sessions.lock().expect("sessions lock");
+        m.retain(|_, (_, exp)| *exp > now_ms);
+        while m.len() >= MAX_SESSIONS {
+            let oldest = m.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => m.remove(&k),
+                None => break,
+            };
+        }
+        m.insert(id.clone(), (token_id.to_string(), now_ms + SESSION_TTL_MS));
+        let secure = if self.secure { "; Secure" } else { "" };
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={}{secure}", SESSION_TTL_MS / 1000)
+    }
+
+    /// The token id of the live session whose id the request's [`COOKIE`]
+    /// carries at `now_ms`, if any.
+    pub fn session(&self, headers: &HeaderMap, now_ms: i64) -> Option<String> {
+        let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
+        let mut m = self.sessions.lock().expect("sessions lock");
+        for v in cookies.flat_map(|c| c.split(';')).filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}="))) {
+            match m.get(v) {
+                Some((tid, exp)) if *exp > now_ms => return Some(tid.clone()),
+                Some(_) => {
+                    m.remove(v);
+                }
+                None => {}
+            }
+        }
+        None
+    }
+
+    fn remember(&self, msg: String) -> u64 {
+        let mut g = self.said.lock().expect("said lock");
+        g.0 += 1;
+        let n = g.0;
+        if g.1.len() == MAX_SAID {
+            g.1.pop_front();
+        }
+        g.1.push_back((n, msg));
+        n
+    }
+
+    fn said(&self, n: u64) -> Option<String> {
+        self.said.lock().expect("said lock").1.iter().find(|(k, _)| *k == n).map(|(_, m)| m.clone())
     }
 }
 
@@ -83,21 +160,13 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
-/// The control token a `/ui` request carries, as an `Authorization` value:
-/// from `?token=` (the first visit) or the [`COOKIE`].
-pub fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(t) = query
+/// The control token of a first visit, `GET /ui?token=…`, as an
+/// `Authorization` value.
+pub fn credential(query: Option<&str>) -> Option<String> {
+    query
         .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(q).ok())
         .and_then(|kv| kv.into_iter().find(|(k, _)| k == "token").map(|(_, v)| v))
-    {
-        return Some(format!("Bearer {t}"));
-    }
-    let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
-    let v = cookies
-        .flat_map(|c| c.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))?;
-    let t = String::from_utf8(unhex(&v)?).ok()?;
-    Some(format!("Bearer {t}"))
+        .map(|t| format!("Bearer {t}"))
 }
 
 /// HTML-escapes text for element content and quoted attribute values.
@@ -117,13 +186,13 @@ pub fn esc(s: &str) -> String {
 }
 
 /// The `/ui` routes; mounted on the control router, behind its guard.
-pub fn routes(secret: UiSecret) -> Router<AppState> {
+pub fn routes(secret: Arc<UiSecret>) -> Router<AppState> {
     Router::new()
         .route("/ui", get(page))
         .route("/ui/approvals/{id}", post(answer))
         .route("/ui/pause", post(pause))
         .route("/ui/resume", post(resume))
-        .layer(Extension(Arc::new(secret)))
+        .layer(Extension(secret))
 }
 
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; \
@@ -151,30 +220,35 @@ fn see(location: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_string())]).into_response()
 }
 
-fn said(msg: &str) -> Response {
-    let q = serde_urlencoded::to_string([("said", msg)]).unwrap_or_default();
-    see(&format!("/ui?{q}"))
+fn said(secret: &UiSecret, msg: String) -> Response {
+    see(&format!("/ui?said={}", secret.remember(msg)))
 }
 
 #[derive(Deserialize, Default)]
 struct PageQuery {
     token: Option<String>,
-    said: Option<String>,
+    said: Option<u64>,
 }
 
-async fn page(State(s): State<AppState>, Extension(secret): Extension<Arc<UiSecret>>, q: Query<PageQuery>) -> Response {
-    if let Some(t) = &q.token {
-        // The guard has checked it: keep it in a cookie, out of the address bar.
-        let cookie = format!("{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/ui", hex(t.as_bytes()));
+async fn page(
+    State(s): State<AppState>,
+    Extension(secret): Extension<Arc<UiSecret>>,
+    Extension(caller): Extension<Caller>,
+    q: Query<PageQuery>,
+) -> Response {
+    if q.token.is_some() {
+        // The guard has checked it: open a session, keep the token out of the address bar.
+        let cookie = secret.open_session(&caller.0, crate::now_ms());
         return (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, "/ui".to_string())])
             .into_response();
     }
+    let said = q.said.and_then(|n| secret.said(n));
     let (tx, rx) = oneshot::channel();
     if s.cmd.send(Command::Ui(tx)).await.is_err() {
         return html(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down".into());
     }
     match rx.await {
-        Ok(v) => html(StatusCode::OK, render(&v, &secret.csrf, q.said.as_deref())),
+        Ok(v) => html(StatusCode::OK, render(&v, &secret.csrf, said.as_deref())),
         Err(_) => html(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down".into()),
     }
 }
@@ -321,13 +395,13 @@ fn check_form(headers: &HeaderMap, body: &Bytes, secret: &UiSecret) -> Result<Fo
     Ok(form)
 }
 
-async fn ask(s: &AppState, cmd: impl FnOnce(oneshot::Sender<(u16, String)>) -> Command) -> Response {
+async fn ask(s: &AppState, secret: &UiSecret, cmd: impl FnOnce(oneshot::Sender<(u16, String)>) -> Command) -> Response {
     let (tx, rx) = oneshot::channel();
     if s.cmd.send(cmd(tx)).await.is_err() {
         return html(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down".into());
     }
     match rx.await {
-        Ok((_, msg)) => said(&msg),
+        Ok((_, msg)) => said(secret, msg),
         Err(_) => html(StatusCode::SERVICE_UNAVAILABLE, "the daemon is shutting down".into()),
     }
 }
@@ -350,7 +424,7 @@ async fn answer(
         _ => return html(StatusCode::BAD_REQUEST, "<p>decision must be approve or reject</p>".into()),
     };
     let by = caller.by("ui");
-    ask(&s, |reply| Command::Answer { id, approve, by, reply }).await
+    ask(&s, &secret, |reply| Command::Answer { id, approve, by, reply }).await
 }
 
 async fn pause(
@@ -364,7 +438,7 @@ async fn pause(
         return *r;
     }
     let reason = caller.by("paused from /ui");
-    ask(&s, |reply| Command::Pause { reason, reply }).await
+    ask(&s, &secret, |reply| Command::Pause { reason, reply }).await
 }
 
 async fn resume(
@@ -376,7 +450,7 @@ async fn resume(
     if let Err(r) = check_form(&headers, &body, &secret) {
         return *r;
     }
-    ask(&s, Command::Resume).await
+    ask(&s, &secret, Command::Resume).await
 }
 
 #[cfg(test)]
@@ -424,24 +498,44 @@ mod tests {
             if let Ok(v) = axum::http::HeaderValue::from_bytes(&c) {
                 h.insert(header::COOKIE, v);
             }
-            let _ = credential(&h, Some(&q));
-            let _ = credential(&h, None);
+            let secret = UiSecret::random(false);
+            let _ = credential(Some(&q));
+            proptest::prop_assert!(secret.session(&h, 0).is_none());
             let _ = unhex(&q);
-            let secret = UiSecret { csrf: "x".into() };
+            let secret = UiSecret { csrf: "x".into(), ..UiSecret::random(false) };
             let r = check_form(&HeaderMap::new(), &Bytes::from(b), &secret);
             proptest::prop_assert!(r.is_err() || r.is_ok_and(|f| f.csrf == "x"));
         }
     }
 
     #[test]
-    fn the_credential_comes_from_the_query_or_the_cookie() {
+    fn the_cookie_is_a_random_session_id_mapped_server_side() {
+        assert_eq!(credential(Some("token=a%20b&said=1")).as_deref(), Some("Bearer a b"));
+        assert_eq!(credential(None), None);
+        let s = UiSecret::random(false);
+        let cookie = s.open_session("1a2b3c4d", 0);
+        let id = cookie.split(';').next().unwrap().strip_prefix(&format!("{COOKIE}=")).unwrap().to_string();
+        assert_eq!(id.len(), 32, "128 bits: {cookie}");
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"));
         let mut h = HeaderMap::new();
-        assert_eq!(credential(&h, None), None);
-        assert_eq!(credential(&h, Some("token=a%20b&said=x")).as_deref(), Some("Bearer a b"));
-        h.insert(header::COOKIE, format!("x=1; {COOKIE}={}", hex(b"s3cret")).parse().unwrap());
-        assert_eq!(credential(&h, None).as_deref(), Some("Bearer s3cret"));
-        h.insert(header::COOKIE, format!("{COOKIE}=zz").parse().unwrap());
-        assert_eq!(credential(&h, None), None, "not hex");
-        assert_eq!(unhex(&hex(b"\x00\xffA")), Some(b"\x00\xffA".to_vec()));
+        h.insert(header::COOKIE, format!("x=1; {COOKIE}={id}").parse().unwrap());
+        assert_eq!(s.session(&h, 1).as_deref(), Some("1a2b3c4d"));
+        assert_eq!(s.session(&h, SESSION_TTL_MS), None, "expired");
+        assert_eq!(s.session(&h, 1), None, "and forgotten");
+        h.insert(header::COOKIE, format!("{COOKIE}={}", hex(b"the-token")).parse().unwrap());
+        assert_eq!(s.session(&h, 1), None, "the old hex-of-the-token cookie opens nothing");
+        // Bounded: the oldest session goes first.
+        let first = s.open_session("a", 10);
+        for i in 0..MAX_SESSIONS as i64 {
+            s.open_session("b", 20 + i);
+        }
+        h.insert(header::COOKIE, first.split(';').next().unwrap().parse().unwrap());
+        assert_eq!(s.session(&h, 100), None, "evicted by newer sessions");
+        assert_eq!(s.sessions.lock().unwrap().len(), MAX_SESSIONS);
+        assert!(UiSecret::random(true).open_session("a", 0).ends_with("; Secure"));
+        // Answers are shown by number, from memory only.
+        let n = s.remember("approved r-1".into());
+        assert_eq!(s.said(n).as_deref(), Some("approved r-1"));
+        assert_eq!(s.said(n + 1), None);
     }
 }

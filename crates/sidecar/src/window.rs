@@ -24,8 +24,23 @@
 //! not the wall clock: a replay or a soak that pushes an hour of samples in a
 //! minute evicts as the live feed would have, and a daemon whose every pusher
 //! has stopped evicts nothing (nothing new arrives to need the room either).
-//! One pusher's clock far in the future cannot evict everyone else: the data
-//! clock is read no further than [`MAX_AHEAD_MS`] past the wall clock. The
+//! One pusher's clock in the future cannot evict everyone else: when
+//! evicting, the data clock is read no further than the wall clock
+//! (`min(newest sample, now)`, the same as clamping each sample's
+//! contribution to the wall time of the sweep). Why the wall clock and not a
+//! margin past it (the old hour, or one period): a clock read past the wall
+//! clock by `m` evicts a pipeline that reports on time once `m` plus its
+//! period plus delivery lag exceeds the idle time, so any margin is a margin
+//! one bad sender takes from everyone else; read no further than the wall
+//! clock, a live pipeline whose latest period began within `idle_ms` of now
+//! stays whatever anyone else sends, which is why `selfheal validate`
+//! requires `pipeline_idle_secs` of at least two periods for every source
+//! kind. A sender whose clock runs ahead loses nothing either: its own
+//! samples still assemble on its own time, and it is never idle while its
+//! newest period lies in the wall clock's future. A replay or soak in the
+//! past of the wall clock is unaffected (its clock is below the wall clock
+//! already: `benches/soak.sh` and `tests/sidecar_bounds.rs` replay 2026-11
+//! minutes fast). The
 //! limit of this clock: a pusher lagging the newest by more than the idle
 //! time (a backfill a day behind, with the 25 h default) sees its pipelines
 //! evicted and re-admitted between its samples (the soak showed it with two
@@ -184,11 +199,6 @@ pub enum Refused {
     },
 }
 
-/// How far past the wall clock the data clock is believed, ms (1 h): a
-/// pusher's clock running ahead by more cannot make every other pipeline
-/// look idle.
-pub const MAX_AHEAD_MS: i64 = 3_600_000;
-
 /// Limits on what an [`Assembler`] holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bounds {
@@ -330,15 +340,15 @@ impl Assembler {
     }
 
     /// Drop the open window of every pipeline idle for `bounds.idle_ms` on
-    /// the data clock, read no further than [`MAX_AHEAD_MS`] past `now_ms`
-    /// (wall clock, Unix ms), except those `keep` names (a pipeline the
+    /// the data clock, read no further than `now_ms` (the wall clock, Unix
+    /// ms; see the module doc for why not past it), except those `keep` names (a pipeline the
     /// decision core still needs: an open proposal, an action in flight).
     /// Idle is measured from the start of the pipeline's latest period. What
     /// is dropped is a partial window nobody would close (no later sample is
     /// coming) and levels that went stale after [`STALE_PERIODS`] periods
     /// anyway. Returns the names evicted, sorted.
     pub fn evict_idle(&mut self, now_ms: i64, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
-        let clock = self.clock.min(now_ms.saturating_add(MAX_AHEAD_MS));
+        let clock = self.clock.min(now_ms);
         let idle = self.bounds.idle_ms;
         let mut gone: Vec<String> = self
             .open
@@ -618,13 +628,21 @@ not json\n\
         a.push("new", 30_000, &[(LAT, 1.0)]).unwrap();
         assert!(a.evict_idle(wall, &|n| n == "kept").is_empty(), "kept by the caller");
         assert_eq!(a.evict_idle(wall, &|_| false), vec!["kept".to_string()]);
-        // A sample from a clock a day ahead of the wall clock does not make
-        // the others idle: the data clock is read an hour past the wall clock at most.
-        let mut a = Assembler::bounded(1000, Bounds { max_pipelines: 10, idle_ms: 2 * 3_600_000 });
-        a.push("b", 0, &[(LAT, 1.0)]).unwrap();
-        a.push("ahead", 86_400_000, &[(LAT, 1.0)]).unwrap();
-        assert!(a.evict_idle(0, &|_| false).is_empty());
-        assert_eq!(a.evict_idle(86_400_000, &|_| false), vec!["b".to_string()], "once the wall clock is there");
+        // A sample from a clock ahead of the wall clock does not make the
+        // others idle, not even by one period: the data clock is read no
+        // further than the wall clock.
+        let mut a = Assembler::bounded(30_000, Bounds { max_pipelines: 10, idle_ms: 60_000 });
+        let now = 1_795_402_800_000;
+        a.push("b", now - 30_000, &[(LAT, 1.0)]).unwrap();
+        a.push("c", now + 1_000, &[(LAT, 1.0)]).unwrap();
+        a.push("ahead", now + 3_600_000, &[(LAT, 1.0)]).unwrap();
+        assert!(a.evict_idle(now, &|_| false).is_empty(), "an hour ahead");
+        a.push("ahead", now + 86_400_000, &[(LAT, 1.0)]).unwrap();
+        assert!(a.evict_idle(now + 20_000, &|_| false).is_empty(), "a day ahead, and 20 s of lag");
+        // Wall time moving on does evict the silent ones, and not the one ahead.
+        assert_eq!(a.evict_idle(now + 45_000, &|_| false), vec!["b".to_string()]);
+        assert_eq!(a.evict_idle(now + 61_000, &|_| false), vec!["c".to_string()]);
+        assert_eq!(a.live(), 1);
     }
 
     #[test]
