@@ -17,7 +17,9 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Crit
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_agent::{EncoderConfig, EpsilonSchedule, QLearner, QParams, TelemetryEncoder};
-use selfheal_core::{Action, ActionMask, Environment, Learner, RewardV1, StateEncoder, StateId, Transition};
+use selfheal_core::{
+    Action, ActionMask, EncodeState, Environment, EpisodeMemory, Learner, RewardV1, StateId, Transition,
+};
 use selfheal_harness::{train, TrainConfig};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 use selfheal_agent::detector_encoder::DetectorEncoder;
 use selfheal_agent::encoder::action_mask;
 use selfheal_agent::{deciding_state, ModelFile};
-use selfheal_core::{Detection, Detector, StateEncoder, Telemetry};
+use selfheal_core::{Detection, Detector, StateWords, Telemetry};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;

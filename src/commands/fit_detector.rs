@@ -54,9 +54,15 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    anyhow::ensure!(a.false_alarm_rate > 0.0 && a.false_alarm_rate < 0.5, "--false-alarm-rate must be in (0, 0.5)");
-    anyhow::ensure!(2 <= a.k_min && a.k_min <= a.k_max, "need 2 <= --k-min <= --k-max");
     anyhow::ensure!((0.0..=1.0).contains(&a.min_coverage), "--min-coverage must be in [0, 1]");
+    let params = FitParams {
+        forest: ForestParams { n_trees: 50, sample_size: 128, extension_level: 0, seed: a.seed },
+        false_alarm_rate: a.false_alarm_rate,
+        k_min: a.k_min,
+        k_max: a.k_max,
+        signature_seed: a.seed,
+    };
+    params.check().map_err(|e| anyhow::anyhow!("--{}", e.to_string().replace('_', "-")))?;
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let rules = defaults::rules(None)?;
     let reward = wiring::reward(&scenario);
@@ -82,13 +88,6 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let candidates: Vec<Telemetry> = faulty.iter().map(|(t, _)| *t).collect();
-    let params = FitParams {
-        forest: ForestParams { n_trees: 50, sample_size: 128, extension_level: 0, seed: a.seed },
-        false_alarm_rate: a.false_alarm_rate,
-        k_min: a.k_min,
-        k_max: a.k_max,
-        signature_seed: a.seed,
-    };
     let mut model =
         DetectorModel::fit(&scenario.name, &healthy, &candidates, &params).context("fitting the detector")?;
 

@@ -82,13 +82,6 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     anyhow::ensure!(a.episodes > 0, "--episodes must be positive");
-    anyhow::ensure!((0.0..=1.0).contains(&a.alpha), "--alpha must be in [0, 1]");
-    anyhow::ensure!(a.alpha_power > 0.5 && a.alpha_power <= 1.0, "--alpha-power must be in (0.5, 1]");
-    anyhow::ensure!((0.0..=1.0).contains(&a.gamma), "--gamma must be in [0, 1]");
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&a.epsilon_start) && (0.0..=1.0).contains(&a.epsilon_end),
-        "ε must be in [0, 1]"
-    );
     anyhow::ensure!((0.0..=1.0).contains(&a.epsilon_decay), "--epsilon-decay is a share of the episodes, in [0, 1]");
     anyhow::ensure!(
         (0.0..=1.0).contains(&a.exploring_starts),
@@ -106,6 +99,7 @@ pub fn run(a: Args) -> Result<()> {
             decay_episodes: (a.episodes as f64 * a.epsilon_decay).round() as u64,
         },
     };
+    params.check().map_err(|e| anyhow::anyhow!("--{}", e.to_string().replace(['_', '.'], "-")))?;
     let mut config = wiring::encoder_config(&scenario);
     let detector = defaults::detector(a.detector.as_deref())?;
     if a.encoder.uses_detector() {

@@ -16,7 +16,9 @@
 //! isolation forests or k-means.
 
 use crate::encoder::{action_mask, EncoderConfig};
-use selfheal_core::{Action, ActionMask, Detection, Detector, Metric, StateEncoder, StateId, Telemetry};
+use selfheal_core::{
+    Action, ActionMask, Detection, Detector, EncodeState, EpisodeMemory, Metric, StateId, StateWords, Telemetry,
+};
 use std::sync::Arc;
 
 const LATENCY_BUCKETS: u32 = 4;
@@ -186,7 +188,7 @@ pub fn error_bucket(t: &Telemetry) -> u32 {
     }
 }
 
-impl StateEncoder for DetectorEncoder {
+impl EncodeState for DetectorEncoder {
     fn id(&self) -> &'static str {
         if self.with_age {
             "detector-v2"
@@ -198,14 +200,6 @@ impl StateEncoder for DetectorEncoder {
     fn num_states(&self) -> usize {
         (self.signatures as usize + 1)
             * (LATENCY_BUCKETS * ERROR_BUCKETS * self.levels() * 16 * self.age_buckets()) as usize
-    }
-
-    fn reset(&mut self) {
-        self.attempted = false;
-        self.escalated = false;
-        self.unhealthy = false;
-        self.age = 0;
-        self.last = None;
     }
 
     fn encode(&mut self, t: &Telemetry) -> (StateId, ActionMask) {
@@ -238,6 +232,20 @@ impl StateEncoder for DetectorEncoder {
         (self.pack(state), action_mask(level, self.levels(), throttled, self.escalated))
     }
 
+    fn last_detection(&self) -> Option<Detection> {
+        self.last
+    }
+}
+
+impl EpisodeMemory for DetectorEncoder {
+    fn reset(&mut self) {
+        self.attempted = false;
+        self.escalated = false;
+        self.unhealthy = false;
+        self.age = 0;
+        self.last = None;
+    }
+
     fn record_action(&mut self, a: Action) {
         if self.unhealthy && a != Action::NoOp {
             self.attempted = true;
@@ -246,7 +254,9 @@ impl StateEncoder for DetectorEncoder {
             self.escalated = true;
         }
     }
+}
 
+impl StateWords for DetectorEncoder {
     fn describe(&self, s: StateId) -> String {
         let p = self.unpack(s);
         let age = if self.with_age { format!(" age={}", AGE_NAMES[p.age as usize]) } else { String::new() };
@@ -261,10 +271,6 @@ impl StateEncoder for DetectorEncoder {
             p.attempted,
             p.escalated,
         )
-    }
-
-    fn last_detection(&self) -> Option<Detection> {
-        self.last
     }
 
     fn fallbacks(&self, s: StateId) -> Vec<StateId> {

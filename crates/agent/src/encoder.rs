@@ -8,7 +8,7 @@
 //! The analysis layer (detector + failure signatures) later replaces the symptom
 //! part with a learned signature, behind the same [`StateEncoder`] trait.
 
-use selfheal_core::{Action, ActionMask, Metric, StateEncoder, StateId, Telemetry};
+use selfheal_core::{Action, ActionMask, EncodeState, EpisodeMemory, Metric, StateId, StateWords, Telemetry};
 use serde::{Deserialize, Serialize};
 
 /// Symptoms, one bit each, in this order.
@@ -205,7 +205,7 @@ impl TelemetryEncoder {
     }
 }
 
-impl StateEncoder for TelemetryEncoder {
+impl EncodeState for TelemetryEncoder {
     fn id(&self) -> &'static str {
         "telemetry-v1"
     }
@@ -217,12 +217,6 @@ impl StateEncoder for TelemetryEncoder {
             * 2
             * ATTEMPT_BUCKETS as usize
             * 2
-    }
-
-    fn reset(&mut self) {
-        self.attempts = 0;
-        self.escalated = false;
-        self.unhealthy = false;
     }
 
     fn encode(&mut self, t: &Telemetry) -> (StateId, ActionMask) {
@@ -245,6 +239,14 @@ impl StateEncoder for TelemetryEncoder {
         };
         (self.pack(parts), action_mask(level, self.levels(), throttled, self.escalated))
     }
+}
+
+impl EpisodeMemory for TelemetryEncoder {
+    fn reset(&mut self) {
+        self.attempts = 0;
+        self.escalated = false;
+        self.unhealthy = false;
+    }
 
     fn record_action(&mut self, a: Action) {
         if self.unhealthy && a != Action::NoOp {
@@ -253,6 +255,24 @@ impl StateEncoder for TelemetryEncoder {
         if a == Action::Escalate && self.unhealthy {
             self.escalated = true;
         }
+    }
+}
+
+impl StateWords for TelemetryEncoder {
+    fn describe(&self, s: StateId) -> String {
+        let p = self.unpack(s);
+        let symptoms: Vec<&str> =
+            SYMPTOMS.iter().enumerate().filter(|(i, _)| p.symptoms & (1 << i) != 0).map(|(_, n)| *n).collect();
+        format!(
+            "symptoms={} backlog={} workers={} throttled={} attempts={}{} escalated={}",
+            if symptoms.is_empty() { "none".to_string() } else { symptoms.join("+") },
+            BACKLOG_NAMES[p.backlog as usize],
+            self.config.worker_levels.get(p.level as usize).copied().unwrap_or(0),
+            p.throttled,
+            p.attempts,
+            if p.attempts + 1 == ATTEMPT_BUCKETS { "+" } else { "" },
+            p.escalated,
+        )
     }
 
     // Less history (fewer attempts, no escalation), then a shallower backlog,
@@ -293,22 +313,6 @@ impl StateEncoder for TelemetryEncoder {
             }
         }
         out
-    }
-
-    fn describe(&self, s: StateId) -> String {
-        let p = self.unpack(s);
-        let symptoms: Vec<&str> =
-            SYMPTOMS.iter().enumerate().filter(|(i, _)| p.symptoms & (1 << i) != 0).map(|(_, n)| *n).collect();
-        format!(
-            "symptoms={} backlog={} workers={} throttled={} attempts={}{} escalated={}",
-            if symptoms.is_empty() { "none".to_string() } else { symptoms.join("+") },
-            BACKLOG_NAMES[p.backlog as usize],
-            self.config.worker_levels.get(p.level as usize).copied().unwrap_or(0),
-            p.throttled,
-            p.attempts,
-            if p.attempts + 1 == ATTEMPT_BUCKETS { "+" } else { "" },
-            p.escalated,
-        )
     }
 }
 

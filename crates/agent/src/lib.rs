@@ -34,7 +34,9 @@ pub use detector_encoder::DetectorEncoder;
 pub use encoder::{DetectorRef, EncoderConfig, TelemetryEncoder};
 pub use glue_builtins::{GlueBuiltinsPolicy, GlueSettings, GlueSettingsError, JobShape};
 pub use kind::{EncoderKind, UnknownEncoder};
-pub use qlearn::{deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, QLearner, QParams, QTable};
+pub use qlearn::{
+    deciding_state, epsilon_greedy, EpsilonSchedule, GreedyPolicy, InvalidQParams, QLearner, QParams, QTable,
+};
 pub use store::{ModelFile, ModelMeta, StoreError};
 pub use supervise::{window_unhealthy, Cause, Supervised, Supervisor};
 pub use watchdog::{Watchdog, WatchdogConfig};

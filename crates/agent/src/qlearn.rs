@@ -160,6 +160,41 @@ impl Default for QParams {
     }
 }
 
+/// A Q-learning parameter out of its bounds: the parameter's name (as in
+/// the model file's `params`) and the bound.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{param} must be {bound}")]
+pub struct InvalidQParams {
+    /// The parameter, e.g. `alpha_power`.
+    pub param: &'static str,
+    /// The bound it breaks, e.g. `in (0.5, 1]`.
+    pub bound: &'static str,
+}
+
+impl QParams {
+    /// Check the bounds learning needs: `alpha`, `gamma` and both ends of
+    /// ε in [0, 1]; `alpha_power` ω in (0.5, 1], where the count-based step
+    /// size `n^−ω` still satisfies the Robbins–Monro conditions (Σα = ∞,
+    /// Σα² < ∞; Even-Dar & Mansour, "Learning rates for Q-learning", 2003).
+    ///
+    /// # Errors
+    /// The first parameter out of its bounds, naming it and the bound.
+    pub fn check(&self) -> Result<(), InvalidQParams> {
+        let unit = |x: f64| (0.0..=1.0).contains(&x);
+        let checks = [
+            (unit(self.alpha), "alpha", "in [0, 1]"),
+            (self.alpha_power > 0.5 && self.alpha_power <= 1.0, "alpha_power", "in (0.5, 1]"),
+            (unit(self.gamma), "gamma", "in [0, 1]"),
+            (unit(self.epsilon.start), "epsilon.start", "in [0, 1]"),
+            (unit(self.epsilon.end), "epsilon.end", "in [0, 1]"),
+        ];
+        match checks.into_iter().find(|(ok, _, _)| !ok) {
+            Some((_, param, bound)) => Err(InvalidQParams { param, bound }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// An ε-greedy Q-learning agent.
 #[derive(Clone, Debug)]
 pub struct QLearner {
@@ -450,5 +485,31 @@ mod tests {
             o.update_online(&Transition { steps, ..three });
             assert_eq!(o.table().row(0)[Action::Restart.index()], 5.75, "steps = {steps}");
         }
+    }
+
+    #[test]
+    fn check_names_each_bound() {
+        assert_eq!(QParams::default().check(), Ok(()));
+        type Case = (fn(&mut QParams), &'static str, &'static str);
+        let cases: [Case; 9] = [
+            (|p| p.alpha = -0.1, "alpha", "in [0, 1]"),
+            (|p| p.alpha = 1.1, "alpha", "in [0, 1]"),
+            (|p| p.alpha_power = 0.5, "alpha_power", "in (0.5, 1]"),
+            (|p| p.alpha_power = 1.01, "alpha_power", "in (0.5, 1]"),
+            (|p| p.gamma = -0.01, "gamma", "in [0, 1]"),
+            (|p| p.gamma = f64::NAN, "gamma", "in [0, 1]"),
+            (|p| p.epsilon.start = 1.5, "epsilon.start", "in [0, 1]"),
+            (|p| p.epsilon.end = -1.0, "epsilon.end", "in [0, 1]"),
+            (|p| p.epsilon.end = 2.0, "epsilon.end", "in [0, 1]"),
+        ];
+        for (set, param, bound) in cases {
+            let mut p = QParams::default();
+            set(&mut p);
+            assert_eq!(p.check(), Err(InvalidQParams { param, bound }), "{p:?}");
+        }
+        let edges = QParams { alpha: 1.0, alpha_power: 1.0, gamma: 0.0, ..QParams::default() };
+        assert_eq!(edges.check(), Ok(()), "inclusive ends are allowed");
+        let err = QParams { alpha_power: 0.3, ..QParams::default() }.check().unwrap_err();
+        assert_eq!(err.to_string(), "alpha_power must be in (0.5, 1]");
     }
 }

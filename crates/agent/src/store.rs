@@ -444,6 +444,7 @@ fn check_header(v: &serde_json::Value, format: &str, origin: &str) -> Result<(),
 mod tests {
     use super::*;
     use crate::encoder::TelemetryEncoder;
+    use selfheal_core::EncodeState;
 
     fn sample() -> (ModelFile, TelemetryEncoder) {
         let cfg =

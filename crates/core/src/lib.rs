@@ -21,7 +21,8 @@ pub use action::{Action, ActionMask};
 pub use fault::{FaultKind, FaultSet};
 pub use reward::{RewardFn, RewardV1, Slo};
 pub use seams::{
-    Detection, Detector, Environment, Learner, Observation, Policy, StateEncoder, StateId, Step, StepInfo, Transition,
+    Detection, Detector, EncodeState, Environment, EpisodeMemory, Learner, Observation, Policy, StateEncoder, StateId,
+    StateWords, Step, StepInfo, Transition,
 };
 pub use telemetry::{Metric, RecordLedger, Sample, Stage, Telemetry};
 

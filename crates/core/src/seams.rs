@@ -63,26 +63,17 @@ pub trait Learner: Policy {
     fn update(&mut self, t: &Transition);
 }
 
-/// Turns telemetry into a discrete state. It may remember (attempts so far in
-/// an incident), so it is told of every action taken.
-pub trait StateEncoder {
+/// Turns telemetry into a discrete state: the encoding half of a
+/// [`StateEncoder`]. Split from the episode memory ([`EpisodeMemory`]) and the
+/// wording ([`StateWords`]) so each seam stays a few methods; a caller that
+/// needs all of them takes the one bound [`StateEncoder`].
+pub trait EncodeState {
     /// Identifier stored in model files (`telemetry-v1`, ...).
     fn id(&self) -> &'static str;
     /// Size of the state space; every [`StateId`] is below it.
     fn num_states(&self) -> usize;
-    /// Forget the episode's memory.
-    fn reset(&mut self);
     /// Encode a window into a state and the actions allowed in it.
     fn encode(&mut self, t: &Telemetry) -> (StateId, ActionMask);
-    /// Note the action taken after the last `encode`.
-    fn record_action(&mut self, a: Action);
-    /// The state in words, for reports.
-    fn describe(&self, s: StateId) -> String;
-    /// States to consult, in order, when `s` was (almost) never visited in
-    /// training: the same situation with less detail. Default: none.
-    fn fallbacks(&self, _s: StateId) -> Vec<StateId> {
-        Vec::new()
-    }
     /// What the encoder's own detector said about the window of the last
     /// `encode`, if it has one, so a caller that also reports the detection
     /// need not score the window a second time. Default: none.
@@ -90,6 +81,34 @@ pub trait StateEncoder {
         None
     }
 }
+
+/// What an encoder remembers within an episode (attempts so far in an
+/// incident), so it is told of every action taken.
+pub trait EpisodeMemory {
+    /// Forget the episode's memory.
+    fn reset(&mut self);
+    /// Note the action taken after the last `encode`.
+    fn record_action(&mut self, a: Action);
+}
+
+/// States in words and their coarser neighbours, for reports and for a
+/// tabular policy meeting a state it (almost) never visited.
+pub trait StateWords {
+    /// The state in words, for reports.
+    fn describe(&self, s: StateId) -> String;
+    /// States to consult, in order, when `s` was (almost) never visited in
+    /// training: the same situation with less detail. Default: none.
+    fn fallbacks(&self, _s: StateId) -> Vec<StateId> {
+        Vec::new()
+    }
+}
+
+/// A full state encoder: [`EncodeState`] + [`EpisodeMemory`] + [`StateWords`].
+/// Implemented for every type that implements the three; implement those, not
+/// this.
+pub trait StateEncoder: EncodeState + EpisodeMemory + StateWords {}
+
+impl<T: EncodeState + EpisodeMemory + StateWords + ?Sized> StateEncoder for T {}
 
 /// What happened in one step, beyond telemetry: ground truth for scoring.
 /// Policies never see it; the evaluation harness does.

@@ -300,6 +300,40 @@ pub struct FitParams {
     pub signature_seed: u64,
 }
 
+/// A detector-fit parameter out of its bounds: the parameter's name and the
+/// bound (the CLI flag of the same name with dashes).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{param} must be {bound}")]
+pub struct InvalidFitParams {
+    /// The parameter, e.g. `false_alarm_rate`.
+    pub param: &'static str,
+    /// The bound it breaks, e.g. `in (0, 0.5)`.
+    pub bound: &'static str,
+}
+
+impl FitParams {
+    /// Check the bounds a fit needs: a false-alarm rate in (0, 0.5) (a
+    /// threshold at or past the median flags half the healthy windows),
+    /// `2 <= k_min <= k_max` (silhouette needs two clusters), a forest of at
+    /// least one tree over samples of at least two windows.
+    ///
+    /// # Errors
+    /// The first parameter out of its bounds, naming it and the bound.
+    pub fn check(&self) -> Result<(), InvalidFitParams> {
+        let checks = [
+            (self.false_alarm_rate > 0.0 && self.false_alarm_rate < 0.5, "false_alarm_rate", "in (0, 0.5)"),
+            (self.k_min >= 2, "k_min", ">= 2"),
+            (self.k_min <= self.k_max, "k_max", ">= k_min"),
+            (self.forest.n_trees >= 1, "forest.n_trees", ">= 1"),
+            (self.forest.sample_size >= 2, "forest.sample_size", ">= 2"),
+        ];
+        match checks.into_iter().find(|(ok, _, _)| !ok) {
+            Some((_, param, bound)) => Err(InvalidFitParams { param, bound }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Floor of a feature's robust scale: features are O(1) (ratios, logs), so a
 /// deviation of 0.02 is the smallest that counts as one unit.
 pub const SCALE_FLOOR: f64 = 0.02;
@@ -973,5 +1007,36 @@ mod tests {
         assert!(err(&json.replacen("\"version\":1", "\"version\":7", 1)).contains("version 7"));
         assert!(err("{\"format\":\"selfheal-qtable\",\"version\":1}").contains("format is"));
         assert!(err(&json.replacen("heap_usage", "heap", 1)).contains("features"));
+    }
+
+    #[test]
+    fn fit_params_check_names_each_bound() {
+        let ok = FitParams {
+            forest: ForestParams { n_trees: 50, sample_size: 128, extension_level: 0, seed: 3 },
+            false_alarm_rate: 0.02,
+            k_min: 2,
+            k_max: 2,
+            signature_seed: 3,
+        };
+        assert_eq!(ok.check(), Ok(()));
+        type Case = (fn(&mut FitParams), &'static str, &'static str);
+        let cases: [Case; 8] = [
+            (|p| p.false_alarm_rate = 0.0, "false_alarm_rate", "in (0, 0.5)"),
+            (|p| p.false_alarm_rate = 0.5, "false_alarm_rate", "in (0, 0.5)"),
+            (|p| p.false_alarm_rate = f64::NAN, "false_alarm_rate", "in (0, 0.5)"),
+            (|p| p.k_min = 1, "k_min", ">= 2"),
+            (|p| p.k_min = 3, "k_max", ">= k_min"),
+            (|p| p.forest.n_trees = 0, "forest.n_trees", ">= 1"),
+            (|p| p.forest.sample_size = 1, "forest.sample_size", ">= 2"),
+            (|p| p.forest.sample_size = 0, "forest.sample_size", ">= 2"),
+        ];
+        for (set, param, bound) in cases {
+            let mut p = ok;
+            set(&mut p);
+            assert_eq!(p.check(), Err(InvalidFitParams { param, bound }), "{p:?}");
+        }
+        let mut bad = ok;
+        bad.k_min = 0;
+        assert_eq!(bad.check().unwrap_err().to_string(), "k_min must be >= 2");
     }
 }

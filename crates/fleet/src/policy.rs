@@ -188,6 +188,7 @@ pub fn merge(base: &ModelFile, deltas: &[PolicyDelta]) -> Result<ModelFile, Merg
 mod tests {
     use super::*;
     use selfheal_agent::{EncoderConfig, ModelMeta, QParams, TelemetryEncoder};
+    use selfheal_core::EncodeState;
 
     fn config() -> EncoderConfig {
         EncoderConfig { worker_levels: vec![2, 4, 8], base_level: 1, detector: None, driver_workers: 0 }

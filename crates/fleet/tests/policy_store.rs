@@ -11,7 +11,7 @@ mod support;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_agent::{EncoderConfig, ModelFile, ModelMeta, QParams, QTable, TelemetryEncoder};
-use selfheal_core::{Action, StateEncoder, StateId};
+use selfheal_core::{Action, EncodeState, StateId};
 use selfheal_fleet::policy::DELTA_FORMAT;
 use selfheal_fleet::{merge, DeltaRow, Fetched, Merged, PolicyDelta, PolicyStore, PolicyStoreError};
 use std::collections::{BTreeMap, BTreeSet};

@@ -1073,7 +1073,7 @@ fn summary(w: &Window) -> WindowSummary {
 mod tests {
     use super::*;
     use selfheal_agent::{EncoderConfig, GlueSettings, JobShape, QParams, QTable, RuleThresholds, TelemetryEncoder};
-    use selfheal_core::{Detection, RewardV1, Slo, Telemetry};
+    use selfheal_core::{Detection, EncodeState, RewardV1, Slo, Telemetry};
 
     /// A detector with a fixed answer: the decision core only reads its output.
     struct Fixed(f64);
