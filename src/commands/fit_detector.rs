@@ -62,7 +62,9 @@ pub fn run(a: Args) -> Result<()> {
         k_max: a.k_max,
         signature_seed: a.seed,
     };
-    params.check().map_err(|e| anyhow::anyhow!("--{}", e.to_string().replace('_', "-")))?;
+    params
+        .check()
+        .map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace('_', "-"), e.bound.replace('_', "-")))?;
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let rules = defaults::rules(None)?;
     let reward = wiring::reward(&scenario);

@@ -99,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
             decay_episodes: (a.episodes as f64 * a.epsilon_decay).round() as u64,
         },
     };
-    params.check().map_err(|e| anyhow::anyhow!("--{}", e.to_string().replace(['_', '.'], "-")))?;
+    params.check().map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace(['_', '.'], "-"), e.bound))?;
     let mut config = wiring::encoder_config(&scenario);
     let detector = defaults::detector(a.detector.as_deref())?;
     if a.encoder.uses_detector() {
