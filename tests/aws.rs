@@ -57,7 +57,7 @@ fn chain<'a>(recs: &'a [Record], d: &'a DecisionRecord) -> Chain<'a> {
 fn acted<'a>(recs: &'a [Record], action: Action) -> Vec<Chain<'a>> {
     decisions(recs)
         .into_iter()
-        .filter(|d| d.verdict == "allowed" && d.chosen == action.name())
+        .filter(|d| d.verdict == "allowed" && d.chosen == action)
         .map(|d| chain(recs, d))
         .collect()
 }

@@ -51,7 +51,7 @@ fn replay(file: &str) -> (Vec<DecisionRecord>, String) {
 /// No scale-up ran; one escalation says why scaling will not help.
 fn assert_escalated_not_scaled(ds: &[DecisionRecord], words: &str) {
     let scaled: Vec<_> =
-        ds.iter().filter(|d| d.chosen == "scale_up" && d.verdict == "allowed").map(|d| d.ts_ms).collect();
+        ds.iter().filter(|d| d.chosen.name() == "scale_up" && d.verdict == "allowed").map(|d| d.ts_ms).collect();
     assert!(scaled.is_empty(), "scale_up applied alone at {scaled:?}");
     let paged: Vec<_> = ds.iter().filter(|d| d.verdict == "escalated").collect();
     assert!(!paged.is_empty(), "no escalation; verdicts: {:?}", ds.iter().map(|d| &d.verdict).collect::<Vec<_>>());
@@ -94,7 +94,7 @@ fn a_count_that_stops_reporting_is_zero_not_carried() {
     for d in &ds[burst + 1..] {
         assert!(d.window.error_ratio < 0.01, "error ratio {} carried to {}", d.window.error_ratio, d.ts_ms);
     }
-    let acting_late = ds[burst + 3..].iter().filter(|d| d.chosen != "noop").count();
+    let acting_late = ds[burst + 3..].iter().filter(|d| d.chosen.name() != "noop").count();
     assert_eq!(acting_late, 0, "nothing to do once the burst is over");
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use selfheal_guard::Mode;
 use selfheal_sidecar::provenance::Record;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -88,7 +89,7 @@ fn no_config_run_heals_simulated_faults_and_stops_cleanly_on_sigterm() {
     assert!(log.skipped.is_empty(), "bad lines after a clean shutdown: {:?}", log.skipped);
     let ok = succeeded_ids(&log.records);
     assert!(!ok.is_empty(), "no succeeded outcome in the log, though /metrics counted one");
-    assert!(decisions(&log.records).iter().all(|d| d.mode == "act"));
+    assert!(decisions(&log.records).iter().all(|d| d.mode == Mode::Act));
     // Glue's built-ins run as a second shadow by default, on every decision.
     assert!(decisions(&log.records).iter().all(|d| d.glue_shadow.is_some()), "a decision without glue_shadow");
     assert_checkpoint_loads(&state);
@@ -282,7 +283,7 @@ fn recommend_mode_runs_only_approved_proposals_and_never_expired_ones() {
     let before = d.log().records;
     assert!(calls(&before).is_empty(), "calls before any approval: {:?}", calls(&before));
     assert!(outcomes(&before).iter().all(|o| o.status == "expired"), "{:?}", outcomes(&before));
-    assert!(decisions(&before).iter().all(|d| d.mode == "recommend" && d.verdict != "allowed"));
+    assert!(decisions(&before).iter().all(|d| d.mode == Mode::Recommend && d.verdict != "allowed"));
     assert!(decisions(&before).iter().any(|d| d.verdict == "proposed"));
     assert_eq!(metric(&d.metrics(), SUCCEEDED), None, "an action succeeded before any approval");
 
@@ -357,7 +358,7 @@ fn recommend_mode_runs_only_approved_proposals_and_never_expired_ones() {
         assert!(called.contains(id.as_str()), "approved {id} has no call record");
         assert_eq!(status.get(id).map(String::as_str), Some("succeeded"), "approved {id}");
         let dec = decisions(recs).into_iter().find(|d| &d.id == id).expect("its decision");
-        assert_eq!((dec.verdict.as_str(), dec.mode.as_str()), ("proposed", "recommend"));
+        assert_eq!((dec.verdict.as_str(), dec.mode.name()), ("proposed", "recommend"));
     }
     assert!(recs
         .iter()
@@ -493,7 +494,7 @@ fn budget_cooldown_and_kill_switch_hold() {
     // The cooldown: the same action on the same pipeline at least 600 s apart.
     let mut last: HashMap<(&str, &str), i64> = HashMap::new();
     for d in &allowed {
-        if let Some(prev) = last.insert((d.pipeline.as_str(), d.chosen.as_str()), d.window.ts_ms) {
+        if let Some(prev) = last.insert((d.pipeline.as_str(), d.chosen.name()), d.window.ts_ms) {
             assert!(
                 d.window.ts_ms - prev >= 600_000,
                 "{} on {} allowed {} ms of telemetry time after the last",

@@ -180,7 +180,7 @@ fn a_policy_left_idle_on_a_faulty_pipeline_is_escalated_by_the_watchdog() {
     let dec = all.iter().find(|r| r.id == id).unwrap_or_else(|| panic!("no decision record {id} in the log"));
     assert_eq!(dec.pipeline, pipeline);
     assert_eq!(dec.cause, Cause::WatchdogEscalate, "{dec:?}");
-    assert_eq!((dec.chosen.as_str(), dec.verdict.as_str(), dec.mode.as_str()), ("escalate", "escalated", "act"));
+    assert_eq!((dec.chosen.name(), dec.verdict.as_str(), dec.mode.name()), ("escalate", "escalated", "act"));
     assert!(dec.reason.starts_with("watchdog:"), "reason: {}", dec.reason);
     assert!(dec.reason.contains(&format!("{WINDOWS} consecutive unhealthy windows")), "reason: {}", dec.reason);
     let raw = std::fs::read_to_string(d.log_path()).unwrap();
@@ -194,7 +194,7 @@ fn a_policy_left_idle_on_a_faulty_pipeline_is_escalated_by_the_watchdog() {
     let in_log = all.iter().filter(|r| r.cause == Cause::WatchdogEscalate).count();
     assert!(in_log as f64 >= fired, "/metrics counted {fired} watchdog escalations, the log has {in_log}");
     for r in all.iter().filter(|r| r.cause == Cause::WatchdogEscalate) {
-        assert_eq!((r.chosen.as_str(), r.verdict.as_str()), ("escalate", "escalated"), "{r:?}");
+        assert_eq!((r.chosen.name(), r.verdict.as_str()), ("escalate", "escalated"), "{r:?}");
         assert!(r.reason.starts_with("watchdog:"), "{r:?}");
     }
 
@@ -203,7 +203,7 @@ fn a_policy_left_idle_on_a_faulty_pipeline_is_escalated_by_the_watchdog() {
     let first_page = all.iter().position(|r| r.cause.is_watchdog()).expect("the page is in the log");
     for r in &all[..first_page] {
         assert_eq!(
-            (r.chosen.as_str(), r.verdict.as_str(), r.cause),
+            (r.chosen.name(), r.verdict.as_str(), r.cause),
             ("noop", "noop", Cause::Policy),
             "{} decided {} ({}, {:?}) before any watchdog page",
             r.pipeline,
@@ -225,7 +225,7 @@ fn a_policy_left_idle_on_a_faulty_pipeline_is_escalated_by_the_watchdog() {
     assert!(idle.len() >= WINDOWS - 1, "only {} decisions before the first page: {trail:#?}", idle.len());
     for r in idle {
         assert_eq!(
-            (r.chosen.as_str(), r.verdict.as_str(), r.cause),
+            (r.chosen.name(), r.verdict.as_str(), r.cause),
             ("noop", "noop", Cause::Policy),
             "a decision before the first watchdog page was not the policy's noop: {trail:#?}"
         );

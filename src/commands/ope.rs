@@ -7,7 +7,9 @@ use anyhow::Result;
 use selfheal_agent::RulesPolicy;
 use selfheal_core::{Action, ActionMask, Metric, Observation, Policy, Slo, StateId, Telemetry};
 use selfheal_harness::{run_episode, Controller, Fixed};
-use selfheal_report::log::{line, Decision, Outcome, Record, Reward, Window};
+use selfheal_report::log::{
+    line, DecisionRecord, OutcomeRecord, OutcomeStatus, Record, RewardRecord, Verdict, WindowSummary,
+};
 use selfheal_report::ope::{estimate, Explorer, OpeConfig};
 use selfheal_report::policy::PolicyView;
 use selfheal_sim::Simulator;
@@ -144,15 +146,15 @@ pub fn run_simlog(a: SimLogArgs) -> Result<()> {
             let next = rewards.get(t + 1).map_or(*state, |x| x.1);
             let q: Vec<(String, f64)> = mask.iter().map(|x| (x.name().to_string(), l.view.q(*state, x))).collect();
             let verdict = match chosen {
-                Action::NoOp => "noop",
-                Action::Escalate => "escalated",
-                _ => "allowed",
+                Action::NoOp => Verdict::Noop,
+                Action::Escalate => Verdict::Escalated,
+                _ => Verdict::Allowed,
             };
-            let d = Decision {
+            let d = DecisionRecord {
                 id: id.clone(),
                 ts_ms: ts,
                 pipeline: pipeline.clone(),
-                window: Window {
+                window: WindowSummary {
                     ts_ms: ts,
                     latency_p95_s: tel.get(Metric::LatencyP95),
                     error_ratio: tel.error_ratio(),
@@ -167,27 +169,38 @@ pub fn run_simlog(a: SimLogArgs) -> Result<()> {
                 state_text: l.view.describe(*state),
                 q,
                 visits: l.view.table().state_visits(l.view.deciding(*state)),
-                chosen: chosen.name().into(),
-                probability: Some(*p),
+                chosen: *chosen,
+                probability: *p,
                 shadow: shadow.name().into(),
-                mode: "act".into(),
-                verdict: verdict.into(),
+                glue_shadow: None,
+                mode: selfheal_guard::Mode::Act,
+                verdict,
                 reason: "simulated (selfheal simlog)".into(),
                 idempotency_key: (*chosen != Action::NoOp).then(|| format!("{id}/{}", chosen.name())),
+                cause: Default::default(),
+                evidence: Vec::new(),
             };
             out.write_all(line(&Record::Decision(d)).as_bytes())?;
             if *chosen != Action::NoOp {
-                let o = Outcome {
+                let o = OutcomeRecord {
                     id: id.clone(),
                     ts_ms: ts + 1000,
-                    status: "succeeded".into(),
+                    status: OutcomeStatus::Succeeded,
                     detail: "simulated".into(),
                 };
                 out.write_all(line(&Record::Outcome(o)).as_bytes())?;
             }
             let qv = l.view.q(*state, *chosen);
-            let w =
-                Reward { id, ts_ms: ts + 60_000, reward: *r, windows: 1, next_state: next, q_before: qv, q_after: qv };
+            let w = RewardRecord {
+                id,
+                ts_ms: ts + 60_000,
+                reward: *r,
+                windows: 1,
+                next_state: next,
+                action: None,
+                q_before: qv,
+                q_after: qv,
+            };
             out.write_all(line(&Record::Reward(w)).as_bytes())?;
             decisions += 1;
         }

@@ -559,8 +559,8 @@ impl GlueWorld {
                 {
                     Some((
                         ((d.window.ts_ms / 1000 - self.base_s) / 60) as usize,
-                        d.chosen,
-                        d.verdict,
+                        d.chosen.name().to_owned(),
+                        d.verdict.to_string(),
                         format!("{} score {:.3} sig {} state {}", d.reason, d.score, d.signature, d.state_text),
                         d.evidence,
                     ))

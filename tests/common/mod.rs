@@ -430,7 +430,7 @@ pub fn outcomes(recs: &[Record]) -> Vec<&OutcomeRecord> {
 
 /// Outcome status by decision id (the last one, if several).
 pub fn outcome_of(recs: &[Record]) -> HashMap<String, String> {
-    outcomes(recs).into_iter().map(|o| (o.id.clone(), o.status.clone())).collect()
+    outcomes(recs).into_iter().map(|o| (o.id.clone(), o.status.to_string())).collect()
 }
 
 /// A tiny webhook receiver: answers 200 to every request and keeps

@@ -1,178 +1,21 @@
 //! The sidecar's provenance log (JSON lines, one record per line, tagged by
-//! `kind`), read leniently: fields this review does not need may be missing, and
-//! unknown kinds and bad lines are skipped and counted, never fatal. The same
-//! shapes write simulated logs, so those are read by `selfheal log` too.
+//! `kind`) joined by decision id for the review. The records are the schema's
+//! ([`selfheal_schema::provenance`]), the very types the sidecar writes;
+//! unknown kinds and bad lines are skipped and counted, never fatal. Simulated
+//! logs are written with the same types, so `selfheal log` reads those too.
 
 use crate::ReportError;
-use serde::{Deserialize, Serialize};
+pub use selfheal_schema::provenance::{
+    ApprovalRecord, CallRecord, DecisionRecord, EscalationRecord, OutcomeRecord, OutcomeStatus, Record, RewardRecord,
+    Verdict, WindowSummary,
+};
 use std::collections::HashMap;
 
-/// The telemetry window of a decision.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Window {
-    /// End of the window, Unix ms.
-    pub ts_ms: i64,
-    /// p95 latency, s.
-    pub latency_p95_s: f64,
-    /// Error ratio.
-    pub error_ratio: f64,
-    /// Backlog.
-    pub backlog: f64,
-    /// Records read.
-    pub records_in: f64,
-    /// Workers.
-    pub workers: f64,
-}
-
-/// A decision record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Decision {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Pipeline.
-    pub pipeline: String,
-    /// The window.
-    pub window: Window,
-    /// Anomaly score.
-    pub score: f64,
-    /// Flagged by the detector.
-    pub anomalous: bool,
-    /// Failure signature.
-    pub signature: u16,
-    /// State id.
-    pub state: u32,
-    /// The state in words.
-    pub state_text: String,
-    /// Q of every allowed action.
-    pub q: Vec<(String, f64)>,
-    /// Visits of the deciding state.
-    pub visits: u64,
-    /// Chosen action.
-    pub chosen: String,
-    /// Behaviour probability of the chosen action.
-    pub probability: Option<f64>,
-    /// The rules' choice.
-    pub shadow: String,
-    /// Mode.
-    pub mode: String,
-    /// Guardrail verdict.
-    pub verdict: String,
-    /// Why.
-    pub reason: String,
-    /// Idempotency key.
-    pub idempotency_key: Option<String>,
-}
-
-/// An approval record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Approval {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Approved or not.
-    pub approved: bool,
-    /// Who.
-    pub by: String,
-    /// Note.
-    pub note: String,
-}
-
-/// A call attempt record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Call {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Endpoint.
-    pub endpoint: String,
-    /// Attempt.
-    pub attempt: u32,
-    /// Succeeded.
-    pub ok: bool,
-}
-
-/// An outcome record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Outcome {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// succeeded, failed, expired, rejected, skipped or cancelled.
-    pub status: String,
-    /// Details.
-    pub detail: String,
-}
-
-/// A reward record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Reward {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Reward.
-    pub reward: f64,
-    /// Windows it was observed over.
-    pub windows: u32,
-    /// State reached.
-    pub next_state: u32,
-    /// Q before the update.
-    pub q_before: f64,
-    /// Q after the update.
-    pub q_after: f64,
-}
-
-/// An escalation record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Escalation {
-    /// Decision id.
-    pub id: String,
-    /// Unix ms.
-    pub ts_ms: i64,
-    /// Delivered.
-    pub delivered: bool,
-    /// Attempts.
-    pub attempts: u32,
-    /// Detail.
-    pub detail: String,
-}
-
-/// One line of the log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-#[allow(clippy::large_enum_variant)] // one line at a time; boxing buys nothing
-pub enum Record {
-    /// A decision.
-    Decision(Decision),
-    /// An approval.
-    Approval(Approval),
-    /// A call attempt.
-    Call(Call),
-    /// An outcome.
-    Outcome(Outcome),
-    /// A reward.
-    Reward(Reward),
-    /// An escalation.
-    Escalation(Escalation),
-}
-
 /// A decision with what became of it.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Joined {
     /// The decision.
-    pub d: Decision,
+    pub d: DecisionRecord,
     /// Outcome status.
     pub outcome: Option<String>,
     /// Outcome detail.
@@ -219,7 +62,15 @@ pub fn parse_all(files: &[(&str, &str)]) -> Log {
             match serde_json::from_str::<Record>(line) {
                 Ok(Record::Decision(d)) => {
                     index.insert(d.id.clone(), log.decisions.len());
-                    log.decisions.push(Joined { d, ..Joined::default() });
+                    log.decisions.push(Joined {
+                        d,
+                        outcome: None,
+                        outcome_detail: None,
+                        reward: None,
+                        approved: None,
+                        failed_calls: 0,
+                        escalation: None,
+                    });
                 }
                 Ok(r) => pending.push(r),
                 Err(e) if name.is_empty() => log.skipped.push((i + 1, e.to_string())),
@@ -228,15 +79,7 @@ pub fn parse_all(files: &[(&str, &str)]) -> Log {
         }
     }
     for r in pending {
-        let id = match &r {
-            Record::Approval(x) => &x.id,
-            Record::Call(x) => &x.id,
-            Record::Outcome(x) => &x.id,
-            Record::Reward(x) => &x.id,
-            Record::Escalation(x) => &x.id,
-            Record::Decision(x) => &x.id,
-        };
-        let Some(&k) = index.get(id) else {
+        let Some(&k) = index.get(r.id()) else {
             log.orphans += 1;
             continue;
         };
@@ -245,7 +88,7 @@ pub fn parse_all(files: &[(&str, &str)]) -> Log {
             Record::Approval(a) => j.approved = Some(a.approved),
             Record::Call(c) => j.failed_calls += u32::from(!c.ok),
             Record::Outcome(o) => {
-                j.outcome = Some(o.status);
+                j.outcome = Some(o.status.to_string());
                 j.outcome_detail = Some(o.detail);
             }
             Record::Reward(w) => j.reward = Some(j.reward.unwrap_or(0.0) + w.reward),
@@ -290,15 +133,44 @@ pub fn line(r: &Record) -> String {
 mod tests {
     use super::*;
 
+    /// A decision line as the sidecar wrote it before the schema crate (chosen,
+    /// mode and verdict were strings then; the spelling is unchanged).
+    fn decision(id: &str) -> String {
+        format!(
+            r#"{{"kind":"decision","id":"{id}","ts_ms":1000,"pipeline":"p1","window":{{"ts_ms":0,"latency_p95_s":1.0,"error_ratio":0.1,"backlog":0.0,"records_in":10.0,"workers":2.0}},"score":0.9,"anomalous":true,"signature":1,"state":3,"state_text":"s","q":[["restart",0.5]],"visits":4,"chosen":"restart","probability":0.9,"shadow":"noop","mode":"act","verdict":"allowed","reason":"r","idempotency_key":null}}"#
+        ) + "\n"
+    }
+
+    fn outcome(id: &str, status: OutcomeStatus) -> Record {
+        Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: 2, status, detail: String::new() })
+    }
+
+    fn reward(id: &str, reward: f64) -> Record {
+        Record::Reward(RewardRecord {
+            id: id.into(),
+            ts_ms: 3,
+            reward,
+            windows: 1,
+            next_state: 0,
+            action: None,
+            q_before: 0.0,
+            q_after: 0.0,
+        })
+    }
+
     #[test]
     fn joins_by_id_and_skips_bad_lines() {
-        let d = Record::Decision(Decision { id: "a-1".into(), chosen: "restart".into(), ..Decision::default() });
-        let o = Record::Outcome(Outcome { id: "a-1".into(), status: "failed".into(), ..Outcome::default() });
-        let w = Record::Reward(Reward { id: "a-1".into(), reward: -2.0, ..Reward::default() });
-        let orphan = Record::Reward(Reward { id: "zzz".into(), ..Reward::default() });
-        let text = format!("{}{}not json\n{}{}", line(&d), line(&o), line(&w), line(&orphan));
+        let text = format!(
+            "{}{}not json\n{}{}",
+            decision("a-1"),
+            line(&outcome("a-1", OutcomeStatus::Failed)),
+            line(&reward("a-1", -2.0)),
+            line(&reward("zzz", 0.0))
+        );
         let log = parse(&text);
         assert_eq!(log.decisions.len(), 1);
+        assert_eq!(log.decisions[0].d.chosen, selfheal_core::Action::Restart);
+        assert_eq!(log.decisions[0].d.verdict, Verdict::Allowed);
         assert_eq!(log.decisions[0].outcome.as_deref(), Some("failed"));
         assert_eq!(log.decisions[0].reward, Some(-2.0));
         assert_eq!(log.skipped.len(), 1);
@@ -307,10 +179,8 @@ mod tests {
 
     #[test]
     fn joins_across_files_and_names_bad_lines_of_old_ones() {
-        let d = Record::Decision(Decision { id: "a-1".into(), ..Decision::default() });
-        let o = Record::Outcome(Outcome { id: "a-1".into(), status: "succeeded".into(), ..Outcome::default() });
-        let old = format!("{}bad\n", line(&d));
-        let new = format!("{}bad\n", line(&o));
+        let old = format!("{}bad\n", decision("a-1"));
+        let new = format!("{}bad\n", line(&outcome("a-1", OutcomeStatus::Succeeded)));
         let log = parse_all(&[("p.000001.jsonl", &old), ("", &new)]);
         assert_eq!(log.decisions.len(), 1);
         assert_eq!(log.decisions[0].outcome.as_deref(), Some("succeeded"));
@@ -318,5 +188,16 @@ mod tests {
         assert_eq!(log.skipped.len(), 2);
         assert!(log.skipped[0].1.starts_with("in p.000001.jsonl: "));
         assert_eq!(log.skipped[1].0, 2);
+    }
+
+    #[test]
+    fn an_old_line_round_trips_with_the_same_spelling() {
+        let old = decision("a-1");
+        let Ok(Record::Decision(d)) = serde_json::from_str::<Record>(old.trim()) else { panic!("{old}") };
+        let again: serde_json::Value = serde_json::from_str(&line(&Record::Decision(d))).unwrap();
+        let want: serde_json::Value = serde_json::from_str(old.trim()).unwrap();
+        for k in ["chosen", "mode", "verdict", "shadow"] {
+            assert_eq!(again[k], want[k], "{k}");
+        }
     }
 }

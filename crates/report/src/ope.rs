@@ -117,10 +117,6 @@ struct Episode {
     ret: f64,
 }
 
-fn action(name: &str) -> Option<Action> {
-    Action::ALL.into_iter().find(|a| a.name() == name)
-}
-
 /// Estimate `candidate`'s value from `log`.
 pub fn estimate(candidate: &PolicyView, log: &Log, cfg: OpeConfig) -> Result<OpeReport, ReportError> {
     let gamma = cfg.gamma.unwrap_or_else(|| candidate.gamma());
@@ -137,10 +133,8 @@ pub fn estimate(candidate: &PolicyView, log: &Log, cfg: OpeConfig) -> Result<Ope
             for &i in chunk {
                 let j = &log.decisions[i];
                 let d = &j.d;
-                let chosen = action(&d.chosen).ok_or_else(|| {
-                    ReportError::Ope(format!("decision {} chose unknown action {:?}", d.id, d.chosen))
-                })?;
-                let mu = d.probability.filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
+                let chosen = d.chosen;
+                let mu = Some(d.probability).filter(|p| *p > 0.0 && *p <= 1.0).ok_or_else(|| {
                     ReportError::Ope(format!(
                         "decision {} has no behaviour probability in (0, 1]; this log cannot be used for off-policy evaluation",
                         d.id

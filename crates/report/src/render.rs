@@ -190,8 +190,8 @@ pub fn live(log: &Log, source: &str, n_buckets: usize) -> Live {
         let d = &j.d;
         l.decisions += 1;
         pipelines.insert(d.pipeline.as_str());
-        *l.verdicts.entry(d.verdict.clone()).or_default() += 1;
-        *l.chosen.entry(d.chosen.clone()).or_default() += 1;
+        *l.verdicts.entry(d.verdict.to_string()).or_default() += 1;
+        *l.chosen.entry(d.chosen.name().to_owned()).or_default() += 1;
         if let Some(o) = &j.outcome {
             *l.outcomes.entry(o.clone()).or_default() += 1;
         }
@@ -206,9 +206,9 @@ pub fn live(log: &Log, source: &str, n_buckets: usize) -> Live {
             Some(false) => l.escalations.1 += 1,
             None => {}
         }
-        l.shadow_differs += u64::from(!d.shadow.is_empty() && d.shadow != d.chosen);
+        l.shadow_differs += u64::from(!d.shadow.is_empty() && d.shadow != d.chosen.name());
         let b = &mut buckets[((d.ts_ms - lo) / width).clamp(0, nb as i64 - 1) as usize];
-        *b.1.entry(d.verdict.clone()).or_default() += 1;
+        *b.1.entry(d.verdict.to_string()).or_default() += 1;
         if let Some(r) = j.reward {
             l.reward_sum += r;
             l.rewarded += 1;

@@ -50,11 +50,11 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
 /// Compare.
 pub fn compare(log: &Log) -> ShadowReport {
     let with: Vec<&Joined> = log.decisions.iter().filter(|j| !j.d.shadow.is_empty()).collect();
-    let differ = |j: &&&Joined| j.d.shadow != j.d.chosen;
+    let differ = |j: &&&Joined| j.d.shadow != j.d.chosen.name();
     let mut pairs: BTreeMap<(String, String), Pair> = BTreeMap::new();
     let mut sums: BTreeMap<(String, String), f64> = BTreeMap::new();
     for j in with.iter().filter(differ) {
-        let key = (j.d.chosen.clone(), j.d.shadow.clone());
+        let key = (j.d.chosen.name().to_owned(), j.d.shadow.clone());
         let p = pairs.entry(key.clone()).or_insert_with(|| Pair {
             chosen: key.0.clone(),
             shadow: key.1.clone(),
@@ -109,7 +109,8 @@ pub fn text(r: &ShadowReport, log: &Log, limit: usize) -> String {
     }
     if limit > 0 && r.differed > 0 {
         let _ = writeln!(s, "\ndecisions where they differed (first {limit}):");
-        for j in log.decisions.iter().filter(|j| !j.d.shadow.is_empty() && j.d.shadow != j.d.chosen).take(limit) {
+        for j in log.decisions.iter().filter(|j| !j.d.shadow.is_empty() && j.d.shadow != j.d.chosen.name()).take(limit)
+        {
             let _ = writeln!(
                 s,
                 "{}  {}  {}  chose {} (rules: {}), verdict {}, outcome {}, reward {}  [{}]",

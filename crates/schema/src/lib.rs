@@ -11,8 +11,8 @@
 //! Layout, one module per file family:
 //! - [`eval`]: `selfheal evaluate --format json`, the side-by-side comparison
 //!   the harness writes and `report` reads back.
-//! - `provenance` (to come): the sidecar's decision, outcome and reward
-//!   records, read by `report`, `shadow` and `ope`.
+//! - [`provenance`]: the sidecar's decision, outcome and reward records,
+//!   read by `report`, `shadow`, `ope` and `selfheal log`.
 //!
 //! Reading rules: a field added after a format first shipped is optional on
 //! read (`#[serde(default)]`), so older files still load and show the field
@@ -25,3 +25,4 @@
 
 pub mod eval;
 mod float;
+pub mod provenance;

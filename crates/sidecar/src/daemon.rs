@@ -468,7 +468,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                     let rec = OutcomeRecord {
                         id: o.id.clone(),
                         ts_ms: now_ms(),
-                        status: "expired".into(),
+                        status: crate::provenance::OutcomeStatus::Expired,
                         detail: "void: the daemon restarted before anyone answered; never ran".into(),
                     };
                     log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;

@@ -34,7 +34,9 @@
 //! so does one whose outcome is still unknown when the next window arrives.
 
 use crate::notify::Escalation;
-use crate::provenance::{ApprovalRecord, DecisionRecord, OutcomeRecord, Record, RewardRecord, WindowSummary};
+use crate::provenance::{
+    ApprovalRecord, DecisionRecord, OutcomeRecord, OutcomeStatus, Record, RewardRecord, Verdict, WindowSummary,
+};
 use crate::window::Window;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -618,7 +620,7 @@ impl Controller {
         // 4. Guardrails.
         let (verdict, reason, executed, plan) = if settling {
             (
-                "noop",
+                Verdict::Noop,
                 format!("observing the previous action for {} windows", self.cfg.reward_windows),
                 Action::NoOp,
                 None,
@@ -723,7 +725,7 @@ impl Controller {
                 }),
             }),
         });
-        let durable = !matches!(plan, None | Some(Plan::Nothing)) || verdict == "proposed";
+        let durable = !matches!(plan, None | Some(Plan::Nothing)) || verdict == Verdict::Proposed;
         let rec = DecisionRecord {
             id,
             ts_ms: now_ms,
@@ -736,12 +738,12 @@ impl Controller {
             state_text: self.parts.describe.describe(state),
             q,
             visits: state_visits,
-            chosen: chosen.name().into(),
+            chosen,
             probability,
             shadow: shadow.name().into(),
             glue_shadow,
-            mode: self.cfg.mode.name().into(),
-            verdict: verdict.into(),
+            mode: self.cfg.mode,
+            verdict,
             reason,
             idempotency_key: matches!(plan, Some(Plan::Act(_))).then_some(key),
             cause: choice.cause,
@@ -767,7 +769,7 @@ impl Controller {
         detection: &selfheal_core::Detection,
         state: StateId,
         now_ms: i64,
-    ) -> (&'static str, String, Action, Option<Pending>) {
+    ) -> (Verdict, String, Action, Option<Pending>) {
         let escalation = |why: &str| {
             format!(
                 "{pipeline}: {why} (anomaly score {:.2}, signature {}, state: {})",
@@ -780,13 +782,13 @@ impl Controller {
         if chosen == Action::NoOp {
             if cause == Cause::EvidenceVeto {
                 return (
-                    "vetoed",
+                    Verdict::Vetoed,
                     format!("scaling up (or the remedy again) not run: {}", explain()),
                     Action::NoOp,
                     None,
                 );
             }
-            return ("noop", "the policy chose no action".into(), Action::NoOp, None);
+            return (Verdict::Noop, "the policy chose no action".into(), Action::NoOp, None);
         }
         if cause == Cause::Policy {
             // A healthy window: acting needs the table's confidence; an
@@ -798,16 +800,21 @@ impl Controller {
             // `DatapointsToAlarm`.
             if let Confidence::Unsure { reason, .. } = self.cfg.confidence.check(row, visits, mask, chosen) {
                 if !unhealthy {
-                    return ("noop", format!("healthy window, {chosen} not proposed: {reason}"), Action::NoOp, None);
+                    return (
+                        Verdict::Noop,
+                        format!("healthy window, {chosen} not proposed: {reason}"),
+                        Action::NoOp,
+                        None,
+                    );
                 }
                 if idle <= 1 {
                     let why = format!("first unhealthy window, {chosen} not proposed yet: {reason}");
-                    return ("noop", why, Action::NoOp, None);
+                    return (Verdict::Noop, why, Action::NoOp, None);
                 }
             }
         }
         if self.cfg.mode == Mode::Observe {
-            return ("observed", format!("observe mode: would {chosen}"), Action::NoOp, None);
+            return (Verdict::Observed, format!("observe mode: would {chosen}"), Action::NoOp, None);
         }
         if chosen == Action::Escalate {
             let (why, reason) = if cause == Cause::EvidenceEscalate {
@@ -820,10 +827,10 @@ impl Controller {
                 ("the policy hands this incident to a human".into(), "the policy chose to escalate".into())
             };
             let e = escalation(&why);
-            return ("escalated", reason, Action::Escalate, Some(Pending::Escalate(e)));
+            return (Verdict::Escalated, reason, Action::Escalate, Some(Pending::Escalate(e)));
         }
         if let Some(pause) = self.kill.paused() {
-            return ("paused", format!("kill switch: {}", pause.reason), Action::NoOp, None);
+            return (Verdict::Paused, format!("kill switch: {}", pause.reason), Action::NoOp, None);
         }
         // One open proposal per pipeline and action: the same advice again
         // while a human has not answered adds nothing.
@@ -835,9 +842,9 @@ impl Controller {
                 let left = (exp as i64 - wall).max(0) / 1000;
                 let why =
                     format!("{why}; waiting for a human: proposal {open} has waited {waited} s, expires in {left} s");
-                ("pending", why, Action::NoOp, None)
+                (Verdict::Pending, why, Action::NoOp, None)
             }
-            None => ("proposed", why.clone(), Action::NoOp, Some(Pending::Propose(why))),
+            None => (Verdict::Proposed, why.clone(), Action::NoOp, Some(Pending::Propose(why))),
         };
         if self.cfg.mode == Mode::Recommend {
             return propose("recommend mode: waits for approval".to_string());
@@ -846,7 +853,7 @@ impl Controller {
             // The runbook's or the evidence's action: the table's confidence
             // does not judge it.
             if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
-                return ("denied", denied.to_string(), Action::NoOp, None);
+                return (Verdict::Denied, denied.to_string(), Action::NoOp, None);
             }
             self.budget.start(self.clock_ms, pipeline, chosen);
             let why = match cause {
@@ -856,7 +863,7 @@ impl Controller {
                 Cause::EvidenceRemedy => format!("Glue's evidence names the fault and its remedy: {}", explain()),
                 _ => "watchdog: still unhealthy with nothing done after a page: the rule policy's action".to_string(),
             };
-            return ("allowed", why, chosen, Some(Pending::Act));
+            return (Verdict::Allowed, why, chosen, Some(Pending::Act));
         }
         let trust = self.cfg.confidence.check(row, visits, mask, chosen);
         if let Confidence::Unsure { reason, .. } = trust {
@@ -865,15 +872,15 @@ impl Controller {
                 propose(why)
             } else {
                 let e = escalation(&why);
-                ("escalated", why, Action::Escalate, Some(Pending::Escalate(e)))
+                (Verdict::Escalated, why, Action::Escalate, Some(Pending::Escalate(e)))
             };
         }
         let Confidence::Confident { visits, lead } = trust else { unreachable!() };
         if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
-            return ("denied", denied.to_string(), Action::NoOp, None);
+            return (Verdict::Denied, denied.to_string(), Action::NoOp, None);
         }
         self.budget.start(self.clock_ms, pipeline, chosen);
-        ("allowed", format!("confident: {visits} visits, Q lead {lead:.2}"), chosen, Some(Pending::Act))
+        (Verdict::Allowed, format!("confident: {visits} visits, Q lead {lead:.2}"), chosen, Some(Pending::Act))
     }
 
     /// A human approved (`true`) or rejected a proposal.
@@ -899,15 +906,15 @@ impl Controller {
         };
         let result = if !approve {
             let why = format!("rejected by {by}; {} never ran", prop.action);
-            self.outcome(&mut out, id, "rejected", why.clone(), now_ms);
+            self.outcome(&mut out, id, OutcomeStatus::Rejected, why.clone(), now_ms);
             why
         } else if let Some(pause) = self.kill.paused() {
             let why = format!("approved, but the kill switch is on ({}); not run", pause.reason);
-            self.outcome(&mut out, id, "skipped", why.clone(), now_ms);
+            self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
             why
         } else if let Err(denied) = self.budget.check(self.clock_ms, &prop.pipeline, prop.action) {
             let why = format!("approved, but {denied}; not run");
-            self.outcome(&mut out, id, "skipped", why.clone(), now_ms);
+            self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
             why
         } else {
             self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
@@ -925,12 +932,9 @@ impl Controller {
         Ok(out)
     }
 
-    fn outcome(&mut self, out: &mut Output, id: &str, status: &str, detail: String, now_ms: i64) {
-        *self.stats.outcomes.entry(status.into()).or_default() += 1;
-        out.records.push((
-            Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: now_ms, status: status.into(), detail }),
-            true,
-        ));
+    fn outcome(&mut self, out: &mut Output, id: &str, status: OutcomeStatus, detail: String, now_ms: i64) {
+        *self.stats.outcomes.entry(status.to_string()).or_default() += 1;
+        out.records.push((Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: now_ms, status, detail }), true));
     }
 
     /// An action finished. A failure is logged as one, teaches Q nothing, and
@@ -939,7 +943,7 @@ impl Controller {
         self.budget.finish(&order.pipeline);
         self.in_flight.remove(&order.id);
         let mut out = Output::default();
-        let status = if ok { "succeeded" } else { "failed" };
+        let status = if ok { OutcomeStatus::Succeeded } else { OutcomeStatus::Failed };
         self.outcome(&mut out, &order.id, status, detail.clone(), now_ms);
         if !ok {
             if let Some(p) = self.pipelines.get_mut(&order.pipeline) {
@@ -962,7 +966,13 @@ impl Controller {
         self.budget.finish(&order.pipeline);
         self.in_flight.remove(&order.id);
         let mut out = Output::default();
-        self.outcome(&mut out, &order.id, "cancelled", "cancelled at shutdown; may not have run".into(), now_ms);
+        self.outcome(
+            &mut out,
+            &order.id,
+            OutcomeStatus::Cancelled,
+            "cancelled at shutdown; may not have run".into(),
+            now_ms,
+        );
         out
     }
 
@@ -1020,7 +1030,13 @@ impl Controller {
                 }),
                 true,
             ));
-            self.outcome(&mut out, &id, "expired", format!("{} on {} never ran", prop.action, prop.pipeline), now_ms);
+            self.outcome(
+                &mut out,
+                &id,
+                OutcomeStatus::Expired,
+                format!("{} on {} never ran", prop.action, prop.pipeline),
+                now_ms,
+            );
             let extra = serde_json::json!({ "result": format!("expired unanswered; {} never ran", prop.action) });
             self.closed(&mut out, crate::notify::Notice::Expired, &id, &prop, now_ms, extra);
         }
@@ -1163,7 +1179,7 @@ mod tests {
         let mut c = controller(Mode::Act, 1000, 2.0);
         let out = c.on_window(&window(0), 0);
         let d = decision(&out);
-        assert_eq!((d.chosen.as_str(), d.verdict.as_str()), ("scale_up", "allowed"));
+        assert_eq!((d.chosen.name(), d.verdict.as_str()), ("scale_up", "allowed"));
         assert!(out.records[0].1, "an acting decision is durable before the action");
         assert_eq!(d.probability, 1.0);
         let Some(Plan::Act(o)) = &out.plan else { panic!("no action planned") };
@@ -1179,7 +1195,7 @@ mod tests {
             w.telemetry.set(Metric::LatencyP95, 30.0);
             let out = c.on_window(&w, 0);
             let d = decision(&out);
-            assert_eq!((d.chosen.as_str(), d.verdict.as_str()), ("scale_up", "noop"), "{mode:?}: {d:?}");
+            assert_eq!((d.chosen.name(), d.verdict.as_str()), ("scale_up", "noop"), "{mode:?}: {d:?}");
             assert!(d.reason.contains("healthy window") && d.reason.contains("lead"), "{}", d.reason);
             assert!(out.plan.is_none() && c.approvals.pending().next().is_none(), "{mode:?}: nothing asked of anyone");
             // The same unsure choice in an unhealthy window waits one
@@ -1282,7 +1298,7 @@ mod tests {
             QLearner::from_table(t, QParams::default(), 1)
         };
         let other = c.on_window(&window(120_000), 250);
-        assert_eq!((decision(&other).chosen.as_str(), decision(&other).verdict.as_str()), ("scale_down", "proposed"));
+        assert_eq!((decision(&other).chosen.name(), decision(&other).verdict.as_str()), ("scale_down", "proposed"));
         assert!(other.notices.is_empty(), "folded into the told proposal");
         assert_eq!(c.waiting(1250), (2, 1.25));
         // Unanswered past 300 ms: one page, once.
@@ -1342,7 +1358,7 @@ mod tests {
                 let done = c.on_executed(o, true, "ok".into(), i);
                 assert!(done.plan.is_none());
             }
-            verdicts.push(decision(&out).verdict.clone());
+            verdicts.push(decision(&out).verdict);
         }
         assert_eq!(verdicts, ["allowed", "allowed", "denied"], "2 actions per hour");
         // An hour of telemetry time later the budget is back.

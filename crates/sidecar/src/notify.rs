@@ -176,18 +176,8 @@ impl WebhookConfig {
     }
 }
 
-/// What to tell the human.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Escalation {
-    /// The decision id (also the idempotency key).
-    pub id: String,
-    /// The pipeline concerned.
-    pub pipeline: String,
-    /// One-line provenance summary (see [`crate::provenance::one_line`]).
-    pub summary: String,
-    /// Structured facts: score, signature, chosen action, verdict, reason, ...
-    pub detail: serde_json::Value,
-}
+/// What to tell the human: declared with the provenance records it rides in.
+pub use selfheal_schema::provenance::Escalation;
 
 /// Which message about a proposal an [`Escalation`] is (its
 /// `detail.notice`); absent, the page is an escalation.

@@ -467,7 +467,8 @@ mod tests {
     }
 
     fn outcome(id: &str, status: &str) -> Record {
-        Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: 2, status: status.into(), detail: "d".into() })
+        let status = crate::provenance::OutcomeStatus::from_name(status).unwrap_or_else(|| panic!("status {status}"));
+        Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: 2, status, detail: "d".into() })
     }
 
     #[test]

@@ -61,7 +61,6 @@
 //! oldest first, then the active file; given `provenance.jsonl` it finds its
 //! rotated siblings in the same directory.
 
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -93,253 +92,7 @@ pub enum ProvenanceError {
     UnknownId(String),
 }
 
-/// One line of the provenance log. All records of one decision share its `id`.
-///
-/// Decisions are most of the lines, so boxing the largest variant would add an
-/// allocation to the common record to shrink the rare ones: the size
-/// difference is accepted.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Record {
-    /// The agent decided something about a pipeline (possibly to do nothing).
-    Decision(DecisionRecord),
-    /// A human approved or rejected a proposal, or it expired.
-    Approval(ApprovalRecord),
-    /// One attempt of one call to a downstream endpoint.
-    Call(CallRecord),
-    /// How the decision ended: succeeded, failed, expired, rejected, skipped, cancelled.
-    Outcome(OutcomeRecord),
-    /// The reward observed after the decision and the Q update it caused.
-    Reward(RewardRecord),
-    /// A notification sent to a human, delivered or not.
-    Escalation(EscalationRecord),
-}
-
-/// The telemetry window a decision was made on, reduced to what a human reads first.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WindowSummary {
-    /// Start of the window (its period), Unix ms.
-    pub ts_ms: i64,
-    /// p95 latency in seconds.
-    pub latency_p95_s: f64,
-    /// Fraction of failed records or requests, 0..1.
-    pub error_ratio: f64,
-    /// Backlog / queue depth.
-    pub backlog: f64,
-    /// Records read in the window.
-    pub records_in: f64,
-    /// Workers (executors) the job ran with.
-    pub workers: f64,
-}
-
-/// A decision: what was seen, what the agent and the rules would do, what the guardrails said.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DecisionRecord {
-    /// Decision id, shared by every later record of this decision.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// The pipeline decided about.
-    pub pipeline: String,
-    /// The telemetry window.
-    pub window: WindowSummary,
-    /// Anomaly score, 0..1.
-    pub score: f64,
-    /// Whether the detector flagged the window.
-    pub anomalous: bool,
-    /// Failure signature (k-means cluster) of the window.
-    pub signature: u16,
-    /// Discrete state id.
-    pub state: u32,
-    /// The state in words.
-    pub state_text: String,
-    /// Action name → Q value, for every allowed action.
-    pub q: Vec<(String, f64)>,
-    /// Visit count of the state.
-    pub visits: u64,
-    /// The chosen action's name.
-    pub chosen: String,
-    /// Probability with which the behaviour policy chose it (for off-policy evaluation).
-    pub probability: f64,
-    /// The rule policy's choice in the same situation.
-    pub shadow: String,
-    /// What AWS Glue's built-ins (`glue-builtins`) would have done, when the
-    /// sidecar runs them as a second shadow; absent in older logs.
-    /// (An action, not a name, so a decision record stays small.)
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "action_name")]
-    pub glue_shadow: Option<selfheal_core::Action>,
-    /// Operating mode: observe, recommend or act.
-    pub mode: String,
-    /// Guardrail verdict: noop, observed, proposed, allowed, escalated, paused or denied.
-    pub verdict: String,
-    /// Why, in words.
-    pub reason: String,
-    /// Idempotency key of the action, if one was started or proposed.
-    pub idempotency_key: Option<String>,
-    /// Why the policy stack chose it: `policy`, `gate_fallback`,
-    /// `watchdog_escalate` or `watchdog_fallback` (empty in older logs).
-    #[serde(default)]
-    pub cause: selfheal_agent::Cause,
-    /// Evidence beyond the detector in the window (job runs that failed and
-    /// why, Glue's error categories, the driver heap): `metric=value`, absent
-    /// in records of older versions.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub evidence: Vec<String>,
-}
-
-/// A human approved or rejected a proposal, or it expired.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ApprovalRecord {
-    /// Decision id.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// Approved (true) or rejected / expired (false).
-    pub approved: bool,
-    /// Who answered: "http", "cli" or "expiry".
-    pub by: String,
-    /// Free text given with the answer.
-    pub note: String,
-}
-
-/// One attempt of one call to a downstream endpoint.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct CallRecord {
-    /// Decision id.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// The endpoint called (e.g. `glue.StartJobRun`).
-    pub endpoint: String,
-    /// Attempt number, 1-based.
-    pub attempt: u32,
-    /// Whether the attempt succeeded.
-    pub ok: bool,
-    /// How long it took.
-    pub duration_ms: u64,
-    /// The timeout it ran under.
-    pub timeout_ms: u64,
-    /// The error, if it failed.
-    pub error: Option<String>,
-    /// Idempotency key sent with the call.
-    pub idempotency_key: String,
-}
-
-/// How a decision ended.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct OutcomeRecord {
-    /// Decision id.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// "succeeded", "failed", "expired", "rejected", "skipped" or "cancelled".
-    pub status: String,
-    /// Details in words.
-    pub detail: String,
-}
-
-/// The reward observed after a decision and the Q update made with it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct RewardRecord {
-    /// Decision id.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// The reward.
-    pub reward: f64,
-    /// Over how many windows it was observed.
-    pub windows: u32,
-    /// The state reached.
-    pub next_state: u32,
-    /// The action whose Q value was updated: the one executed, which is
-    /// `noop` for a proposal that did not run (absent in older logs: the
-    /// decision's chosen action).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    /// Q(state, action) before the update.
-    pub q_before: f64,
-    /// Q(state, action) after the update.
-    pub q_after: f64,
-}
-
-/// A notification to a human (a page) and what became of it.
-///
-/// A page has several records: `raised` (durable, before the first attempt,
-/// carrying the page itself so that a restarted daemon can redeliver it), then
-/// one per failed attempt, `fallback` when it was also written to the second
-/// channel, and finally `delivered` or `permanent_failure`. Logs of older
-/// versions have a single record per escalation and no `phase`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EscalationRecord {
-    /// Decision id.
-    pub id: String,
-    /// Wall clock of the daemon, Unix ms.
-    pub ts_ms: i64,
-    /// Whether it was delivered (true only on the `delivered` record).
-    pub delivered: bool,
-    /// Delivery attempts made so far (across restarts).
-    pub attempts: u32,
-    /// Where it went, or why it failed.
-    pub detail: String,
-    /// Which step of the page's life this record is (absent in older logs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<PagePhase>,
-    /// The webhook's HTTP status, for an attempt that got an answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<u16>,
-    /// The page itself, on the `raised` record.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub page: Option<crate::notify::Escalation>,
-}
-
-impl EscalationRecord {
-    /// A record of `phase` for page `id`.
-    pub fn new(id: &str, ts_ms: i64, phase: PagePhase, attempts: u32, detail: String) -> EscalationRecord {
-        EscalationRecord {
-            id: id.to_owned(),
-            ts_ms,
-            delivered: phase == PagePhase::Delivered,
-            attempts,
-            detail,
-            phase: Some(phase),
-            status: None,
-            page: None,
-        }
-    }
-}
-
-/// The steps of a page's life in the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PagePhase {
-    /// Written before the first attempt: the page is owed to a human.
-    Raised,
-    /// An attempt failed transiently; it will be retried.
-    AttemptFailed,
-    /// The page was also written to the second channel.
-    Fallback,
-    /// The webhook accepted it (2xx). The page's last record.
-    Delivered,
-    /// The webhook refused it for good (a 4xx other than 408/425/429). The
-    /// page's last record on the webhook; it went to the second channel.
-    PermanentFailure,
-    /// No webhook is configured: the page is only in this log.
-    LoggedOnly,
-}
-
-impl PagePhase {
-    fn name(self) -> &'static str {
-        match self {
-            PagePhase::Raised => "raised",
-            PagePhase::AttemptFailed => "attempt failed",
-            PagePhase::Fallback => "written to the fallback channel",
-            PagePhase::Delivered => "delivered",
-            PagePhase::PermanentFailure => "refused by the webhook (permanent)",
-            PagePhase::LoggedOnly => "logged only (no webhook)",
-        }
-    }
-}
+pub use selfheal_schema::provenance::*;
 
 /// A page raised and not yet accepted by the webhook, as found in the log at start.
 #[derive(Clone, Debug, PartialEq)]
@@ -392,40 +145,6 @@ pub fn owed_pages(records: &[Record]) -> Vec<OwedPage> {
         }
     }
     order.into_iter().filter_map(|id| owed.remove(&id)).collect()
-}
-
-impl Record {
-    /// The decision id this record belongs to.
-    pub fn id(&self) -> &str {
-        match self {
-            Record::Decision(r) => &r.id,
-            Record::Approval(r) => &r.id,
-            Record::Call(r) => &r.id,
-            Record::Outcome(r) => &r.id,
-            Record::Reward(r) => &r.id,
-            Record::Escalation(r) => &r.id,
-        }
-    }
-
-    /// When the record was written, Unix ms (daemon wall clock).
-    pub fn ts_ms(&self) -> i64 {
-        match self {
-            Record::Decision(r) => r.ts_ms,
-            Record::Approval(r) => r.ts_ms,
-            Record::Call(r) => r.ts_ms,
-            Record::Outcome(r) => r.ts_ms,
-            Record::Reward(r) => r.ts_ms,
-            Record::Escalation(r) => r.ts_ms,
-        }
-    }
-
-    /// The pipeline, for decision records (other records name it only through their decision).
-    pub fn pipeline(&self) -> Option<&str> {
-        match self {
-            Record::Decision(r) => Some(&r.pipeline),
-            _ => None,
-        }
-    }
 }
 
 /// When the active log file is rotated, and how many rotated segments are kept.
@@ -797,7 +516,9 @@ impl LogFilter {
         };
         let Some(d) = decision else { return false };
         let same = |want: &Option<String>, have: &str| want.iter().all(|w| w == have);
-        same(&self.pipeline, &d.pipeline) && same(&self.action, &d.chosen) && same(&self.verdict, &d.verdict)
+        same(&self.pipeline, &d.pipeline)
+            && same(&self.action, d.chosen.name())
+            && same(&self.verdict, d.verdict.as_str())
     }
 }
 
@@ -979,7 +700,7 @@ pub fn one_line(rec: &Record) -> String {
                 "{at} {} {} {health} (score {:.2}, signature {}) → {} [{}: {}]",
                 d.pipeline, d.id, d.score, d.signature, d.chosen, d.verdict, d.reason
             );
-            if d.shadow != d.chosen {
+            if d.shadow != d.chosen.name() {
                 let _ = write!(line, " (rules: {})", d.shadow);
             }
             line
@@ -1067,14 +788,14 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let _ = writeln!(out, "Q values, best first (state visited {} times):", d.visits);
     for (action, q) in ranked {
-        let mark = if *action == d.chosen { "  ← chosen" } else { "" };
+        let mark = if *action == d.chosen.name() { "  ← chosen" } else { "" };
         let _ = writeln!(out, "  {action:<20} {q:>10.4}{mark}");
     }
     let _ = writeln!(out, "chosen: {} with probability {:.3}", d.chosen, d.probability);
-    let agreement = if d.shadow == d.chosen { "agrees" } else { "differs" };
+    let agreement = if d.shadow == d.chosen.name() { "agrees" } else { "differs" };
     let _ = writeln!(out, "rules would have chosen: {} ({agreement})", d.shadow);
     if let Some(g) = &d.glue_shadow {
-        let agreement = if g.name() == d.chosen { "agrees" } else { "differs" };
+        let agreement = if *g == d.chosen { "agrees" } else { "differs" };
         let _ = writeln!(out, "Glue's built-ins would have chosen: {} ({agreement})", g.name());
     }
     let _ = writeln!(out, "guardrails: {} — {}", d.verdict, d.reason);
@@ -1106,7 +827,7 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
             }
             Record::Outcome(o) => {
                 has_outcome = true;
-                let _ = writeln!(out, "{at} outcome: {}", with_note(o.status.clone(), &o.detail));
+                let _ = writeln!(out, "{at} outcome: {}", with_note(o.status.to_string(), &o.detail));
             }
             Record::Escalation(e) => {
                 let _ = writeln!(out, "{at} escalation: {}", with_note(describe_escalation(e), &e.detail));
@@ -1119,7 +840,7 @@ pub fn explain(id: &str, records: &[Record]) -> Result<String, ProvenanceError> 
                     r.windows,
                     r.next_state,
                     d.state,
-                    r.action.as_deref().unwrap_or(&d.chosen),
+                    r.action.as_deref().unwrap_or(d.chosen.name()),
                     r.q_before,
                     r.q_after
                 );
@@ -1188,7 +909,7 @@ mod tests {
         Record::Outcome(OutcomeRecord {
             id: format!("d-{id}"),
             ts_ms,
-            status: "succeeded".into(),
+            status: OutcomeStatus::Succeeded,
             detail: "x".repeat(40),
         })
     }
@@ -1293,30 +1014,5 @@ mod tests {
         let read = read_log(&path).unwrap();
         assert_eq!(read.skipped.len(), 1);
         assert!(read.skipped[0].1.starts_with("in provenance.000009.jsonl: "), "{:?}", read.skipped);
-    }
-}
-
-/// An optional action written as its log name (`noop`, `retry_with_backoff`, ...),
-/// the names every other action field of the log uses.
-mod action_name {
-    use selfheal_core::Action;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(a: &Option<Action>, s: S) -> Result<S::Ok, S::Error> {
-        match a {
-            Some(a) => s.serialize_str(a.name()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Action>, D::Error> {
-        match Option::<String>::deserialize(d)? {
-            None => Ok(None),
-            Some(n) => Action::ALL
-                .into_iter()
-                .find(|a| a.name() == n)
-                .map(Some)
-                .ok_or_else(|| serde::de::Error::custom(format!("unknown action {n:?}"))),
-        }
     }
 }

@@ -4,7 +4,8 @@
 use proptest::prelude::*;
 use selfheal_sidecar::provenance::{
     explain, filter, format_utc, one_line, parse_time, read_log, ApprovalRecord, CallRecord, DecisionRecord,
-    EscalationRecord, LogFilter, OutcomeRecord, ProvenanceError, ProvenanceLog, Record, RewardRecord, WindowSummary,
+    EscalationRecord, LogFilter, OutcomeRecord, OutcomeStatus, ProvenanceError, ProvenanceLog, Record, RewardRecord,
+    Verdict, WindowSummary,
 };
 use std::fs;
 use std::io::Write;
@@ -31,12 +32,15 @@ fn decision(id: &str, ts_ms: i64, pipeline: &str, chosen: &str, verdict: &str) -
         state_text: "signature 3, stage transform, latency high, errors timeout".into(),
         q: vec![("noop".into(), -1.5), (chosen.into(), 1.25), ("restart".into(), 0.5)],
         visits: 412,
-        chosen: chosen.into(),
+        chosen: selfheal_core::Action::ALL
+            .into_iter()
+            .find(|a| a.name() == chosen)
+            .unwrap_or_else(|| panic!("unknown action {chosen}")),
         probability: 0.95,
         shadow: "restart".into(),
         glue_shadow: None,
-        mode: "act".into(),
-        verdict: verdict.into(),
+        mode: selfheal_guard::Mode::Act,
+        verdict: Verdict::from_name(verdict).unwrap_or_else(|| panic!("unknown verdict {verdict}")),
         reason: "confident, 412 visits, lead 0.75".into(),
         idempotency_key: Some(format!("{id}-key")),
         cause: Default::default(),
@@ -80,7 +84,7 @@ fn chain(id: &str, pipeline: &str, chosen: &str, verdict: &str) -> Vec<Record> {
         Record::Outcome(OutcomeRecord {
             id: id.into(),
             ts_ms: T0 + 8_400,
-            status: "succeeded".into(),
+            status: OutcomeStatus::Succeeded,
             detail: "workers 8 → 12".into(),
         }),
         Record::Escalation(EscalationRecord {
@@ -260,7 +264,7 @@ fn filter_semantics() {
     records.push(Record::Outcome(OutcomeRecord {
         id: "orphan".into(),
         ts_ms: T0,
-        status: "failed".into(),
+        status: OutcomeStatus::Failed,
         detail: String::new(),
     }));
 
@@ -433,4 +437,37 @@ fn explain_unknown_id_suggests_selfheal_log() {
         let msg = err.to_string();
         assert!(msg.contains("no decision with id") && msg.contains(id) && msg.contains("selfheal log"), "{msg}");
     }
+}
+
+/// Lines as the sidecar wrote them before the schema crate (chosen, mode,
+/// verdict and status were strings then, `cause`, `evidence` and the reward's
+/// `action` absent) still load, with the same meaning, and write back with the
+/// same spelling.
+#[test]
+fn lines_written_by_the_previous_version_still_load() {
+    let old = [
+        r#"{"kind":"decision","id":"18c2f3a-42","ts_ms":1795402800000,"pipeline":"orders-etl","window":{"ts_ms":1795402799000,"latency_p95_s":12.4,"error_ratio":0.032,"backlog":1200.0,"records_in":50000.0,"workers":8.0},"score":0.81,"anomalous":true,"signature":3,"state":17,"state_text":"s","q":[["noop",-1.5],["scale_up",1.25]],"visits":412,"chosen":"scale_up","probability":0.95,"shadow":"restart","mode":"act","verdict":"allowed","reason":"confident","idempotency_key":"k"}"#,
+        r#"{"kind":"outcome","id":"18c2f3a-42","ts_ms":1795402808400,"status":"succeeded","detail":"workers 8 → 12"}"#,
+        r#"{"kind":"reward","id":"18c2f3a-42","ts_ms":1795402860000,"reward":1.5,"windows":1,"next_state":2,"q_before":1.25,"q_after":1.3}"#,
+    ];
+    let recs: Vec<Record> =
+        old.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let Record::Decision(d) = &recs[0] else { panic!("{:?}", recs[0]) };
+    assert_eq!(d.chosen, selfheal_core::Action::ScaleUp);
+    assert_eq!(d.mode, selfheal_guard::Mode::Act);
+    assert_eq!(d.verdict, Verdict::Allowed);
+    assert_eq!(d.cause, Default::default());
+    let Record::Outcome(o) = &recs[1] else { panic!("{:?}", recs[1]) };
+    assert_eq!(o.status, OutcomeStatus::Succeeded);
+    for (line, rec) in old.iter().zip(&recs) {
+        let want: serde_json::Value = serde_json::from_str(line).unwrap();
+        let got = serde_json::to_value(rec).unwrap();
+        for k in ["kind", "chosen", "mode", "verdict", "status", "shadow"] {
+            assert_eq!(got.get(k), want.get(k), "{k} of {line}");
+        }
+    }
+    // A verdict nobody wrote is refused with its name, not read as something else.
+    let bad = old[0].replace(r#""verdict":"allowed""#, r#""verdict":"maybe""#);
+    let err = serde_json::from_str::<Record>(&bad).unwrap_err().to_string();
+    assert!(err.contains("maybe"), "{err}");
 }
