@@ -33,7 +33,7 @@ pub use dynamo::DynamoLeases;
 pub use fence::{Fence, Fenced, FencingToken};
 pub use k8s::KubeLeases;
 pub use lease::{Lease, LeaseError, LeaseRecord, LeaseStore};
-pub use policy::{merge, DeltaRow, MergeError, PolicyDelta};
+pub use policy::{merge, merge_models, DeltaRow, MergeError, PolicyDelta};
 pub use store::{Fetched, MergePlan, Merged, PolicyPointer, PolicyStore, PolicyStoreError, PolicyVersion};
 /// The SDK crates, re-exported so callers build clients of the same versions.
 pub use {aws_sdk_dynamodb, aws_sdk_s3};

@@ -67,6 +67,18 @@ pub enum MergeError {
         /// What is wrong.
         message: String,
     },
+    /// Models that cannot be folded together (different encoder, detector,
+    /// state space or action columns).
+    #[error("model {index} does not match model 0: {message}")]
+    Mismatch {
+        /// Its position in the input (0-based).
+        index: usize,
+        /// What differs.
+        message: String,
+    },
+    /// No models to merge.
+    #[error("no models to merge")]
+    Empty,
 }
 
 impl PolicyDelta {
@@ -178,10 +190,85 @@ pub fn merge(base: &ModelFile, deltas: &[PolicyDelta]) -> Result<ModelFile, Merg
         let row = rows.get_mut(&s).expect("every delta state has a row");
         let online = row.online.get_or_insert_with(|| vec![0; Action::COUNT]);
         let w0 = f64::from(row.visits[a]) + f64::from(online[a]);
-        row.q[a] = (w0 * row.q[a] + weighted) / (w0 + n as f64);
+        row.q[a] = weighted_mean(w0, row.q[a], n as f64, weighted);
         online[a] = u32::try_from(u64::from(online[a]) + n).unwrap_or(u32::MAX);
     }
     Ok(ModelFile { states: rows.into_values().collect(), ..base.clone() })
+}
+
+/// The merge rule of this module for one cell: `(w₀·q₀ + Σ wᵢqᵢ) / (w₀ + Σ wᵢ)`,
+/// given `w₀`, `q₀`, `Σ wᵢ` and `Σ wᵢqᵢ`; `q₀` when no weight at all.
+fn weighted_mean(w0: f64, q0: f64, n: f64, weighted: f64) -> f64 {
+    if w0 + n > 0.0 {
+        (w0 * q0 + weighted) / (w0 + n)
+    } else {
+        q0
+    }
+}
+
+/// Fold whole trained models (shards of one training run, `selfheal train
+/// --shard I/N`) into one by the same visit-weighted rule: per (state,
+/// action) cell, `q = Σ nᵢ·qᵢ / Σ nᵢ` over the models' training visits
+/// `nᵢ`, and visits (training and online) are summed, saturating at
+/// `u32::MAX`. A cell no model visited keeps model 0's value. The result
+/// keeps model 0's meta with `episodes` summed.
+///
+/// # Errors
+/// [`MergeError::Empty`] without models; [`MergeError::Mismatch`] when a
+/// model's encoder id, encoder configuration (which carries the detector
+/// fingerprint), state-space size or action columns differ from model 0's.
+pub fn merge_models(models: &[ModelFile]) -> Result<ModelFile, MergeError> {
+    let first = models.first().ok_or(MergeError::Empty)?;
+    for (index, m) in models.iter().enumerate().skip(1) {
+        let mismatch = |message: String| MergeError::Mismatch { index, message };
+        if m.encoder.id != first.encoder.id {
+            return Err(mismatch(format!("encoder {:?} is not {:?}", m.encoder.id, first.encoder.id)));
+        }
+        if m.encoder.config.detector != first.encoder.config.detector {
+            return Err(mismatch(format!(
+                "detector {:?} is not {:?} (fitted on a different detector model)",
+                m.encoder.config.detector, first.encoder.config.detector
+            )));
+        }
+        if m.encoder.config != first.encoder.config {
+            return Err(mismatch("encoder configuration differs (worker levels or base level)".to_string()));
+        }
+        if m.num_states != first.num_states || m.actions != first.actions {
+            return Err(mismatch(format!(
+                "{} states × {} actions is not {} × {}",
+                m.num_states,
+                m.actions.len(),
+                first.num_states,
+                first.actions.len()
+            )));
+        }
+    }
+    // Per cell: (Σ n, Σ n·q, Σ online); and the first row seen per state.
+    let mut rows: BTreeMap<StateId, StateRow> = BTreeMap::new();
+    let mut sums: BTreeMap<(StateId, usize), (u64, f64, u64)> = BTreeMap::new();
+    for m in models {
+        for r in &m.states {
+            rows.entry(r.id).or_insert_with(|| r.clone());
+            for a in 0..Action::COUNT.min(r.visits.len()).min(r.q.len()) {
+                let e = sums.entry((r.id, a)).or_insert((0, 0.0, 0));
+                e.0 += u64::from(r.visits[a]);
+                e.1 += f64::from(r.visits[a]) * r.q[a];
+                e.2 += r.online.as_ref().and_then(|o| o.get(a)).map_or(0, |o| u64::from(*o));
+            }
+        }
+    }
+    for ((s, a), (n, weighted, online)) in sums {
+        #[allow(clippy::expect_used)] // the loop above inserted a row for every state it summed.
+        let row = rows.get_mut(&s).expect("every summed state has a row");
+        row.q[a] = weighted_mean(0.0, row.q[a], n as f64, weighted);
+        row.visits[a] = u32::try_from(n).unwrap_or(u32::MAX);
+        if online > 0 || row.online.is_some() {
+            row.online.get_or_insert_with(|| vec![0; Action::COUNT])[a] = u32::try_from(online).unwrap_or(u32::MAX);
+        }
+    }
+    let mut meta = first.meta.clone();
+    meta.episodes = models.iter().map(|m| m.meta.episodes).sum();
+    Ok(ModelFile { meta, states: rows.into_values().collect(), ..first.clone() })
 }
 
 #[cfg(test)]
@@ -252,6 +339,34 @@ mod tests {
         let m = merge(&b, &[delta("a", 9, 2, 1, 4.0), delta("b", 9, 2, 3, 0.0)]).unwrap();
         assert_eq!(cell(&m, 9, 2), (1.0, 0, 4));
         assert_eq!(m.states.iter().map(|r| r.id).collect::<Vec<_>>(), vec![5, 9], "rows stay sorted");
+    }
+
+    #[test]
+    fn shard_models_merge_visit_weighted_and_sum_visits() {
+        let a = base();
+        let mut b = base();
+        // Model b: state 5 action 0 at q = 4 with 1 visit; a new state 9.
+        b.states[0].q[0] = 4.0;
+        b.states[0].visits[0] = 1;
+        b.states.push(StateRow {
+            id: 9,
+            desc: "s9".into(),
+            visits: vec![2; Action::COUNT],
+            q: vec![0.5; Action::COUNT],
+            online: None,
+        });
+        let m = merge_models(&[a.clone(), b]).unwrap();
+        assert_eq!(cell(&m, 5, 0), ((3.0 * 1.0 + 4.0) / 4.0, 4, 0));
+        assert_eq!(cell(&m, 5, 1), (-2.0, 2, 0), "same value, visits summed");
+        assert_eq!(cell(&m, 9, 3), (0.5, 2, 0));
+        assert_eq!(m.meta.episodes, 20);
+        let mut other = base();
+        other.encoder.id = "detector-v2".into();
+        assert!(matches!(merge_models(&[a.clone(), other]), Err(MergeError::Mismatch { index: 1, .. })));
+        let mut wider = base();
+        wider.encoder.config.worker_levels.push(16);
+        assert!(merge_models(&[a, wider]).unwrap_err().to_string().contains("configuration"));
+        assert_eq!(merge_models(&[]), Err(MergeError::Empty));
     }
 
     #[test]
