@@ -20,6 +20,7 @@
 
 use crate::provenance::{CallRecord, ProvenanceLog, Record};
 use crate::source::SimFleet;
+use crate::LockExt;
 use crate::{now_ms, BoxFuture};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -90,7 +91,7 @@ impl Actuator for SimActuator {
     }
     fn apply<'a>(&'a self, call: &'a ActionCall) -> BoxFuture<'a, Result<String, ActError>> {
         Box::pin(async move {
-            let mut fleet = self.0.lock().expect("simulator lock");
+            let mut fleet = self.0.locked();
             match fleet.apply(&call.pipeline, call.action, &call.idempotency_key) {
                 Ok(true) => Ok(format!("{} set for the next step", call.action)),
                 Ok(false) => Ok("already applied (same idempotency key)".into()),
@@ -248,7 +249,7 @@ impl Executor {
     }
 
     fn endpoint(&self, name: &str) -> Arc<Endpoint> {
-        let mut eps = self.endpoints.lock().expect("endpoints lock");
+        let mut eps = self.endpoints.locked();
         eps.entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(Endpoint {
@@ -262,11 +263,11 @@ impl Executor {
 
     /// Breaker state of every endpoint seen so far, for `/metrics`.
     pub fn breaker_states(&self) -> Vec<(String, BreakerState, u64)> {
-        let eps = self.endpoints.lock().expect("endpoints lock");
+        let eps = self.endpoints.locked();
         let mut v: Vec<_> = eps
             .iter()
             .map(|(n, e)| {
-                let b = e.breaker.lock().expect("breaker lock");
+                let b = e.breaker.locked();
                 (n.clone(), b.state(), b.rejected_total())
             })
             .collect();
@@ -276,7 +277,7 @@ impl Executor {
 
     fn record(&self, rec: CallRecord) {
         let ok = rec.ok;
-        if let Err(e) = self.log.lock().expect("log lock").append(&Record::Call(rec), !ok) {
+        if let Err(e) = self.log.locked().append(&Record::Call(rec), !ok) {
             tracing::error!(error = %e, "cannot write a call record to the provenance log");
         }
     }
@@ -294,10 +295,10 @@ impl Executor {
                 tokio::time::sleep(own).await;
             }
             if attempt > 1 {
-                let delay = retry.delay_ms(attempt - 1, &mut *self.rng.lock().expect("rng lock"));
+                let delay = retry.delay_ms(attempt - 1, &mut *self.rng.locked());
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            let timeout_ms = ep.timeout.lock().expect("timeout lock").current_ms();
+            let timeout_ms = ep.timeout.locked().current_ms();
             let mut rec = CallRecord {
                 id: call.id.clone(),
                 ts_ms: now_ms(),
@@ -315,7 +316,7 @@ impl Executor {
                 self.record(rec);
                 continue;
             };
-            if let Err(rejected) = ep.breaker.lock().expect("breaker lock").try_acquire(now_ms() as u64) {
+            if let Err(rejected) = ep.breaker.locked().try_acquire(now_ms() as u64) {
                 last = format!("circuit breaker: {rejected}");
                 rec.error = Some(last.clone());
                 self.record(rec);
@@ -328,8 +329,8 @@ impl Executor {
             let now = now_ms() as u64;
             let (retryable, error) = match result {
                 Ok(Ok(detail)) => {
-                    ep.breaker.lock().expect("breaker lock").on_success(now, took);
-                    ep.timeout.lock().expect("timeout lock").observe(took);
+                    ep.breaker.locked().on_success(now, took);
+                    ep.timeout.locked().observe(took);
                     rec.ok = true;
                     self.record(rec);
                     return Executed { ok: true, attempts: attempt, detail };
@@ -338,7 +339,7 @@ impl Executor {
                 Ok(Err(ActError::Failed(e))) => (false, e),
                 Err(_) => (true, format!("timed out after {timeout_ms} ms")),
             };
-            ep.breaker.lock().expect("breaker lock").on_failure(now, took);
+            ep.breaker.locked().on_failure(now, took);
             last = error.clone();
             rec.error = Some(error);
             self.record(rec);

@@ -34,6 +34,7 @@ use crate::provenance::{
 };
 use crate::source::TelemetrySource;
 use crate::window::Window;
+use crate::LockExt;
 use selfheal_agent::QTable;
 use selfheal_guard::approvals::ApprovalError;
 use std::collections::HashMap;
@@ -170,7 +171,7 @@ impl Shell {
     }
 
     fn write(&mut self, out: &Output) -> Result<(), ProvenanceError> {
-        let mut log = self.log.lock().expect("log lock");
+        let mut log = self.log.locked();
         for (rec, durable) in &out.records {
             log.append(rec, *durable)?;
             let shown = match rec {
@@ -274,7 +275,7 @@ impl Shell {
             let mut rec = EscalationRecord::new(&e.id, now_ms(), PagePhase::LoggedOnly, 0, detail);
             rec.page = Some(e.clone());
             tracing::warn!(id = %e.id, pipeline = %e.pipeline, "escalation (no webhook configured): {}", e.summary);
-            return self.log.lock().expect("log lock").append(&Record::Escalation(rec), true);
+            return self.log.locked().append(&Record::Escalation(rec), true);
         };
         pager.raise(e)
     }
@@ -409,6 +410,31 @@ fn pending_view(id: String, exp: u64, p: crate::decide::Proposal) -> PendingView
     }
 }
 
+/// Flushes and `fdatasync`s the log on a blocking thread, so no async worker
+/// waits on the disk with the lock held.
+async fn sync_log(log: &Arc<Mutex<ProvenanceLog>>) -> Result<(), ProvenanceError> {
+    let path = log.locked().path().to_owned();
+    let log = log.clone();
+    match tokio::task::spawn_blocking(move || log.locked().flush(true)).await {
+        Ok(r) => r,
+        // The flush panicked (the lock stays usable: see `LockExt`), or the
+        // runtime is shutting down: say so as an I/O error of the log.
+        Err(e) => {
+            Err(ProvenanceError::Io { path, source: std::io::Error::other(format!("log sync task failed: {e}")) })
+        }
+    }
+}
+
+/// Keeps the first fatal error; later ones of the shutdown are logged only.
+fn keep_first(fatal: &mut Option<ProvenanceError>, r: Result<(), ProvenanceError>) {
+    if let Err(e) = r {
+        match fatal {
+            None => *fatal = Some(e),
+            Some(_) => tracing::warn!(error = %e, "provenance log write failed again during shutdown"),
+        }
+    }
+}
+
 /// Run until `shutdown` resolves (or a replayed source is exhausted).
 pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
     let Daemon { cfg, mut controller, mut source, actuator, ingest, checkpoint } = d;
@@ -471,7 +497,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                         status: crate::provenance::OutcomeStatus::Expired,
                         detail: "void: the daemon restarted before anyone answered; never ran".into(),
                     };
-                    log.lock().expect("log lock").append(&Record::Outcome(rec), true)?;
+                    log.locked().append(&Record::Outcome(rec), true)?;
                 }
             }
             Some(pager)
@@ -553,23 +579,29 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     tokio::pin!(shutdown);
     let mut source_open = true;
+    // A provenance write error (a full or read-only disk) is fatal: the loop
+    // ends through the bounded shutdown below, which still drains in-flight
+    // actions and saves the checkpoint, and the error is returned at the end.
+    let mut fatal: Option<ProvenanceError> = None;
     loop {
-        tokio::select! {
+        let step: Result<(), ProvenanceError> = tokio::select! {
             biased;
             _ = &mut shutdown => break,
-            Some(done) = done_rx.recv() => sh.finished(done)?,
-            Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file)?,
+            Some(done) = done_rx.recv() => sh.finished(done),
+            Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file),
             ws = win_rx.recv(), if source_open => match ws {
-                Some(ws) => for w in ws {
+                Some(ws) => ws.iter().try_for_each(|w| {
                     let t0 = std::time::Instant::now();
-                    let out = sh.ctl.on_window(&w, now_ms());
+                    let out = sh.ctl.on_window(w, now_ms());
                     crate::metrics::DECISION_SECONDS.observe(t0.elapsed());
                     sh.handle(out)?;
                     crate::metrics::DECISION_LOGGED_SECONDS.observe(t0.elapsed());
-                },
+                    Ok(())
+                }),
                 None => {
                     tracing::info!(source = %source_name, "telemetry source exhausted; finishing");
                     source_open = false;
+                    Ok(())
                 }
             },
             _ = tick.tick() => {
@@ -578,21 +610,30 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                 while sh.tasks.try_join_next().is_some() {}
                 let now = now_ms();
                 let out = sh.ctl.on_tick(now);
-                sh.handle(out)?;
+                let handled = sh.handle(out);
                 sh.evict_idle(ingest.as_deref(), now);
                 if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {
                     let why = format!("pause file {} exists", pause_file.display());
                     tracing::warn!(reason = %why, "kill switch on: all acting paused");
                     sh.ctl.kill_switch().pause(why, now as u64);
                 }
-                sh.log.lock().expect("log lock").flush(true)?;
+                let synced = match handled {
+                    Ok(()) => sync_log(&sh.log).await,
+                    Err(e) => Err(e),
+                };
                 if sh.ctl.updates_since_checkpoint() >= sh.checkpoint_every {
                     sh.save();
                 }
-                if !source_open && sh.in_flight.is_empty() {
+                if synced.is_ok() && !source_open && sh.in_flight.is_empty() {
                     break;
                 }
+                synced
             }
+        };
+        if let Err(e) = step {
+            tracing::error!(error = %e, "provenance log write failed; shutting down");
+            fatal = Some(e);
+            break;
         }
     }
 
@@ -603,7 +644,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let deadline = tokio::time::Instant::now() + grace;
     while !sh.in_flight.is_empty() {
         match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-            Ok(Some(done)) => sh.finished(done)?,
+            Ok(Some(done)) => keep_first(&mut fatal, sh.finished(done)),
             _ => break,
         }
     }
@@ -615,17 +656,20 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let left: Vec<Order> = sh.in_flight.drain().map(|(_, o)| o).collect();
     for order in &left {
         let out = sh.ctl.on_cancelled(order, now_ms());
-        sh.write(&out)?;
+        keep_first(&mut fatal, sh.write(&out));
     }
     if let Some(p) = sh.pager.take() {
         p.stop();
     }
     sh.tasks.abort_all();
     sh.save();
-    sh.log.lock().expect("log lock").flush(true)?;
+    keep_first(&mut fatal, sync_log(&sh.log).await);
     let _ = stop_http.send(true);
     if let Ok(Err(e)) = server.await {
         return Err(DaemonError::Http(e));
+    }
+    if let Some(e) = fatal {
+        return Err(DaemonError::Log(e));
     }
     let st = &sh.ctl.stats;
     Ok(Summary {

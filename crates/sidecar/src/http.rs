@@ -33,6 +33,7 @@
 
 use crate::auth::{self, Token, Verdict};
 use crate::window::{assemble, parse_body, Assembler, Bounds, Ingested, Window};
+use crate::LockExt;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -137,12 +138,12 @@ impl Ingest {
     /// Set the pipeline cap and idle time (`[daemon] max_pipelines`,
     /// `pipeline_idle_secs`).
     pub fn set_bounds(&self, bounds: Bounds) {
-        self.asm.lock().expect("assembler lock").set_bounds(bounds);
+        self.asm.locked().set_bounds(bounds);
     }
 
     /// Pipelines with an open window.
     pub fn live(&self) -> usize {
-        self.asm.lock().expect("assembler lock").live()
+        self.asm.locked().live()
     }
 
     /// Drop the open windows of pipelines idle on the data clock (see
@@ -150,7 +151,7 @@ impl Ingest {
     /// those `keep` names; counted and logged. Returns the names evicted.
     pub fn evict_idle(&self, now_ms: i64, keep: &dyn Fn(&str) -> bool) -> Vec<String> {
         let (gone, live, clock) = {
-            let mut asm = self.asm.lock().expect("assembler lock");
+            let mut asm = self.asm.locked();
             let gone = asm.evict_idle(now_ms, keep);
             (gone, asm.live(), asm.clock())
         };
@@ -168,7 +169,7 @@ impl Ingest {
     /// File events about Glue job `job_name` under pipeline `name` (see
     /// [`Assembler::map_jobs`]).
     pub fn map_jobs(&self, pairs: impl IntoIterator<Item = (String, String)>) {
-        self.asm.lock().expect("assembler lock").map_jobs(pairs);
+        self.asm.locked().map_jobs(pairs);
     }
 
     /// Windows of `period_ms` go to `tx`. Who may post is the control
@@ -435,7 +436,7 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     let (samples, refused) = parse_body(&body);
     let order = ing.order.lock().await;
     let (Ingested { accepted, windows, rejected, capped }, cap) = {
-        let mut asm = ing.asm.lock().expect("assembler lock");
+        let mut asm = ing.asm.locked();
         (assemble(&mut asm, &samples, refused), asm.bounds().max_pipelines)
     };
     // In small batches: the channel bounds batches, not windows, so one batch
@@ -469,7 +470,7 @@ async fn ingest(State(s): State<AppState>, body: Bytes) -> Response {
     let answer = Json(IngestAnswer { accepted, rejected, pipeline_cap });
     if code == StatusCode::TOO_MANY_REQUESTS {
         // Room is made by eviction, checked about every idle time.
-        let idle_s = (ing.asm.lock().expect("assembler lock").bounds().idle_ms / 1000).max(1);
+        let idle_s = (ing.asm.locked().bounds().idle_ms / 1000).max(1);
         return (code, [(header::RETRY_AFTER, idle_s.to_string())], answer).into_response();
     }
     (code, answer).into_response()

@@ -33,3 +33,21 @@ pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
+
+/// Locks a std mutex without panicking when an earlier holder panicked.
+///
+/// Why recover rather than poison-panic: every value the sidecar guards this
+/// way (the provenance log, breakers, timeouts, the assembler, RNGs, UI
+/// sessions) is left consistent between statements by its own methods, and a
+/// panic in one task (caught by tokio) must not take every later lock user,
+/// and so the whole daemon and its bounded shutdown, down with it.
+pub trait LockExt<T> {
+    /// The guard, recovered from a poisoned lock if need be.
+    fn locked(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> LockExt<T> for std::sync::Mutex<T> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}

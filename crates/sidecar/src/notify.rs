@@ -20,6 +20,7 @@
 //! The backoff RNG is seeded, like every random stream in selfheal, so a run can be
 //! replayed.
 
+use crate::LockExt;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use reqwest::StatusCode;
@@ -424,7 +425,7 @@ impl Notifier {
 
     fn backoff_ms(&self, attempt: u32) -> u64 {
         let ceiling = self.cfg.base_ms.saturating_mul(2u64.saturating_pow(attempt - 1)).min(self.cfg.cap_ms);
-        let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut rng = self.rng.locked();
         rng.gen_range(0..=ceiling)
     }
 

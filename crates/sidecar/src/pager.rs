@@ -31,6 +31,7 @@
 use crate::notify::{Attempt, Escalation, FallbackConfig, FallbackKind, Notifier};
 use crate::now_ms;
 use crate::provenance::{EscalationRecord, OwedPage, PagePhase, ProvenanceError, ProvenanceLog, Record};
+use crate::LockExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -102,7 +103,7 @@ impl Pager {
         let ts = now_ms();
         let mut rec = EscalationRecord::new(&page.id, ts, PagePhase::Raised, 0, page.summary.clone());
         rec.page = Some(page.clone());
-        self.log.lock().expect("log lock").append(&Record::Escalation(rec), true)?;
+        self.log.locked().append(&Record::Escalation(rec), true)?;
         self.stats.undelivered.fetch_add(1, Ordering::Relaxed);
         tracing::info!(id = %page.id, pipeline = %page.pipeline, "page raised");
         // The worker lives as long as the pager; were it gone, the page is in the log.
@@ -414,7 +415,7 @@ impl Worker {
 
     fn append(&self, rec: EscalationRecord) {
         let id = rec.id.clone();
-        if let Err(e) = self.log.lock().expect("log lock").append(&Record::Escalation(rec), true) {
+        if let Err(e) = self.log.locked().append(&Record::Escalation(rec), true) {
             // The page stays owed in memory; the log is the daemon's to fail on.
             tracing::error!(id = %id, error = %e, "cannot record a page's delivery");
         }

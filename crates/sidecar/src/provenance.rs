@@ -32,8 +32,9 @@
 //!   is never lost to a crash: [`owed_pages`] finds those a restart must send.
 //!
 //! Other records (no-op decisions, rewards and the like) are buffered, then flushed
-//! and synced every second and at shutdown via [`ProvenanceLog::flush`], so a crash
-//! can lose at most the last second of those, never an acknowledged decision.
+//! and synced every 500 ms (the daemon's tick) and at shutdown via
+//! [`ProvenanceLog::flush`], so a crash can lose at most the last half second of
+//! those, never an acknowledged decision.
 //!
 //! # Rotation and retention
 //!

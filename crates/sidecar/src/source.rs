@@ -9,6 +9,7 @@
 
 use crate::window::{parse_line, Assembler, Window};
 use crate::BoxFuture;
+use crate::LockExt;
 use selfheal_core::{Action, Environment, Metric};
 use selfheal_sim::{Scenario, Simulator};
 use std::collections::{HashSet, VecDeque};
@@ -178,7 +179,7 @@ impl TelemetrySource for SimSource {
                 i
             });
             interval.tick().await;
-            let windows = self.fleet.lock().expect("simulator lock").tick();
+            let windows = self.fleet.locked().tick();
             Ok(Some(windows))
         })
     }

@@ -33,6 +33,7 @@
 //! number (`/ui?said=N`, kept in memory), never text taken from the URL.
 
 use crate::http::{AppState, Caller, Command, PendingView};
+use crate::LockExt;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -97,7 +98,7 @@ impl UiSecret {
     /// returns the `Set-Cookie` value.
     pub fn open_session(&self, token_id: &str, now_ms: i64) -> String {
         let id = random_hex();
-        let mut m = self.sessions.lock().expect("sessions lock");
+        let mut m = self.sessions.locked();
         m.retain(|_, (_, exp)| *exp > now_ms);
         while m.len() >= MAX_SESSIONS {
             let oldest = m.iter().min_by_key(|(_, (_, exp))| *exp).map(|(k, _)| k.clone());
@@ -115,7 +116,7 @@ impl UiSecret {
     /// carries at `now_ms`, if any.
     pub fn session(&self, headers: &HeaderMap, now_ms: i64) -> Option<String> {
         let cookies = headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok());
-        let mut m = self.sessions.lock().expect("sessions lock");
+        let mut m = self.sessions.locked();
         for v in cookies.flat_map(|c| c.split(';')).filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}="))) {
             match m.get(v) {
                 Some((tid, exp)) if *exp > now_ms => return Some(tid.clone()),
@@ -129,7 +130,7 @@ impl UiSecret {
     }
 
     fn remember(&self, msg: String) -> u64 {
-        let mut g = self.said.lock().expect("said lock");
+        let mut g = self.said.locked();
         g.0 += 1;
         let n = g.0;
         if g.1.len() == MAX_SAID {
@@ -140,7 +141,7 @@ impl UiSecret {
     }
 
     fn said(&self, n: u64) -> Option<String> {
-        self.said.lock().expect("said lock").1.iter().find(|(k, _)| *k == n).map(|(_, m)| m.clone())
+        self.said.locked().1.iter().find(|(k, _)| *k == n).map(|(_, m)| m.clone())
     }
 }
 
