@@ -179,6 +179,7 @@ pub fn run_simlog(a: SimLogArgs) -> Result<()> {
                 idempotency_key: (*chosen != Action::NoOp).then(|| format!("{id}/{}", chosen.name())),
                 cause: Default::default(),
                 evidence: Vec::new(),
+                policy_version: None,
             };
             out.write_all(line(&Record::Decision(d)).as_bytes())?;
             if *chosen != Action::NoOp {

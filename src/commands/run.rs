@@ -298,6 +298,7 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
         ActuatorConfig::Command { commands } => Arc::new(CommandActuator::new(commands.clone())),
         ActuatorConfig::Glue { pipelines } => glue_actuator(&cfg, pipelines).await?,
     };
+    let replica = fleet_replica(&cfg, &model, describe.clone()).await?;
     let path = checkpoint_path.clone();
     let base = model.clone();
     let checkpoint: Checkpoint = Arc::new(move |table| {
@@ -319,7 +320,7 @@ async fn serve(cfg: SidecarConfig, resume: bool) -> Result<()> {
     );
     let max_body_bytes = usize::try_from(cfg.daemon.max_body_bytes).unwrap_or(usize::MAX);
     let listeners = Listeners { metrics: listener, control, auth: control_auth, max_body_bytes };
-    let d = Daemon { cfg, controller, source, actuator, ingest, checkpoint };
+    let d = Daemon { cfg, controller, source, actuator, ingest, checkpoint, fleet: replica };
     let summary = daemon::run(d, listeners, shutdown_signal()).await?;
     eprintln!(
         "selfheal sidecar stopped: {} windows, {} actions succeeded, {} failed, {} Q updates",
@@ -400,6 +401,44 @@ async fn glue_actuator(
     let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
     let client = selfheal_aws::glue::Client::new(&sdk);
     Ok(Arc::new(selfheal_aws::glue::GlueActuator::new(client, pipelines.to_vec(), cfg.model.seed)))
+}
+
+/// The fleet replica's stores from `[fleet]` (DynamoDB and S3 clients from `[aws]`).
+#[cfg(feature = "aws")]
+async fn fleet_replica(
+    cfg: &SidecarConfig,
+    model: &ModelFile,
+    describe: Arc<dyn StateEncoder + Send + Sync>,
+) -> Result<Option<selfheal_sidecar::fleet::Fleet>> {
+    use selfheal_sidecar::fleet::lib::{aws_sdk_dynamodb as ddb, aws_sdk_s3 as s3};
+    let Some(f) = &cfg.fleet else { return Ok(None) };
+    let sdk = selfheal_aws::sdk_config(&cfg.aws).await;
+    let s3 = s3::config::Builder::from(&sdk)
+        // A local or VPC endpoint serves path-style addresses; AWS serves both.
+        .force_path_style(cfg.aws.endpoint_url.is_some())
+        .request_checksum_calculation(s3::config::RequestChecksumCalculation::WhenRequired)
+        .build();
+    let fleet = selfheal_sidecar::fleet::Fleet::connect(
+        f,
+        ddb::Client::new(&sdk),
+        s3::Client::from_conf(s3),
+        model.clone(),
+        describe,
+    )
+    .await?;
+    Ok(Some(fleet))
+}
+
+#[cfg(not(feature = "aws"))]
+async fn fleet_replica(
+    cfg: &SidecarConfig,
+    _model: &ModelFile,
+    _describe: Arc<dyn StateEncoder + Send + Sync>,
+) -> Result<Option<selfheal_sidecar::fleet::Fleet>> {
+    if cfg.fleet.is_some() {
+        bail!("[fleet] needs the `aws` feature; rebuild with default features");
+    }
+    Ok(None)
 }
 
 #[cfg(not(feature = "aws"))]

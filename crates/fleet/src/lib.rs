@@ -32,6 +32,8 @@ pub mod store;
 pub use dynamo::DynamoLeases;
 pub use fence::{Fence, Fenced, FencingToken};
 pub use k8s::KubeLeases;
+/// The Kubernetes client crate, re-exported so callers build a `kube::Client` of the same version.
+pub use kube;
 pub use lease::{Lease, LeaseError, LeaseRecord, LeaseStore};
 pub use policy::{merge, merge_models, DeltaRow, MergeError, PolicyDelta};
 pub use store::{Fetched, MergePlan, Merged, PolicyPointer, PolicyStore, PolicyStoreError, PolicyVersion};

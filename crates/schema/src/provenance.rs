@@ -250,6 +250,11 @@ pub struct DecisionRecord {
     /// in records of older versions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<String>,
+    /// The shared policy version (S3 policy store, `versions/v{n:06}.json`)
+    /// whose Q table made the decision; absent for a replica without a
+    /// policy store and in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<u64>,
 }
 
 /// A human approved or rejected a proposal, or it expired.

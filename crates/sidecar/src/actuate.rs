@@ -183,6 +183,55 @@ impl Actuator for CommandActuator {
     }
 }
 
+/// An actuator behind a fence: refuses an action whose idempotency key
+/// carries a lease epoch older than the newest this process has seen for the
+/// same pipeline (`selfheal_fleet::Fence`), so a replica's action decided
+/// under a lease that was since taken over, and taken back, cannot run.
+///
+/// Keys without an `@epoch` suffix (a replica without a fleet) pass. The
+/// fence is in process: it covers the simulator, command and dry-run
+/// actuators of this replica. A command actuator's program receives the key
+/// in `SELFHEAL_IDEMPOTENCY_KEY` and can fence across replicas itself with
+/// `FencingToken::parse_idempotency_key`. The Glue actuator puts the key in
+/// the job run's arguments (`--selfheal-idempotency-key`), where it is
+/// visible to people and to the next replica's duplicate check, but **Glue
+/// itself does not fence**: it starts a run whatever the epoch, so across
+/// replicas the lease's margin is what keeps a deposed holder from acting.
+pub struct FencedActuator {
+    inner: Arc<dyn Actuator>,
+    fence: Mutex<selfheal_fleet::Fence>,
+}
+
+impl FencedActuator {
+    /// `inner` behind a fresh fence.
+    pub fn new(inner: Arc<dyn Actuator>) -> FencedActuator {
+        FencedActuator { inner, fence: Mutex::new(selfheal_fleet::Fence::new()) }
+    }
+}
+
+impl Actuator for FencedActuator {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn endpoint(&self, pipeline: &str, action: Action) -> String {
+        self.inner.endpoint(pipeline, action)
+    }
+    fn delay(&self, call: &ActionCall) -> Duration {
+        self.inner.delay(call)
+    }
+    fn apply<'a>(&'a self, call: &'a ActionCall) -> BoxFuture<'a, Result<String, ActError>> {
+        if let Some((_, epoch)) = selfheal_fleet::FencingToken::parse_idempotency_key(&call.idempotency_key) {
+            let token = selfheal_fleet::FencingToken { key: call.pipeline.clone(), epoch };
+            if let Err(fenced) = self.fence.locked().admit(&token) {
+                tracing::warn!(id = %call.id, pipeline = %call.pipeline, epoch, newest = fenced.newest,
+                    "action refused by the fence");
+                return Box::pin(async move { Err(ActError::Failed(fenced.to_string())) });
+            }
+        }
+        self.inner.apply(call)
+    }
+}
+
 /// The guards of one downstream endpoint.
 struct Endpoint {
     breaker: Mutex<Breaker>,

@@ -36,8 +36,10 @@ pub struct SidecarConfig {
     pub guard: GuardConfig,
     /// Escalation webhook; escalations are only logged without it.
     pub notify: Option<WebhookConfig>,
-    /// How to reach AWS (CloudWatch source, Glue actuator).
+    /// How to reach AWS (CloudWatch source, Glue actuator, fleet leases).
     pub aws: AwsConfig,
+    /// Run as one replica of a fleet (leases, shared policy); unset = one process.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 /// How to reach AWS: the standard credential chain and region, plus overrides.
@@ -689,6 +691,7 @@ impl SidecarConfig {
             }
         }
         self.validate_bounds(&mut p);
+        p.extend(self.fleet.iter().flat_map(crate::fleet::config::FleetConfig::check));
         p
     }
 }

@@ -63,6 +63,9 @@ pub struct Daemon {
     pub ingest: Option<Arc<Ingest>>,
     /// Saves the Q table.
     pub checkpoint: Checkpoint,
+    /// A fleet replica's leases and shared policy (`[fleet]`); `None`: one
+    /// process that acts for every pipeline.
+    pub fleet: Option<crate::fleet::Fleet>,
 }
 
 /// The daemon's two listeners (see [`crate::http`]) and who may use the
@@ -138,6 +141,10 @@ struct Shell {
     /// its base URL for the page (`notify.public_url` or `http://<control>`).
     answer_addr: String,
     answer_url: String,
+    /// The fleet's tasks and lease gate, for a replica.
+    fleet: Option<crate::fleet::Running>,
+    /// How to cancel each in-flight action (lease lost mid-action).
+    aborts: HashMap<String, tokio::task::AbortHandle>,
 }
 
 /// Lines of recent decisions and outcomes `/ui` shows.
@@ -255,7 +262,11 @@ impl Shell {
         let exec = self.exec.clone();
         let done = self.done_tx.clone();
         self.in_flight.insert(order.id.clone(), order.clone());
-        self.tasks.spawn(async move {
+        if let Some(f) = &self.fleet {
+            f.busy(&order.pipeline, true);
+        }
+        let id = order.id.clone();
+        let abort = self.tasks.spawn(async move {
             let call = ActionCall {
                 id: order.id.clone(),
                 idempotency_key: order.key.clone(),
@@ -266,6 +277,39 @@ impl Shell {
             let result = exec.execute(call).await;
             let _ = done.send(Done::Executed(order, result)).await;
         });
+        self.aborts.insert(id, abort);
+    }
+
+    /// An action left the in-flight set: its pipeline's lease may be released
+    /// once no other action of ours runs on it.
+    fn landed(&mut self, order: &Order) {
+        self.aborts.remove(&order.id);
+        if let Some(f) = &self.fleet {
+            if !self.in_flight.values().any(|o| o.pipeline == order.pipeline) {
+                f.busy(&order.pipeline, false);
+            }
+        }
+    }
+
+    /// A replica cancels its actions still running on a pipeline whose lease
+    /// has less than half the margin left (see [`crate::fleet`]): they must
+    /// stop before another replica may start.
+    fn fence_in_flight(&mut self, now: i64) -> Result<(), ProvenanceError> {
+        let Some(f) = &self.fleet else { return Ok(()) };
+        let lost: Vec<Order> =
+            self.in_flight.values().filter(|o| !f.gate.may_continue(&o.pipeline, now)).cloned().collect();
+        for order in lost {
+            if let Some(h) = self.aborts.get(&order.id) {
+                h.abort();
+            }
+            self.in_flight.remove(&order.id);
+            self.landed(&order);
+            tracing::warn!(id = %order.id, pipeline = %order.pipeline, action = %order.action,
+                "lease about to lapse mid-action: action cancelled");
+            let out = self.ctl.on_lease_lost(&order, "the lease ran low while it ran (not renewed)", now);
+            self.write(&out)?;
+        }
+        Ok(())
     }
 
     fn escalate(&mut self, e: Escalation) -> Result<(), ProvenanceError> {
@@ -283,7 +327,11 @@ impl Shell {
     fn finished(&mut self, done: Done) -> Result<(), ProvenanceError> {
         match done {
             Done::Executed(order, r) => {
-                self.in_flight.remove(&order.id);
+                if self.in_flight.remove(&order.id).is_none() {
+                    // Cancelled for a lease lost mid-action: already logged.
+                    return Ok(());
+                }
+                self.landed(&order);
                 let detail = format!(
                     "{} after {} attempt(s): {}",
                     if r.ok { "applied" } else { "failed" },
@@ -326,7 +374,11 @@ impl Shell {
                     snap.escalations_delivered = snap.pages.delivered;
                     snap.escalations_failed += snap.pages.refused;
                 }
-                let _ = reply.send(render(&snap));
+                let mut text = render(&snap);
+                if let Some(f) = &self.fleet {
+                    text.push_str(&f.render(self.ctl.policy_version()));
+                }
+                let _ = reply.send(text);
             }
             Command::Pending(reply) => {
                 let list = self.ctl.pending().into_iter().map(|(id, exp, p)| pending_view(id, exp, p)).collect();
@@ -425,6 +477,14 @@ async fn sync_log(log: &Arc<Mutex<ProvenanceLog>>) -> Result<(), ProvenanceError
     }
 }
 
+/// The next policy version to swap in; never, without a policy store.
+async fn next_swap(rx: &mut Option<mpsc::Receiver<crate::fleet::Swap>>) -> Option<crate::fleet::Swap> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps the first fatal error; later ones of the shutdown are logged only.
 fn keep_first(fatal: &mut Option<ProvenanceError>, r: Result<(), ProvenanceError>) {
     if let Err(e) = r {
@@ -437,7 +497,13 @@ fn keep_first(fatal: &mut Option<ProvenanceError>, r: Result<(), ProvenanceError
 
 /// Run until `shutdown` resolves (or a replayed source is exhausted).
 pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<Summary, DaemonError> {
-    let Daemon { cfg, mut controller, mut source, actuator, ingest, checkpoint } = d;
+    let Daemon { cfg, mut controller, mut source, mut actuator, ingest, checkpoint, fleet } = d;
+    let mut fleet = fleet.map(crate::fleet::Fleet::start);
+    let mut swaps = fleet.as_mut().and_then(|f| f.swaps.take());
+    if let Some(f) = &fleet {
+        controller.set_gate(Arc::new(f.gate.clone()));
+        actuator = Arc::new(crate::actuate::FencedActuator::new(actuator));
+    }
     controller.set_unanswered_after(Some(cfg.guard.unanswered_after_ms()));
     let Listeners { metrics: listener, control, auth, max_body_bytes } = listeners;
     // Checked where the address is known for sure (the caller checks the
@@ -569,6 +635,8 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         recent: Default::default(),
         answer_addr,
         answer_url,
+        fleet,
+        aborts: HashMap::new(),
     };
     let pause_file = cfg.daemon.pause_path();
     ready.store(true, Ordering::Release);
@@ -589,8 +657,25 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             _ = &mut shutdown => break,
             Some(done) = done_rx.recv() => sh.finished(done),
             Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file),
+            Some(swap) = next_swap(&mut swaps) => {
+                let v = swap.version;
+                match sh.ctl.swap_table(swap.table, v) {
+                    Ok(()) => {
+                        tracing::info!(version = v, "shared policy version swapped in");
+                        if let Some(f) = &mut sh.fleet {
+                            f.snapshot(Some(v), sh.ctl.learner().table(), true);
+                        }
+                    }
+                    Err(why) => tracing::error!(version = v, reason = %why,
+                        "shared policy version refused; keeping the running table"),
+                }
+                Ok(())
+            }
             ws = win_rx.recv(), if source_open => match ws {
                 Some(ws) => ws.iter().try_for_each(|w| {
+                    if let Some(f) = &sh.fleet {
+                        f.watch(&w.pipeline);
+                    }
                     let t0 = std::time::Instant::now();
                     let out = sh.ctl.on_window(w, now_ms());
                     crate::metrics::DECISION_SECONDS.observe(t0.elapsed());
@@ -610,7 +695,10 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                 while sh.tasks.try_join_next().is_some() {}
                 let now = now_ms();
                 let out = sh.ctl.on_tick(now);
-                let handled = sh.handle(out);
+                let handled = sh.handle(out).and_then(|()| sh.fence_in_flight(now));
+                if let Some(f) = &mut sh.fleet {
+                    f.snapshot(sh.ctl.policy_version(), sh.ctl.learner().table(), false);
+                }
                 sh.evict_idle(ingest.as_deref(), now);
                 if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {
                     let why = format!("pause file {} exists", pause_file.display());
@@ -662,6 +750,10 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         p.stop();
     }
     sh.tasks.abort_all();
+    // In-flight actions are done or cancelled: give the leases back.
+    if let Some(f) = sh.fleet.take() {
+        f.stop(Duration::from_secs(2)).await;
+    }
     sh.save();
     keep_first(&mut fatal, sync_log(&sh.log).await);
     let _ = stop_http.send(true);

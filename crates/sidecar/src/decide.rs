@@ -56,6 +56,17 @@ use selfheal_guard::Mode;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+/// Whether this replica may act for a pipeline now: the seam through which
+/// the fleet's lease keeper ([`crate::fleet`]) gates the decision core. Read
+/// on every window, so it must answer from memory without blocking.
+pub trait ActGate: Send + Sync {
+    /// `Ok(epoch)` when this replica holds `pipeline`'s lease with more than
+    /// the safety margin left at `now_ms` (Unix ms), the lease epoch being the
+    /// fencing token every action carries; `Err(why)` otherwise, in words
+    /// (`"held by replica-b (epoch 4)"`).
+    fn may_act(&self, pipeline: &str, now_ms: i64) -> Result<u64, String>;
+}
+
 /// Settings of the decision core (from the config's model and guard sections).
 #[derive(Clone, Debug)]
 pub struct DecideConfig {
@@ -279,6 +290,19 @@ pub struct Controller {
     told: HashMap<String, Told>,
     /// A proposal unanswered this long is paged as such (`guard.approval_unanswered_secs`).
     unanswered_after_ms: Option<u64>,
+    /// The fleet's lease gate; `None`: one process, acts for every pipeline.
+    gate: Option<Arc<dyn ActGate>>,
+    /// The shared policy version the table came from (`None`: a local model).
+    policy_version: Option<u64>,
+}
+
+/// An action's idempotency key `key`, stamped with the lease epoch when the
+/// fleet's gate gave one (`key@epoch`, `selfheal_fleet::FencingToken`).
+fn fenced(key: String, pipeline: &str, lease: Option<Result<u64, String>>) -> String {
+    match lease {
+        Some(Ok(epoch)) => selfheal_fleet::FencingToken { key: pipeline.to_string(), epoch }.idempotency_key(&key),
+        _ => key,
+    }
 }
 
 /// Result of a human's answer to a proposal.
@@ -311,7 +335,47 @@ impl Controller {
             stats: Stats::default(),
             told: HashMap::new(),
             unanswered_after_ms: None,
+            gate: None,
+            policy_version: None,
         }
+    }
+
+    /// Act only for the pipelines `gate` allows (a fleet replica); stamp
+    /// every action's idempotency key with the lease epoch
+    /// (`{decision}/{action}@{epoch}`, `selfheal_fleet::FencingToken`). A
+    /// window of a pipeline this replica does not hold is still scored and
+    /// logged, with the verdict `observed` and the reason "not the lease
+    /// holder: ...", and teaches the table nothing (another replica acts on it).
+    pub fn set_gate(&mut self, gate: Arc<dyn ActGate>) {
+        self.gate = Some(gate);
+    }
+
+    /// Replace the Q table with `table`, shared policy version `version`,
+    /// between two windows (the caller owns the controller, so no window sees
+    /// half of it). Exploration (ε) carries over; pending rewards update the
+    /// new table. Every later decision record names `version`.
+    ///
+    /// # Errors
+    /// A message, and the old table kept, when `table` has another number of
+    /// states than the running one (another encoder or detector).
+    pub fn swap_table(&mut self, table: selfheal_agent::QTable, version: u64) -> Result<(), String> {
+        let running = self.parts.learner.table().num_states();
+        if table.num_states() != running {
+            return Err(format!(
+                "policy version {version} has {} states, the running table {running}: another encoder or detector",
+                table.num_states()
+            ));
+        }
+        let (params, eps) = (*self.parts.learner.params(), self.parts.learner.epsilon());
+        self.parts.learner = QLearner::from_table(table, params, self.cfg.seed ^ version);
+        self.parts.learner.set_epsilon(eps);
+        self.policy_version = Some(version);
+        Ok(())
+    }
+
+    /// The shared policy version the table came from, if any.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.policy_version
     }
 
     /// Page "nobody answered" for a proposal still open `ms` after it was
@@ -617,8 +681,13 @@ impl Controller {
             *self.stats.overrides.entry(choice.cause.name().to_string()).or_default() += 1;
         }
 
-        // 4. Guardrails.
-        let (verdict, reason, executed, plan) = if settling {
+        // 4. Guardrails, after the fleet's lease gate.
+        let lease = self.gate.as_ref().map(|g| g.may_act(&w.pipeline, now_ms));
+        let standby = matches!(lease, Some(Err(_)));
+        let (verdict, reason, executed, plan) = if let Some(Err(why)) = &lease {
+            let would = if chosen == Action::NoOp { String::new() } else { format!("; would {chosen}") };
+            (Verdict::Observed, format!("not the lease holder: {why}{would}"), Action::NoOp, None)
+        } else if settling {
             (
                 Verdict::Noop,
                 format!("observing the previous action for {} windows", self.cfg.reward_windows),
@@ -658,14 +727,14 @@ impl Controller {
         let trail: Vec<serde_json::Value> = p.trail.iter().cloned().collect();
         let logged = detection.anomalous || chosen != Action::NoOp || self.cfg.log_healthy;
         let id = if logged || plan.is_some() { Some(self.next_id()) } else { None };
-        if self.cfg.learn && !settling {
+        if self.cfg.learn && !settling && !standby {
             let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
             p.pending =
                 Some(PendingReward { id: id.clone(), state, action: executed, acc: 0.0, windows: 0, spoiled: false });
         }
         *self.stats.decisions.entry((chosen.name().to_string(), verdict.to_string())).or_default() += 1;
         let Some(id) = id else { return out };
-        let key = format!("{id}/{}", chosen.name());
+        let key = fenced(format!("{id}/{}", chosen.name()), &w.pipeline, lease);
         let plan = plan.map(|pl| match pl {
             Pending::Act => {
                 self.in_flight.insert(id.clone());
@@ -748,6 +817,7 @@ impl Controller {
             idempotency_key: matches!(plan, Some(Plan::Act(_))).then_some(key),
             cause: choice.cause,
             evidence: evidence(t),
+            policy_version: self.policy_version,
         };
         out.records.insert(0, (Record::Decision(rec), durable));
         out.plan = plan.filter(|p| *p != Plan::Nothing);
@@ -916,12 +986,18 @@ impl Controller {
             let why = format!("approved, but {denied}; not run");
             self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
             why
+        } else if let Some(Err(lease)) = self.gate.as_ref().map(|g| g.may_act(&prop.pipeline, now_ms)) {
+            let why =
+                format!("approved, but this replica is not the lease holder of {}: {lease}; not run", prop.pipeline);
+            self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
+            why
         } else {
+            let lease = self.gate.as_ref().map(|g| g.may_act(&prop.pipeline, now_ms));
             self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
             self.in_flight.insert(id.to_string());
             out.plan = Some(Plan::Act(Order {
                 id: id.into(),
-                key: format!("{id}/{}", prop.action.name()),
+                key: fenced(format!("{id}/{}", prop.action.name()), &prop.pipeline, lease),
                 pipeline: prop.pipeline.clone(),
                 action: prop.action,
             }));
@@ -973,6 +1049,23 @@ impl Controller {
             "cancelled at shutdown; may not have run".into(),
             now_ms,
         );
+        out
+    }
+
+    /// An action cancelled while it ran because this replica's lease ran low
+    /// (a fleet replica, see [`crate::fleet`]): logged as cancelled, teaches
+    /// nothing; the replica that takes the lease over acts next.
+    pub fn on_lease_lost(&mut self, order: &Order, why: &str, now_ms: i64) -> Output {
+        self.budget.finish(&order.pipeline);
+        self.in_flight.remove(&order.id);
+        if let Some(p) = self.pipelines.get_mut(&order.pipeline) {
+            if p.pending.as_ref().is_some_and(|pend| pend.id.as_deref() == Some(order.id.as_str())) {
+                p.pending = None;
+            }
+        }
+        let mut out = Output::default();
+        let detail = format!("cancelled: {why}; it may have run in part");
+        self.outcome(&mut out, &order.id, OutcomeStatus::Cancelled, detail, now_ms);
         out
     }
 

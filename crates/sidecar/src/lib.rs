@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod daemon;
 pub mod decide;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod notify;

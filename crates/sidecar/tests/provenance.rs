@@ -45,6 +45,7 @@ fn decision(id: &str, ts_ms: i64, pipeline: &str, chosen: &str, verdict: &str) -
         idempotency_key: Some(format!("{id}-key")),
         cause: Default::default(),
         evidence: vec![],
+        policy_version: None,
     }
 }
 

@@ -1,0 +1,661 @@
+//! The daemon as one replica of a fleet: leases, fencing, and the shared
+//! policy (issue 18). Absent a `[fleet]` section none of this runs and the
+//! daemon acts for every pipeline, as one process always did.
+//!
+//! Why this shape: the rules (who may take a lease, the fence, the shard,
+//! the merge) are pure and live in `selfheal_fleet`; what is left here is
+//! I/O on a timer, kept out of the decision core. Three tokio tasks talk to
+//! the daemon's loop through channels and one `watch` value:
+//!
+//! - the **lease keeper** ([`keeper`]): every `renew_secs`, heartbeat
+//!   `replica/{id}`, list the lease table, compute this replica's pipelines by
+//!   rendezvous sharding over the live heartbeats (`selfheal_fleet::shard`),
+//!   take or renew their leases, release those no longer ours (once no action
+//!   of ours runs on them), and publish the result ([`Held`]) through a
+//!   `tokio::sync::watch`. The decision core reads it through [`LeaseGate`]
+//!   ([`crate::decide::ActGate`]) on every window without waiting: it acts for
+//!   a pipeline only while the lease `may_act` (more than `margin_secs`
+//!   left), stamps the action's idempotency key with the lease epoch, and the
+//!   daemon cancels an action still running when less than half the margin
+//!   is left, so a replica that cannot renew stops before another can start;
+//! - the **policy poller** ([`poll_policy`]): `GET current` with the last
+//!   ETag (`If-None-Match`); on a change, fetch the version, check it fits the
+//!   running model ([`fit`]: encoder, detector, actions, state count) and
+//!   hand its table to the loop, which swaps it in between two windows;
+//!   a misfit is logged and the running table kept;
+//! - the **delta pusher** ([`push_deltas`]): every `push_deltas_secs` the loop
+//!   sends a copy of its table; the pusher stores the online visits and Q
+//!   values learned since the last push as a delta for `selfheal fleet merge`.
+//!
+//! What happens when a replica dies: its heartbeat and leases lapse after at
+//! most `lease_secs`; at their next tick the others see it gone, the shard
+//! moves its pipelines to them, and they take the leases with the next epoch
+//! (at most `lease_secs + renew_secs` after the death). An action it had
+//! started was started with more than `margin_secs` of lease left, so it had
+//! that long to finish before anyone else could act.
+
+pub mod config;
+
+use crate::decide::ActGate;
+use config::{FleetConfig, LeaseBackend};
+use selfheal_agent::store::ModelFile;
+use selfheal_agent::QTable;
+use selfheal_core::StateEncoder;
+use selfheal_fleet::shard::{self, heartbeat_key, HEARTBEAT_PREFIX};
+use selfheal_fleet::{
+    DynamoLeases, Fetched, KubeLeases, Lease, LeaseError, LeaseRecord, LeaseStore, PolicyDelta, PolicyStore,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use selfheal_fleet as lib;
+
+/// The lease store of a replica: one of the backends of `selfheal_fleet`.
+pub enum Leases {
+    /// A DynamoDB table.
+    Dynamo(DynamoLeases),
+    /// Kubernetes Lease objects.
+    Kube(Box<KubeLeases>),
+}
+
+impl LeaseStore for Leases {
+    async fn try_acquire(
+        &self,
+        key: &str,
+        holder: &str,
+        now_ms: i64,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, LeaseError> {
+        match self {
+            Leases::Dynamo(s) => s.try_acquire(key, holder, now_ms, ttl).await,
+            Leases::Kube(s) => s.try_acquire(key, holder, now_ms, ttl).await,
+        }
+    }
+    async fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> Result<Option<Lease>, LeaseError> {
+        match self {
+            Leases::Dynamo(s) => s.renew(lease, now_ms, ttl).await,
+            Leases::Kube(s) => s.renew(lease, now_ms, ttl).await,
+        }
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool, LeaseError> {
+        match self {
+            Leases::Dynamo(s) => s.release(lease).await,
+            Leases::Kube(s) => s.release(lease).await,
+        }
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<LeaseRecord>, LeaseError> {
+        match self {
+            Leases::Dynamo(s) => s.list(prefix).await,
+            Leases::Kube(s) => s.list(prefix).await,
+        }
+    }
+}
+
+/// A pipeline's lease as the table shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The replica holding (or last holding) it.
+    pub holder: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Unexpired at the keeper's last look.
+    pub live: bool,
+}
+
+/// What the lease keeper last saw and holds; published through a `watch`.
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    /// The pipeline leases this replica holds and may act under.
+    pub leases: BTreeMap<String, Lease>,
+    /// Leases the shard gave to another replica, still renewed only while
+    /// an action of ours runs on them: no new action starts under them.
+    pub kept: BTreeMap<String, Lease>,
+    /// Every pipeline lease of the table (for `/metrics`).
+    pub holders: BTreeMap<String, Holder>,
+    /// Live replicas, this one included.
+    pub replicas: Vec<String>,
+}
+
+/// The decision core's view of the leases ([`ActGate`]).
+#[derive(Clone)]
+pub struct LeaseGate {
+    held: watch::Receiver<Arc<Held>>,
+    margin: Duration,
+}
+
+impl LeaseGate {
+    /// A gate over what `held` publishes, acting only with more than `margin` left.
+    pub fn new(held: watch::Receiver<Arc<Held>>, margin: Duration) -> LeaseGate {
+        LeaseGate { held, margin }
+    }
+
+    /// Whether an action already running for `pipeline` may go on at
+    /// `now_ms`: the lease still has more than half the margin left.
+    pub fn may_continue(&self, pipeline: &str, now_ms: i64) -> bool {
+        let held = self.held.borrow().clone();
+        held.leases
+            .get(pipeline)
+            .or_else(|| held.kept.get(pipeline))
+            .is_some_and(|l| l.may_act(now_ms, self.margin / 2))
+    }
+}
+
+impl ActGate for LeaseGate {
+    fn may_act(&self, pipeline: &str, now_ms: i64) -> Result<u64, String> {
+        let held = self.held.borrow().clone();
+        match held.leases.get(pipeline) {
+            Some(l) if l.may_act(now_ms, self.margin) => Ok(l.epoch()),
+            Some(l) => Err(format!(
+                "lease epoch {} has {} ms left, within the {} ms margin",
+                l.epoch(),
+                l.expires_at_ms() - now_ms,
+                self.margin.as_millis()
+            )),
+            None => match held.holders.get(pipeline) {
+                Some(h) if h.live => Err(format!("held by {} (epoch {})", h.holder, h.epoch)),
+                _ => Err("no lease taken yet".into()),
+            },
+        }
+    }
+}
+
+/// The shared policy: where it lives and what it must fit.
+pub struct PolicyLink {
+    /// The S3 store.
+    pub store: Arc<PolicyStore>,
+    /// The model the daemon started with: a fetched version must fit it ([`fit`]).
+    pub running: ModelFile,
+    /// The encoder that describes states (for the deltas' `desc`).
+    pub describe: Arc<dyn StateEncoder + Send + Sync>,
+}
+
+/// A replica's parts, built from `[fleet]` by the binary ([`Fleet::connect`]).
+pub struct Fleet {
+    /// The section.
+    pub cfg: FleetConfig,
+    /// This replica's id.
+    pub replica: String,
+    /// The lease store.
+    pub leases: Arc<Leases>,
+    /// The shared policy, if `[fleet.policy_store]` is set.
+    pub policy: Option<PolicyLink>,
+}
+
+/// Why the fleet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// A setting.
+    #[error("[fleet]: {0}")]
+    Config(String),
+    /// The lease store.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// Kubernetes client configuration.
+    #[error("[fleet.leases] kubernetes: {0}")]
+    Kube(String),
+}
+
+impl Fleet {
+    /// Build the replica's stores from `cfg`: DynamoDB and S3 through the
+    /// given SDK clients (built by the caller from `[aws]`), Kubernetes
+    /// through the in-cluster service account or the kubeconfig. Creates the
+    /// DynamoDB table when `create_table` says so and it is missing.
+    ///
+    /// # Errors
+    /// [`FleetError`] naming the setting or the store that failed.
+    pub async fn connect(
+        cfg: &FleetConfig,
+        dynamodb: lib::aws_sdk_dynamodb::Client,
+        s3: lib::aws_sdk_s3::Client,
+        running: ModelFile,
+        describe: Arc<dyn StateEncoder + Send + Sync>,
+    ) -> Result<Fleet, FleetError> {
+        let replica = cfg.replica(|k| std::env::var(k).ok()).map_err(FleetError::Config)?;
+        let leases = match &cfg.leases {
+            LeaseBackend::Dynamodb { table, create_table } => {
+                let l = DynamoLeases::new(dynamodb, table);
+                if *create_table {
+                    match l.create_table().await {
+                        Ok(()) => tracing::info!(table = %table, "lease table created"),
+                        Err(e) if e.to_string().contains("ResourceInUse") => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Leases::Dynamo(l)
+            }
+            LeaseBackend::Kubernetes { namespace } => {
+                let client = lib::kube::Client::try_default().await.map_err(|e| FleetError::Kube(e.to_string()))?;
+                Leases::Kube(Box::new(KubeLeases::new(client, namespace)))
+            }
+        };
+        let policy = cfg.policy_store.as_ref().map(|p| PolicyLink {
+            store: Arc::new(PolicyStore::new(s3, p.bucket.clone(), &p.prefix)),
+            running,
+            describe,
+        });
+        Ok(Fleet { cfg: cfg.clone(), replica, leases: Arc::new(leases), policy })
+    }
+
+    /// Start the keeper (and the policy tasks); the returned [`Running`] is
+    /// what the daemon's loop uses.
+    pub fn start(self) -> Running {
+        let (tx, rx) = watch::channel(Arc::new(Held::default()));
+        let gate = LeaseGate::new(rx, self.cfg.margin());
+        let seen = Arc::new(Mutex::new(self.cfg.pipelines.iter().cloned().collect::<BTreeSet<_>>()));
+        let busy = Arc::new(Mutex::new(BTreeSet::new()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = vec![tokio::spawn(keeper(Keeper {
+            store: self.leases.clone(),
+            me: self.replica.clone(),
+            ttl: self.cfg.lease(),
+            every: self.cfg.renew(),
+            seen: seen.clone(),
+            busy: busy.clone(),
+            publish: tx,
+            stop: stop_rx.clone(),
+        }))];
+        let (swaps, snapshots, push_every) = match (self.policy, self.cfg.policy_store.clone()) {
+            (Some(link), Some(p)) => {
+                let link = Arc::new(link);
+                let (swap_tx, swap_rx) = mpsc::channel(4);
+                let (snap_tx, snap_rx) = mpsc::channel(2);
+                tasks.push(tokio::spawn(poll_policy(
+                    link.clone(),
+                    Duration::from_secs_f64(p.poll_secs),
+                    swap_tx,
+                    stop_rx.clone(),
+                )));
+                tasks.push(tokio::spawn(push_deltas(link, self.replica.clone(), snap_rx)));
+                (Some(swap_rx), Some(snap_tx), Some(Duration::from_secs_f64(p.push_deltas_secs)))
+            }
+            _ => (None, None, None),
+        };
+        tracing::info!(replica = %self.replica, lease_secs = self.cfg.lease_secs, renew_secs = self.cfg.renew_secs,
+            margin_secs = self.cfg.margin_secs, policy_store = swaps.is_some(), "fleet replica starting");
+        Running {
+            replica: self.replica,
+            gate,
+            seen,
+            busy,
+            swaps,
+            snapshots,
+            push_every,
+            last_push: std::time::Instant::now(),
+            stop: stop_tx,
+            tasks,
+        }
+    }
+}
+
+/// A new policy table for the loop to swap in.
+pub struct Swap {
+    /// The version.
+    pub version: u64,
+    /// Its table, checked to fit ([`fit`]).
+    pub table: QTable,
+}
+
+/// A copy of the loop's table for the delta pusher.
+pub struct Snapshot {
+    /// The version the table descends from (`None`: not from the store).
+    pub version: Option<u64>,
+    /// The table.
+    pub table: QTable,
+    /// Taken right after a swap: the base of later deltas, not a delta.
+    pub rebase: bool,
+}
+
+/// The fleet as the daemon's loop sees it.
+pub struct Running {
+    /// This replica's id.
+    pub replica: String,
+    /// The lease gate (also set on the controller).
+    pub gate: LeaseGate,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    busy: Arc<Mutex<BTreeSet<String>>>,
+    /// New policy versions to swap in; `None` without a policy store.
+    pub swaps: Option<mpsc::Receiver<Swap>>,
+    snapshots: Option<mpsc::Sender<Snapshot>>,
+    push_every: Option<Duration>,
+    last_push: std::time::Instant,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// A window of `pipeline` arrived: lease it from now on.
+    pub fn watch(&self, pipeline: &str) {
+        use crate::LockExt;
+        let mut seen = self.seen.locked();
+        if !seen.contains(pipeline) {
+            seen.insert(pipeline.to_string());
+        }
+    }
+
+    /// An action of ours runs (`true`) or ended on `pipeline`: its lease is
+    /// kept, not released, while one runs.
+    pub fn busy(&self, pipeline: &str, on: bool) {
+        use crate::LockExt;
+        let mut busy = self.busy.locked();
+        if on {
+            busy.insert(pipeline.to_string());
+        } else {
+            busy.remove(pipeline);
+        }
+    }
+
+    /// Hand the table to the delta pusher when a push is due (or `rebase`).
+    pub fn snapshot(&mut self, version: Option<u64>, table: &QTable, rebase: bool) {
+        let (Some(tx), Some(every)) = (&self.snapshots, self.push_every) else { return };
+        if !rebase && self.last_push.elapsed() < every {
+            return;
+        }
+        self.last_push = std::time::Instant::now();
+        if tx.try_send(Snapshot { version, table: table.clone(), rebase }).is_err() {
+            tracing::warn!("the policy delta pusher is behind; this push is skipped");
+        }
+    }
+
+    /// The `/metrics` lines of the fleet.
+    pub fn render(&self, policy_version: Option<u64>) -> String {
+        let held = self.gate.held.borrow().clone();
+        let mut o = String::new();
+        let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let _ = writeln!(o, "# HELP selfheal_leases_held Pipeline leases this replica holds.");
+        let _ = writeln!(o, "# TYPE selfheal_leases_held gauge");
+        let _ = writeln!(o, "selfheal_leases_held{{replica=\"{}\"}} {}", esc(&self.replica), held.leases.len());
+        let _ = writeln!(o, "# HELP selfheal_fleet_replicas Live replicas in the lease table, this one included.");
+        let _ = writeln!(o, "# TYPE selfheal_fleet_replicas gauge");
+        let _ = writeln!(o, "selfheal_fleet_replicas {}", held.replicas.len());
+        let _ = writeln!(
+            o,
+            "# HELP selfheal_lease_holder Per pipeline, the replica its lease names (1 while unexpired, 0 lapsed)."
+        );
+        let _ = writeln!(o, "# TYPE selfheal_lease_holder gauge");
+        for (p, h) in &held.holders {
+            let _ = writeln!(
+                o,
+                "selfheal_lease_holder{{pipeline=\"{}\",holder=\"{}\"}} {}",
+                esc(p),
+                esc(&h.holder),
+                u8::from(h.live)
+            );
+        }
+        let _ = writeln!(o, "# HELP selfheal_lease_epoch Per pipeline, the epoch of its lease (takeovers so far).");
+        let _ = writeln!(o, "# TYPE selfheal_lease_epoch gauge");
+        for (p, h) in &held.holders {
+            let _ = writeln!(o, "selfheal_lease_epoch{{pipeline=\"{}\"}} {}", esc(p), h.epoch);
+        }
+        if let Some(v) = policy_version {
+            let _ = writeln!(o, "# HELP selfheal_policy_version The shared policy version deciding now.");
+            let _ = writeln!(o, "# TYPE selfheal_policy_version gauge");
+            let _ = writeln!(o, "selfheal_policy_version {v}");
+        }
+        o
+    }
+
+    /// A line for `/readyz`: the leases held.
+    pub fn summary(&self) -> String {
+        let held = self.gate.held.borrow().clone();
+        let names: Vec<&str> = held.leases.keys().map(String::as_str).collect();
+        format!("replica {}: {} leases held {names:?}", self.replica, names.len())
+    }
+
+    /// Stop the tasks; the keeper releases the leases it holds first
+    /// (bounded by `within`), so a standby takes over at once.
+    pub async fn stop(self, within: Duration) {
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks.into_iter();
+        if let Some(keeper) = tasks.next() {
+            if tokio::time::timeout(within, keeper).await.is_err() {
+                tracing::warn!("the lease keeper did not release its leases in time; they lapse by themselves");
+            }
+        }
+        for t in tasks {
+            t.abort();
+        }
+    }
+}
+
+/// The keeper's inputs.
+struct Keeper {
+    store: Arc<Leases>,
+    me: String,
+    ttl: Duration,
+    every: Duration,
+    seen: Arc<Mutex<BTreeSet<String>>>,
+    busy: Arc<Mutex<BTreeSet<String>>>,
+    publish: watch::Sender<Arc<Held>>,
+    stop: watch::Receiver<bool>,
+}
+
+/// The lease keeper task (see the module docs). Store errors are logged and
+/// retried at the next tick; a lease that cannot be renewed stops allowing
+/// actions by itself as its expiry nears.
+async fn keeper(mut k: Keeper) {
+    use crate::LockExt;
+    let now = crate::now_ms;
+    let mut heartbeat: Option<Lease> = None;
+    let mut mine: BTreeMap<String, Lease> = BTreeMap::new();
+    let mut draining: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(k.every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = k.stop.changed() => break,
+        }
+        let hb = match &heartbeat {
+            Some(l) => within(k.every, k.store.renew(l, now(), k.ttl)).await,
+            None => within(k.every, k.store.try_acquire(&heartbeat_key(&k.me), &k.me, now(), k.ttl)).await,
+        };
+        match hb {
+            Ok(l) => heartbeat = l,
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next tick"),
+        }
+        let table = match within(k.every, k.store.list("")).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing renewed this tick: the published leases run down by themselves.
+                tracing::warn!(error = %e, "cannot list the lease table; retrying next tick");
+                continue;
+            }
+        };
+        let pipelines: Vec<String> = k.seen.locked().iter().cloned().collect();
+        let t = now();
+        let want: BTreeSet<String> =
+            shard::my_pipelines(&pipelines, &table, &k.me, t).into_iter().map(str::to_string).collect();
+        // Read after the last publish: an action started under a lease we
+        // published is marked busy by now, and none starts under one we
+        // stopped publishing (the gate reads the published leases).
+        let busy = k.busy.locked().clone();
+        // A lease the shard moved away is drained first: unpublished for a
+        // whole tick (no new action) and kept while an action runs, then released.
+        let drained = std::mem::take(&mut draining);
+        for p in &pipelines {
+            let r = match (mine.get(p), want.contains(p)) {
+                (Some(l), true) => within(k.every, k.store.renew(l, now(), k.ttl)).await,
+                (Some(l), false) if !drained.contains(p) || busy.contains(p) => {
+                    draining.insert(p.clone());
+                    within(k.every, k.store.renew(l, now(), k.ttl)).await
+                }
+                (None, true) => within(k.every, k.store.try_acquire(p, &k.me, now(), k.ttl)).await,
+                _ => continue,
+            };
+            match r {
+                Ok(Some(l)) => {
+                    mine.insert(p.clone(), l);
+                }
+                Ok(None) => {
+                    draining.remove(p);
+                    if mine.remove(p).is_some() {
+                        tracing::warn!(pipeline = %p, "lease lost: taken over; acting stops");
+                    }
+                }
+                Err(e) => tracing::warn!(pipeline = %p, error = %e, "lease call failed; retrying next tick"),
+            }
+        }
+        // Release what the shard gave to another replica, drained, with no action of ours on it.
+        let gone: Vec<String> = mine.keys().filter(|p| !want.contains(*p) && !draining.contains(*p)).cloned().collect();
+        for p in gone {
+            if let Some(l) = mine.remove(&p) {
+                match within(k.every, k.store.release(&l)).await {
+                    Ok(_) => tracing::info!(pipeline = %p, epoch = l.epoch(), "lease released: the shard moved it"),
+                    Err(e) => tracing::warn!(pipeline = %p, error = %e, "release failed; the lease lapses by itself"),
+                }
+            }
+        }
+        // What we do not want but still renew (an action runs) is not published: no new actions.
+        let (acting, kept): (BTreeMap<String, Lease>, BTreeMap<String, Lease>) =
+            mine.iter().map(|(p, l)| (p.clone(), l.clone())).partition(|(p, _)| want.contains(p));
+        publish(&k.publish, &acting, kept, &table, t);
+    }
+    // Shutdown: give every lease back so a standby takes over at once.
+    for l in mine.values().chain(heartbeat.iter()) {
+        if let Err(e) = within(k.every, k.store.release(l)).await {
+            tracing::warn!(key = %l.key(), error = %e, "release at shutdown failed; the lease lapses by itself");
+        }
+    }
+    let _ = k.publish.send(Arc::new(Held::default()));
+    tracing::info!(released = mine.len(), "fleet replica stopped; leases released");
+}
+
+/// One store call, given up after `limit` (a renewal period): a slow store
+/// must not hold the keeper past the leases it should renew. A call given up
+/// may still have landed; the lease rules make that safe (an unknown take
+/// lapses by itself, an unknown renewal only extends a lease we still obey
+/// by its older expiry).
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, LeaseError>>,
+) -> Result<T, LeaseError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(LeaseError::Store {
+            store: "lease store".into(),
+            op: "call",
+            key: String::new(),
+            message: format!("no answer within {} ms", limit.as_millis()),
+        })
+    })
+}
+
+/// Publish the leases held and the table's view.
+fn publish(
+    tx: &watch::Sender<Arc<Held>>,
+    mine: &BTreeMap<String, Lease>,
+    kept: BTreeMap<String, Lease>,
+    table: &[LeaseRecord],
+    now: i64,
+) {
+    let holders = table
+        .iter()
+        .filter(|r| !r.key.starts_with(HEARTBEAT_PREFIX))
+        .map(|r| (r.key.clone(), Holder { holder: r.holder.clone(), epoch: r.epoch, live: r.live(now) }))
+        .collect();
+    let replicas = shard::live_replicas(table, now);
+    let _ = tx.send(Arc::new(Held { leases: mine.clone(), kept, holders, replicas }));
+}
+
+/// Whether `new` can replace `running`: same encoder id and configuration
+/// (which names the detector), same action columns and state count. Returns
+/// its table, built with `describe` (the running encoder).
+///
+/// # Errors
+/// What differs, in words.
+pub fn fit(running: &ModelFile, new: &ModelFile, describe: &dyn StateEncoder) -> Result<QTable, String> {
+    if new.encoder.id != running.encoder.id {
+        return Err(format!("encoder {:?} is not the running {:?}", new.encoder.id, running.encoder.id));
+    }
+    if new.encoder.config.detector != running.encoder.config.detector {
+        return Err(format!(
+            "detector {:?} is not the running {:?}",
+            new.encoder.config.detector, running.encoder.config.detector
+        ));
+    }
+    if new.actions != running.actions {
+        return Err(format!("actions {:?} are not the running {:?}", new.actions, running.actions));
+    }
+    if new.num_states != running.num_states {
+        return Err(format!("{} states, the running model {}", new.num_states, running.num_states));
+    }
+    new.table(describe).map_err(|e| e.to_string())
+}
+
+/// The policy poller task (see the module docs).
+async fn poll_policy(
+    link: Arc<PolicyLink>,
+    every: Duration,
+    swaps: mpsc::Sender<Swap>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut etag: Option<String> = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match link.store.fetch_if_changed(etag.as_deref()).await {
+            Ok(Fetched::Unchanged) => {}
+            Ok(Fetched::Changed { etag: e, version }) => {
+                etag = Some(e);
+                match fit(&link.running, &version.model, link.describe.as_ref()) {
+                    Ok(table) => {
+                        tracing::info!(version = version.version, parent = ?version.parent, "new shared policy version");
+                        if swaps.send(Swap { version: version.version, table }).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(why) => tracing::error!(version = version.version, reason = %why,
+                        "shared policy version refused: it does not fit the running model; keeping the running table"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "policy store poll failed; retrying next poll"),
+        }
+    }
+}
+
+/// The delta pusher task (see the module docs). A delta is pushed from the
+/// table of the last successful push (or of the last swap) to the new one;
+/// a failed push is folded into the next. Learning on a table that a swap
+/// replaced before its push is dropped (it descends from another version).
+async fn push_deltas(link: Arc<PolicyLink>, replica: String, mut snaps: mpsc::Receiver<Snapshot>) {
+    let mut base: Option<(u64, QTable)> = None;
+    while let Some(s) = snaps.recv().await {
+        let Some(v) = s.version else { continue };
+        if s.rebase {
+            base = Some((v, s.table));
+            continue;
+        }
+        let Some((bv, bt)) = &base else { continue };
+        if *bv != v {
+            continue;
+        }
+        let delta = match PolicyDelta::between(&replica, v, bt, &s.table, link.describe.as_ref()) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "policy delta not computed; rebasing on the current table");
+                base = Some((v, s.table));
+                continue;
+            }
+        };
+        if delta.rows.is_empty() {
+            continue;
+        }
+        match link.store.push_delta(&delta).await {
+            Ok(key) => {
+                tracing::info!(key = %key, visits = delta.total_visits(), base_version = v, "policy delta pushed");
+                base = Some((v, s.table));
+            }
+            Err(e) => tracing::warn!(error = %e, "policy delta push failed; it goes with the next push"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
