@@ -1585,4 +1585,64 @@ mod tests {
         c.expect_published("p", &without);
         assert_eq!(c.stats.missing["p"], vec!["pipeline.records.delivered"]);
     }
+
+    /// A gate that holds `p` at epoch 7 and nothing else.
+    struct Gate;
+    impl ActGate for Gate {
+        fn may_act(&self, pipeline: &str, _now_ms: i64) -> Result<u64, String> {
+            if pipeline == "p" {
+                Ok(7)
+            } else {
+                Err("held by replica-b (epoch 3)".into())
+            }
+        }
+    }
+
+    #[test]
+    fn a_fleet_replica_acts_only_under_its_lease_and_stamps_the_epoch() {
+        let mut c = controller(Mode::Act, 300, 2.0);
+        c.set_gate(Arc::new(Gate));
+        let out = c.on_window(&window(0), 0);
+        let d = decision(&out);
+        assert_eq!((d.chosen.name(), d.verdict.as_str()), ("scale_up", "allowed"));
+        let Some(Plan::Act(o)) = &out.plan else { panic!("no action: {:?}", out.plan) };
+        assert!(o.key.ends_with("/scale_up@7"), "the key carries the epoch: {}", o.key);
+        assert_eq!(selfheal_fleet::FencingToken::parse_idempotency_key(&o.key).map(|(_, e)| e), Some(7));
+        assert_eq!(d.idempotency_key.as_deref(), Some(o.key.as_str()));
+
+        // Another replica's pipeline: observed, logged, nothing run, nothing learned.
+        let mut c = controller(Mode::Act, 300, 2.0);
+        c.set_gate(Arc::new(Gate));
+        let other = Window { pipeline: "q".into(), ..window(0) };
+        let out = c.on_window(&other, 0);
+        let d = decision(&out);
+        assert_eq!(d.verdict.as_str(), "observed");
+        assert!(d.reason.starts_with("not the lease holder: held by replica-b (epoch 3)"), "{}", d.reason);
+        assert!(d.reason.ends_with("would scale_up"), "{}", d.reason);
+        assert_eq!((out.plan.clone(), d.idempotency_key.clone()), (None, None));
+        let before = c.learner().table().clone();
+        let _ = c.on_window(&Window { ts_ms: 60_000, ..other.clone() }, 1);
+        assert_eq!(c.learner().table(), &before, "a standby's window teaches nothing");
+    }
+
+    #[test]
+    fn a_policy_swap_is_refused_on_another_shape_and_named_in_every_later_decision() {
+        let mut c = controller(Mode::Act, 300, 2.0);
+        assert_eq!(decision(&c.on_window(&window(0), 0)).policy_version, None);
+        let n = c.learner().table().num_states();
+        let err = c.swap_table(QTable::new(n + 1), 4).unwrap_err();
+        assert!(err.contains("policy version 4"), "{err}");
+        assert_eq!(c.policy_version(), None, "the old table stays");
+        // The new version's table: scale_down leads now.
+        let mut t = QTable::new(n);
+        let (s, _) = encoder().encode(&window(0).telemetry);
+        let mut q = [-5.0; Action::COUNT];
+        q[Action::ScaleDown.index()] = -3.0;
+        t.set_row(s, &q, &[300 / Action::COUNT as u32; Action::COUNT]);
+        c.swap_table(t.clone(), 5).unwrap();
+        assert_eq!(c.policy_version(), Some(5));
+        assert_eq!(c.learner().table().row(s), t.row(s));
+        let out = c.on_window(&window(120_000), 2);
+        assert_eq!(decision(&out).policy_version, Some(5));
+    }
 }

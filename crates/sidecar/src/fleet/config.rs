@@ -232,4 +232,22 @@ mod tests {
         assert!(toml::from_str::<FleetConfig>("lease_sec = 3\n[leases]\nkind = \"kubernetes\"\nnamespace = \"n\"\n")
             .is_err());
     }
+
+    #[test]
+    fn the_commented_example_parses_and_checks_clean() {
+        let text = crate::config::EXAMPLE;
+        let start = text.find("# [fleet]\n").expect("a [fleet] example in sidecar.example.toml");
+        let block: String = text[start..]
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.split_once(" = ").is_some())
+            .map(|l| l.split("  #").next().unwrap_or(l).trim_end().to_string() + "\n")
+            .collect();
+        let cfg = crate::config::SidecarConfig::from_toml_str(&block, "the [fleet] example")
+            .unwrap_or_else(|e| panic!("{e}\n{block}"));
+        let f = cfg.fleet.expect("a [fleet] table");
+        assert_eq!(f.replica_id.as_deref(), Some("selfheal-0"));
+        assert_eq!(f.leases, LeaseBackend::Dynamodb { table: "selfheal-leases".into(), create_table: false });
+        assert_eq!(f.policy_store.map(|p| p.bucket), Some("selfheal-policies".into()));
+    }
 }
