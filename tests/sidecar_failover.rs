@@ -291,3 +291,112 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
     assert!(worst.1 <= LEASE_MS + RENEW_MS + 700, "{} unwatched for {} ms", worst.0, worst.1);
     drop(moto);
 }
+
+/// An S3 client against `url` (path-style, plain Content-Length bodies for the proxy).
+fn s3_client(url: &str) -> selfheal_sidecar::fleet::lib::aws_sdk_s3::Client {
+    use s3::config::{BehaviorVersion, Credentials, Region};
+    use selfheal_sidecar::fleet::lib::aws_sdk_s3 as s3;
+    let conf = s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .endpoint_url(url)
+        .force_path_style(true)
+        .request_checksum_calculation(s3::config::RequestChecksumCalculation::WhenRequired)
+        .build();
+    s3::Client::from_conf(conf)
+}
+
+/// Policy versions named by the decision records of `state` after `since` (Unix ms).
+fn versions_after(state: &Path, since: i64) -> Vec<Option<u64>> {
+    let Ok(log) = read_log(&state.join("provenance.jsonl")) else { return Vec::new() };
+    log.records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Decision(d) if d.ts_ms > since => Some(d.policy_version),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The shared policy end to end: a replica swaps in the store's current
+/// version, pushes what it learns online as deltas, swaps in the version a
+/// merge folds them into, and follows a rollback; its decision records name
+/// the version behind each decision.
+#[test]
+fn a_replica_follows_the_shared_policy_and_pushes_its_deltas() {
+    use selfheal_sidecar::fleet::lib::{Merged, PolicyStore};
+    let work = tempfile::Builder::new().prefix("selfheal-policy-").tempdir().unwrap();
+    let moto = moto::Moto::start(&work.path().join("moto.log"));
+    let proxy = serial::Serial::start(&moto.addr).url;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let s3 = s3_client(&proxy);
+    rt.block_on(s3.create_bucket().bucket("policies").send()).expect("create the bucket");
+    let store = PolicyStore::new(s3, "policies", "fleet/");
+    let shipped =
+        selfheal_agent::store::ModelFile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("models/policy.json"))
+            .expect("the shipped policy");
+    rt.block_on(store.init(shipped)).expect("version 1 in the store");
+
+    let scenario = fault_heavy_scenario(work.path());
+    let cfg = format!(
+        "[daemon]\nlog_healthy = true\n\
+         [model]\nscenario = {scenario:?}\n\
+         [source]\nkind = \"simulator\"\ntick_ms = 50\npipelines = 3\nseed = 11\n\
+         [actuator]\nkind = \"dry-run\"\n\
+         [guard]\nmode = \"act\"\n\
+         [guard.confidence]\nmin_visits = 0\nmin_lead = 0.0\n\
+         [guard.budget]\nactions_per_hour = 100000\ncooldown_secs = 0\nblast_radius = 3\n\
+         [aws]\nregion = \"us-east-1\"\nendpoint_url = {proxy:?}\n\
+         [fleet]\nlease_secs = 2.0\nrenew_secs = 0.3\nmargin_secs = 0.5\n\
+         [fleet.leases]\nkind = \"dynamodb\"\ntable = \"leases\"\ncreate_table = true\n\
+         [fleet.policy_store]\nbucket = \"policies\"\nprefix = \"fleet/\"\npoll_secs = 0.3\npush_deltas_secs = 1.0\n"
+    );
+    let state = work.path().join("state");
+    let env = [
+        ("POD_NAME", "replica-p"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &env });
+    wait_for(Duration::from_secs(20), "decisions made with policy version 1", || {
+        versions_after(&state, 0).contains(&Some(1))
+    });
+    assert_eq!(metric(&d.metrics(), "selfheal_policy_version"), Some(1.0));
+
+    // The replica's deltas arrive; a merge folds them into version 2, which the replica swaps in.
+    let mut merged = None;
+    let start = Instant::now();
+    while merged.is_none() {
+        assert!(start.elapsed() < Duration::from_secs(40), "no delta pushed:\n{}", d.stderr_tail());
+        match rt.block_on(store.merge(5)).expect("merge") {
+            Merged::Version { version, deltas, visits, .. } => merged = Some((version, deltas, visits)),
+            Merged::Nothing { .. } => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+    let (v2, deltas, visits) = merged.unwrap();
+    eprintln!("merged {deltas} delta(s) of {visits} online updates into version {v2}");
+    assert!(v2 >= 2 && deltas >= 1 && visits >= 1);
+    let merged_at = now_ms();
+    wait_for(Duration::from_secs(10), "decisions made with the merged version", || {
+        versions_after(&state, merged_at).contains(&Some(v2))
+    });
+
+    // Rollback: back to version 1, and the replica follows.
+    let (from, to) = rt.block_on(store.rollback()).expect("rollback");
+    assert_eq!((from, to), (v2, 1));
+    let rolled_at = now_ms();
+    wait_for(Duration::from_secs(10), "decisions made with version 1 again", || {
+        versions_after(&state, rolled_at).contains(&Some(1))
+    });
+    // Once swapped back, no later decision names the rolled-back version.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after = versions_after(&state, rolled_at);
+    let first = after.iter().position(|v| *v == Some(1)).unwrap();
+    assert!(after.len() > first + 5, "too few decisions after the swap back: {after:?}");
+    assert!(after[first..].iter().all(|v| *v == Some(1)), "{after:?}");
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "exit {st}:\n{}", d.stderr_tail());
+    drop(moto);
+}
