@@ -400,3 +400,90 @@ fn a_replica_follows_the_shared_policy_and_pushes_its_deltas() {
     assert!(st.success(), "exit {st}:\n{}", d.stderr_tail());
     drop(moto);
 }
+
+/// A replica cut off from its lease store (moto killed) stops on its own: no
+/// action starts once less than the margin of its last renewal is left, and
+/// the action running then (longer than the margin) is cancelled before the
+/// lease lapses, so another replica could take over without overlap.
+#[test]
+fn a_replica_that_cannot_renew_stops_acting_before_its_lease_lapses() {
+    let work = tempfile::Builder::new().prefix("selfheal-cutoff-").tempdir().unwrap();
+    let moto = moto::Moto::start(&work.path().join("moto.log"));
+    let proxy = serial::Serial::start(&moto.addr).url;
+    let applied_path = work.path().join("applied.txt");
+    // Longer than the margin: the lease can run low while it runs.
+    let script = script(
+        work.path(),
+        "act.sh",
+        "cat > /dev/null\n\
+         echo \"start $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n\
+         sleep 1.8\n\
+         echo \"done $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n",
+    );
+    let cfg = config(work.path(), &proxy, &script, &applied_path);
+    let env = [
+        ("POD_NAME", "replica-c"),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let state = work.path().join("state");
+    let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &env });
+    wait_for(Duration::from_secs(20), "the replica to hold every lease", || {
+        held_by(&d, "replica-c").len() == PIPELINES
+    });
+    let mut running: Option<Applied> = None;
+    wait_for(Duration::from_secs(60), "an action just started", || {
+        let recs = applied(&applied_path);
+        running = recs
+            .iter()
+            .filter(|r| r.phase == "start" && now_ms() - r.ms < 300)
+            .find(|r| !recs.iter().any(|o| o.phase == "done" && o.key == r.key))
+            .cloned();
+        running.is_some()
+    });
+    let running = running.unwrap();
+    drop(moto);
+    let cut_at = now_ms();
+    // Its last renewal was before the cut: every lease lapses by cut_at + LEASE_MS.
+    std::thread::sleep(Duration::from_millis(LEASE_MS as u64 + 1_500));
+    let log = read_log(&state.join("provenance.jsonl")).expect("read the log");
+    let late: Vec<String> = log
+        .records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Decision(x) if x.verdict == "allowed" && x.ts_ms + MARGIN_MS >= cut_at + LEASE_MS => {
+                Some(format!("{} at {}", x.id, x.ts_ms))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(late.is_empty(), "actions allowed with less than the margin of lease left: {late:?}");
+    let lost = log.records.iter().any(|r| {
+        matches!(r, Record::Decision(x) if x.ts_ms > cut_at + LEASE_MS && x.reason.starts_with("not the lease holder"))
+    });
+    assert!(lost, "after its leases ran out, the replica still decided as their holder");
+    let id = running.key.split('/').next().unwrap();
+    let cancelled = log.records.iter().find_map(|r| match r {
+        Record::Outcome(o) if o.id == id => Some(o.clone()),
+        _ => None,
+    });
+    let o = cancelled.unwrap_or_else(|| panic!("no outcome for {id} ({}):\n{}", running.key, d.stderr_tail()));
+    eprintln!(
+        "{} started {} ms before the cut; {:?} {} ms after it: {}",
+        running.key,
+        cut_at - running.ms,
+        o.status,
+        o.ts_ms - cut_at,
+        o.detail
+    );
+    assert_eq!(o.status.to_string(), "cancelled", "{o:?}");
+    assert!(o.detail.contains("lease ran low"), "{}", o.detail);
+    assert!(o.ts_ms < cut_at + LEASE_MS, "cancelled at {} ms after the cut, after the lease lapsed", o.ts_ms - cut_at);
+    assert!(
+        !applied(&applied_path).iter().any(|r| r.phase == "done" && r.key == running.key),
+        "the cancelled command ran to its end"
+    );
+    let st = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "exit {st}:\n{}", d.stderr_tail());
+}
