@@ -145,6 +145,17 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
         h > 0 && h < PIPELINES && held_by(&b, "replica-b").len() + h == PIPELINES
     });
     let both_up = now_ms();
+    for (d, name) in [(&a, "replica-a"), (&b, "replica-b")] {
+        let r = d.get("/readyz").unwrap();
+        assert_eq!(r.status, 200);
+        let n: usize = r
+            .body
+            .split_once(&format!("replica {name}: "))
+            .and_then(|(_, rest)| rest.split_once(" leases held"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("/readyz does not name the leases held: {}", r.body));
+        assert!((1..PIPELINES).contains(&n), "{name} holds {n} leases: {}", r.body);
+    }
 
     // Kill the replica that has an action in flight, while it is in flight.
     let mut victim: Option<(String, String, String)> = None; // (replica, pipeline, key)

@@ -574,7 +574,12 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);
     let (win_tx, mut win_rx) = mpsc::channel::<Vec<Window>>(256);
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone() };
+    let ready_note = fleet.as_ref().map(|f| {
+        let gate = f.gate.clone();
+        let replica = f.replica.clone();
+        Arc::new(move || crate::fleet::ready_line(&replica, &gate)) as Arc<dyn Fn() -> String + Send + Sync>
+    });
+    let state = AppState { cmd: cmd_tx, ingest: ingest.clone(), ready: ready.clone(), ready_note };
     let answer_addr = control.local_addr().map_err(DaemonError::Http)?.to_string();
     let answer_url = cfg
         .notify

@@ -195,6 +195,8 @@ pub struct AppState {
     pub ingest: Option<Arc<Ingest>>,
     /// True once the models are loaded and the loop runs.
     pub ready: Arc<AtomicBool>,
+    /// A line `/readyz` adds (a fleet replica's leases held); `None`: nothing.
+    pub ready_note: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// The tokens the control plane accepts.
@@ -394,7 +396,10 @@ fn loop_gone() -> Response {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     if s.ready.load(Ordering::Acquire) {
-        text(200, "ready")
+        match &s.ready_note {
+            Some(note) => text(200, format!("ready\n{}", note())),
+            None => text(200, "ready"),
+        }
     } else {
         text(503, "starting")
     }
@@ -571,7 +576,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1024);
         let (cmd, _cmd_rx) = mpsc::channel(1);
         let ing = Arc::new(Ingest::new(1000, tx));
-        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)) };
+        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)), ready_note: None };
         // 200 pipelines in two periods: the second body closes 200 windows.
         let body = |ts: i64| -> String {
             (0..200)
@@ -602,7 +607,7 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         let (cmd, _cmd_rx) = mpsc::channel(1);
         let ing = Arc::new(Ingest::new(1000, tx));
-        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)) };
+        let state = AppState { cmd, ingest: Some(ing), ready: Arc::new(AtomicBool::new(true)), ready_note: None };
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             while let Some(batch) = rx.recv().await {
@@ -638,7 +643,8 @@ mod tests {
         let (cmd, _cmd_rx) = mpsc::channel(1);
         let ing = Arc::new(Ingest::new(1000, tx));
         ing.set_bounds(Bounds { max_pipelines: 2, idle_ms: 5000 });
-        let state = AppState { cmd, ingest: Some(ing.clone()), ready: Arc::new(AtomicBool::new(true)) };
+        let state =
+            AppState { cmd, ingest: Some(ing.clone()), ready: Arc::new(AtomicBool::new(true)), ready_note: None };
         let line = |ts: i64, p: &str| format!("{{\"ts\":{ts},\"pipeline\":\"{p}\",\"metrics\":{{}}}}\n");
         let post = |body: String| ingest(State(state.clone()), Bytes::from(body));
         assert_eq!(post(line(0, "a") + &line(0, "b")).await.status(), StatusCode::OK);

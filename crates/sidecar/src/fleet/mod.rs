@@ -398,13 +398,6 @@ impl Running {
         o
     }
 
-    /// A line for `/readyz`: the leases held.
-    pub fn summary(&self) -> String {
-        let held = self.gate.held.borrow().clone();
-        let names: Vec<&str> = held.leases.keys().map(String::as_str).collect();
-        format!("replica {}: {} leases held {names:?}", self.replica, names.len())
-    }
-
     /// Stop the tasks; the keeper releases the leases it holds first
     /// (bounded by `within`), so a standby takes over at once.
     pub async fn stop(self, within: Duration) {
@@ -419,6 +412,14 @@ impl Running {
             t.abort();
         }
     }
+}
+
+/// The line `/readyz` adds for a replica: `replica R: N leases held ["p1", ...]`.
+/// A standby holding none is ready too: it watches and takes over.
+pub fn ready_line(replica: &str, gate: &LeaseGate) -> String {
+    let held = gate.held.borrow().clone();
+    let names: Vec<&str> = held.leases.keys().map(String::as_str).collect();
+    format!("replica {replica}: {} leases held {names:?}", names.len())
 }
 
 /// The keeper's inputs.
