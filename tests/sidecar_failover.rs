@@ -155,6 +155,11 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
             .and_then(|(n, _)| n.parse().ok())
             .unwrap_or_else(|| panic!("/readyz does not name the leases held: {}", r.body));
         assert!((1..PIPELINES).contains(&n), "{name} holds {n} leases: {}", r.body);
+        let body = d.metrics();
+        let held = metric(&body, &format!("selfheal_leases_held{{replica=\"{name}\"}}"));
+        assert!(held.is_some_and(|h| h >= 1.0 && h < PIPELINES as f64), "{body}");
+        assert_eq!(metric(&body, "selfheal_fleet_replicas"), Some(2.0));
+        promtool_check(&body);
     }
 
     // Kill the replica that has an action in flight, while it is in flight.
