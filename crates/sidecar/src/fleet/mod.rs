@@ -7,7 +7,7 @@
 //! I/O on a timer, kept out of the decision core. Three tokio tasks talk to
 //! the daemon's loop through channels and one `watch` value:
 //!
-//! - the **lease keeper** ([`keeper`]): every `renew_secs`, heartbeat
+//! - the **lease keeper** (`keeper`): every `renew_secs`, heartbeat
 //!   `replica/{id}`, list the lease table, compute this replica's pipelines by
 //!   rendezvous sharding over the live heartbeats (`selfheal_fleet::shard`),
 //!   take or renew their leases, release those no longer ours (once no action
@@ -18,12 +18,12 @@
 //!   left), stamps the action's idempotency key with the lease epoch, and the
 //!   daemon cancels an action still running when less than half the margin
 //!   is left, so a replica that cannot renew stops before another can start;
-//! - the **policy poller** ([`poll_policy`]): `GET current` with the last
+//! - the **policy poller** (`poll_policy`): `GET current` with the last
 //!   ETag (`If-None-Match`); on a change, fetch the version, check it fits the
 //!   running model ([`fit`]: encoder, detector, actions, state count) and
 //!   hand its table to the loop, which swaps it in between two windows;
 //!   a misfit is logged and the running table kept;
-//! - the **delta pusher** ([`push_deltas`]): every `push_deltas_secs` the loop
+//! - the **delta pusher** (`push_deltas`): every `push_deltas_secs` the loop
 //!   sends a copy of its table; the pusher stores the online visits and Q
 //!   values learned since the last push as a delta for `selfheal fleet merge`.
 //!
