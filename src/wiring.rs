@@ -1,5 +1,7 @@
-//! Wiring: the concrete parts (simulator, oracle, encoder, policies) put
-//! together. The only place that knows them all.
+//! Wiring for training and evaluation: the simulator, the oracle and the
+//! named policies put together. The checks of a model against its scenario
+//! and detector are the sidecar crate's ([`selfheal_sidecar::build::models`]),
+//! re-exported here so every command checks a policy the same way.
 
 use anyhow::Result;
 use selfheal_agent::confidence::ConfidenceGate;
@@ -10,8 +12,6 @@ use selfheal_detect::telemetry::DetectorModel;
 use selfheal_harness::{run_episode, Controller, EpisodeStats, PolicyInputs, PolicyKind};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 
-/// The models checked against each other and a scenario now live in the
-/// sidecar crate, which the daemon builds with ([`selfheal_sidecar::build::models`]).
 pub use selfheal_sidecar::build::{
     detector_ref, encoder, encoder_config, encoder_of, job_shape, learned, reward, Encoder,
 };

@@ -1,8 +1,11 @@
 //! `selfheal run`: the sidecar controller, and the small commands around it
 //! (`config`, `validate`, `approve`, `reject`, `pause`, `resume`).
 //!
-//! This is the one place that knows which concrete source, actuator, encoder
-//! and models the daemon gets; `selfheal-sidecar` only knows their traits.
+//! Arguments and output only: `run` loads the files a configuration names (or
+//! the embedded defaults) and hands them to [`build::assemble`], which puts
+//! the daemon together in the sidecar crate; the AWS components come from
+//! `selfheal-aws` when this build has the `aws` feature. `validate` runs
+//! [`build::validate`], the same checks without the network.
 
 use crate::defaults;
 use anyhow::{bail, Context, Result};
