@@ -114,7 +114,7 @@ stage "kubernetes-validate --strict deploy/base (Kubernetes 1.30 and 1.37)"
 # Kubernetes schema: kustomization.yaml (kustomize's own file, checked by
 # `kubectl kustomize` where installed) and the ServiceMonitor (a CRD; next stage).
 k8s_manifests=()
-for f in deploy/base/*.yaml; do
+for f in deploy/base/*.yaml deploy/train/*.yaml; do
     case "$f" in */kustomization.yaml|*/servicemonitor.yaml) ;; *) k8s_manifests+=("$f") ;; esac
 done
 for v in 1.30.0 1.37.0; do
@@ -130,6 +130,9 @@ stage "checkov: Dockerfile, Kubernetes manifests, IAM policy (0 failed; skips ar
 checkov=(.venv/deploy/bin/checkov --quiet --compact --skip-download)
 "${checkov[@]}" --framework dockerfile -f Dockerfile
 "${checkov[@]}" --framework kubernetes -d deploy/base
+"${checkov[@]}" --framework kubernetes -d deploy/train
+# The AWS Batch array-job definition must at least be well-formed JSON.
+python3 -m json.tool deploy/train/batch-job-definition.json >/dev/null
 # checkov has no runner for a bare IAM policy JSON: it is scanned as the
 # policy of a Terraform aws_iam_policy (CKV_AWS_286-290, CKV_AWS_355, ...),
 # and a copy with s3:PutObject on "*" must fail, or the wrapper is not read.
