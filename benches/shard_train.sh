@@ -12,9 +12,12 @@
 # Columns: wall time from the first training process's start to the merged
 # model on disk (all shards run at once, `--threads 1` each; the single
 # process uses every core, its default); the largest peak RSS of one training
-# process (`/usr/bin/time -f %M`); the q-learning policy's % of oracle, mean
-# MTTR (steps) and unresolved incidents on SEEDS (`selfheal evaluate`, which
-# runs the oracle and baselines on the same seeds).
+# process and the CPU time (user + system) of all training processes and of
+# the longest one (`/usr/bin/time -f "%M %U %S"`): on N machines, the wall
+# time of a fan-out is about the longest shard's CPU time (one thread each);
+# the learned policy's % of oracle, mean MTTR (steps) and unresolved
+# incidents on SEEDS (`selfheal evaluate`, which runs the oracle and the
+# baselines on the same seeds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 episodes=${1:-400000}
@@ -37,28 +40,31 @@ m = q["mttr_steps"]
 print("%.2f %s %d" % (q["pct_of_oracle"], "-" if m is None else "%.2f" % m, q["unresolved"]))'
 }
 
-# max_rss_mb FILE... -> the largest "%M" (kB) among the files, in MB
-max_rss_mb() { sort -n "$@" | tail -1 | awk '{printf "%.1f", $1 / 1000}'; }
+# usage FILE... -> "max RSS (MB) | CPU s, sum | CPU s, longest" over the files ("%M %U %S" each)
+usage() {
+    cat "$@" | awk '{ r = $1 > r ? $1 : r; c = $2 + $3; s += c; m = c > m ? c : m }
+        END { printf "%.1f | %.1f | %.1f", r / 1000, s, m }'
+}
 
 now() { date +%s.%N; }
 
 echo "selfheal $("$bin" --version | cut -d' ' -f2), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), episodes $episodes, seed $seed, held-out seeds $seeds"
-printf '| shards | episodes per shard | wall time (s) | peak RSS per process (MB) | %% of oracle | MTTR (steps) | unresolved |\n'
-printf '|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| shards | episodes per shard | wall time (s) | peak RSS per process (MB) | CPU s, all processes | CPU s, longest process | %% of oracle | MTTR (steps) | unresolved |\n'
+printf '|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 
 start=$(now)
-/usr/bin/time -f %M -o "$dir/single.rss" \
+/usr/bin/time -f "%M %U %S" -o "$dir/single.rss" \
     "$bin" train --episodes "$episodes" --seed "$seed" --out "$dir/single.json" 2>"$dir/single.log"
 wall=$(echo "$(now) - $start" | bc)
 read -r pct mttr unres < <(score "$dir/single.json")
 printf '| 1 (one process, all cores) | %s | %.1f | %s | %s | %s | %s |\n' \
-    "$episodes" "$wall" "$(max_rss_mb "$dir/single.rss")" "$pct" "$mttr" "$unres"
+    "$episodes" "$wall" "$(usage "$dir/single.rss")" "$pct" "$mttr" "$unres"
 
 for n in $counts; do
     start=$(now)
     pids=()
     for ((i = 0; i < n; i++)); do
-        JOB_COMPLETION_INDEX=$i /usr/bin/time -f %M -o "$dir/n$n-$i.rss" \
+        JOB_COMPLETION_INDEX=$i /usr/bin/time -f "%M %U %S" -o "$dir/n$n-$i.rss" \
             "$bin" train --shards "$n" --episodes "$episodes" --seed "$seed" --threads 1 \
             --out "$dir/n$n-shard$i.json" 2>"$dir/n$n-$i.log" &
         pids+=($!)
@@ -71,5 +77,5 @@ for n in $counts; do
     read -r pct mttr unres < <(score "$dir/n$n.json")
     per=$(python3 -c "print($episodes // $n)")
     printf '| %s (processes in parallel, merged) | %s | %.1f | %s | %s | %s | %s |\n' \
-        "$n" "$per" "$wall" "$(max_rss_mb "$dir"/n$n-*.rss)" "$pct" "$mttr" "$unres"
+        "$n" "$per" "$wall" "$(usage "$dir"/n$n-*.rss)" "$pct" "$mttr" "$unres"
 done

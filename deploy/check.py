@@ -18,8 +18,8 @@ prometheus-operator models of cloudcoil-models-prometheus-operator):
                                        completions = parallelism = `--shards`, each pod writes its own
                                        file, the securityContexts are BASE's Deployment's; the AWS Batch
                                        job definition against botocore's RegisterJobDefinition model
-                                       (an unknown key is an error) and its `--shards` = the submit
-                                       script's array size; then each check catches a planted mistake
+                                       (an unknown key is an error), its `--shards` = the submit
+                                       script's array size, `{shard}` in its `--out`; then each check catches a planted mistake
 
 Each problem is printed with the file and key it concerns; exit status 1 if any.
 """
@@ -382,6 +382,9 @@ def train_consistency(job, jobdef, submit, dep, files):
         problems.append(f"{def_file}: command {cmd} is not `train --shards N ...`")
     elif size != shards_arg(cmd):
         problems.append(f"{submit_file}: --array-properties size={size} is not the definition's --shards {shards_arg(cmd)}")
+    bout = cmd[cmd.index("--out") + 1] if "--out" in cmd and cmd.index("--out") + 1 < len(cmd) else ""
+    if "{shard}" not in bout:
+        problems.append(f"{def_file}: --out {bout!r} has no {{shard}}: the children would overwrite each other")
     if "AWS_BATCH_JOB_ARRAY_INDEX" not in submit:
         problems.append(f"{submit_file}: does not say the children read AWS_BATCH_JOB_ARRAY_INDEX")
     return problems
@@ -419,6 +422,7 @@ def check_train(train_dir, base):
         "pod runs as root": lambda j, d, s: j["spec"]["template"]["spec"]["securityContext"].update(runAsUser=0),
         "unknown Batch key": lambda j, d, s: d["containerProperties"].update(cpus=2),
         "Batch key of a wrong type": lambda j, d, s: d.update(retryStrategy={"attempts": "2"}),
+        "Batch children share one --out": lambda j, d, s: d["containerProperties"]["command"].__setitem__(8, "/models/s.json"),
         "Batch --shards != array size": lambda j, d, s: d["containerProperties"]["command"].__setitem__(2, "3"),
     }
     for name, mutate in mutations.items():

@@ -53,7 +53,10 @@ fn two_shards_merge_into_a_model_that_evaluates_and_a_mismatch_is_refused() {
     let train = ["train", "--episodes", "301", "--seed", "7", "--threads", "1"];
     // Shard 0 by flag; shard 1 by the Kubernetes Indexed Job's environment variable.
     ok(&[&train[..], &["--shard", "0/2", "--out", &s0]].concat(), &[]);
-    ok(&[&train[..], &["--shards", "2", "--out", &s1]].concat(), &[("JOB_COMPLETION_INDEX", "1")]);
+    // `{shard}` in --out becomes the index (AWS Batch substitutes nothing).
+    let pattern = p(dir.path(), "s{shard}.json");
+    ok(&[&train[..], &["--shards", "2", "--out", &pattern]].concat(), &[("JOB_COMPLETION_INDEX", "1")]);
+    assert!(Path::new(&s1).is_file() && !Path::new(&pattern).exists());
     let (m0, m1) = (model(Path::new(&s0)), model(Path::new(&s1)));
     assert_eq!(m0["meta"]["episodes"], 151, "shard 0 of 301 episodes takes the odd one");
     assert_eq!(m1["meta"]["episodes"], 150);
@@ -76,7 +79,12 @@ fn two_shards_merge_into_a_model_that_evaluates_and_a_mismatch_is_refused() {
 
     // A shard trained with another encoder is refused, naming both files.
     let other = p(dir.path(), "telemetry.json");
-    ok(&[&train[..], &["--shard", "1/2", "--encoder", "telemetry-v1", "--out", &other]].concat(), &[]);
+    // (Its index from the AWS Batch array job's variable.)
+    ok(
+        &[&train[..], &["--shards", "2", "--encoder", "telemetry-v1", "--out", &other]].concat(),
+        &[("AWS_BATCH_JOB_ARRAY_INDEX", "1")],
+    );
+    assert_eq!(model(Path::new(&other))["meta"]["episodes"], 150, "shard 1 of 2 from AWS_BATCH_JOB_ARRAY_INDEX");
     let out = selfheal(&["fleet", "merge", "--out", &p(dir.path(), "bad.json"), &s0, &other], &[]);
     assert!(!out.status.success(), "a mismatched encoder must be refused");
     let err = String::from_utf8_lossy(&out.stderr);

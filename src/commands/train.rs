@@ -46,7 +46,9 @@ pub struct Args {
     /// Training seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the model (written atomically).
+    /// Where to write the model (written atomically). With --shard/--shards,
+    /// `{shard}` in it becomes the shard index (for engines that cannot
+    /// substitute it, e.g. AWS Batch: `--out /models/shard-{shard}.json`).
     #[arg(long, default_value = "models/policy.json")]
     out: PathBuf,
     /// Where to write the learning curve CSV [default: the model path with .curve.csv].
@@ -155,6 +157,9 @@ pub fn run(mut a: Args) -> Result<()> {
         a.episodes = shard.episodes(total);
         anyhow::ensure!(a.episodes > 0, "shard {}/{} of {total} episodes is empty", shard.index, shard.count);
         a.seed = shard.seed(a.seed);
+        if let Some(out) = a.out.to_str().filter(|o| o.contains("{shard}")) {
+            a.out = PathBuf::from(out.replace("{shard}", &shard.index.to_string()));
+        }
         tracing::info!(
             shard = shard.index,
             shards = shard.count,
@@ -243,4 +248,40 @@ pub fn run(mut a: Args) -> Result<()> {
         curve_path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_every_episode_once_and_differ_by_at_most_one() {
+        for episodes in [1u64, 2, 7, 301, 400_000, 400_003] {
+            for count in 1u32..=9 {
+                let sizes: Vec<u64> = (0..count).map(|index| Shard { index, count }.episodes(episodes)).collect();
+                assert_eq!(sizes.iter().sum::<u64>(), episodes, "{episodes} episodes over {count} shards");
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{episodes}/{count}: {sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_shard_has_its_own_seed_stream_and_keeps_training_seeds_off_the_evaluation_range() {
+        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|index| Shard { index, count: 64 }.seed(1)).collect();
+        assert_eq!(seeds.len(), 64, "no two shards share a training seed");
+        assert!(!seeds.contains(&1), "no shard reuses the run's own stream");
+        for s in seeds {
+            assert!(selfheal_core::seeds::training_episode(s, 0) >= 1 << 32);
+        }
+    }
+
+    #[test]
+    fn shard_syntax_is_checked() {
+        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
+        assert_eq!(parse_shard(" 0 / 1 "), Ok(Shard { index: 0, count: 1 }));
+        for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "1/2/3", ""] {
+            assert!(parse_shard(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
