@@ -91,16 +91,7 @@ impl<'a> PolicyParts<'a> {
 
     /// Glue's built-ins for this scenario's job shape.
     pub fn glue_policy(&self) -> Result<GlueBuiltinsPolicy> {
-        let p = GlueBuiltinsPolicy::new(self.glue, &job_shape(self.scenario))?;
-        if self.glue.auto_scaling && !p.can_scale() {
-            tracing::warn!(
-                levels = ?self.scenario.pipeline.workers,
-                min_workers = self.glue.min_workers,
-                max_workers = self.glue.max_workers,
-                "no worker level of the scenario lies within the Glue auto-scaling bounds; glue-builtins never scales"
-            );
-        }
-        Ok(p)
+        Ok(selfheal_sidecar::build::models::glue_shadow(self.glue, self.scenario)?)
     }
 
     /// The learned policy's encoder, and the policy of `kind` as a

@@ -429,7 +429,7 @@ pub async fn assemble(
     let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
     let mut learner = QLearner::from_table(table, model.meta.params, cfg.model.seed);
     learner.set_epsilon(cfg.model.epsilon);
-    let glue = Some(GlueBuiltinsPolicy::new(glue_builtins.settings, &job_shape(&scenario))?);
+    let glue = Some(models::glue_shadow(glue_builtins.settings, &scenario)?);
     let parts = Parts {
         encoder: encoder_factory,
         describe: describe.clone(),
@@ -488,6 +488,7 @@ pub fn missing_paths(cfg: &SidecarConfig) -> Vec<(&'static str, PathBuf)> {
         ("model.detector", m.detector.as_deref()),
         ("model.rules", m.rules.as_deref()),
         ("model.scenario", m.scenario.as_deref()),
+        ("model.glue_builtins", m.glue_builtins.as_deref()),
     ];
     if let SourceConfig::File { path, .. } = &cfg.source {
         named.push(("source.path", Some(path.as_path())));
@@ -506,7 +507,9 @@ pub struct Validated {
     pub warning: Option<String>,
 }
 
-/// Every check [`assemble`] makes before it touches the network: the models
+/// The checks [`assemble`] makes before it touches the network, except the
+/// checkpoint's lineage (the state directory may not exist where `validate`
+/// runs) and the Glue built-ins settings (loaded by the caller): the models
 /// against each other and the actuator, the declared metric set against the
 /// detector, the control token as `run` would find it (`env` reads the
 /// environment, which should be the daemon's) against where the control
@@ -525,9 +528,18 @@ pub fn validate(
     let enc = sidecar_encoder(model, scenario, detector, &cfg.actuator, config)?;
     check_declared_metrics(cfg, detector, config)?;
     let named = |error: AuthError| BuildError::AuthIn { config: config.to_string(), error };
-    let token = auth::resolve(&cfg.daemon, env).map_err(named)?;
+    let token = auth::resolve(&cfg.daemon, &env).map_err(named)?;
     let warning = token.as_ref().and_then(|(_, _, w)| w.as_ref().map(|w| format!("{config}: {w}")));
     auth::check_exposure(&cfg.daemon, token.as_ref().map(|t| &t.0)).map_err(named)?;
+    // The ingest token as `run` reads it: an unset `source.token_env` fails here, not at start.
+    if let SourceConfig::Http { token_env: Some(var), .. } = &cfg.source {
+        if env(var).is_none() {
+            return Err(BuildError::Setting {
+                key: "source.token_env",
+                message: format!("names {var}, which is not set"),
+            });
+        }
+    }
     let control = match &token {
         Some((t, from, _)) => format!("token {} from {from}", t.id()),
         None => "no token: loopback only".into(),

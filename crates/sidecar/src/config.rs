@@ -716,10 +716,10 @@ impl GuardConfig {
     /// This section's problems, one `guard.<key>: what` line each. Where the
     /// guard crate checks its own settings (the watchdog, the breaker, the
     /// learned timeout) its check is called and its bounds are the only ones:
-    /// e.g. the timeout factor must be finite and positive (a factor below 1
-    /// times out calls slower than the median, a choice the guard crate
-    /// allows), and a breaker's minimum number of calls may exceed its window
-    /// (it is capped at the window size).
+    /// e.g. the timeout factor must be finite and at least 1 (below 1 the
+    /// learned timeout ratchets down on a healthy endpoint), and a breaker's
+    /// minimum number of calls may exceed its window (the guard crate caps it
+    /// at the window size, as resilience4j does).
     pub fn check(&self) -> Vec<String> {
         let (g, mut p) = (self, Problems::default());
         p.need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1");
@@ -948,15 +948,15 @@ mod tests {
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("daemon.checkpoint_every: "), "{problems:?}");
         assert!(problems[1].starts_with("model.reward_windows: "), "{problems:?}");
-        assert!(problems[2].starts_with("guard.timeout: factor must be finite and positive"), "{problems:?}");
+        assert!(problems[2].starts_with("guard.timeout: factor must be finite and at least 1"), "{problems:?}");
         // Each section's check sees only its own: the guard section alone.
         let g =
             GuardConfig { timeout: TimeoutConfig { factor: 0.0, ..TimeoutConfig::default() }, ..Default::default() };
         assert_eq!(g.check().len(), 1);
-        // The guard crate's bound, not a second one: a factor below 1 is its choice to allow.
+        // The guard crate's bound, not a second one: the config refuses what the guard refuses.
         let below_one = "[guard.timeout]\nfactor = 0.8\n";
-        assert!(SidecarConfig::from_toml_str(below_one, "x.toml").is_ok());
-        assert!(selfheal_guard::LearnedTimeout::new(TimeoutConfig { factor: 0.8, ..TimeoutConfig::default() }).is_ok());
+        assert!(SidecarConfig::from_toml_str(below_one, "x.toml").is_err());
+        assert!(selfheal_guard::LearnedTimeout::new(TimeoutConfig { factor: 0.8, ..TimeoutConfig::default() }).is_err());
         // The breaker's bounds are the guard crate's too (Breaker::new accepts what validate accepts).
         let b = "[guard.breaker]\nfailure_rate_threshold = 0.0\n";
         let e = SidecarConfig::from_toml_str(b, "x.toml").unwrap_err().to_string();

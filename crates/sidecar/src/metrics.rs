@@ -280,7 +280,7 @@ fn render_pipelines(o: &mut String, p: &PipelineCounts) {
 // ---- Latency histograms (issue 18: cost per pipeline) ----------------------
 //
 // Process-wide statics, unlike the counters above: the poll is timed inside a
-// telemetry source the binary builds (the aws crate's CloudWatch source), the
+// telemetry source another crate implements (the aws crate's CloudWatch source), the
 // decision inside the daemon loop, and a static is the one place both reach
 // without widening the `TelemetrySource` trait. One process runs one daemon.
 

@@ -44,6 +44,28 @@ pub fn job_shape(s: &Scenario) -> JobShape {
     JobShape { worker_levels: s.pipeline.workers.clone(), step_seconds: s.pipeline.step_seconds }
 }
 
+/// Glue's built-in behaviour for this scenario's job shape (the shadow the
+/// sidecar and `evaluate` compare against), with a warning when auto scaling
+/// is on but no worker level lies within its bounds (it then never scales).
+///
+/// # Errors
+/// Settings [`GlueBuiltinsPolicy::new`] refuses.
+pub fn glue_shadow(
+    settings: selfheal_agent::GlueSettings,
+    s: &Scenario,
+) -> Result<selfheal_agent::GlueBuiltinsPolicy, selfheal_agent::glue_builtins::GlueSettingsError> {
+    let p = selfheal_agent::GlueBuiltinsPolicy::new(settings, &job_shape(s))?;
+    if settings.auto_scaling && !p.can_scale() {
+        tracing::warn!(
+            levels = ?s.pipeline.workers,
+            min_workers = settings.min_workers,
+            max_workers = settings.max_workers,
+            "no worker level of the scenario lies within the Glue auto-scaling bounds; glue-builtins never scales"
+        );
+    }
+    Ok(p)
+}
+
 /// Build the encoder `id` for a deployment (and a shared copy for fallbacks).
 ///
 /// # Errors
