@@ -12,9 +12,7 @@ use selfheal_detect::telemetry::DetectorModel;
 use selfheal_harness::{run_episode, Controller, EpisodeStats, PolicyInputs, PolicyKind};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 
-pub use selfheal_sidecar::build::{
-    detector_ref, encoder, encoder_config, encoder_of, job_shape, learned, reward, Encoder,
-};
+pub use selfheal_sidecar::build::{detector_ref, encoder, encoder_config, encoder_of, learned, reward, Encoder};
 
 /// The oracle as a controller: reads the simulator's hidden state.
 pub struct OracleController<'a>(pub &'a Oracle);

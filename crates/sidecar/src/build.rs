@@ -31,7 +31,7 @@ use crate::http::{ControlAuth, Ingest};
 use crate::source::{FileSource, HttpSource, Pacing, SimFleet, SimSource, SourceError, TelemetrySource};
 use crate::BoxFuture;
 use selfheal_agent::store::{GlueBuiltinsFile, ModelFile, RulesFile, StoreError};
-use selfheal_agent::{GlueBuiltinsPolicy, GlueSettingsError, QLearner, QTable, RulesPolicy, UnknownEncoder};
+use selfheal_agent::{GlueSettingsError, QLearner, QTable, RulesPolicy, UnknownEncoder};
 use selfheal_core::{Detector, Metric, StateEncoder};
 use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_sim::Scenario;
