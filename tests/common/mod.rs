@@ -4,6 +4,13 @@
 //! each uses a part, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+mod chromium;
+mod hook;
+#[allow(unused_imports)] // each test uses a part
+pub use chromium::*;
+#[allow(unused_imports)]
+pub use hook::*;
+
 use selfheal_sidecar::provenance::{read_log, CallRecord, DecisionRecord, LogRead, OutcomeRecord, Record};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -11,7 +18,6 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The binary under test.
@@ -431,75 +437,4 @@ pub fn outcomes(recs: &[Record]) -> Vec<&OutcomeRecord> {
 /// Outcome status by decision id (the last one, if several).
 pub fn outcome_of(recs: &[Record]) -> HashMap<String, String> {
     outcomes(recs).into_iter().map(|o| (o.id.clone(), o.status.to_string())).collect()
-}
-
-/// A tiny webhook receiver: answers 200 to every request and keeps
-/// (method, path, headers, body) of each.
-pub struct Receiver {
-    pub url: String,
-    pub got: Arc<Got>,
-}
-
-impl Receiver {
-    pub fn start(path: &str) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}{path}", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let keep = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let keep = keep.clone();
-                std::thread::spawn(move || serve_one(stream, &keep));
-            }
-        });
-        Receiver { url, got }
-    }
-}
-
-/// A received request: method, path, headers (names lower-cased), body.
-pub type Request = (String, String, Vec<(String, String)>, String);
-/// Every request received so far.
-pub type Got = Mutex<Vec<Request>>;
-
-fn serve_one(mut s: TcpStream, keep: &Got) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf: Vec<u8> = Vec::new();
-    let mut fill = |buf: &mut Vec<u8>| {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    };
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if !fill(&mut buf) {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let (method, path) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    let body_start = head_end + 4;
-    while buf.len() < body_start + len {
-        if !fill(&mut buf) {
-            return;
-        }
-    }
-    let body = String::from_utf8_lossy(&buf[body_start..body_start + len]).into_owned();
-    keep.lock().unwrap().push((method, path, headers, body));
-    // One request per connection: the answer closes it.
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }
