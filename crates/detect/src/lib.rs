@@ -19,6 +19,7 @@
 
 pub mod benchmark;
 pub mod context;
+pub mod coverage;
 pub mod features;
 pub mod flat;
 pub mod forest;

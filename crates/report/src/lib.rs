@@ -24,6 +24,7 @@ pub mod log;
 pub mod ope;
 pub mod playbook;
 pub mod policy;
+pub mod recorder;
 pub mod render;
 pub mod shadow;
 
