@@ -21,8 +21,8 @@ mod common;
 use aws_support::moto::Moto;
 use aws_support::proxy::{Fault, Proxy};
 use aws_support::world::{
-    cw_client, glue_client, initial_columns, setup_catalog_and_job, table_input, Col, DATABASE, JOB, NAMESPACE, PIPELINE,
-    SOURCE_TABLE, TABLE,
+    cw_client, glue_client, initial_columns, setup_catalog_and_job, table_input, Col, DATABASE, JOB, NAMESPACE,
+    PIPELINE, SOURCE_TABLE, TABLE,
 };
 use selfheal_aws::aws_sdk_cloudwatch as cw;
 use selfheal_aws::aws_sdk_glue as glue;

@@ -103,7 +103,10 @@ pub fn simulate(
         let name = kind.name();
         let mut env = Simulator::new(scenario);
         let (mut enc, inner) = parts.controller(kind)?;
-        let keep = Keep { sample: kind == PolicyKind::Learned || kind == PolicyKind::NoOp, learned: kind == PolicyKind::Learned };
+        let keep = Keep {
+            sample: kind == PolicyKind::Learned || kind == PolicyKind::NoOp,
+            learned: kind == PolicyKind::Learned,
+        };
         let shadow = RulesPolicy::new(rules.thresholds, Slo::default());
         let mut rec = Recorder::new(inner, |env: &Simulator| env.state().faults(), view, shadow, keep);
         let episodes: Vec<_> =
@@ -117,12 +120,7 @@ pub fn simulate(
         merge_samples(&mut sigs, kind_sigs);
     }
     let eval = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
-    Ok(Sim {
-        eval,
-        mix: action_mix(&seeds, mix),
-        seen,
-        signatures: sigs,
-    })
+    Ok(Sim { eval, mix: action_mix(&seeds, mix), seen, signatures: sigs })
 }
 
 /// Load what a review needs: the policy (and its view), rules, detector, scenario and seeds.

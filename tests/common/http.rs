@@ -70,4 +70,3 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     }
     out
 }
-

@@ -174,22 +174,11 @@ pub enum LeaseError {
 pub trait LeaseStore: Send + Sync {
     /// Take `key` for `holder` until `now_ms + ttl` if [`LeaseRecord::takeable`];
     /// `Ok(None)` when someone holds it (or won the race to take it).
-    fn try_acquire(
-        &self,
-        key: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> impl Future<Output = Granted> + Send;
+    fn try_acquire(&self, key: &str, holder: &str, now_ms: i64, ttl: Duration) -> impl Future<Output = Granted> + Send;
 
     /// Extend `lease` to `now_ms + ttl` if still [`LeaseRecord::renewable`];
     /// `Ok(None)` when it was taken over (stop acting at once).
-    fn renew(
-        &self,
-        lease: &Lease,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> impl Future<Output = Granted> + Send;
+    fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> impl Future<Output = Granted> + Send;
 
     /// Give `lease` up (expire it, keep its epoch); `Ok(false)` when it was
     /// no longer ours.
