@@ -196,7 +196,7 @@ fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
     assert!(waits(&[]) && waits(&["--config", long.to_str().unwrap()]), "open, within 600 s and the default");
     assert!(!waits(&["--config", short.to_str().unwrap()]), "expired after the config's 2 s");
     assert!(waits(&["--config", short.to_str().unwrap(), "--ttl-secs", "600"]), "--ttl-secs wins");
-    let void = |hook: &Hook| notices(&hook, "expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
+    let void = |hook: &Hook| notices(hook, "expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
     assert_eq!(void(&hook), 0);
 
     let mut d = start();

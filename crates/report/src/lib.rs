@@ -27,6 +27,7 @@ pub mod policy;
 pub mod recorder;
 pub mod render;
 pub mod shadow;
+pub mod simlog;
 
 /// What can go wrong building a review.
 #[derive(Debug, thiserror::Error)]
