@@ -67,3 +67,17 @@ scrape() { curl -fsS "http://127.0.0.1:$port/metrics" >"$tmp/metrics"; }
 
 # metric NAME_WITH_LABELS: its value in the last scrape.
 metric() { awk -v m="$1" '$1 == m { print $2 }' "$tmp/metrics"; }
+
+# http_config STATE_DIR [DAEMON_LINE ...]: write $tmp/sidecar.toml for the HTTP
+# load scripts: metrics on $port, control (and /ingest) on $cport, state in
+# STATE_DIR, the extra [daemon] lines given, `[source] kind = "http"` with
+# 60 s windows, `[actuator] kind = "dry-run"`, `[guard] mode = "observe"`.
+http_config() {
+    local state=$1
+    shift
+    {
+        printf '[daemon]\nlisten = "127.0.0.1:%s"\ncontrol_listen = "127.0.0.1:%s"\nstate_dir = "%s"\n' "$port" "$cport" "$state"
+        [ $# -eq 0 ] || printf '%s\n' "$@"
+        printf '\n[source]\nkind = "http"\nwindow_secs = 60\n\n[actuator]\nkind = "dry-run"\n\n[guard]\nmode = "observe"\n'
+    } >"$tmp/sidecar.toml"
+}

@@ -47,22 +47,7 @@ start_daemon() {
     port=$(free_port)
     cport=$(free_port)
     rm -rf "$tmp/state"
-    cat >"$tmp/sidecar.toml" <<EOF
-[daemon]
-listen = "127.0.0.1:$port"
-control_listen = "127.0.0.1:$cport"
-state_dir = "$tmp/state"
-
-[source]
-kind = "http"
-window_secs = 60
-
-[actuator]
-kind = "dry-run"
-
-[guard]
-mode = "observe"
-EOF
+    http_config "$tmp/state"
     "$bin" run --config "$tmp/sidecar.toml" 2>"$tmp/daemon.log" &
     pid=$!
     wait_ready

@@ -64,27 +64,12 @@ mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 port=$(free_port)
 cport=$(free_port)
 state="$tmp/state"
-cat >"$tmp/sidecar.toml" <<EOF
-[daemon]
-listen = "127.0.0.1:$port"
-control_listen = "127.0.0.1:$cport"
-state_dir = "$state"
-log_healthy = true
-log_max_bytes = $((LOG_MB * 1024 * 1024))
-log_keep = 2
-max_pipelines = $CAP
-pipeline_idle_secs = $IDLE_S
-
-[source]
-kind = "http"
-window_secs = 60
-
-[actuator]
-kind = "dry-run"
-
-[guard]
-mode = "observe"
-EOF
+http_config "$state" \
+    "log_healthy = true" \
+    "log_max_bytes = $((LOG_MB * 1024 * 1024))" \
+    "log_keep = 2" \
+    "max_pipelines = $CAP" \
+    "pipeline_idle_secs = $IDLE_S"
 echo "soak.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, $NAMES names live ${LIFE_S} s each, $SAMPLES samples/window, cap $CAP, idle ${IDLE_S} s"
 "$bin" run --config "$tmp/sidecar.toml" 2>"$tmp/daemon.log" &
 pid=$!
