@@ -24,6 +24,7 @@ pub mod features;
 pub mod flat;
 pub mod forest;
 pub mod likelihood;
+pub mod scores;
 pub mod signature;
 pub mod stream;
 pub mod telemetry;
