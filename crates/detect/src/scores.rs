@@ -47,3 +47,30 @@ pub fn scores_csv(params: &StreamParams, series: &Series) -> Result<String, Scor
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use selfheal_nab::series::read_series;
+
+    #[test]
+    fn every_row_gets_a_score_and_keeps_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.csv");
+        let mut csv = String::from("timestamp,value\n");
+        for i in 0..50 {
+            let v = if i == 40 { "900.50".to_string() } else { format!("{}.25", 10 + i % 3) };
+            csv.push_str(&format!("2014-04-01 00:{:02}:00,{v}\n", i));
+        }
+        std::fs::write(&path, csv).unwrap();
+        let series = read_series(&path, true).unwrap();
+        let text = scores_csv(&StreamParams::default(), &series).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "timestamp,value,anomaly_score");
+        assert_eq!(lines.len(), 51);
+        assert!(lines[41].starts_with("2014-04-01 00:40:00,900.50,"), "{}", lines[41]);
+        let scores: Vec<f64> = lines[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+        assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
+        assert_eq!(scores, score(&StreamParams::default(), &series));
+    }
+}
