@@ -185,3 +185,34 @@ pub fn merge_samples(into: &mut BTreeMap<u32, SignatureSample>, from: BTreeMap<u
 pub fn action_mix(seeds: &std::ops::Range<u64>, policies: Vec<PolicyMix>) -> ActionMix {
     ActionMix { seeds: format!("{}..{}", seeds.start, seeds.end), policies }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(windows: u64, v: f64, fault: &str) -> SignatureSample {
+        SignatureSample {
+            windows,
+            metrics: vec![("latency p95 (s)".into(), vec![v; windows as usize])],
+            faults: BTreeMap::from([(fault.to_string(), windows)]),
+            actions: BTreeMap::from([((false, "noop".to_string()), windows)]),
+        }
+    }
+
+    #[test]
+    fn merged_samples_add_windows_faults_and_actions_and_keep_every_value() {
+        let mut into = BTreeMap::from([(1, sample(2, 1.0, "none"))]);
+        merge_samples(&mut into, BTreeMap::from([(1, sample(3, 2.0, "stuck_job")), (2, sample(1, 5.0, "none"))]));
+        let one = &into[&1];
+        assert_eq!(one.windows, 5);
+        assert_eq!(one.metrics[0].1, [1.0, 1.0, 2.0, 2.0, 2.0]);
+        assert_eq!(one.faults, BTreeMap::from([("none".to_string(), 2), ("stuck_job".to_string(), 3)]));
+        assert_eq!(one.actions[&(false, "noop".to_string())], 5);
+        assert_eq!(into[&2].windows, 1, "a signature met only in the second policy's episodes is added");
+    }
+
+    #[test]
+    fn the_action_mix_names_its_seeds() {
+        assert_eq!(action_mix(&(3..8), Vec::new()).seeds, "3..8");
+    }
+}
