@@ -11,6 +11,49 @@ pub use selfheal_schema::provenance::{
 };
 use std::collections::HashMap;
 
+/// A proposal still waiting for a person (see [`open_proposals`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpenProposal<'a> {
+    /// The `proposed` decision.
+    pub decision: &'a DecisionRecord,
+    /// Later windows that waited on it (`pending` decisions naming it).
+    pub waits: usize,
+}
+
+/// The proposals among `candidates` (records of `records`, e.g. a filtered
+/// view of them) still open at `now_ms` (Unix ms): a `proposed` decision
+/// with no approval and no outcome recorded in `records`, younger than
+/// `ttl_ms` (ms); in the order of `candidates`.
+pub fn open_proposals<'a>(
+    records: &'a [Record],
+    candidates: impl IntoIterator<Item = &'a Record>,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Vec<OpenProposal<'a>> {
+    let closed: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Approval(a) => Some(a.id.as_str()),
+            Record::Outcome(o) => Some(o.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for rec in candidates {
+        let Record::Decision(d) = rec else { continue };
+        if d.verdict != "proposed" || closed.contains(d.id.as_str()) || now_ms - d.ts_ms >= ttl_ms {
+            continue;
+        }
+        let named = format!("proposal {} ", d.id);
+        let waits = records
+            .iter()
+            .filter(|r| matches!(r, Record::Decision(x) if x.verdict == "pending" && x.reason.contains(&named)))
+            .count();
+        out.push(OpenProposal { decision: d, waits });
+    }
+    out
+}
+
 /// A decision with what became of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Joined {
