@@ -201,6 +201,40 @@ mod tests {
         })
     }
 
+    /// A decision record with `verdict`, `reason` and `ts_ms`.
+    fn decided(id: &str, verdict: &str, reason: &str, ts_ms: i64) -> Record {
+        let mut v: serde_json::Value = serde_json::from_str(decision(id).trim()).unwrap();
+        v["verdict"] = verdict.into();
+        v["reason"] = reason.into();
+        v["ts_ms"] = ts_ms.into();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn open_proposals_are_unanswered_unexpired_proposed_decisions_with_their_waits() {
+        let recs = vec![
+            decided("open", "proposed", "r", 1_000),
+            decided("answered", "proposed", "r", 1_000),
+            decided("done", "proposed", "r", 1_000),
+            decided("old", "proposed", "r", 0),
+            decided("acted", "allowed", "r", 1_000),
+            decided("w1", "pending", "proposal open has waited 60 s", 2_000),
+            decided("w2", "pending", "proposal open has waited 120 s", 3_000),
+            decided("w3", "pending", "proposal opener has waited 1 s", 3_000),
+            Record::Approval(
+                serde_json::from_value(serde_json::json!({
+                    "id": "answered", "ts_ms": 1500, "approved": true, "by": "ops", "note": ""
+                }))
+                .unwrap(),
+            ),
+            outcome("done", OutcomeStatus::Succeeded),
+        ];
+        let open = open_proposals(&recs, &recs, 10_000, 9_500);
+        let got: Vec<(&str, usize)> = open.iter().map(|p| (p.decision.id.as_str(), p.waits)).collect();
+        assert_eq!(got, [("open", 2)], "'old' is 10 s old with a 9.5 s TTL: expired");
+        assert!(open_proposals(&recs, &recs[1..], 10_000, 9_500).is_empty(), "only the candidates are listed");
+    }
+
     #[test]
     fn joins_by_id_and_skips_bad_lines() {
         let text = format!(
