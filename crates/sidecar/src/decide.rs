@@ -1115,6 +1115,7 @@ fn summary(w: &Window) -> WindowSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::Notice;
     use selfheal_agent::{EncoderConfig, GlueSettings, JobShape, QParams, QTable, RuleThresholds, TelemetryEncoder};
     use selfheal_core::{Detection, EncodeState, RewardV1, Slo, Telemetry};
 
@@ -1292,10 +1293,23 @@ mod tests {
         }
     }
 
+    /// Make `ScaleDown` the learner's choice in `state` (a lead of 2 over
+    /// the rest, 1000 visits each): the next proposal is another action.
+    fn prefer_scale_down(c: &mut Controller, state: StateId) {
+        let mut t = c.learner().table().clone();
+        let mut q = [-5.0; Action::COUNT];
+        q[Action::ScaleDown.index()] = -3.0;
+        t.set_row(state, &q, &[1000; Action::COUNT]);
+        c.parts.learner = QLearner::from_table(t, QParams::default(), 1);
+    }
+
+    /// The kinds of the notices `out` sends, in order.
+    fn kinds(out: &Output) -> Vec<Notice> {
+        out.notices.iter().map(|n| Notice::of(n).unwrap()).collect()
+    }
+
     #[test]
     fn proposals_are_told_once_per_pipeline_and_their_end_is_announced() {
-        use crate::notify::Notice;
-        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
         let mut c = controller(Mode::Recommend, 1000, 2.0);
         c.set_unanswered_after(Some(300));
         let first = c.on_window(&window(0), 0);
@@ -1316,14 +1330,7 @@ mod tests {
         );
         assert!(again.notices.is_empty());
         // A second proposal of the pipeline (another action) is folded.
-        c.parts.learner = {
-            let mut t = c.learner().table().clone();
-            let s = decision(&first).state;
-            let mut q = [-5.0; Action::COUNT];
-            q[Action::ScaleDown.index()] = -3.0;
-            t.set_row(s, &q, &[1000; Action::COUNT]);
-            QLearner::from_table(t, QParams::default(), 1)
-        };
+        prefer_scale_down(&mut c, decision(&first).state);
         let other = c.on_window(&window(120_000), 250);
         assert_eq!((decision(&other).chosen.name(), decision(&other).verdict), ("scale_down", Verdict::Proposed));
         assert!(other.notices.is_empty(), "folded into the told proposal");
@@ -1343,20 +1350,11 @@ mod tests {
 
     #[test]
     fn a_folded_proposals_end_is_announced_in_the_next_closing_message() {
-        use crate::notify::Notice;
-        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
         let mut c = controller(Mode::Recommend, 100_000, 2.0);
         let first = c.on_window(&window(0), 0);
         let told = decision(&first).id.clone();
         // A second proposal (another action) is folded into the told one.
-        c.parts.learner = {
-            let mut t = c.learner().table().clone();
-            let s = decision(&first).state;
-            let mut q = [-5.0; Action::COUNT];
-            q[Action::ScaleDown.index()] = -3.0;
-            t.set_row(s, &q, &[1000; Action::COUNT]);
-            QLearner::from_table(t, QParams::default(), 1)
-        };
+        prefer_scale_down(&mut c, decision(&first).state);
         let other = c.on_window(&window(60_000), 10);
         let folded = decision(&other).id.clone();
         assert!(other.notices.is_empty(), "folded");
