@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HTTP ingest throughput of the sidecar (issue 7): wrk in a second process POSTs
-# JSON lines to `selfheal run`'s /ingest on loopback.
+# JSON lines to `selfheal run`'s /ingest (on its control listener) on loopback.
 #
 #   benches/ingest.sh                 # every run below, 15 s each
 #   DURATION=30s benches/ingest.sh    # longer runs
@@ -39,53 +39,18 @@ die() {
     exit 1
 }
 
-if ! command -v wrk >/dev/null; then
-    say "installing wrk (apt-get install -y wrk)"
-    sudo=""
-    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
-    $sudo apt-get install -y wrk || { $sudo apt-get update && $sudo apt-get install -y wrk; } || true
-    command -v wrk >/dev/null || die "wrk is missing: install the Debian package (apt-get install -y wrk) or https://github.com/wg/wrk"
-fi
 # shellcheck source=benches/common.sh
 . benches/common.sh
-
-metric() { # metric NAME_WITH_LABELS: its value in the last /metrics scrape
-    awk -v m="$1" '$1 == m { print $2 }' "$tmp/metrics"
-}
-
-scrape() {
-    curl -fsS "http://127.0.0.1:$port/metrics" >"$tmp/metrics"
-}
+need_wrk
 
 start_daemon() {
     port=$(free_port)
+    cport=$(free_port)
     rm -rf "$tmp/state"
-    cat >"$tmp/sidecar.toml" <<EOF
-[daemon]
-listen = "127.0.0.1:$port"
-state_dir = "$tmp/state"
-
-[source]
-kind = "http"
-window_secs = 60
-
-[actuator]
-kind = "dry-run"
-
-[guard]
-mode = "observe"
-EOF
+    http_config "$tmp/state"
     "$bin" run --config "$tmp/sidecar.toml" 2>"$tmp/daemon.log" &
     pid=$!
-    for _ in $(seq 1 100); do
-        if curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$pid" 2>/dev/null || { cat "$tmp/daemon.log" >&2; die "the daemon exited"; }
-        sleep 0.1
-    done
-    cat "$tmp/daemon.log" >&2
-    die "the daemon was not ready within 10 s"
+    wait_ready
 }
 
 stop_daemon() {
@@ -102,7 +67,7 @@ for run in $RUNS; do
     say "batches of $lines line(s), $conns connection(s) (wrk -t$conns -c$conns -d$DURATION)"
     start_daemon
     wrk -t"$conns" -c"$conns" -d"$DURATION" --latency -s benches/ingest.lua \
-        "http://127.0.0.1:$port/ingest" -- "$lines" "$PIPELINES" "$SAMPLES" "l$lines-c$conns" | tee "$tmp/wrk.out"
+        "http://127.0.0.1:$cport/ingest" -- "$lines" "$PIPELINES" "$SAMPLES" "l$lines-c$conns" | tee "$tmp/wrk.out"
     scrape
     windows_end=$(metric selfheal_windows_total)
     sleep 3

@@ -18,33 +18,13 @@
 -- At the end it prints the status counts (anything but 200 fails the soak),
 -- the sample time covered and samples/s = requests/s x LINES.
 
-local METRICS = {
-  { "glue.driver.aggregate.numFailedTasks", "0" },
-  { "glue.ALL.jvm.heap.usage", "0.4753" },
-  { "glue.ALL.system.cpuSystemLoad", "0.5189" },
-  { "glue.driver.aggregate.elapsedTime", "46672" },
-  { "glue.driver.aggregate.recordsRead", "1000" },
-  { "glue.driver.ExecutorAllocationManager.executors.numberAllExecutors", "10" },
-  { "glue.driver.skewness.job", "1.3649" },
-  { "glue.error.ALL", "0" },
-  { "glue.error.OUT_OF_MEMORY_ERROR", "0" },
-  { "pipeline.latency.p95", "59.22" },
-  { "pipeline.errors.upstream5xx", "1" },
-  { "pipeline.errors.timeout", "0" },
-  { "pipeline.errors.schemaMismatch", "0" },
-  { "pipeline.errors.dataQuality", "0" },
-  { "pipeline.errors.sink", "0" },
-  { "pipeline.records.in", "1000" },
-  { "pipeline.records.delivered", "1000" },
-  { "pipeline.records.deadLettered", "0" },
-  { "pipeline.records.expired", "0" },
-  { "pipeline.backlog.records", "0" },
-  { "pipeline.ingest.throttled", "0" },
-}
+local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
+local common = dofile(here .. "wrk_common.lua")
+local METRICS = common.METRICS
 local NMETRICS = #METRICS
-local WINDOW_MS = 60000
+local WINDOW_MS = common.WINDOW_MS
 local HOUR_MS = 3600000
-local START_MS = 1795000020000 -- a whole minute (2026-11-18), in the past of the wall clock
+local START_MS = common.START_MS
 
 local threads = {}
 
@@ -137,32 +117,14 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local total = {}
+  local tot = common.totals(threads, summary)
   local covered = HOUR_MS * 10
   for _, th in ipairs(threads) do
-    for status, n in pairs(th:get("counts")) do
-      total[status] = (total[status] or 0) + n
-    end
     covered = math.min(covered, th:get("covered_ms"))
   end
-  local n = tonumber(threads[1]:get("lines"))
-  local secs = summary.duration / 1e6
-  local rps = summary.requests / secs
-  local parts = {}
-  local bad = 0
-  for status, c in pairs(total) do
-    parts[#parts + 1] = string.format("%d: %d", status, c)
-    if status ~= 200 then
-      bad = bad + c
-    end
-  end
-  table.sort(parts)
-  io.write(string.format("soak: %d requests of %d lines in %.2f s: %.0f requests/s = %.0f samples/s\n",
-    summary.requests, n, secs, rps, rps * n))
+  common.print_rate("soak", summary, tot)
   io.write(string.format("soak: sample time covered %.1f min (every thread)\n", covered / 60000))
   io.write(string.format("soak: status counts {%s}; not 200: %d; socket errors: %d\n",
-    table.concat(parts, ", "), bad,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
-  io.write(string.format("soak: latency p50 %.0f us, p99 %.0f us, max %.0f us\n",
-    latency:percentile(50), latency:percentile(99), latency.max))
+    tot.statuses, tot.bad, tot.socket_errors))
+  common.print_latency("soak", latency)
 end

@@ -54,54 +54,26 @@ die() {
     exit 1
 }
 
-if ! command -v wrk >/dev/null; then
-    say "installing wrk (apt-get install -y wrk)"
-    sudo=""
-    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null; then sudo="sudo"; fi
-    $sudo apt-get install -y wrk || { $sudo apt-get update && $sudo apt-get install -y wrk; } || true
-    command -v wrk >/dev/null || die "wrk is missing: install the Debian package (apt-get install -y wrk) or https://github.com/wg/wrk"
-fi
 # shellcheck source=benches/common.sh
 . benches/common.sh
+need_wrk
 
 kb() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$pid/status"; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
-metric() { awk -v m="$1" '$1 == m { print $2 }' "$tmp/metrics"; }
-scrape() { curl -fsS "http://127.0.0.1:$port/metrics" >"$tmp/metrics"; }
 
 port=$(free_port)
 cport=$(free_port)
 state="$tmp/state"
-cat >"$tmp/sidecar.toml" <<EOF
-[daemon]
-listen = "127.0.0.1:$port"
-control_listen = "127.0.0.1:$cport"
-state_dir = "$state"
-log_healthy = true
-log_max_bytes = $((LOG_MB * 1024 * 1024))
-log_keep = 2
-max_pipelines = $CAP
-pipeline_idle_secs = $IDLE_S
-
-[source]
-kind = "http"
-window_secs = 60
-
-[actuator]
-kind = "dry-run"
-
-[guard]
-mode = "observe"
-EOF
+http_config "$state" \
+    "log_healthy = true" \
+    "log_max_bytes = $((LOG_MB * 1024 * 1024))" \
+    "log_keep = 2" \
+    "max_pipelines = $CAP" \
+    "pipeline_idle_secs = $IDLE_S"
 echo "soak.sh: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(nproc) cores, $NAMES names live ${LIFE_S} s each, $SAMPLES samples/window, cap $CAP, idle ${IDLE_S} s"
 "$bin" run --config "$tmp/sidecar.toml" 2>"$tmp/daemon.log" &
 pid=$!
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { cat "$tmp/daemon.log" >&2; die "the daemon exited"; }
-    sleep 0.1
-done
-curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || die "the daemon was not ready within 10 s"
+wait_ready
 
 say "wrk -t$THREADS -c$THREADS (stops itself once the hour is covered; at most $MAX_WALL)"
 wrk -t"$THREADS" -c"$THREADS" -d"$MAX_WALL" --timeout 10s -s benches/soak.lua \

@@ -14,6 +14,12 @@ prometheus-operator models of cloudcoil-models-prometheus-operator):
                                        (ports, probes, mounts, read-only root) and passes
                                        `SELFHEAL validate --config`
   check.py config-selftest BASE        each consistency check catches the mistake it is for
+  check.py train TRAIN BASE            the training fan-out (TRAIN = deploy/train): the Indexed Job's
+                                       completions = parallelism = `--shards`, each pod writes its own
+                                       file, the securityContexts are BASE's Deployment's; the AWS Batch
+                                       job definition against botocore's RegisterJobDefinition model
+                                       (an unknown key is an error), its `--shards` = the submit
+                                       script's array size, `{shard}` in its `--out`; then each check catches a planted mistake
 
 Each problem is printed with the file and key it concerns; exit status 1 if any.
 """
@@ -318,6 +324,117 @@ def selftest(base):
     return problems
 
 
+# ---- Training fan-out (deploy/train) ----------------------------------------
+
+
+def shards_arg(args):
+    """N of `--shards N` in a command line, or None."""
+    if "--shards" in args and args.index("--shards") + 1 < len(args):
+        try:
+            return int(args[args.index("--shards") + 1])
+        except ValueError:
+            return None
+    return None
+
+
+def train_consistency(job, jobdef, submit, dep, files):
+    job_file, def_file, submit_file, dep_file = files
+    problems = []
+    spec = job.get("spec", {})
+    pod = spec.get("template", {}).get("spec", {})
+    containers = pod.get("containers", [])
+    if len(containers) != 1:
+        return [f"{job_file}: expected one container, found {len(containers)}"]
+    c = containers[0]
+    args = c.get("args", [])
+    n = shards_arg(args)
+    if spec.get("completionMode") != "Indexed":
+        problems.append(f"{job_file}: completionMode must be Indexed (the index is the shard)")
+    if n is None or args[:1] != ["train"]:
+        problems.append(f"{job_file}: args {args} are not `train --shards N ...`")
+    elif not (spec.get("completions") == spec.get("parallelism") == n):
+        problems.append(
+            f"{job_file}: completions {spec.get('completions')}, parallelism {spec.get('parallelism')} "
+            f"and --shards {n} must be equal"
+        )
+    out = args[args.index("--out") + 1] if "--out" in args and args.index("--out") + 1 < len(args) else ""
+    if "$(JOB_COMPLETION_INDEX)" not in out:
+        problems.append(f"{job_file}: --out {out!r} does not name the index: the shards would overwrite each other")
+    if "--shard" in args:
+        problems.append(f"{job_file}: --shard I/N fixes the index; the pods take it from JOB_COMPLETION_INDEX")
+    dep_pod = dep["spec"]["template"]["spec"]
+    if pod.get("securityContext") != dep_pod.get("securityContext"):
+        problems.append(f"{job_file}: the pod securityContext differs from {dep_file}'s")
+    if c.get("securityContext") != dep_pod["containers"][0].get("securityContext"):
+        problems.append(f"{job_file}: the container securityContext differs from {dep_file}'s")
+
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    shape = botocore.session.get_session().get_service_model("batch").operation_model("RegisterJobDefinition").input_shape
+    report = ParamValidator().validate(jobdef, shape)
+    if report.has_errors():
+        problems.append(f"{def_file}: not a RegisterJobDefinition request: {report.generate_report()}")
+    cmd = jobdef.get("containerProperties", {}).get("command", [])
+    m = [w for w in submit.split() if w.startswith("size=")]
+    size = int(m[0].split("=", 1)[1]) if len(m) == 1 and m[0].split("=", 1)[1].isdigit() else None
+    if cmd[:1] != ["train"] or shards_arg(cmd) is None:
+        problems.append(f"{def_file}: command {cmd} is not `train --shards N ...`")
+    elif size != shards_arg(cmd):
+        problems.append(f"{submit_file}: --array-properties size={size} is not the definition's --shards {shards_arg(cmd)}")
+    bout = cmd[cmd.index("--out") + 1] if "--out" in cmd and cmd.index("--out") + 1 < len(cmd) else ""
+    if "{shard}" not in bout:
+        problems.append(f"{def_file}: --out {bout!r} has no {{shard}}: the children would overwrite each other")
+    if "AWS_BATCH_JOB_ARRAY_INDEX" not in submit:
+        problems.append(f"{submit_file}: does not say the children read AWS_BATCH_JOB_ARRAY_INDEX")
+    return problems
+
+
+def check_train(train_dir, base):
+    train_dir, base = pathlib.Path(train_dir), pathlib.Path(base)
+    files = (
+        train_dir / "indexed-job.yaml",
+        train_dir / "batch-job-definition.json",
+        train_dir / "submit-array-job.sh",
+        base / "deployment.yaml",
+    )
+    (job,) = docs(files[0])
+    jobdef = json.loads(files[1].read_text(encoding="utf-8"))
+    submit = files[2].read_text(encoding="utf-8")
+    (dep,) = docs(files[3])
+    problems = train_consistency(job, jobdef, submit, dep, files)
+    if problems:
+        return problems
+    print(f"{files[0]}, {files[1]}, {files[2]}: consistent (botocore {__import__('botocore').__version__})")
+
+    def ctr(j):
+        return j["spec"]["template"]["spec"]["containers"][0]
+
+    def args_set(j, flag, value):
+        a = ctr(j)["args"]
+        a[a.index(flag) + 1] = value
+
+    mutations = {
+        "completions != --shards": lambda j, d, s: j["spec"].update(completions=3),
+        "not Indexed": lambda j, d, s: j["spec"].update(completionMode="NonIndexed"),
+        "one --out for every pod": lambda j, d, s: args_set(j, "--out", "/models/shard.json"),
+        "root fs writable": lambda j, d, s: ctr(j)["securityContext"].update(readOnlyRootFilesystem=False),
+        "pod runs as root": lambda j, d, s: j["spec"]["template"]["spec"]["securityContext"].update(runAsUser=0),
+        "unknown Batch key": lambda j, d, s: d["containerProperties"].update(cpus=2),
+        "Batch key of a wrong type": lambda j, d, s: d.update(retryStrategy={"attempts": "2"}),
+        "Batch children share one --out": lambda j, d, s: d["containerProperties"]["command"].__setitem__(8, "/models/s.json"),
+        "Batch --shards != array size": lambda j, d, s: d["containerProperties"]["command"].__setitem__(2, "3"),
+    }
+    for name, mutate in mutations.items():
+        j, d = copy.deepcopy(job), copy.deepcopy(jobdef)
+        mutate(j, d, submit)
+        if not train_consistency(j, d, submit, dep, files):
+            problems.append(f"self-test: the mistake '{name}' went unnoticed")
+    if not problems:
+        print(f"self-test: each of {len(mutations)} deliberate mistakes is caught")
+    return problems
+
+
 def main(argv):
     if len(argv) >= 2 and argv[0] == "servicemonitor":
         return check_servicemonitors(argv[1:])
@@ -327,6 +444,8 @@ def main(argv):
         return check_config(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "config-selftest":
         return selftest(argv[1])
+    if len(argv) == 3 and argv[0] == "train":
+        return check_train(argv[1], argv[2])
     return [__doc__]
 
 

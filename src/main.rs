@@ -54,6 +54,8 @@ enum Command {
     Shadow(commands::shadow::Args),
     Ope(commands::ope::Args),
     Diff(commands::diff::Args),
+    /// Fleet: fold shard models; merge, roll out and roll back the shared policy in S3.
+    Fleet(commands::fleet::Args),
     /// Write a simulated provenance log (development: off-policy evaluation checks, benchmarks).
     #[command(hide = true)]
     Simlog(commands::ope::SimLogArgs),
@@ -102,6 +104,7 @@ fn main() -> Result<()> {
         Command::Shadow(a) => commands::shadow::run(a),
         Command::Ope(a) => commands::ope::run(a),
         Command::Diff(a) => commands::diff::run(a),
+        Command::Fleet(a) => commands::fleet::run(a),
         Command::Simlog(a) => commands::ope::run_simlog(a),
     }
 }

@@ -20,7 +20,10 @@ mod common;
 
 use aws_support::moto::Moto;
 use aws_support::proxy::{Fault, Proxy};
-use aws_support::world::{cw_client, glue_client};
+use aws_support::world::{
+    cw_client, glue_client, initial_columns, setup_catalog_and_job, table_input, Col, DATABASE, JOB, NAMESPACE,
+    PIPELINE, SOURCE_TABLE, TABLE,
+};
 use selfheal_aws::aws_sdk_cloudwatch as cw;
 use selfheal_aws::aws_sdk_glue as glue;
 use selfheal_aws::cloudwatch::{query_for, CloudWatchSource};
@@ -30,12 +33,6 @@ use selfheal_sidecar::config::{CloudWatchConfig, WatchedPipeline};
 use selfheal_sidecar::window::Window;
 use std::collections::BTreeSet;
 
-const PIPELINE: &str = "p1";
-const JOB: &str = "orders-etl";
-const DATABASE: &str = "sales";
-const TABLE: &str = "orders";
-const SOURCE_TABLE: &str = "orders_crawled";
-const NAMESPACE: &str = "Selfheal/Pipeline";
 const PERIOD: i64 = 60;
 /// What a Glue job that ran out of heap writes in `ErrorMessage`.
 const OOM: &str =
@@ -53,42 +50,17 @@ struct Aws {
     t0: i64,
 }
 
-fn table_input(name: &str, columns: &[(&str, &str)]) -> glue::types::TableInput {
-    use glue::types::{Column, StorageDescriptor, TableInput};
-    let cols = columns.iter().map(|(n, t)| Column::builder().name(*n).r#type(*t).build().unwrap()).collect();
-    let sd =
-        StorageDescriptor::builder().set_columns(Some(cols)).location(format!("s3://selfheal-tests/{name}/")).build();
-    TableInput::builder().name(name).table_type("EXTERNAL_TABLE").storage_descriptor(sd).build().unwrap()
-}
-
-const COLUMNS: [(&str, &str); 3] = [("order_id", "bigint"), ("amount", "double"), ("created_at", "timestamp")];
-
 impl Aws {
-    /// moto behind the proxy; a database with the job's table and the source
-    /// table (same columns), the job, and the job's 3 metrics published for
-    /// 6 periods from `t0`.
+    /// moto behind the proxy; the catalog and job of
+    /// [`setup_catalog_and_job`] (the job's table and the source table with
+    /// the same columns), and the job's 3 metrics published for 6 periods
+    /// from `t0`.
     async fn start() -> Aws {
-        use glue::types::{DatabaseInput, JobCommand};
         let dir = tempfile::tempdir().unwrap();
         let moto = Moto::start(&dir.path().join("moto.log"));
         let proxy = Proxy::start(&moto.addr);
         let (glue, cw) = (glue_client(&proxy.url), cw_client(&proxy.url));
-        glue.create_database()
-            .database_input(DatabaseInput::builder().name(DATABASE).build().unwrap())
-            .send()
-            .await
-            .expect("CreateDatabase");
-        for t in [TABLE, SOURCE_TABLE] {
-            glue.create_table().database_name(DATABASE).table_input(table_input(t, &COLUMNS)).send().await.unwrap();
-        }
-        glue.create_job()
-            .name(JOB)
-            .role("arn:aws:iam::123456789012:role/selfheal-tests-glue")
-            .command(JobCommand::builder().name("glueetl").script_location("s3://selfheal-tests/etl.py").build())
-            .glue_version("4.0")
-            .send()
-            .await
-            .expect("CreateJob");
+        setup_catalog_and_job(&glue, 10).await;
         let now = common::now_ms() / 1000;
         let t0 = now - 1800 - (now - 1800).rem_euclid(PERIOD);
         let aws = Aws { _dir: dir, _moto: moto, proxy, glue, cw, t0 };
@@ -227,7 +199,10 @@ async fn a_renamed_source_column_is_catalog_drift() {
     let ws = src.poll(t0 + 2 * PERIOD).await.expect("poll");
     assert_eq!(ws.last().unwrap().telemetry.value(Metric::CatalogDrift), Some(0.0), "tables agree: 0, not absent");
 
-    let renamed = [("order_id", "bigint"), ("amount_eur", "double"), ("created_at", "timestamp")];
+    let renamed: Vec<Col> = initial_columns()
+        .into_iter()
+        .map(|(n, t)| if n == "amount" { ("amount_eur".to_string(), t) } else { (n, t) })
+        .collect();
     aws.glue
         .update_table()
         .database_name(DATABASE)

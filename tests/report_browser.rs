@@ -4,7 +4,10 @@
 //! in the DOM equal `selfheal evaluate --format json` for the same seeds; and a
 //! screenshot renders.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::headless_chromium;
+use std::path::Path;
 use std::process::Command;
 
 fn selfheal(args: &[&str]) -> String {
@@ -13,40 +16,9 @@ fn selfheal(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-fn chromium() -> PathBuf {
-    for name in ["chromium", "chromium-browser"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "\n\nchromium is not installed, and this test needs it (it opens report.html in a headless browser).\n\
-         Install it with:  apt-get update && apt-get install -y chromium\n\
-         (tests/run.sh installs it when missing.)\n\n"
-    );
-}
-
 /// Run chromium headless, off the network, with a fresh profile.
 fn run_chromium(extra: &[String], url: &str, profile: &Path) -> std::process::Output {
-    let mut cmd = Command::new(chromium());
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-    ]);
-    cmd.arg(format!("--user-data-dir={}", profile.display()));
-    cmd.args(extra).arg(url);
-    cmd.output().expect("chromium starts")
+    headless_chromium(profile, "MAP * ~NOTFOUND").args(extra).arg(url).output().expect("chromium starts")
 }
 
 /// Attribute values of `attr` in `html` (double-quoted).

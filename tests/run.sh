@@ -109,12 +109,12 @@ fi
 stage "hadolint Dockerfile (every rule, no ignores)"
 .venv/deploy/bin/hadolint --failure-threshold style Dockerfile
 
-stage "kubernetes-validate --strict deploy/base (Kubernetes 1.30 and 1.37)"
+stage "kubernetes-validate --strict deploy/base, deploy/train (Kubernetes 1.30 and 1.37)"
 # Strict: a key the schema does not define is an error. Two kinds have no
 # Kubernetes schema: kustomization.yaml (kustomize's own file, checked by
 # `kubectl kustomize` where installed) and the ServiceMonitor (a CRD; next stage).
 k8s_manifests=()
-for f in deploy/base/*.yaml; do
+for f in deploy/base/*.yaml deploy/train/*.yaml; do
     case "$f" in */kustomization.yaml|*/servicemonitor.yaml) ;; *) k8s_manifests+=("$f") ;; esac
 done
 for v in 1.30.0 1.37.0; do
@@ -130,6 +130,7 @@ stage "checkov: Dockerfile, Kubernetes manifests, IAM policy (0 failed; skips ar
 checkov=(.venv/deploy/bin/checkov --quiet --compact --skip-download)
 "${checkov[@]}" --framework dockerfile -f Dockerfile
 "${checkov[@]}" --framework kubernetes -d deploy/base
+"${checkov[@]}" --framework kubernetes -d deploy/train
 # checkov has no runner for a bare IAM policy JSON: it is scanned as the
 # policy of a Terraform aws_iam_policy (CKV_AWS_286-290, CKV_AWS_355, ...),
 # and a copy with s3:PutObject on "*" must fail, or the wrapper is not read.
@@ -142,6 +143,9 @@ if "${checkov[@]}" --framework terraform -d "$iam_dir/bad" >/dev/null; then
     exit 1
 fi
 echo "negative control: the policy with s3:PutObject on \"*\" fails checkov, as it must"
+
+stage "deploy/train: Indexed Job and AWS Batch array job agree (shards, security); the job definition against botocore"
+"$deploy_py" deploy/check.py train deploy/train deploy/base
 
 stage "deploy/base's sidecar.toml agrees with the Deployment and passes selfheal validate"
 "$deploy_py" deploy/check.py config-selftest deploy/base

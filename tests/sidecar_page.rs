@@ -12,93 +12,10 @@ mod common;
 
 use common::*;
 use selfheal_sidecar::provenance::{EscalationRecord, PagePhase, Record};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-/// One request the hook got: when, its Idempotency-Key, its body, what it answered.
-#[derive(Clone, Debug)]
-struct Hit {
-    at: Instant,
-    key: String,
-    body: String,
-    status: u16,
-}
-
-type Responder = dyn Fn(usize) -> (u16, Option<String>) + Send + Sync;
-
-/// A webhook receiver: a real HTTP/1.1 server on 127.0.0.1 whose answer to the
-/// n-th request (0-based) is `respond(n)` = (status, Retry-After).
-struct Hook {
-    url: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
-}
-
-impl Hook {
-    fn start(respond: Arc<Responder>) -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let keep = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (keep, respond) = (keep.clone(), respond.clone());
-                std::thread::spawn(move || serve(stream, &keep, &*respond));
-            }
-        });
-        Hook { url, hits }
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    /// Requests for `key` answered 2xx.
-    fn accepted(&self, key: &str) -> usize {
-        self.hits().iter().filter(|h| h.key == key && (200..300).contains(&h.status)).count()
-    }
-}
-
-fn serve(mut s: TcpStream, hits: &Mutex<Vec<Hit>>, respond: &Responder) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let header =
-        |name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()));
-    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    while buf.len() < head_end + 4 + len {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + len]).into_owned();
-    let key = header("idempotency-key").unwrap_or_default();
-    // Decide and record under one lock, so the n-th request gets the n-th answer.
-    let (status, retry_after) = {
-        let mut hits = hits.lock().unwrap();
-        let (status, retry_after) = respond(hits.len());
-        hits.push(Hit { at: Instant::now(), key, body, status });
-        (status, retry_after)
-    };
-    let extra = retry_after.map(|r| format!("Retry-After: {r}\r\n")).unwrap_or_default();
-    let reply = format!("HTTP/1.1 {status} X\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    let _ = s.write_all(reply.as_bytes());
-}
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The daemon's config: actions that always fail, each escalated to `url`.
 fn config(work: &Path, url: &str, backoff: (u64, u64), fallback: Option<(&Path, u64)>) -> String {

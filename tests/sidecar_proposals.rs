@@ -11,92 +11,31 @@ mod common;
 use common::*;
 use selfheal_sidecar::provenance::{PagePhase, Record};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// One message the hook got: its Idempotency-Key and JSON body.
 #[derive(Clone, Debug)]
-struct Hit {
+struct Msg {
     key: String,
     body: serde_json::Value,
 }
 
-/// A webhook receiver on 127.0.0.1 answering 200 to everything.
-struct Hook {
-    url: String,
-    hits: Arc<Mutex<Vec<Hit>>>,
+/// Every message the hook got, in arrival order.
+fn messages(hook: &Hook) -> Vec<Msg> {
+    hook.hits().into_iter().map(|h| Msg { body: h.json(), key: h.key }).collect()
 }
 
-impl Hook {
-    fn start() -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let hits = Arc::new(Mutex::new(Vec::new()));
-        let keep = hits.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let keep = keep.clone();
-                std::thread::spawn(move || serve(stream, &keep));
-            }
-        });
-        Hook { url, hits }
-    }
-
-    fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
-    /// Messages whose event is `selfheal.proposal.<notice>`.
-    fn notices(&self, notice: &str) -> Vec<Hit> {
-        let event = format!("selfheal.proposal.{notice}");
-        self.hits().into_iter().filter(|h| h.body["event"] == event.as_str()).collect()
-    }
-}
-
-fn serve(mut s: TcpStream, hits: &Mutex<Vec<Hit>>) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let header =
-        |name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}:")).map(|v| v.trim().to_string()));
-    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    while buf.len() < head_end + 4 + len {
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let body = serde_json::from_slice(&buf[head_end + 4..head_end + 4 + len]).unwrap_or(serde_json::Value::Null);
-    // The key is case-preserved in the header; the lower-cased head would
-    // change it, so take it from the raw bytes.
-    let raw = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let key = raw
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("idempotency-key")))
-        .map(|(_, v)| v.trim().to_string())
-        .unwrap_or_default();
-    hits.lock().unwrap().push(Hit { key, body });
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+/// Messages the hook got whose event is `selfheal.proposal.<notice>`.
+fn notices(hook: &Hook, notice: &str) -> Vec<Msg> {
+    let event = format!("selfheal.proposal.{notice}");
+    messages(hook).into_iter().filter(|m| m.body["event"] == event.as_str()).collect()
 }
 
 #[test]
 fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_end_is_announced() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
-    let hook = Hook::start();
+    let hook = Hook::ok();
     // Recommend mode: every action the policy chooses waits for a person;
     // one pipeline, so every proposal after the first is the same pipeline's.
     let cfg = format!(
@@ -109,8 +48,8 @@ fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_en
     let mut d = Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &[] });
 
     // 1. The first proposal arrives with what a person needs to decide.
-    wait_for(Duration::from_secs(30), "a proposal message", || !hook.notices("proposal").is_empty());
-    let first = hook.notices("proposal")[0].clone();
+    wait_for(Duration::from_secs(30), "a proposal message", || !notices(&hook, "proposal").is_empty());
+    let first = notices(&hook, "proposal")[0].clone();
     let id = first.body["detail"]["decision_id"].as_str().expect("decision id").to_string();
     // Answer at once (before the unanswered page, due 2 s after it was proposed).
     let out = d.client(&["approve", &id]);
@@ -139,28 +78,28 @@ fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_en
 
     // 2. The answer is announced.
     wait_for(Duration::from_secs(20), "the approval announced", || {
-        hook.notices("approved").iter().any(|h| h.key == format!("{id}/approved"))
+        notices(&hook, "approved").iter().any(|h| h.key == format!("{id}/approved"))
     });
-    let approved = hook.notices("approved").into_iter().find(|h| h.key == format!("{id}/approved")).unwrap();
+    let approved = notices(&hook, "approved").into_iter().find(|h| h.key == format!("{id}/approved")).unwrap();
     assert!(approved.body["detail"]["by"].as_str().unwrap().starts_with("cli"), "{:?}", approved.body);
     assert!(approved.body["text"].as_str().unwrap().contains("approved"), "{:?}", approved.body);
 
     // 3. Nobody answers the next ones: "nobody answered", then expiry, both announced.
     // (Under load the approval above may itself come after its 2 s: look
     // at a proposal nobody answered.)
-    let other = |h: &Hit| h.body["detail"]["decision_id"] != id.as_str();
-    wait_for(Duration::from_secs(30), "an unanswered page", || hook.notices("unanswered").iter().any(other));
-    let nag = hook.notices("unanswered").into_iter().find(other).unwrap();
+    let other = |h: &Msg| h.body["detail"]["decision_id"] != id.as_str();
+    wait_for(Duration::from_secs(30), "an unanswered page", || notices(&hook, "unanswered").iter().any(other));
+    let nag = notices(&hook, "unanswered").into_iter().find(other).unwrap();
     assert!(nag.body["text"].as_str().unwrap().starts_with("Nobody answered"), "{:?}", nag.body);
     let nagged = nag.body["detail"]["decision_id"].as_str().unwrap().to_string();
     assert_eq!(nag.key, format!("{nagged}/unanswered"));
-    let nags = hook.notices("unanswered");
+    let nags = notices(&hook, "unanswered");
     assert_eq!(nags.iter().filter(|h| h.key == nag.key).count(), 1, "paged once");
     let nag_at = nag.body["detail"]["at_ms"].as_i64().unwrap();
     let nag_proposed = nag.body["detail"]["proposed_ms"].as_i64().unwrap();
     assert!(nag_at - nag_proposed >= 2000, "paged {} ms after it was proposed, before 2 s", nag_at - nag_proposed);
     wait_for(Duration::from_secs(30), "an expiry announced", || {
-        hook.notices("expired").iter().any(|h| h.key == format!("{nagged}/expired"))
+        notices(&hook, "expired").iter().any(|h| h.key == format!("{nagged}/expired"))
     });
     let body = d.metrics();
     promtool_check(&body);
@@ -179,11 +118,11 @@ fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_en
     let decided = decisions(&log.records);
     let proposed = decided.iter().filter(|x| x.verdict == "proposed").count();
     let pending = decided.iter().filter(|x| x.verdict == "pending").count();
-    let told = hook.notices("proposal").len();
+    let told = notices(&hook, "proposal").len();
     assert!(pending > 0, "later windows wait on the open proposal");
     assert!(told < proposed + pending, "{told} messages for {proposed} proposals and {pending} waits");
     let mut open_told = false;
-    for h in hook.hits() {
+    for h in messages(&hook) {
         match h.body["event"].as_str().unwrap_or("") {
             "selfheal.proposal.proposal" => {
                 assert!(!open_told, "a second proposal message while one is open: {:?}", h.body);
@@ -200,7 +139,7 @@ fn proposals_reach_the_webhook_once_per_incident_with_how_to_answer_and_their_en
     assert!(pending > 0 && proposed > told, "bursts were folded: {proposed} proposals, {told} messages");
     // Every message was delivered once and is in the log as a page.
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for h in hook.hits() {
+    for h in messages(&hook) {
         *seen.entry(h.key).or_default() += 1;
     }
     assert!(seen.values().all(|&n| n == 1), "a message delivered twice: {seen:?}");
@@ -228,7 +167,7 @@ fn log_path(state: &std::path::Path) -> std::path::PathBuf {
 fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
     let work = tempfile::tempdir().unwrap();
     let state = work.path().join("state");
-    let hook = Hook::start();
+    let hook = Hook::ok();
     let cfg = format!(
         "[source]\nkind = \"simulator\"\ntick_ms = 20\npipelines = 1\n\
          [guard]\nmode = \"recommend\"\napproval_ttl_secs = 600\n\
@@ -237,8 +176,8 @@ fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
     );
     let start = || Sidecar::start(Start { work: work.path(), state: &state, config: Some(&cfg), args: &[], env: &[] });
     let mut d = start();
-    wait_for(Duration::from_secs(30), "a proposal message", || !hook.notices("proposal").is_empty());
-    let id = hook.notices("proposal")[0].body["detail"]["decision_id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(30), "a proposal message", || !notices(&hook, "proposal").is_empty());
+    let id = notices(&hook, "proposal")[0].body["detail"]["decision_id"].as_str().unwrap().to_string();
     d.kill9();
     // `selfheal log --waiting` takes the proposal lifetime from --config
     // (guard.approval_ttl_secs) when given: with 2 s the proposal no longer waits.
@@ -257,12 +196,12 @@ fn a_proposal_told_before_a_kill_9_is_announced_void_after_the_restart_once() {
     assert!(waits(&[]) && waits(&["--config", long.to_str().unwrap()]), "open, within 600 s and the default");
     assert!(!waits(&["--config", short.to_str().unwrap()]), "expired after the config's 2 s");
     assert!(waits(&["--config", short.to_str().unwrap(), "--ttl-secs", "600"]), "--ttl-secs wins");
-    let void = |hook: &Hook| hook.notices("expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
+    let void = |hook: &Hook| notices(hook, "expired").into_iter().filter(|h| h.key == format!("{id}/expired")).count();
     assert_eq!(void(&hook), 0);
 
     let mut d = start();
     wait_for(Duration::from_secs(30), "the void proposal announced", || void(&hook) == 1);
-    let msg = hook.notices("expired").into_iter().find(|h| h.key == format!("{id}/expired")).unwrap();
+    let msg = notices(&hook, "expired").into_iter().find(|h| h.key == format!("{id}/expired")).unwrap();
     assert!(msg.body["text"].as_str().unwrap().contains("restarted"), "{:?}", msg.body);
     let out = d.client(&["approve", &id]);
     assert!(!out.status.success(), "a proposal of the earlier run cannot be approved");

@@ -16,25 +16,9 @@ mod common;
 use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
-
-fn chromium() -> PathBuf {
-    for name in ["chromium", "chromium-browser"] {
-        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
-            let p = dir.join(name);
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    panic!(
-        "\n\nchromium is not installed, and this test needs it (it drives /ui in a headless browser).\n\
-         Install it with:  apt-get update && apt-get install -y chromium\n\
-         (tests/run.sh installs it when missing.)\n\n"
-    );
-}
 
 /// A headless Chromium with a DevTools WebSocket, killed when dropped.
 struct Browser {
@@ -55,24 +39,10 @@ impl Drop for Browser {
 
 impl Browser {
     fn start(profile: &Path) -> Browser {
-        let mut child = Command::new(chromium())
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                // Any name resolves nowhere: a page that reaches out fails
-                // (and the network log below still names what it tried).
-                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                "--remote-debugging-port=0",
-                "--window-size=1100,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+        // Any name resolves nowhere: a page that reaches out fails (and the
+        // network log below still names what it tried).
+        let mut child = headless_chromium(profile, "MAP * ~NOTFOUND, EXCLUDE 127.0.0.1")
+            .args(["--remote-debugging-port=0", "--window-size=1100,900"])
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -9,9 +9,8 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::store::write_atomic;
-use selfheal_detect::benchmark::score_series;
+use selfheal_detect::scores::scores_csv;
 use selfheal_detect::stream::StreamParams;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -155,30 +154,10 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// Runs the streaming detector over a series' rows in file order, one score per row.
-pub fn score(params: &StreamParams, series: &Series) -> Vec<f64> {
-    let stamps: Vec<Option<i64>> = series.stamps.iter().copied().map(Some).collect();
-    score_series(params, &stamps, &series.values)
-}
-
-/// Scores `series` and renders the output CSV; a score that is not a number in
-/// [0, 1] (values so large the arithmetic overflows) is an error naming the line.
+/// The scores file of `series` read from `path`; an unscorable row is an
+/// error naming `path:line`.
 fn render(path: &Path, series: &Series, params: &StreamParams) -> Result<String> {
-    let scores = score(params, series);
-    let mut out = String::with_capacity(series.values.len() * 48);
-    out.push_str("timestamp,value,anomaly_score\n");
-    for (i, s) in scores.iter().enumerate() {
-        if !(0.0..=1.0).contains(s) {
-            bail!(
-                "{}:{}: the detector could not score value {} (score {s}); values this large are not supported",
-                path.display(),
-                i + 2,
-                series.texts[i]
-            );
-        }
-        writeln!(out, "{},{},{s}", series.timestamps[i], series.texts[i]).expect("writing to a String");
-    }
-    Ok(out)
+    scores_csv(params, series).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
 }
 
 /// `true` if `a` and `b` name the same existing file or directory.

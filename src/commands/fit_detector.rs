@@ -4,11 +4,11 @@ use crate::{defaults, wiring};
 use anyhow::{Context, Result};
 use selfheal_agent::store::write_atomic;
 use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
-use selfheal_core::seeds::training_episode;
-use selfheal_core::{Detector, FaultKind, Slo, Telemetry};
+use selfheal_core::{FaultKind, Slo};
+use selfheal_detect::coverage::{check_min_coverage, FitReport, RECOVERING};
 use selfheal_detect::forest::ForestParams;
-use selfheal_detect::telemetry::{Coverage, DetectorModel, FitParams, TelemetryDetector};
-use selfheal_harness::{run_episode, Controller, Fixed};
+use selfheal_detect::telemetry::{DetectorModel, FitParams};
+use selfheal_harness::{collect_detector_data, Controller, Fixed};
 use selfheal_sim::Simulator;
 use std::path::PathBuf;
 
@@ -54,7 +54,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    anyhow::ensure!((0.0..=1.0).contains(&a.min_coverage), "--min-coverage must be in [0, 1]");
+    let min_coverage =
+        check_min_coverage(a.min_coverage).map_err(|_| anyhow::anyhow!("--min-coverage must be in [0, 1]"))?;
     let params = FitParams {
         forest: ForestParams { n_trees: 50, sample_size: 128, extension_level: 0, seed: a.seed },
         false_alarm_rate: a.false_alarm_rate,
@@ -67,52 +68,30 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace('_', "-"), e.bound.replace('_', "-")))?;
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let rules = defaults::rules(None)?;
-    let reward = wiring::reward(&scenario);
-    let mut env = Simulator::new(&scenario);
-    let mut enc = selfheal_agent::TelemetryEncoder::new(wiring::encoder_config(&scenario));
-    let mut healthy: Vec<Telemetry> = Vec::new();
-    let mut faulty: Vec<(Telemetry, selfheal_core::FaultSet)> = Vec::new();
     let mut policies: Vec<Box<dyn Controller<Simulator>>> = vec![
         Box::new(Fixed(NoOpPolicy)),
         Box::new(Fixed(RandomPolicy::new(a.seed))),
         Box::new(Fixed(RulesPolicy::new(rules.thresholds, Slo::default()))),
     ];
-    for (p, ctl) in policies.iter_mut().enumerate() {
-        for i in 0..a.episodes {
-            let seed = training_episode(a.seed, p as u64 * 1_000_000 + i);
-            run_episode(&mut env, ctl.as_mut(), &mut enc, &reward, seed, |r| {
-                if r.info.healthy {
-                    healthy.push(*r.telemetry);
-                } else {
-                    faulty.push((*r.telemetry, r.info.active));
-                }
-            });
-        }
-    }
-    let candidates: Vec<Telemetry> = faulty.iter().map(|(t, _)| *t).collect();
-    let mut model =
-        DetectorModel::fit(&scenario.name, &healthy, &candidates, &params).context("fitting the detector")?;
+    let data = collect_detector_data(
+        &mut Simulator::new(&scenario),
+        &mut policies,
+        &mut selfheal_agent::TelemetryEncoder::new(wiring::encoder_config(&scenario)),
+        &wiring::reward(&scenario),
+        a.seed,
+        a.episodes,
+    );
+    let mut model = DetectorModel::fit(&scenario.name, &data.healthy, &data.candidates(), &params)
+        .context("fitting the detector")?;
+    let report = FitReport::measure(&model, &data.healthy, &data.faulty);
+    let blind = report.blind(min_coverage)?;
 
-    // What it sees of each fault kind: a kind it never flags is a fault it
-    // is blind to (a hung job reads as a quiet one), and signatures built
-    // without it cannot name it. Reported, kept in the file, and an error
-    // with --strict.
-    let det = TelemetryDetector::new(model.clone());
-    let mut coverage: Vec<Coverage> =
-        FaultKind::ALL.iter().map(|k| Coverage { kind: k.name().to_string(), windows: 0, flagged: 0 }).collect();
-    for (t, active) in &faulty {
-        let flagged = det.detect(t).anomalous;
-        for f in active.iter() {
-            coverage[f.index()].windows += 1;
-            coverage[f.index()].flagged += usize::from(flagged);
-        }
-    }
-    coverage.retain(|c| c.windows > 0);
+    // What it sees of each fault kind: reported, kept in the file, and an
+    // error with --strict.
     eprintln!("windows flagged per fault kind:");
-    for c in &coverage {
+    for c in &report.coverage {
         eprintln!("  {:<22} {:>7} of {:>7} ({:.1}%)", c.kind, c.flagged, c.windows, 100.0 * c.share());
     }
-    let blind: Vec<&Coverage> = coverage.iter().filter(|c| c.share() < a.min_coverage).collect();
     for c in &blind {
         eprintln!(
             "warning: the detector flags {} of {} {} windows ({:.1}%, under --min-coverage {:.0}%): it is nearly \
@@ -133,43 +112,28 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
-    model.meta.coverage = coverage;
+    model.meta.coverage = report.coverage.clone();
     write_atomic(&a.out, model.to_json().as_bytes())?;
 
     // What the signatures mean: the true faults behind each one.
-    let false_alarms = healthy.iter().filter(|t| det.detect(t).anomalous).count();
-    let k = usize::from(det.signatures());
-    let mut table = vec![[0usize; FaultKind::COUNT + 1]; k + 1];
-    let mut flagged = 0;
-    for (t, active) in &faulty {
-        let d = det.detect(t);
-        flagged += usize::from(d.anomalous);
-        let row = &mut table[usize::from(d.signature)];
-        if active.is_empty() {
-            row[FaultKind::COUNT] += 1;
-        }
-        for f in active.iter() {
-            row[f.index()] += 1;
-        }
-    }
     eprintln!(
         "{} healthy windows ({} false alarms, {:.2}%), {} unhealthy ({} flagged, {:.1}%); k = {} by silhouette {:?}",
-        healthy.len(),
-        false_alarms,
-        100.0 * false_alarms as f64 / healthy.len() as f64,
-        faulty.len(),
-        flagged,
-        100.0 * flagged as f64 / faulty.len().max(1) as f64,
-        k,
+        report.healthy,
+        report.false_alarms,
+        100.0 * report.false_alarms as f64 / report.healthy as f64,
+        report.faulty,
+        report.flagged,
+        100.0 * report.flagged as f64 / report.faulty.max(1) as f64,
+        report.signatures.len() - 1,
         model.signatures.silhouette.iter().map(|(k, s)| format!("{k}:{s:.3}")).collect::<Vec<_>>()
     );
     eprintln!("unhealthy windows per signature (0 = not flagged) and the true faults behind them:");
-    for (sig, row) in table.iter().enumerate() {
+    for (sig, row) in report.signatures.iter().enumerate() {
         let total: usize = row.iter().sum();
         let mut parts: Vec<(usize, String)> = FaultKind::ALL
             .iter()
             .map(|f| (row[f.index()], f.name().to_string()))
-            .chain([(row[FaultKind::COUNT], "recovering".to_string())])
+            .chain([(row[RECOVERING], "recovering".to_string())])
             .filter(|(n, _)| *n > 0)
             .collect();
         parts.sort_by_key(|p| std::cmp::Reverse(p.0));

@@ -6,6 +6,7 @@ pub mod diff;
 pub mod evaluate;
 pub mod fit;
 pub mod fit_detector;
+pub mod fleet;
 pub mod nab;
 pub mod ope;
 pub mod playbook;

@@ -5,13 +5,11 @@ use super::report::{load, SimArgs};
 use crate::{defaults, wiring};
 use anyhow::Result;
 use selfheal_agent::RulesPolicy;
-use selfheal_core::{Action, ActionMask, Metric, Observation, Policy, Slo, StateId, Telemetry};
-use selfheal_harness::{run_episode, Controller, Fixed};
-use selfheal_report::log::{
-    line, DecisionRecord, OutcomeRecord, OutcomeStatus, Record, RewardRecord, Verdict, WindowSummary,
-};
-use selfheal_report::ope::{estimate, Explorer, OpeConfig};
+use selfheal_core::Slo;
+use selfheal_harness::Fixed;
+use selfheal_report::ope::{estimate, OpeConfig};
 use selfheal_report::policy::PolicyView;
+use selfheal_report::simlog::{true_value, write_simlog, SimLogParams};
 use selfheal_sim::Simulator;
 use std::io::Write;
 use std::path::PathBuf;
@@ -90,34 +88,6 @@ pub struct SimLogArgs {
     sim: SimArgs,
 }
 
-struct Behaviour<'a> {
-    view: &'a PolicyView,
-    explorer: Explorer,
-    rules: RulesPolicy,
-    steps: Vec<(StateId, ActionMask, Action, f64, Action, Telemetry)>,
-}
-
-impl Controller<Simulator> for Behaviour<'_> {
-    fn name(&self) -> &str {
-        "behaviour"
-    }
-    fn reset(&mut self, seed: u64) {
-        self.explorer.reseed(seed ^ 0xB0E4_A710);
-        self.rules.reset(seed);
-        self.steps.clear();
-    }
-    fn decide(&mut self, _env: &Simulator, obs: &Observation<'_>) -> Action {
-        let greedy = self.view.act_masked(obs.state, obs.mask);
-        let (chosen, p) = self.explorer.choose(greedy, obs.mask);
-        let shadow = self.rules.act(obs);
-        self.steps.push((obs.state, obs.mask, chosen, p, shadow, *obs.telemetry));
-        chosen
-    }
-}
-
-/// 2026-01-01T00:00:00Z, the simulated log's clock origin.
-const T0_MS: i64 = 1_767_225_600_000;
-
 pub fn run_simlog(a: SimLogArgs) -> Result<()> {
     let l = load(a.policy.as_deref(), &a.sim)?;
     let (mut enc, greedy) = wiring::learned(&l.model, &l.scenario, &l.detector)?;
@@ -125,103 +95,11 @@ pub fn run_simlog(a: SimLogArgs) -> Result<()> {
     let gamma = l.view.gamma();
     let mut env = Simulator::new(&l.scenario);
     let mut out = std::io::BufWriter::new(std::fs::File::create(&a.out)?);
-    let mut b = Behaviour {
-        view: &l.view,
-        explorer: Explorer::new(a.epsilon, a.seed),
-        rules: RulesPolicy::new(l.rules.thresholds, Slo::default()),
-        steps: Vec::new(),
-    };
-    let horizon = i64::from(l.scenario.horizon);
-    let mut decisions = 0u64;
-    for e in 0..a.episodes {
-        let env_seed = 1_000_000 + a.seed * 100_000 + e;
-        let mut rewards = Vec::new();
-        run_episode(&mut env, &mut b, enc.as_mut(), &reward, env_seed, |s| rewards.push((s.reward, s.state)));
-        let pipeline = format!("sim-{}-{e:05}", a.seed);
-        for (t, ((state, mask, chosen, p, shadow, tel), (r, _))) in b.steps.iter().zip(&rewards).enumerate() {
-            let ts = T0_MS + ((e as i64) * horizon + t as i64) * 60_000;
-            let id = format!("{}-{e}-{t}", a.seed);
-            let parts = l.view.parts(*state);
-            let sig = parts.map_or(0, |x| x.signature);
-            let next = rewards.get(t + 1).map_or(*state, |x| x.1);
-            let q: Vec<(String, f64)> = mask.iter().map(|x| (x.name().to_string(), l.view.q(*state, x))).collect();
-            let verdict = match chosen {
-                Action::NoOp => Verdict::Noop,
-                Action::Escalate => Verdict::Escalated,
-                _ => Verdict::Allowed,
-            };
-            let d = DecisionRecord {
-                id: id.clone(),
-                ts_ms: ts,
-                pipeline: pipeline.clone(),
-                window: WindowSummary {
-                    ts_ms: ts,
-                    latency_p95_s: tel.get(Metric::LatencyP95),
-                    error_ratio: tel.error_ratio(),
-                    backlog: tel.get(Metric::Backlog),
-                    records_in: tel.get(Metric::RecordsIn),
-                    workers: tel.get(Metric::Executors),
-                },
-                score: 0.0,
-                anomalous: sig > 0,
-                signature: sig as u16,
-                state: *state,
-                state_text: l.view.describe(*state),
-                q,
-                visits: l.view.table().state_visits(l.view.deciding(*state)),
-                chosen: *chosen,
-                probability: *p,
-                shadow: shadow.name().into(),
-                glue_shadow: None,
-                mode: selfheal_guard::Mode::Act,
-                verdict,
-                reason: "simulated (selfheal simlog)".into(),
-                idempotency_key: (*chosen != Action::NoOp).then(|| format!("{id}/{}", chosen.name())),
-                cause: Default::default(),
-                evidence: Vec::new(),
-                policy_version: None,
-            };
-            out.write_all(line(&Record::Decision(d)).as_bytes())?;
-            if *chosen != Action::NoOp {
-                let o = OutcomeRecord {
-                    id: id.clone(),
-                    ts_ms: ts + 1000,
-                    status: OutcomeStatus::Succeeded,
-                    detail: "simulated".into(),
-                };
-                out.write_all(line(&Record::Outcome(o)).as_bytes())?;
-            }
-            let qv = l.view.q(*state, *chosen);
-            let w = RewardRecord {
-                id,
-                ts_ms: ts + 60_000,
-                reward: *r,
-                windows: 1,
-                next_state: next,
-                action: None,
-                q_before: qv,
-                q_after: qv,
-            };
-            out.write_all(line(&Record::Reward(w)).as_bytes())?;
-            decisions += 1;
-        }
-    }
+    let rules = RulesPolicy::new(l.rules.thresholds, Slo::default());
+    let params = SimLogParams { episodes: a.episodes, epsilon: a.epsilon, seed: a.seed };
+    let decisions = write_simlog(&mut env, enc.as_mut(), &reward, &l.view, rules, &params, &mut out)?;
     out.flush()?;
-    let truth = if a.truth_episodes > 0 {
-        let mut ctl = Fixed(greedy);
-        let mut sum = 0.0;
-        for e in 0..a.truth_episodes {
-            let (mut ret, mut disc) = (0.0, 1.0);
-            run_episode(&mut env, &mut ctl, enc.as_mut(), &reward, 3_000_000 + e, |s| {
-                ret += disc * s.reward;
-                disc *= gamma;
-            });
-            sum += ret;
-        }
-        Some(sum / a.truth_episodes as f64)
-    } else {
-        None
-    };
+    let truth = true_value(&mut env, &mut Fixed(greedy), enc.as_mut(), &reward, gamma, a.truth_episodes);
     println!(
         "{}",
         serde_json::json!({

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
+use selfheal_report::log::{open_proposals, OpenProposal};
 use selfheal_sidecar::provenance::{explain, filter, one_line, parse_time, read_log, LogFilter, LogRead, Record};
 use std::path::{Path, PathBuf};
 
@@ -134,37 +135,23 @@ pub fn run_log(a: LogArgs) -> Result<()> {
 /// One line per proposal still open in `records` at `now` (ms): no approval,
 /// outcome or expiry recorded and younger than `ttl_ms`, oldest first.
 fn waiting(records: &[Record], f: &LogFilter, now: i64, ttl_ms: i64) -> Vec<String> {
-    let closed: std::collections::HashSet<&str> = records
-        .iter()
-        .filter_map(|r| match r {
-            Record::Approval(a) => Some(a.id.as_str()),
-            Record::Outcome(o) => Some(o.id.as_str()),
-            _ => None,
+    let mut out: Vec<String> = open_proposals(records, filter(records, f), now, ttl_ms)
+        .into_iter()
+        .map(|OpenProposal { decision: d, waits }| {
+            format!(
+                "{} waits for a human: {} proposed {} s ago ({}; {}), expires in {} s; {waits} later window(s) waited \
+                 on it; answer with `selfheal approve {}` or `selfheal reject {}`",
+                d.pipeline,
+                d.chosen,
+                (now - d.ts_ms) / 1000,
+                d.id,
+                d.reason,
+                (ttl_ms - (now - d.ts_ms)) / 1000,
+                d.id,
+                d.id
+            )
         })
         .collect();
-    let mut out = Vec::new();
-    for rec in filter(records, f) {
-        let Record::Decision(d) = rec else { continue };
-        if d.verdict != "proposed" || closed.contains(d.id.as_str()) || now - d.ts_ms >= ttl_ms {
-            continue;
-        }
-        let waits = records
-            .iter()
-            .filter(|r| matches!(r, Record::Decision(x) if x.verdict == "pending" && x.reason.contains(&format!("proposal {} ", d.id))))
-            .count();
-        out.push(format!(
-            "{} waits for a human: {} proposed {} s ago ({}; {}), expires in {} s; {waits} later window(s) waited on it; \
-             answer with `selfheal approve {}` or `selfheal reject {}`",
-            d.pipeline,
-            d.chosen,
-            (now - d.ts_ms) / 1000,
-            d.id,
-            d.reason,
-            (ttl_ms - (now - d.ts_ms)) / 1000,
-            d.id,
-            d.id
-        ));
-    }
     if out.is_empty() {
         out.push("nothing waits for a human".into());
     }

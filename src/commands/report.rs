@@ -5,12 +5,13 @@ use crate::{defaults, wiring};
 use anyhow::{Context, Result};
 use selfheal_agent::store::{ModelFile, RulesFile};
 use selfheal_agent::{GlueSettings, RulesPolicy};
-use selfheal_core::{Action, FaultKind, Metric, Observation, Policy, Slo, Telemetry};
+use selfheal_core::{Action, Slo};
 use selfheal_detect::telemetry::DetectorModel;
-use selfheal_harness::{aggregate, run_episode, Comparison, Controller, PolicyKind};
-use selfheal_report::eval::{self, ActionMix, MixRow, PolicyMix};
+use selfheal_harness::{aggregate, run_episode, Comparison, PolicyKind};
+use selfheal_report::eval::{self, ActionMix};
 use selfheal_report::playbook::SignatureSample;
 use selfheal_report::policy::{note, PolicyView, SeenMap};
+use selfheal_report::recorder::{action_mix, merge_samples, Keep, Recorder};
 use selfheal_report::render::{self, ReportInput};
 use selfheal_sim::{Oracle, Scenario, Simulator};
 use std::collections::BTreeMap;
@@ -80,91 +81,6 @@ pub struct Sim {
     pub signatures: BTreeMap<u32, SignatureSample>,
 }
 
-/// A metric read from a window.
-pub type Reading = fn(&Telemetry) -> f64;
-
-/// Metrics a playbook states ranges for.
-pub const SYMPTOM_METRICS: [(&str, Reading); 13] = [
-    ("latency p95 (s)", |t| t.get(Metric::LatencyP95)),
-    ("error ratio", |t| t.error_ratio()),
-    ("CPU load", |t| t.get(Metric::CpuLoad)),
-    ("heap usage", |t| t.get(Metric::HeapUsage)),
-    ("backlog (records)", |t| t.get(Metric::Backlog)),
-    ("records read", |t| t.get(Metric::RecordsRead)),
-    ("skewness", |t| t.get(Metric::Skewness)),
-    ("failed tasks", |t| t.get(Metric::FailedTasks)),
-    ("upstream 5xx errors", |t| t.get(Metric::Errors5xx)),
-    ("timeout errors", |t| t.get(Metric::ErrorsTimeout)),
-    ("schema-mismatch errors", |t| t.get(Metric::ErrorsSchema)),
-    ("data-quality errors", |t| t.get(Metric::ErrorsDataQuality)),
-    ("sink errors", |t| t.get(Metric::ErrorsSink)),
-];
-
-const SAMPLE_CAP: usize = 20_000;
-
-struct Recorder<'a> {
-    inner: Box<dyn Controller<Simulator> + 'a>,
-    view: &'a PolicyView,
-    shadow: Option<RulesPolicy>,
-    sample: bool,
-    learned: bool,
-    mix: Vec<[u64; Action::COUNT]>,
-    seen: SeenMap,
-    sigs: BTreeMap<u32, SignatureSample>,
-}
-
-impl Controller<Simulator> for Recorder<'_> {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn watchdog_fired(&self) -> bool {
-        self.inner.watchdog_fired()
-    }
-    fn reset(&mut self, seed: u64) {
-        self.inner.reset(seed);
-        if let Some(r) = &mut self.shadow {
-            r.reset(seed);
-        }
-    }
-    fn decide(&mut self, env: &Simulator, obs: &Observation<'_>) -> Action {
-        let a = self.inner.decide(env, obs);
-        let faults = env.state().faults();
-        if faults.is_empty() {
-            self.mix[0][a.index()] += 1;
-        }
-        for k in faults.iter() {
-            self.mix[1 + k.index()][a.index()] += 1;
-        }
-        if let Some(r) = &mut self.shadow {
-            note(&mut self.seen, obs.state, Some(r.act(obs)));
-        }
-        if self.sample {
-            if let Some(p) = self.view.parts(obs.state) {
-                let s = self.sigs.entry(p.signature).or_default();
-                s.windows += 1;
-                if s.metrics.is_empty() {
-                    s.metrics = SYMPTOM_METRICS.iter().map(|(n, _)| (n.to_string(), Vec::new())).collect();
-                }
-                if s.metrics[0].1.len() < SAMPLE_CAP {
-                    for ((_, g), (_, v)) in SYMPTOM_METRICS.iter().zip(s.metrics.iter_mut()) {
-                        v.push(g(obs.telemetry));
-                    }
-                }
-                if faults.is_empty() {
-                    *s.faults.entry("none".into()).or_default() += 1;
-                }
-                for k in faults.iter() {
-                    *s.faults.entry(k.name().into()).or_default() += 1;
-                }
-                if self.learned {
-                    *s.actions.entry((p.attempted, a.name().to_string())).or_default() += 1;
-                }
-            }
-        }
-        a
-    }
-}
-
 /// Run every policy on `seeds` exactly as `evaluate` does, recording the
 /// action mix, the rules' shadow choices and per-signature windows on the way.
 pub fn simulate(
@@ -187,60 +103,24 @@ pub fn simulate(
         let name = kind.name();
         let mut env = Simulator::new(scenario);
         let (mut enc, inner) = parts.controller(kind)?;
-        let learned = kind == PolicyKind::Learned;
-        let mut rec = Recorder {
-            inner,
-            view,
-            shadow: learned.then(|| RulesPolicy::new(rules.thresholds, Slo::default())),
-            sample: learned || kind == PolicyKind::NoOp,
-            learned,
-            mix: vec![[0; Action::COUNT]; 1 + FaultKind::COUNT],
-            seen: SeenMap::new(),
-            sigs: BTreeMap::new(),
+        let keep = Keep {
+            sample: kind == PolicyKind::Learned || kind == PolicyKind::NoOp,
+            learned: kind == PolicyKind::Learned,
         };
+        let shadow = RulesPolicy::new(rules.thresholds, Slo::default());
+        let mut rec = Recorder::new(inner, |env: &Simulator| env.state().faults(), view, shadow, keep);
         let episodes: Vec<_> =
             seeds.clone().map(|seed| run_episode(&mut env, &mut rec, enc.as_mut(), &reward, seed, |_| {})).collect();
         lines.push(aggregate(name, &episodes, usd));
-        let rows = rec
-            .mix
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.iter().sum::<u64>() > 0)
-            .map(|(i, c)| MixRow {
-                fault: if i == 0 { "healthy".into() } else { FaultKind::ALL[i - 1].name().into() },
-                decisions: c.iter().sum(),
-                counts: c.to_vec(),
-            })
-            .collect();
-        mix.push(PolicyMix { name: name.to_string(), rows });
-        if learned {
-            seen = rec.seen;
+        mix.push(rec.mix(name));
+        let (kind_seen, kind_sigs) = rec.into_parts();
+        if keep.learned {
+            seen = kind_seen;
         }
-        for (k, s) in rec.sigs {
-            let t = sigs.entry(k).or_default();
-            t.windows += s.windows;
-            if t.metrics.is_empty() {
-                t.metrics = s.metrics;
-            } else {
-                for ((_, a), (_, b)) in t.metrics.iter_mut().zip(s.metrics) {
-                    a.extend(b);
-                }
-            }
-            for (f, n) in s.faults {
-                *t.faults.entry(f).or_default() += n;
-            }
-            for (f, n) in s.actions {
-                *t.actions.entry(f).or_default() += n;
-            }
-        }
+        merge_samples(&mut sigs, kind_sigs);
     }
     let eval = Comparison::new(&scenario.name, seeds.end - seeds.start, lines);
-    Ok(Sim {
-        eval,
-        mix: ActionMix { seeds: format!("{}..{}", seeds.start, seeds.end), policies: mix },
-        seen,
-        signatures: sigs,
-    })
+    Ok(Sim { eval, mix: action_mix(&seeds, mix), seen, signatures: sigs })
 }
 
 /// Load what a review needs: the policy (and its view), rules, detector, scenario and seeds.

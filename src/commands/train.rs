@@ -17,6 +17,15 @@ use std::time::Instant;
 /// Episodes use seeds derived from --seed, all at or above 2^32, so they never
 /// overlap the held-out evaluation seeds. The same seed gives a byte-identical
 /// model file.
+///
+/// Fan-out: `--shard I/N` trains shard I (0-based) of N. The run's episodes
+/// are split between the shards (shard I gets ⌊E/N⌋, plus one when I < E mod N)
+/// and shard I draws its episodes' environment seeds from its own stream,
+/// `mix(seed, I + 1)`, so no two shards train on the same episode and each
+/// shard's model is reproducible alone. Fold the shard models with
+/// `selfheal fleet merge`. On an engine the index comes from the environment:
+/// give `--shards N` and the index is read from JOB_COMPLETION_INDEX
+/// (Kubernetes Indexed Job) or AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job).
 #[derive(clap::Args)]
 pub struct Args {
     /// Scenario file (TOML); defaults to the shipped default scenario.
@@ -37,7 +46,9 @@ pub struct Args {
     /// Training seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Where to write the model (written atomically).
+    /// Where to write the model (written atomically). With --shard/--shards,
+    /// `{shard}` in it becomes the shard index (for engines that cannot
+    /// substitute it, e.g. AWS Batch: `--out /models/shard-{shard}.json`).
     #[arg(long, default_value = "models/policy.json")]
     out: PathBuf,
     /// Where to write the learning curve CSV [default: the model path with .curve.csv].
@@ -73,15 +84,90 @@ pub struct Args {
     /// (drawn uniformly), so old incidents with nothing tried are visited.
     #[arg(long, default_value_t = Coverage::default().idle_prefix)]
     idle_prefix: u32,
+    /// Train shard I (0-based) of N: "I/N", e.g. 0/4.
+    #[arg(long, value_parser = parse_shard, conflicts_with = "shards")]
+    shard: Option<Shard>,
+    /// Train one of N shards, the index read from the environment:
+    /// JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or
+    /// AWS_BATCH_JOB_ARRAY_INDEX (AWS Batch array job), the first one set.
+    #[arg(long)]
+    shards: Option<u32>,
     /// Worker threads generating episodes [default: the cores available].
     /// The model does not depend on it.
     #[arg(long)]
     threads: Option<usize>,
 }
 
-pub fn run(a: Args) -> Result<()> {
+/// Shard `index` of `count` (0 ≤ index < count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based index.
+    pub index: u32,
+    /// Number of shards.
+    pub count: u32,
+}
+
+impl Shard {
+    /// Episodes of a run of `episodes` that this shard trains.
+    pub fn episodes(self, episodes: u64) -> u64 {
+        let n = u64::from(self.count);
+        episodes / n + u64::from(u64::from(self.index) < episodes % n)
+    }
+
+    /// The training seed of this shard under the run's seed.
+    pub fn seed(self, seed: u64) -> u64 {
+        selfheal_core::seeds::mix(seed, u64::from(self.index) + 1)
+    }
+}
+
+fn check_shard(index: u32, count: u32) -> Result<Shard, String> {
+    if count == 0 || index >= count {
+        return Err(format!("shard {index}/{count}: need 0 <= I < N"));
+    }
+    Ok(Shard { index, count })
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?} is not I/N (e.g. 0/4)"))?;
+    let parse = |x: &str| x.trim().parse::<u32>().map_err(|e| format!("{s:?} is not I/N: {e}"));
+    check_shard(parse(i)?, parse(n)?)
+}
+
+/// Environment variables that carry the shard index on an engine, in order.
+pub const INDEX_VARS: [&str; 2] = ["JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"];
+
+fn shard_of(a: &Args) -> Result<Option<Shard>> {
+    if let Some(s) = a.shard {
+        return Ok(Some(s));
+    }
+    let Some(count) = a.shards else { return Ok(None) };
+    let (var, value) = INDEX_VARS
+        .iter()
+        .find_map(|v| std::env::var(v).ok().map(|x| (*v, x)))
+        .ok_or_else(|| anyhow::anyhow!("--shards {count} needs the shard index in {}", INDEX_VARS.join(" or ")))?;
+    let index = value.trim().parse::<u32>().with_context(|| format!("{var}={value:?} is not a shard index"))?;
+    Ok(Some(check_shard(index, count).map_err(|e| anyhow::anyhow!("{var}: {e}"))?))
+}
+
+pub fn run(mut a: Args) -> Result<()> {
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     anyhow::ensure!(a.episodes > 0, "--episodes must be positive");
+    if let Some(shard) = shard_of(&a)? {
+        let total = a.episodes;
+        a.episodes = shard.episodes(total);
+        anyhow::ensure!(a.episodes > 0, "shard {}/{} of {total} episodes is empty", shard.index, shard.count);
+        a.seed = shard.seed(a.seed);
+        if let Some(out) = a.out.to_str().filter(|o| o.contains("{shard}")) {
+            a.out = PathBuf::from(out.replace("{shard}", &shard.index.to_string()));
+        }
+        tracing::info!(
+            shard = shard.index,
+            shards = shard.count,
+            episodes = a.episodes,
+            seed = a.seed,
+            "training one shard"
+        );
+    }
     anyhow::ensure!((0.0..=1.0).contains(&a.epsilon_decay), "--epsilon-decay is a share of the episodes, in [0, 1]");
     anyhow::ensure!(
         (0.0..=1.0).contains(&a.exploring_starts),
@@ -162,4 +248,40 @@ pub fn run(a: Args) -> Result<()> {
         curve_path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_every_episode_once_and_differ_by_at_most_one() {
+        for episodes in [1u64, 2, 7, 301, 400_000, 400_003] {
+            for count in 1u32..=9 {
+                let sizes: Vec<u64> = (0..count).map(|index| Shard { index, count }.episodes(episodes)).collect();
+                assert_eq!(sizes.iter().sum::<u64>(), episodes, "{episodes} episodes over {count} shards");
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(hi - lo <= 1, "{episodes}/{count}: {sizes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_shard_has_its_own_seed_stream_and_keeps_training_seeds_off_the_evaluation_range() {
+        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|index| Shard { index, count: 64 }.seed(1)).collect();
+        assert_eq!(seeds.len(), 64, "no two shards share a training seed");
+        assert!(!seeds.contains(&1), "no shard reuses the run's own stream");
+        for s in seeds {
+            assert!(selfheal_core::seeds::training_episode(s, 0) >= 1 << 32);
+        }
+    }
+
+    #[test]
+    fn shard_syntax_is_checked() {
+        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
+        assert_eq!(parse_shard(" 0 / 1 "), Ok(Shard { index: 0, count: 1 }));
+        for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "1/2/3", ""] {
+            assert!(parse_shard(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

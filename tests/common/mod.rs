@@ -4,14 +4,21 @@
 //! each uses a part, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+mod chromium;
+mod hook;
+mod http;
+#[allow(unused_imports)] // each test uses a part
+pub use chromium::*;
+#[allow(unused_imports)]
+pub use hook::*;
+pub use http::*;
+
 use selfheal_sidecar::provenance::{read_log, CallRecord, DecisionRecord, LogRead, OutcomeRecord, Record};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The binary under test.
@@ -34,11 +41,6 @@ pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// A port nobody listens on right now: bind port 0, read it, let it go.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Poll `cond` every 20 ms until it holds; panic naming `what` after `timeout`.
 pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -46,63 +48,6 @@ pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
         assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A response of the tiny client.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-/// One HTTP/1.1 request with `Connection: close`; reads the answer to EOF.
-pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<Response> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(req.as_bytes())?;
-    s.write_all(body.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("no header end in {:?}", String::from_utf8_lossy(&raw))))?;
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let mut payload = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k == "transfer-encoding" && v.contains("chunked")) {
-        payload = dechunk(&payload);
-    }
-    Ok(Response { status, headers, body: String::from_utf8_lossy(&payload).into_owned() })
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
-        if size == 0 {
-            break;
-        }
-        let start = eol + 2;
-        out.extend_from_slice(&b[start..(start + size).min(b.len())]);
-        b = &b[(start + size + 2).min(b.len())..];
-    }
-    out
 }
 
 /// The value of one series (`name{labels}` exactly as rendered) in a metrics body.
@@ -431,75 +376,4 @@ pub fn outcomes(recs: &[Record]) -> Vec<&OutcomeRecord> {
 /// Outcome status by decision id (the last one, if several).
 pub fn outcome_of(recs: &[Record]) -> HashMap<String, String> {
     outcomes(recs).into_iter().map(|o| (o.id.clone(), o.status.to_string())).collect()
-}
-
-/// A tiny webhook receiver: answers 200 to every request and keeps
-/// (method, path, headers, body) of each.
-pub struct Receiver {
-    pub url: String,
-    pub got: Arc<Got>,
-}
-
-impl Receiver {
-    pub fn start(path: &str) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}{path}", listener.local_addr().unwrap());
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let keep = got.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let keep = keep.clone();
-                std::thread::spawn(move || serve_one(stream, &keep));
-            }
-        });
-        Receiver { url, got }
-    }
-}
-
-/// A received request: method, path, headers (names lower-cased), body.
-pub type Request = (String, String, Vec<(String, String)>, String);
-/// Every request received so far.
-pub type Got = Mutex<Vec<Request>>;
-
-fn serve_one(mut s: TcpStream, keep: &Got) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut buf: Vec<u8> = Vec::new();
-    let mut fill = |buf: &mut Vec<u8>| {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                true
-            }
-        }
-    };
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if !fill(&mut buf) {
-            return;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next().unwrap_or("").split(' ');
-    let (method, path) = (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    let len: usize = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    let body_start = head_end + 4;
-    while buf.len() < body_start + len {
-        if !fill(&mut buf) {
-            return;
-        }
-    }
-    let body = String::from_utf8_lossy(&buf[body_start..body_start + len]).into_owned();
-    keep.lock().unwrap().push((method, path, headers, body));
-    // One request per connection: the answer closes it.
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
 }

@@ -18,6 +18,7 @@ pub mod cloudwatch;
 pub mod errors;
 pub mod evidence;
 pub mod glue;
+pub mod sidecar;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;

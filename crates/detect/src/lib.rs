@@ -19,10 +19,12 @@
 
 pub mod benchmark;
 pub mod context;
+pub mod coverage;
 pub mod features;
 pub mod flat;
 pub mod forest;
 pub mod likelihood;
+pub mod scores;
 pub mod signature;
 pub mod stream;
 pub mod telemetry;

@@ -17,7 +17,7 @@
 //! IAM: `dynamodb:UpdateItem`, `dynamodb:Scan` on the table
 //! (`dynamodb:CreateTable` only for [`DynamoLeases::create_table`]).
 
-use crate::lease::{ttl_ms, Lease, LeaseError, LeaseRecord, LeaseStore};
+use crate::lease::{ttl_ms, Granted, Lease, LeaseError, LeaseRecord, LeaseStore};
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue, ScalarAttributeType,
@@ -156,13 +156,7 @@ fn n(v: impl ToString) -> AttributeValue {
 }
 
 impl LeaseStore for DynamoLeases {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, LeaseError> {
+    async fn try_acquire(&self, key: &str, holder: &str, now_ms: i64, ttl: Duration) -> Granted {
         let exp = now_ms.saturating_add(ttl_ms(ttl));
         let got = self
             .update(
@@ -187,10 +181,10 @@ impl LeaseStore for DynamoLeases {
                 "lease taken"
             );
         }
-        Ok(got.map(|record| Lease { record }))
+        Ok(got.map(Lease::from))
     }
 
-    async fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> Result<Option<Lease>, LeaseError> {
+    async fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> Granted {
         let exp = now_ms.saturating_add(ttl_ms(ttl));
         let r = &lease.record;
         let got = self
@@ -205,7 +199,7 @@ impl LeaseStore for DynamoLeases {
         if got.is_none() {
             tracing::warn!(lease.key = r.key, lease.holder = r.holder, lease.epoch = r.epoch, "lease lost: taken over");
         }
-        Ok(got.map(|record| Lease { record }))
+        Ok(got.map(Lease::from))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LeaseError> {

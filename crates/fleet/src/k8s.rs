@@ -26,7 +26,7 @@
 //! the mapping below is unit-tested, the decisions are those of
 //! [`crate::lease`], tested there and through the DynamoDB backend.
 
-use crate::lease::{Lease, LeaseError, LeaseRecord, LeaseStore};
+use crate::lease::{Granted, Lease, LeaseError, LeaseRecord, LeaseStore};
 use k8s_openapi::api::coordination::v1::{Lease as KubeLease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
@@ -173,13 +173,7 @@ impl KubeLeases {
 }
 
 impl LeaseStore for KubeLeases {
-    async fn try_acquire(
-        &self,
-        key: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, LeaseError> {
+    async fn try_acquire(&self, key: &str, holder: &str, now_ms: i64, ttl: Duration) -> Granted {
         let current = self.read(key).await?;
         let rec = current.as_ref().map(|(_, r)| r);
         if !LeaseRecord::takeable(rec, now_ms) {
@@ -187,17 +181,17 @@ impl LeaseStore for KubeLeases {
         }
         let next = LeaseRecord::taken(rec, key, holder, now_ms, ttl);
         let got = self.write("take", current.map(|(o, _)| o), &next, now_ms, now_ms).await?;
-        Ok(got.map(|record| Lease { record }))
+        Ok(got.map(Lease::from))
     }
 
-    async fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> Result<Option<Lease>, LeaseError> {
+    async fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> Granted {
         let Some((obj, rec)) = self.read(lease.key()).await? else { return Ok(None) };
         if !LeaseRecord::renewable(Some(&rec), &lease.record.holder, lease.epoch()) {
             return Ok(None);
         }
         let acquired = obj.spec.as_ref().and_then(|s| s.acquire_time.as_ref()).map_or(now_ms, |t| t.0.as_millisecond());
         let got = self.write("renew", Some(obj), &rec.renewed(now_ms, ttl), now_ms, acquired).await?;
-        Ok(got.map(|record| Lease { record }))
+        Ok(got.map(Lease::from))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool, LeaseError> {

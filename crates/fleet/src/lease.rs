@@ -128,6 +128,18 @@ impl Lease {
     }
 }
 
+impl From<LeaseRecord> for Lease {
+    /// The lease a won take or renewal holds: the record the store wrote.
+    fn from(record: LeaseRecord) -> Lease {
+        Lease { record }
+    }
+}
+
+/// The answer of a take or a renewal: `Ok(Some(lease))` when this replica
+/// won the conditional write, `Ok(None)` when someone else holds the key
+/// (or won the race), `Err` when the store failed.
+pub type Granted = Result<Option<Lease>, LeaseError>;
+
 /// Why a lease store call failed (not "someone else holds it": that is `Ok(None)`).
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -162,22 +174,11 @@ pub enum LeaseError {
 pub trait LeaseStore: Send + Sync {
     /// Take `key` for `holder` until `now_ms + ttl` if [`LeaseRecord::takeable`];
     /// `Ok(None)` when someone holds it (or won the race to take it).
-    fn try_acquire(
-        &self,
-        key: &str,
-        holder: &str,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Option<Lease>, LeaseError>> + Send;
+    fn try_acquire(&self, key: &str, holder: &str, now_ms: i64, ttl: Duration) -> impl Future<Output = Granted> + Send;
 
     /// Extend `lease` to `now_ms + ttl` if still [`LeaseRecord::renewable`];
     /// `Ok(None)` when it was taken over (stop acting at once).
-    fn renew(
-        &self,
-        lease: &Lease,
-        now_ms: i64,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<Option<Lease>, LeaseError>> + Send;
+    fn renew(&self, lease: &Lease, now_ms: i64, ttl: Duration) -> impl Future<Output = Granted> + Send;
 
     /// Give `lease` up (expire it, keep its epoch); `Ok(false)` when it was
     /// no longer ours.

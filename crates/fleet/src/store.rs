@@ -598,6 +598,50 @@ impl PolicyStore {
         Err(PolicyStoreError::Contention { attempts: 10 })
     }
 
+    /// Publish `model` (trained elsewhere, e.g. `selfheal fleet merge` of a
+    /// sharded training run) as the next version, its parent the current
+    /// one, and make it current with `If-Match`; on a store without a
+    /// pointer, [`PolicyStore::init`] it as version 1. Returns
+    /// `(previous, new)` version numbers, `previous = None` after an init.
+    /// Pending deltas stay pending: the next merge folds them onto the new
+    /// version (and refuses them, [`PolicyStoreError::BadDelta`], if its
+    /// state space differs).
+    ///
+    /// # Errors
+    /// [`PolicyStoreError::Contention`] after `max_attempts` lost races;
+    /// [`PolicyStoreError::AlreadyInitialised`] when a dead init left a
+    /// version 1 of another model and no pointer; S3 and format errors.
+    pub async fn publish(&self, model: ModelFile, max_attempts: u32) -> Result<(Option<u64>, u64), PolicyStoreError> {
+        let attempts = max_attempts.max(1);
+        for attempt in 1..=attempts {
+            let (etag, ptr) = match self.current().await {
+                Ok(c) => c,
+                Err(PolicyStoreError::NotInitialised { .. }) => match self.init(model.clone()).await {
+                    Ok(()) => return Ok((None, 1)),
+                    // Another writer initialised it meanwhile: publish on top.
+                    Err(e @ PolicyStoreError::AlreadyInitialised { .. }) if attempt == attempts => return Err(e),
+                    Err(PolicyStoreError::AlreadyInitialised { .. }) => continue,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
+            let plan = MergePlan {
+                etag,
+                base: ptr.version,
+                generation: ptr.generation,
+                folded: vec![],
+                visits: 0,
+                model: model.clone(),
+            };
+            if let Some(version) = self.commit_merge(&plan).await? {
+                tracing::info!(version, parent = ptr.version, attempt, "policy published");
+                return Ok((Some(ptr.version), version));
+            }
+            backoff(attempt).await;
+        }
+        Err(PolicyStoreError::Contention { attempts })
+    }
+
     /// Roll back to the parent of the current version; returns `(from, to)`.
     ///
     /// # Errors

@@ -32,13 +32,18 @@ impl Default for TimeoutConfig {
 }
 
 impl TimeoutConfig {
-    /// Check the settings: `min_ms <= max_ms`, `factor` finite and positive, `window` at least 1.
+    /// Check the settings: `min_ms <= max_ms`, `factor` finite and at least 1, `window` at least 1.
+    ///
+    /// Why `factor >= 1`: only successful calls feed the median, so with a
+    /// factor below 1 the slower half of healthy calls time out, the median is
+    /// learned from the fast ones only, the timeout ratchets down to `min_ms`
+    /// and the failure rate opens the breaker on a healthy endpoint.
     pub fn validate(&self) -> Result<(), InvalidConfig> {
         if self.min_ms > self.max_ms {
             return Err(InvalidConfig(format!("timeout: min_ms {} exceeds max_ms {}", self.min_ms, self.max_ms)));
         }
-        if !(self.factor.is_finite() && self.factor > 0.0) {
-            return Err(InvalidConfig(format!("timeout: factor must be finite and positive, got {}", self.factor)));
+        if !(self.factor.is_finite() && self.factor >= 1.0) {
+            return Err(InvalidConfig(format!("timeout: factor must be finite and at least 1, got {}", self.factor)));
         }
         if self.window == 0 {
             return Err(InvalidConfig("timeout: window must be at least 1".into()));
@@ -150,6 +155,8 @@ mod tests {
         assert!(LearnedTimeout::new(TimeoutConfig { min_ms: 5, max_ms: 4, ..d }).is_err());
         assert!(LearnedTimeout::new(TimeoutConfig { factor: f64::NAN, ..d }).is_err());
         assert!(LearnedTimeout::new(TimeoutConfig { factor: 0.0, ..d }).is_err());
+        assert!(LearnedTimeout::new(TimeoutConfig { factor: 0.8, ..d }).is_err());
+        assert!(LearnedTimeout::new(TimeoutConfig { factor: 1.0, ..d }).is_ok());
         assert!(LearnedTimeout::new(TimeoutConfig { window: 0, ..d }).is_err());
         assert_eq!(crate::test_util::from_pairs::<TimeoutConfig>(&[]).unwrap(), d);
         assert!(crate::test_util::from_pairs::<TimeoutConfig>(&[("timeout_ms", 1)]).is_err());

@@ -9,12 +9,14 @@
 #![forbid(unsafe_code)]
 
 pub mod calibrate;
+pub mod detector_data;
 pub mod episode;
 pub mod policies;
 pub mod report;
 pub mod train;
 
 pub use calibrate::{calibrate_rules, rule_grid, Calibration};
+pub use detector_data::{collect_detector_data, DetectorData};
 pub use episode::{run_episode, run_episode_from, Controller, EpisodeStats, Fixed, Start, StepRecord};
 pub use policies::{PolicyError, PolicyInputs, PolicyKind};
 pub use report::{aggregate, Comparison, PolicyReport};

@@ -24,8 +24,10 @@ pub mod log;
 pub mod ope;
 pub mod playbook;
 pub mod policy;
+pub mod recorder;
 pub mod render;
 pub mod shadow;
+pub mod simlog;
 
 /// What can go wrong building a review.
 #[derive(Debug, thiserror::Error)]

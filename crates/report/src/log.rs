@@ -11,6 +11,49 @@ pub use selfheal_schema::provenance::{
 };
 use std::collections::HashMap;
 
+/// A proposal still waiting for a person (see [`open_proposals`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OpenProposal<'a> {
+    /// The `proposed` decision.
+    pub decision: &'a DecisionRecord,
+    /// Later windows that waited on it (`pending` decisions naming it).
+    pub waits: usize,
+}
+
+/// The proposals among `candidates` (records of `records`, e.g. a filtered
+/// view of them) still open at `now_ms` (Unix ms): a `proposed` decision
+/// with no approval and no outcome recorded in `records`, younger than
+/// `ttl_ms` (ms); in the order of `candidates`.
+pub fn open_proposals<'a>(
+    records: &'a [Record],
+    candidates: impl IntoIterator<Item = &'a Record>,
+    now_ms: i64,
+    ttl_ms: i64,
+) -> Vec<OpenProposal<'a>> {
+    let closed: std::collections::HashSet<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Approval(a) => Some(a.id.as_str()),
+            Record::Outcome(o) => Some(o.id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for rec in candidates {
+        let Record::Decision(d) = rec else { continue };
+        if d.verdict != "proposed" || closed.contains(d.id.as_str()) || now_ms - d.ts_ms >= ttl_ms {
+            continue;
+        }
+        let named = format!("proposal {} ", d.id);
+        let waits = records
+            .iter()
+            .filter(|r| matches!(r, Record::Decision(x) if x.verdict == "pending" && x.reason.contains(&named)))
+            .count();
+        out.push(OpenProposal { decision: d, waits });
+    }
+    out
+}
+
 /// A decision with what became of it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Joined {
@@ -156,6 +199,40 @@ mod tests {
             q_before: 0.0,
             q_after: 0.0,
         })
+    }
+
+    /// A decision record with `verdict`, `reason` and `ts_ms`.
+    fn decided(id: &str, verdict: &str, reason: &str, ts_ms: i64) -> Record {
+        let mut v: serde_json::Value = serde_json::from_str(decision(id).trim()).unwrap();
+        v["verdict"] = verdict.into();
+        v["reason"] = reason.into();
+        v["ts_ms"] = ts_ms.into();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn open_proposals_are_unanswered_unexpired_proposed_decisions_with_their_waits() {
+        let recs = vec![
+            decided("open", "proposed", "r", 1_000),
+            decided("answered", "proposed", "r", 1_000),
+            decided("done", "proposed", "r", 1_000),
+            decided("old", "proposed", "r", 0),
+            decided("acted", "allowed", "r", 1_000),
+            decided("w1", "pending", "proposal open has waited 60 s", 2_000),
+            decided("w2", "pending", "proposal open has waited 120 s", 3_000),
+            decided("w3", "pending", "proposal opener has waited 1 s", 3_000),
+            Record::Approval(
+                serde_json::from_value(serde_json::json!({
+                    "id": "answered", "ts_ms": 1500, "approved": true, "by": "ops", "note": ""
+                }))
+                .unwrap(),
+            ),
+            outcome("done", OutcomeStatus::Succeeded),
+        ];
+        let open = open_proposals(&recs, &recs, 10_000, 9_500);
+        let got: Vec<(&str, usize)> = open.iter().map(|p| (p.decision.id.as_str(), p.waits)).collect();
+        assert_eq!(got, [("open", 2)], "'old' is 10 s old with a 9.5 s TTL: expired");
+        assert!(open_proposals(&recs, &recs[1..], 10_000, 9_500).is_empty(), "only the candidates are listed");
     }
 
     #[test]

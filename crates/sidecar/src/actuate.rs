@@ -165,7 +165,8 @@ impl Actuator for CommandActuator {
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| ActError::Failed(format!("cannot start {}: {e}", argv[0])))?;
-            let body = serde_json::to_vec(call).expect("call serialises");
+            let body =
+                serde_json::to_vec(call).map_err(|e| ActError::Failed(format!("cannot encode the call: {e}")))?;
             if let Some(mut stdin) = child.stdin.take() {
                 // A program that does not read its stdin is allowed.
                 let _ = stdin.write_all(&body).await;
@@ -267,6 +268,9 @@ pub struct CallGuards {
 pub struct Executor {
     actuator: Arc<dyn Actuator>,
     guards: CallGuards,
+    /// A closed breaker and an untrained timeout, built (and so checked)
+    /// once in [`Executor::new`]; each new endpoint starts from a copy.
+    fresh: (Breaker, LearnedTimeout),
     endpoints: Mutex<HashMap<String, Arc<Endpoint>>>,
     rng: Mutex<Xoshiro256PlusPlus>,
     log: Arc<Mutex<ProvenanceLog>>,
@@ -280,12 +284,12 @@ impl Executor {
         seed: u64,
         log: Arc<Mutex<ProvenanceLog>>,
     ) -> Result<Executor, InvalidConfig> {
-        // Checked once here, so every endpoint's guards below can be built.
-        guards.breaker.validate()?;
-        guards.timeout.validate()?;
+        // Built once here, so every endpoint's guards below are copies of checked ones.
+        let fresh = (Breaker::new(guards.breaker)?, LearnedTimeout::new(guards.timeout)?);
         Ok(Executor {
             actuator,
             guards,
+            fresh,
             endpoints: Mutex::new(HashMap::new()),
             rng: Mutex::new(Xoshiro256PlusPlus::seed_from_u64(seed)),
             log,
@@ -302,9 +306,9 @@ impl Executor {
         eps.entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(Endpoint {
-                    breaker: Mutex::new(Breaker::new(self.guards.breaker).expect("validated in new")),
+                    breaker: Mutex::new(self.fresh.0.clone()),
                     bulkhead: Bulkhead::new(self.guards.bulkhead),
-                    timeout: Mutex::new(LearnedTimeout::new(self.guards.timeout).expect("validated in new")),
+                    timeout: Mutex::new(self.fresh.1.clone()),
                 })
             })
             .clone()

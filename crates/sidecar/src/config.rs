@@ -326,6 +326,18 @@ impl Default for SourceConfig {
     }
 }
 
+impl SourceConfig {
+    /// The `kind` as written in the file (`simulator`, `file`, `cloudwatch`, `http`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            SourceConfig::Simulator { .. } => "simulator",
+            SourceConfig::File { .. } => "file",
+            SourceConfig::Http { .. } => "http",
+            SourceConfig::Cloudwatch(_) => "cloudwatch",
+        }
+    }
+}
+
 /// Pace of a file replay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -356,6 +368,18 @@ pub enum ActuatorConfig {
         /// One entry per pipeline acted on.
         pipelines: Vec<GluePipeline>,
     },
+}
+
+impl ActuatorConfig {
+    /// The `kind` as written in the file (`simulator`, `dry-run`, `command`, `glue`).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            ActuatorConfig::Simulator => "simulator",
+            ActuatorConfig::DryRun => "dry-run",
+            ActuatorConfig::Command { .. } => "command",
+            ActuatorConfig::Glue { .. } => "glue",
+        }
+    }
 }
 
 /// What to do with an action the confidence gate does not trust.
@@ -522,169 +546,22 @@ impl SidecarConfig {
         }
     }
 
-    /// Every problem, each naming its key. Checks no network and no files
-    /// except that the paths it names are not empty.
+    /// Every problem, each naming its key: each section's own
+    /// [`check`](DaemonConfig::check), then what involves two sections (the
+    /// simulator actuator needs the simulator source; the pipeline cap
+    /// against the pipelines named). All are reported at once, not the
+    /// first. Checks no network and no files except that the paths it names
+    /// are not empty.
     pub fn validate(&self) -> Vec<String> {
-        let mut p = Vec::new();
-        let mut need = |ok: bool, key: &str, what: String| {
-            if !ok {
-                p.push(format!("{key}: {what}"));
-            }
-        };
-        let d = &self.daemon;
-        need(d.checkpoint_every >= 1, "daemon.checkpoint_every", "must be at least 1".into());
-        need(d.shutdown_grace_secs <= 600, "daemon.shutdown_grace_secs", "must be at most 600".into());
-        need(!d.state_dir.as_os_str().is_empty(), "daemon.state_dir", "must not be empty".into());
-        need(
-            d.listen.port() == 0 || d.listen != d.control_listen,
-            "daemon.control_listen",
-            format!("must differ from daemon.listen ({}): control and metrics are separate listeners", d.listen),
-        );
-        need(!d.control_token_env.is_empty(), "daemon.control_token_env", "must name an environment variable".into());
-        if let Some(f) = &d.control_token_file {
-            need(!f.as_os_str().is_empty(), "daemon.control_token_file", "must name a file".into());
+        let mut p = self.daemon.check();
+        p.extend(self.model.check());
+        p.extend(self.source.check());
+        p.extend(self.actuator.check());
+        if matches!(self.actuator, ActuatorConfig::Simulator) && !matches!(self.source, SourceConfig::Simulator { .. })
+        {
+            p.push("actuator.kind: \"simulator\" needs source.kind = \"simulator\"".into());
         }
-        need(d.max_body_bytes >= 1024, "daemon.max_body_bytes", "must be at least 1024".into());
-        need(d.log_max_bytes >= 1, "daemon.log_max_bytes", "must be at least 1".into());
-        need(d.log_max_age_secs >= 1, "daemon.log_max_age_secs", "must be at least 1".into());
-        need(d.log_keep >= 1, "daemon.log_keep", "must be at least 1".into());
-        let m = &self.model;
-        need((0.0..=1.0).contains(&m.epsilon), "model.epsilon", format!("must be within [0, 1], got {}", m.epsilon));
-        need((1..=100).contains(&m.reward_windows), "model.reward_windows", "must be within 1..=100".into());
-        match &self.source {
-            SourceConfig::Simulator { pipelines, tick_ms, .. } => {
-                need((1..=10_000).contains(pipelines), "source.pipelines", "must be within 1..=10000".into());
-                need(*tick_ms >= 1, "source.tick_ms", "must be at least 1".into());
-            }
-            SourceConfig::File { path, metric, speed, from, .. } => {
-                need(!path.as_os_str().is_empty(), "source.path", "must name a file".into());
-                need(
-                    selfheal_core::Metric::from_name(metric).is_some(),
-                    "source.metric",
-                    format!("unknown metric {metric:?}; `selfheal config --metrics` lists them"),
-                );
-                need(speed.is_finite() && *speed > 0.0, "source.speed", format!("must be > 0, got {speed}"));
-                if let Some(f) = from {
-                    if let Err(e) = crate::provenance::parse_time(f, 0) {
-                        need(false, "source.from", e);
-                    }
-                }
-            }
-            SourceConfig::Cloudwatch(c) => {
-                need(!c.pipelines.is_empty(), "source.pipelines", "must list at least one pipeline".into());
-                need(c.period_secs >= 1, "source.period_secs", "must be at least 1".into());
-                need(c.poll_secs >= 1, "source.poll_secs", "must be at least 1".into());
-                need(!c.namespace.is_empty(), "source.namespace", "must not be empty".into());
-                for (i, p) in c.pipelines.iter().enumerate() {
-                    need(!p.name.is_empty(), &format!("source.pipelines[{i}].name"), "must not be empty".into());
-                    need(
-                        !p.job_name.is_empty(),
-                        &format!("source.pipelines[{i}].job_name"),
-                        "must not be empty".into(),
-                    );
-                }
-                for m in c.metrics.iter().flatten() {
-                    need(
-                        selfheal_core::Metric::from_name(m).is_some(),
-                        "source.metrics",
-                        format!(
-                            "unknown metric {m:?}; `selfheal config --metrics` lists the metrics a source can read"
-                        ),
-                    );
-                }
-            }
-            SourceConfig::Http { token_env, window_secs } => {
-                need(*window_secs >= 1, "source.window_secs", "must be at least 1".into());
-                if let Some(v) = token_env {
-                    need(!v.is_empty(), "source.token_env", "must name an environment variable".into());
-                }
-            }
-        }
-        match &self.actuator {
-            ActuatorConfig::Glue { pipelines } => {
-                need(!pipelines.is_empty(), "actuator.pipelines", "must list at least one pipeline".into());
-                for (i, p) in pipelines.iter().enumerate() {
-                    let key = |k: &str| format!("actuator.pipelines[{i}].{k}");
-                    need(!p.job_name.is_empty(), &key("job_name"), "must not be empty".into());
-                    need(
-                        !p.worker_levels.is_empty() && p.worker_levels.windows(2).all(|w| w[0] < w[1]),
-                        &key("worker_levels"),
-                        "must be a non-empty ascending list".into(),
-                    );
-                    need(
-                        p.table.is_none() || (p.database.is_some() && p.source_table.is_some()),
-                        &key("table"),
-                        "schema_remap needs database, table and source_table together".into(),
-                    );
-                }
-            }
-            ActuatorConfig::Simulator => need(
-                matches!(self.source, SourceConfig::Simulator { .. }),
-                "actuator.kind",
-                "\"simulator\" needs source.kind = \"simulator\"".into(),
-            ),
-            ActuatorConfig::DryRun => {}
-            ActuatorConfig::Command { commands } => {
-                need(!commands.is_empty(), "actuator.commands", "must map at least one action to a program".into());
-                for (k, argv) in commands {
-                    let known = k == "default" || selfheal_core::Action::ALL.iter().any(|a| a.name() == k);
-                    need(known, &format!("actuator.commands.{k}"), "is not an action name (or `default`)".into());
-                    need(
-                        !argv.is_empty() && !argv[0].is_empty(),
-                        &format!("actuator.commands.{k}"),
-                        "must be a non-empty argv list".into(),
-                    );
-                }
-            }
-        }
-        let g = &self.guard;
-        need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1".into());
-        if let Some(u) = g.approval_unanswered_secs {
-            need(
-                u >= 1 && u < g.approval_ttl_secs,
-                "guard.approval_unanswered_secs",
-                format!("must be at least 1 and below guard.approval_ttl_secs ({})", g.approval_ttl_secs),
-            );
-        }
-        need(
-            g.confidence.min_lead.is_finite() && g.confidence.min_lead >= 0.0,
-            "guard.confidence.min_lead",
-            "must be finite and >= 0".into(),
-        );
-        if let Err(e) = g.watchdog.check() {
-            need(false, "guard.watchdog", e.to_string());
-        }
-        need(g.budget.actions_per_hour >= 1, "guard.budget.actions_per_hour", "must be at least 1".into());
-        need(g.budget.blast_radius >= 1, "guard.budget.blast_radius", "must be at least 1".into());
-        let b = &g.breaker;
-        need(
-            b.failure_rate_threshold > 0.0 && b.failure_rate_threshold <= 100.0,
-            "guard.breaker.failure_rate_threshold",
-            "must be within (0, 100]".into(),
-        );
-        need(
-            b.slow_call_rate_threshold > 0.0 && b.slow_call_rate_threshold <= 100.0,
-            "guard.breaker.slow_call_rate_threshold",
-            "must be within (0, 100]".into(),
-        );
-        need(b.sliding_window_size >= 1, "guard.breaker.sliding_window_size", "must be at least 1".into());
-        need(
-            b.minimum_number_of_calls >= 1 && b.minimum_number_of_calls <= b.sliding_window_size,
-            "guard.breaker.minimum_number_of_calls",
-            "must be within 1..=sliding_window_size".into(),
-        );
-        need(
-            b.permitted_calls_in_half_open >= 1,
-            "guard.breaker.permitted_calls_in_half_open",
-            "must be at least 1".into(),
-        );
-        need(g.bulkhead >= 1, "guard.bulkhead", "must be at least 1".into());
-        need(g.retry.max_attempts >= 1, "guard.retry.max_attempts", "must be at least 1".into());
-        need(g.retry.base_ms <= g.retry.cap_ms, "guard.retry.base_ms", "must not exceed guard.retry.cap_ms".into());
-        let t = &g.timeout;
-        need(t.min_ms >= 1 && t.min_ms <= t.max_ms, "guard.timeout.min_ms", "must be within 1..=max_ms".into());
-        need(t.factor.is_finite() && t.factor >= 1.0, "guard.timeout.factor", "must be >= 1".into());
-        need(t.window >= 1, "guard.timeout.window", "must be at least 1".into());
+        p.extend(self.guard.check());
         if let Some(n) = &self.notify {
             if let Err(e) = n.validate() {
                 p.push(e);
@@ -693,6 +570,193 @@ impl SidecarConfig {
         self.validate_bounds(&mut p);
         p.extend(self.fleet.iter().flat_map(crate::fleet::config::FleetConfig::check));
         p
+    }
+}
+
+/// Collects "key: what" lines for the failed conditions of one section.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    fn need(&mut self, ok: bool, key: &str, what: impl Into<String>) {
+        if !ok {
+            self.0.push(format!("{key}: {}", what.into()));
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// This section's problems, one `daemon.<key>: what` line each (the
+    /// pipeline cap and idle time are checked against the other sections by
+    /// [`SidecarConfig::validate`]).
+    pub fn check(&self) -> Vec<String> {
+        let (d, mut p) = (self, Problems::default());
+        p.need(d.checkpoint_every >= 1, "daemon.checkpoint_every", "must be at least 1");
+        p.need(d.shutdown_grace_secs <= 600, "daemon.shutdown_grace_secs", "must be at most 600");
+        p.need(!d.state_dir.as_os_str().is_empty(), "daemon.state_dir", "must not be empty");
+        p.need(
+            d.listen.port() == 0 || d.listen != d.control_listen,
+            "daemon.control_listen",
+            format!("must differ from daemon.listen ({}): control and metrics are separate listeners", d.listen),
+        );
+        p.need(!d.control_token_env.is_empty(), "daemon.control_token_env", "must name an environment variable");
+        if let Some(f) = &d.control_token_file {
+            p.need(!f.as_os_str().is_empty(), "daemon.control_token_file", "must name a file");
+        }
+        p.need(d.max_body_bytes >= 1024, "daemon.max_body_bytes", "must be at least 1024");
+        p.need(d.log_max_bytes >= 1, "daemon.log_max_bytes", "must be at least 1");
+        p.need(d.log_max_age_secs >= 1, "daemon.log_max_age_secs", "must be at least 1");
+        p.need(d.log_keep >= 1, "daemon.log_keep", "must be at least 1");
+        p.0
+    }
+}
+
+impl ModelConfig {
+    /// This section's problems, one `model.<key>: what` line each.
+    pub fn check(&self) -> Vec<String> {
+        let (m, mut p) = (self, Problems::default());
+        p.need((0.0..=1.0).contains(&m.epsilon), "model.epsilon", format!("must be within [0, 1], got {}", m.epsilon));
+        p.need((1..=100).contains(&m.reward_windows), "model.reward_windows", "must be within 1..=100");
+        p.0
+    }
+}
+
+impl SourceConfig {
+    /// This section's problems, one `source.<key>: what` line each.
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Problems::default();
+        let metric_known = |m: &str| selfheal_core::Metric::from_name(m).is_some();
+        match self {
+            SourceConfig::Simulator { pipelines, tick_ms, .. } => {
+                p.need((1..=10_000).contains(pipelines), "source.pipelines", "must be within 1..=10000");
+                p.need(*tick_ms >= 1, "source.tick_ms", "must be at least 1");
+            }
+            SourceConfig::File { path, metric, speed, from, .. } => {
+                p.need(!path.as_os_str().is_empty(), "source.path", "must name a file");
+                p.need(
+                    metric_known(metric),
+                    "source.metric",
+                    format!("unknown metric {metric:?}; `selfheal config --metrics` lists them"),
+                );
+                p.need(speed.is_finite() && *speed > 0.0, "source.speed", format!("must be > 0, got {speed}"));
+                if let Some(Err(e)) = from.as_deref().map(|f| crate::provenance::parse_time(f, 0)) {
+                    p.need(false, "source.from", e);
+                }
+            }
+            SourceConfig::Cloudwatch(c) => {
+                p.need(!c.pipelines.is_empty(), "source.pipelines", "must list at least one pipeline");
+                p.need(c.period_secs >= 1, "source.period_secs", "must be at least 1");
+                p.need(c.poll_secs >= 1, "source.poll_secs", "must be at least 1");
+                p.need(!c.namespace.is_empty(), "source.namespace", "must not be empty");
+                for (i, w) in c.pipelines.iter().enumerate() {
+                    p.need(!w.name.is_empty(), &format!("source.pipelines[{i}].name"), "must not be empty");
+                    p.need(!w.job_name.is_empty(), &format!("source.pipelines[{i}].job_name"), "must not be empty");
+                }
+                for m in c.metrics.iter().flatten() {
+                    p.need(
+                        metric_known(m),
+                        "source.metrics",
+                        format!(
+                            "unknown metric {m:?}; `selfheal config --metrics` lists the metrics a source can read"
+                        ),
+                    );
+                }
+            }
+            SourceConfig::Http { token_env, window_secs } => {
+                p.need(*window_secs >= 1, "source.window_secs", "must be at least 1");
+                if let Some(v) = token_env {
+                    p.need(!v.is_empty(), "source.token_env", "must name an environment variable");
+                }
+            }
+        }
+        p.0
+    }
+}
+
+impl ActuatorConfig {
+    /// This section's problems, one `actuator.<key>: what` line each (that
+    /// the simulator actuator needs the simulator source is checked by
+    /// [`SidecarConfig::validate`]).
+    pub fn check(&self) -> Vec<String> {
+        let mut p = Problems::default();
+        match self {
+            ActuatorConfig::Glue { pipelines } => {
+                p.need(!pipelines.is_empty(), "actuator.pipelines", "must list at least one pipeline");
+                for (i, g) in pipelines.iter().enumerate() {
+                    let key = |k: &str| format!("actuator.pipelines[{i}].{k}");
+                    p.need(!g.job_name.is_empty(), &key("job_name"), "must not be empty");
+                    p.need(
+                        !g.worker_levels.is_empty() && g.worker_levels.windows(2).all(|w| w[0] < w[1]),
+                        &key("worker_levels"),
+                        "must be a non-empty ascending list",
+                    );
+                    p.need(
+                        g.table.is_none() || (g.database.is_some() && g.source_table.is_some()),
+                        &key("table"),
+                        "schema_remap needs database, table and source_table together",
+                    );
+                }
+            }
+            ActuatorConfig::Simulator | ActuatorConfig::DryRun => {}
+            ActuatorConfig::Command { commands } => {
+                p.need(!commands.is_empty(), "actuator.commands", "must map at least one action to a program");
+                for (k, argv) in commands {
+                    let known = k == "default" || selfheal_core::Action::ALL.iter().any(|a| a.name() == k);
+                    p.need(known, &format!("actuator.commands.{k}"), "is not an action name (or `default`)");
+                    p.need(
+                        !argv.is_empty() && !argv[0].is_empty(),
+                        &format!("actuator.commands.{k}"),
+                        "must be a non-empty argv list",
+                    );
+                }
+            }
+        }
+        p.0
+    }
+}
+
+impl GuardConfig {
+    /// This section's problems, one `guard.<key>: what` line each. Where the
+    /// guard crate checks its own settings (the watchdog, the breaker, the
+    /// learned timeout) its check is called and its bounds are the only ones:
+    /// e.g. the timeout factor must be finite and at least 1 (below 1 the
+    /// learned timeout ratchets down on a healthy endpoint), and a breaker's
+    /// minimum number of calls may exceed its window (the guard crate caps it
+    /// at the window size, as resilience4j does).
+    pub fn check(&self) -> Vec<String> {
+        let (g, mut p) = (self, Problems::default());
+        p.need(g.approval_ttl_secs >= 1, "guard.approval_ttl_secs", "must be at least 1");
+        if let Some(u) = g.approval_unanswered_secs {
+            p.need(
+                u >= 1 && u < g.approval_ttl_secs,
+                "guard.approval_unanswered_secs",
+                format!("must be at least 1 and below guard.approval_ttl_secs ({})", g.approval_ttl_secs),
+            );
+        }
+        p.need(
+            g.confidence.min_lead.is_finite() && g.confidence.min_lead >= 0.0,
+            "guard.confidence.min_lead",
+            "must be finite and >= 0",
+        );
+        if let Err(e) = g.watchdog.check() {
+            p.need(false, "guard.watchdog", e.to_string());
+        }
+        p.need(g.budget.actions_per_hour >= 1, "guard.budget.actions_per_hour", "must be at least 1");
+        p.need(g.budget.blast_radius >= 1, "guard.budget.blast_radius", "must be at least 1");
+        // The guard crate's messages start with the section ("breaker: ...").
+        if let Err(e) = g.breaker.validate() {
+            p.0.push(format!("guard.{}", e.0));
+        }
+        p.need(g.bulkhead >= 1, "guard.bulkhead", "must be at least 1");
+        p.need(g.retry.max_attempts >= 1, "guard.retry.max_attempts", "must be at least 1");
+        p.need(g.retry.base_ms <= g.retry.cap_ms, "guard.retry.base_ms", "must not exceed guard.retry.cap_ms");
+        if let Err(e) = g.timeout.validate() {
+            p.0.push(format!("guard.{}", e.0));
+        }
+        // Not a bound of the guard crate's: with a 0 ms floor, endpoints
+        // answering in under 1 ms would learn a 0 ms timeout and fail every call.
+        p.need(g.timeout.min_ms >= 1, "guard.timeout.min_ms", "must be at least 1");
+        p.0
     }
 }
 
@@ -875,6 +939,31 @@ mod tests {
         assert!(e.contains("must be at least two windows (the simulator's step = 60)"), "{e}");
         let ok = "[daemon]\npipeline_idle_secs = 120\n[source]\nkind = \"simulator\"\n";
         assert!(SidecarConfig::from_toml_str(ok, "x.toml").is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_the_guard_crates_bounds() {
+        // Three sections, one problem each: all three come back, not the first.
+        let text = "[daemon]\ncheckpoint_every = 0\n[model]\nreward_windows = 0\n[guard.timeout]\nfactor = 0.0\n";
+        let Err(ConfigError::Invalid { problems, .. }) = SidecarConfig::from_toml_str(text, "x.toml") else {
+            panic!("three problems must not parse");
+        };
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("daemon.checkpoint_every: "), "{problems:?}");
+        assert!(problems[1].starts_with("model.reward_windows: "), "{problems:?}");
+        assert!(problems[2].starts_with("guard.timeout: factor must be finite and at least 1"), "{problems:?}");
+        // Each section's check sees only its own: the guard section alone.
+        let g =
+            GuardConfig { timeout: TimeoutConfig { factor: 0.0, ..TimeoutConfig::default() }, ..Default::default() };
+        assert_eq!(g.check().len(), 1);
+        // The guard crate's bound, not a second one: the config refuses what the guard refuses.
+        let below_one = "[guard.timeout]\nfactor = 0.8\n";
+        assert!(SidecarConfig::from_toml_str(below_one, "x.toml").is_err());
+        assert!(selfheal_guard::LearnedTimeout::new(TimeoutConfig { factor: 0.8, ..TimeoutConfig::default() }).is_err());
+        // The breaker's bounds are the guard crate's too (Breaker::new accepts what validate accepts).
+        let b = "[guard.breaker]\nfailure_rate_threshold = 0.0\n";
+        let e = SidecarConfig::from_toml_str(b, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("guard.breaker: failure_rate_threshold must be in (0, 100]"), "{e}");
     }
 
     #[test]

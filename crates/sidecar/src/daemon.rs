@@ -30,7 +30,8 @@ use crate::notify::{Escalation, Notifier};
 use crate::now_ms;
 use crate::pager::Pager;
 use crate::provenance::{
-    one_line, owed_pages, read_log, EscalationRecord, OutcomeRecord, PagePhase, ProvenanceError, ProvenanceLog, Record,
+    one_line, owed_pages, read_log, EscalationRecord, OutcomeRecord, OutcomeStatus, PagePhase, ProvenanceError,
+    ProvenanceLog, Record, Verdict,
 };
 use crate::source::TelemetrySource;
 use crate::window::Window;
@@ -182,7 +183,7 @@ impl Shell {
         for (rec, durable) in &out.records {
             log.append(rec, *durable)?;
             let shown = match rec {
-                Record::Decision(d) => !matches!(d.verdict.as_str(), "noop" | "pending" | "observed"),
+                Record::Decision(d) => !matches!(d.verdict, Verdict::Noop | Verdict::Pending | Verdict::Observed),
                 Record::Outcome(_) | Record::Approval(_) => true,
                 _ => false,
             };
@@ -193,7 +194,7 @@ impl Shell {
                 self.recent.push_back(one_line(rec));
             }
             match rec {
-                Record::Decision(d) if d.verdict == "noop" || d.verdict == "pending" => {
+                Record::Decision(d) if matches!(d.verdict, Verdict::Noop | Verdict::Pending) => {
                     tracing::debug!(target: "selfheal::decision", id = %d.id, "{}", one_line(rec))
                 }
                 Record::Decision(d) => tracing::info!(
@@ -771,8 +772,8 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     let st = &sh.ctl.stats;
     Ok(Summary {
         windows: st.windows,
-        succeeded: st.outcomes.get("succeeded").copied().unwrap_or(0),
-        failed: st.outcomes.get("failed").copied().unwrap_or(0),
+        succeeded: st.outcomes.get(&OutcomeStatus::Succeeded).copied().unwrap_or(0),
+        failed: st.outcomes.get(&OutcomeStatus::Failed).copied().unwrap_or(0),
         q_updates: st.q_updates,
     })
 }

@@ -246,9 +246,9 @@ pub struct Stats {
     /// Windows decided on.
     pub windows: u64,
     /// Decisions by (chosen action, verdict).
-    pub decisions: BTreeMap<(String, String), u64>,
+    pub decisions: BTreeMap<(Action, Verdict), u64>,
     /// Outcomes by status.
-    pub outcomes: BTreeMap<String, u64>,
+    pub outcomes: BTreeMap<OutcomeStatus, u64>,
     /// Online Q updates.
     pub q_updates: u64,
     /// Sum of rewards observed.
@@ -684,15 +684,13 @@ impl Controller {
         // 4. Guardrails, after the fleet's lease gate.
         let lease = self.gate.as_ref().map(|g| g.may_act(&w.pipeline, now_ms));
         let standby = matches!(lease, Some(Err(_)));
-        let (verdict, reason, executed, plan) = if let Some(Err(why)) = &lease {
+        let Guarded { verdict, reason, executed, pending: plan } = if let Some(Err(why)) = &lease {
             let would = if chosen == Action::NoOp { String::new() } else { format!("; would {chosen}") };
-            (Verdict::Observed, format!("not the lease holder: {why}{would}"), Action::NoOp, None)
+            Guarded::nothing(Verdict::Observed, format!("not the lease holder: {why}{would}"))
         } else if settling {
-            (
+            Guarded::nothing(
                 Verdict::Noop,
                 format!("observing the previous action for {} windows", self.cfg.reward_windows),
-                Action::NoOp,
-                None,
             )
         } else {
             let idle = p.supervisor.watchdog().idle();
@@ -712,6 +710,7 @@ impl Controller {
                 now_ms,
             )
         };
+        #[allow(clippy::expect_used)] // inserted at the top of on_window, never removed in it
         let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
         p.encoder.record_action(executed);
         if !settling {
@@ -728,11 +727,12 @@ impl Controller {
         let logged = detection.anomalous || chosen != Action::NoOp || self.cfg.log_healthy;
         let id = if logged || plan.is_some() { Some(self.next_id()) } else { None };
         if self.cfg.learn && !settling && !standby {
+            #[allow(clippy::expect_used)] // inserted at the top of on_window, never removed in it
             let p = self.pipelines.get_mut(&w.pipeline).expect("pipeline exists");
             p.pending =
                 Some(PendingReward { id: id.clone(), state, action: executed, acc: 0.0, windows: 0, spoiled: false });
         }
-        *self.stats.decisions.entry((chosen.name().to_string(), verdict.to_string())).or_default() += 1;
+        *self.stats.decisions.entry((chosen, verdict)).or_default() += 1;
         let Some(id) = id else { return out };
         let key = fenced(format!("{id}/{}", chosen.name()), &w.pipeline, lease);
         let plan = plan.map(|pl| match pl {
@@ -839,7 +839,7 @@ impl Controller {
         detection: &selfheal_core::Detection,
         state: StateId,
         now_ms: i64,
-    ) -> (Verdict, String, Action, Option<Pending>) {
+    ) -> Guarded {
         let escalation = |why: &str| {
             format!(
                 "{pipeline}: {why} (anomaly score {:.2}, signature {}, state: {})",
@@ -851,14 +851,12 @@ impl Controller {
         let explain = || finding.map_or_else(String::new, |f| f.explain());
         if chosen == Action::NoOp {
             if cause == Cause::EvidenceVeto {
-                return (
+                return Guarded::nothing(
                     Verdict::Vetoed,
                     format!("scaling up (or the remedy again) not run: {}", explain()),
-                    Action::NoOp,
-                    None,
                 );
             }
-            return (Verdict::Noop, "the policy chose no action".into(), Action::NoOp, None);
+            return Guarded::nothing(Verdict::Noop, "the policy chose no action".into());
         }
         if cause == Cause::Policy {
             // A healthy window: acting needs the table's confidence; an
@@ -870,21 +868,16 @@ impl Controller {
             // `DatapointsToAlarm`.
             if let Confidence::Unsure { reason, .. } = self.cfg.confidence.check(row, visits, mask, chosen) {
                 if !unhealthy {
-                    return (
-                        Verdict::Noop,
-                        format!("healthy window, {chosen} not proposed: {reason}"),
-                        Action::NoOp,
-                        None,
-                    );
+                    return Guarded::nothing(Verdict::Noop, format!("healthy window, {chosen} not proposed: {reason}"));
                 }
                 if idle <= 1 {
                     let why = format!("first unhealthy window, {chosen} not proposed yet: {reason}");
-                    return (Verdict::Noop, why, Action::NoOp, None);
+                    return Guarded::nothing(Verdict::Noop, why);
                 }
             }
         }
         if self.cfg.mode == Mode::Observe {
-            return (Verdict::Observed, format!("observe mode: would {chosen}"), Action::NoOp, None);
+            return Guarded::nothing(Verdict::Observed, format!("observe mode: would {chosen}"));
         }
         if chosen == Action::Escalate {
             let (why, reason) = if cause == Cause::EvidenceEscalate {
@@ -897,10 +890,10 @@ impl Controller {
                 ("the policy hands this incident to a human".into(), "the policy chose to escalate".into())
             };
             let e = escalation(&why);
-            return (Verdict::Escalated, reason, Action::Escalate, Some(Pending::Escalate(e)));
+            return Guarded::escalated(reason, e);
         }
         if let Some(pause) = self.kill.paused() {
-            return (Verdict::Paused, format!("kill switch: {}", pause.reason), Action::NoOp, None);
+            return Guarded::nothing(Verdict::Paused, format!("kill switch: {}", pause.reason));
         }
         // One open proposal per pipeline and action: the same advice again
         // while a human has not answered adds nothing.
@@ -912,9 +905,14 @@ impl Controller {
                 let left = (exp as i64 - wall).max(0) / 1000;
                 let why =
                     format!("{why}; waiting for a human: proposal {open} has waited {waited} s, expires in {left} s");
-                (Verdict::Pending, why, Action::NoOp, None)
+                Guarded::nothing(Verdict::Pending, why)
             }
-            None => (Verdict::Proposed, why.clone(), Action::NoOp, Some(Pending::Propose(why))),
+            None => Guarded {
+                verdict: Verdict::Proposed,
+                reason: why.clone(),
+                executed: Action::NoOp,
+                pending: Some(Pending::Propose(why)),
+            },
         };
         if self.cfg.mode == Mode::Recommend {
             return propose("recommend mode: waits for approval".to_string());
@@ -923,7 +921,7 @@ impl Controller {
             // The runbook's or the evidence's action: the table's confidence
             // does not judge it.
             if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
-                return (Verdict::Denied, denied.to_string(), Action::NoOp, None);
+                return Guarded::nothing(Verdict::Denied, denied.to_string());
             }
             self.budget.start(self.clock_ms, pipeline, chosen);
             let why = match cause {
@@ -933,7 +931,7 @@ impl Controller {
                 Cause::EvidenceRemedy => format!("Glue's evidence names the fault and its remedy: {}", explain()),
                 _ => "watchdog: still unhealthy with nothing done after a page: the rule policy's action".to_string(),
             };
-            return (Verdict::Allowed, why, chosen, Some(Pending::Act));
+            return Guarded::allowed(why, chosen);
         }
         let trust = self.cfg.confidence.check(row, visits, mask, chosen);
         if let Confidence::Unsure { reason, .. } = trust {
@@ -942,15 +940,15 @@ impl Controller {
                 propose(why)
             } else {
                 let e = escalation(&why);
-                (Verdict::Escalated, why, Action::Escalate, Some(Pending::Escalate(e)))
+                Guarded::escalated(why, e)
             };
         }
         let Confidence::Confident { visits, lead } = trust else { unreachable!() };
         if let Err(denied) = self.budget.check(self.clock_ms, pipeline, chosen) {
-            return (Verdict::Denied, denied.to_string(), Action::NoOp, None);
+            return Guarded::nothing(Verdict::Denied, denied.to_string());
         }
         self.budget.start(self.clock_ms, pipeline, chosen);
-        (Verdict::Allowed, format!("confident: {visits} visits, Q lead {lead:.2}"), chosen, Some(Pending::Act))
+        Guarded::allowed(format!("confident: {visits} visits, Q lead {lead:.2}"), chosen)
     }
 
     /// A human approved (`true`) or rejected a proposal.
@@ -1009,7 +1007,7 @@ impl Controller {
     }
 
     fn outcome(&mut self, out: &mut Output, id: &str, status: OutcomeStatus, detail: String, now_ms: i64) {
-        *self.stats.outcomes.entry(status.to_string()).or_default() += 1;
+        *self.stats.outcomes.entry(status).or_default() += 1;
         out.records.push((Record::Outcome(OutcomeRecord { id: id.into(), ts_ms: now_ms, status, detail }), true));
     }
 
@@ -1166,6 +1164,35 @@ enum Pending {
     Escalate(String),
 }
 
+/// What the guardrails made of a choice: the verdict, why, the action that
+/// runs (a no-op unless allowed or escalated) and what the daemon still has to do.
+struct Guarded {
+    verdict: Verdict,
+    reason: String,
+    executed: Action,
+    pending: Option<Pending>,
+}
+
+impl Guarded {
+    /// Nothing runs and nothing follows.
+    fn nothing(verdict: Verdict, reason: String) -> Guarded {
+        Guarded { verdict, reason, executed: Action::NoOp, pending: None }
+    }
+    /// The action runs.
+    fn allowed(reason: String, action: Action) -> Guarded {
+        Guarded { verdict: Verdict::Allowed, reason, executed: action, pending: Some(Pending::Act) }
+    }
+    /// A person is paged with `page`.
+    fn escalated(reason: String, page: String) -> Guarded {
+        Guarded {
+            verdict: Verdict::Escalated,
+            reason,
+            executed: Action::Escalate,
+            pending: Some(Pending::Escalate(page)),
+        }
+    }
+}
+
 fn summary(w: &Window) -> WindowSummary {
     let t = &w.telemetry;
     WindowSummary {
@@ -1181,6 +1208,7 @@ fn summary(w: &Window) -> WindowSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::notify::Notice;
     use selfheal_agent::{EncoderConfig, GlueSettings, JobShape, QParams, QTable, RuleThresholds, TelemetryEncoder};
     use selfheal_core::{Detection, EncodeState, RewardV1, Slo, Telemetry};
 
@@ -1272,7 +1300,7 @@ mod tests {
         let mut c = controller(Mode::Act, 1000, 2.0);
         let out = c.on_window(&window(0), 0);
         let d = decision(&out);
-        assert_eq!((d.chosen.name(), d.verdict.as_str()), ("scale_up", "allowed"));
+        assert_eq!((d.chosen.name(), d.verdict), ("scale_up", Verdict::Allowed));
         assert!(out.records[0].1, "an acting decision is durable before the action");
         assert_eq!(d.probability, 1.0);
         let Some(Plan::Act(o)) = &out.plan else { panic!("no action planned") };
@@ -1288,7 +1316,7 @@ mod tests {
             w.telemetry.set(Metric::LatencyP95, 30.0);
             let out = c.on_window(&w, 0);
             let d = decision(&out);
-            assert_eq!((d.chosen.name(), d.verdict.as_str()), ("scale_up", "noop"), "{mode:?}: {d:?}");
+            assert_eq!((d.chosen.name(), d.verdict), ("scale_up", Verdict::Noop), "{mode:?}: {d:?}");
             assert!(d.reason.contains("healthy window") && d.reason.contains("lead"), "{}", d.reason);
             assert!(out.plan.is_none() && c.approvals.pending().next().is_none(), "{mode:?}: nothing asked of anyone");
             // The same unsure choice in an unhealthy window waits one
@@ -1297,10 +1325,10 @@ mod tests {
             let mut c = controller(mode, 1000, 0.1);
             let out = c.on_window(&window(60_000), 60_000);
             let d = decision(&out);
-            assert_eq!(d.verdict, "noop", "{mode:?}: {d:?}");
+            assert_eq!(d.verdict, Verdict::Noop, "{mode:?}: {d:?}");
             assert!(d.reason.contains("first unhealthy window"), "{}", d.reason);
             let out = c.on_window(&window(120_000), 120_000);
-            assert_eq!(decision(&out).verdict, "proposed", "{mode:?}");
+            assert_eq!(decision(&out).verdict, Verdict::Proposed, "{mode:?}");
         }
     }
 
@@ -1339,7 +1367,7 @@ mod tests {
     fn observe_mode_never_acts() {
         let mut c = controller(Mode::Observe, 1000, 2.0);
         let out = c.on_window(&window(0), 0);
-        assert_eq!(decision(&out).verdict, "observed");
+        assert_eq!(decision(&out).verdict, Verdict::Observed);
         assert!(out.plan.is_none());
     }
 
@@ -1348,20 +1376,33 @@ mod tests {
         for (visits, lead) in [(10, 2.0), (1000, 0.1)] {
             let mut c = controller(Mode::Act, visits, lead);
             // (The first unhealthy window waits: see the healthy-window test.)
-            assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, "noop");
+            assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, Verdict::Noop);
             let out = c.on_window(&window(60_000), 1);
-            assert_eq!(decision(&out).verdict, "proposed", "visits {visits} lead {lead}");
+            assert_eq!(decision(&out).verdict, Verdict::Proposed, "visits {visits} lead {lead}");
             assert!(out.plan.is_none());
             let again = c.on_window(&window(120_000), 2);
-            assert_eq!(decision(&again).verdict, "pending", "the same advice is not proposed twice");
+            assert_eq!(decision(&again).verdict, Verdict::Pending, "the same advice is not proposed twice");
             assert_eq!(c.pending().len(), 1);
         }
     }
 
+    /// Make `ScaleDown` the learner's choice in `state` (a lead of 2 over
+    /// the rest, 1000 visits each): the next proposal is another action.
+    fn prefer_scale_down(c: &mut Controller, state: StateId) {
+        let mut t = c.learner().table().clone();
+        let mut q = [-5.0; Action::COUNT];
+        q[Action::ScaleDown.index()] = -3.0;
+        t.set_row(state, &q, &[1000; Action::COUNT]);
+        c.parts.learner = QLearner::from_table(t, QParams::default(), 1);
+    }
+
+    /// The kinds of the notices `out` sends, in order.
+    fn kinds(out: &Output) -> Vec<Notice> {
+        out.notices.iter().map(|n| Notice::of(n).unwrap()).collect()
+    }
+
     #[test]
     fn proposals_are_told_once_per_pipeline_and_their_end_is_announced() {
-        use crate::notify::Notice;
-        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
         let mut c = controller(Mode::Recommend, 1000, 2.0);
         c.set_unanswered_after(Some(300));
         let first = c.on_window(&window(0), 0);
@@ -1374,7 +1415,7 @@ mod tests {
         assert_eq!(n.detail["evidence"]["rules"], "noop");
         // The same advice again waits, saying for how long; nothing is sent.
         let again = c.on_window(&window(60_000), 200);
-        assert_eq!(decision(&again).verdict, "pending");
+        assert_eq!(decision(&again).verdict, Verdict::Pending);
         assert!(
             decision(&again).reason.contains(&format!("proposal {id} has waited 0 s")),
             "{}",
@@ -1382,16 +1423,9 @@ mod tests {
         );
         assert!(again.notices.is_empty());
         // A second proposal of the pipeline (another action) is folded.
-        c.parts.learner = {
-            let mut t = c.learner().table().clone();
-            let s = decision(&first).state;
-            let mut q = [-5.0; Action::COUNT];
-            q[Action::ScaleDown.index()] = -3.0;
-            t.set_row(s, &q, &[1000; Action::COUNT]);
-            QLearner::from_table(t, QParams::default(), 1)
-        };
+        prefer_scale_down(&mut c, decision(&first).state);
         let other = c.on_window(&window(120_000), 250);
-        assert_eq!((decision(&other).chosen.name(), decision(&other).verdict.as_str()), ("scale_down", "proposed"));
+        assert_eq!((decision(&other).chosen.name(), decision(&other).verdict), ("scale_down", Verdict::Proposed));
         assert!(other.notices.is_empty(), "folded into the told proposal");
         assert_eq!(c.waiting(1250), (2, 1.25));
         // Unanswered past 300 ms: one page, once.
@@ -1409,20 +1443,11 @@ mod tests {
 
     #[test]
     fn a_folded_proposals_end_is_announced_in_the_next_closing_message() {
-        use crate::notify::Notice;
-        let kinds = |out: &Output| out.notices.iter().map(|n| Notice::of(n).unwrap()).collect::<Vec<_>>();
         let mut c = controller(Mode::Recommend, 100_000, 2.0);
         let first = c.on_window(&window(0), 0);
         let told = decision(&first).id.clone();
         // A second proposal (another action) is folded into the told one.
-        c.parts.learner = {
-            let mut t = c.learner().table().clone();
-            let s = decision(&first).state;
-            let mut q = [-5.0; Action::COUNT];
-            q[Action::ScaleDown.index()] = -3.0;
-            t.set_row(s, &q, &[1000; Action::COUNT]);
-            QLearner::from_table(t, QParams::default(), 1)
-        };
+        prefer_scale_down(&mut c, decision(&first).state);
         let other = c.on_window(&window(60_000), 10);
         let folded = decision(&other).id.clone();
         assert!(other.notices.is_empty(), "folded");
@@ -1442,7 +1467,7 @@ mod tests {
     fn kill_switch_pauses_and_budget_denies() {
         let mut c = controller(Mode::Act, 1000, 2.0);
         c.kill_switch().pause("test".into(), 0);
-        assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, "paused");
+        assert_eq!(decision(&c.on_window(&window(0), 0)).verdict, Verdict::Paused);
         c.kill_switch().resume();
         let mut verdicts = Vec::new();
         for i in 1..=3 {
@@ -1453,9 +1478,9 @@ mod tests {
             }
             verdicts.push(decision(&out).verdict);
         }
-        assert_eq!(verdicts, ["allowed", "allowed", "denied"], "2 actions per hour");
+        assert_eq!(verdicts, [Verdict::Allowed, Verdict::Allowed, Verdict::Denied], "2 actions per hour");
         // An hour of telemetry time later the budget is back.
-        assert_eq!(decision(&c.on_window(&window(3_700_000), 10)).verdict, "allowed");
+        assert_eq!(decision(&c.on_window(&window(3_700_000), 10)).verdict, Verdict::Allowed);
     }
 
     #[test]
@@ -1546,7 +1571,7 @@ mod tests {
         let mut c = controller(Mode::Recommend, 1000, 2.0);
         let named = |name: &str, ts: i64| Window { pipeline: name.into(), ..window(ts) };
         for name in ["asks", "quiet", "busy"] {
-            assert_eq!(decision(&c.on_window(&named(name, 0), 0)).verdict, "proposed");
+            assert_eq!(decision(&c.on_window(&named(name, 0), 0)).verdict, Verdict::Proposed);
         }
         // Only `asks` keeps its proposal open.
         for (id, _, p) in c.pending() {

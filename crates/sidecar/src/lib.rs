@@ -8,10 +8,11 @@
 //! jittered retries; the next windows come back to [`decide`] as a reward and
 //! a Q update; every step lands in the [`provenance`] log. [`daemon`] is the
 //! async shell around that sync core, [`http`] its endpoints, [`config`] the
-//! file that sets it all.
+//! file that sets it all, and [`build`] puts the daemon together from it.
 
 pub mod actuate;
 pub mod auth;
+pub mod build;
 pub mod config;
 pub mod daemon;
 pub mod decide;

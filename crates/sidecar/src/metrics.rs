@@ -126,7 +126,7 @@ pub fn render(s: &Snapshot) -> String {
 
     head(&mut o, "selfheal_decisions_total", "counter", "Decisions by chosen action and guardrail verdict.");
     for ((action, verdict), n) in &s.stats.decisions {
-        let _ = writeln!(o, "selfheal_decisions_total{{action=\"{}\",verdict=\"{}\"}} {n}", esc(action), esc(verdict));
+        let _ = writeln!(o, "selfheal_decisions_total{{action=\"{}\",verdict=\"{}\"}} {n}", action.name(), verdict);
     }
     head(
         &mut o,
@@ -159,7 +159,7 @@ pub fn render(s: &Snapshot) -> String {
     let _ = writeln!(o, "selfheal_rewards_skipped_total {}", s.stats.rewards_skipped);
     head(&mut o, "selfheal_action_outcomes_total", "counter", "Actions by how they ended.");
     for (status, n) in &s.stats.outcomes {
-        let _ = writeln!(o, "selfheal_action_outcomes_total{{status=\"{}\"}} {n}", esc(status));
+        let _ = writeln!(o, "selfheal_action_outcomes_total{{status=\"{}\"}} {n}", status);
     }
     head(&mut o, "selfheal_breaker_state", "gauge", "Circuit breaker per endpoint: 0 closed, 1 open, 2 half-open.");
     for (ep, st, _) in &s.breakers {
@@ -280,7 +280,7 @@ fn render_pipelines(o: &mut String, p: &PipelineCounts) {
 // ---- Latency histograms (issue 18: cost per pipeline) ----------------------
 //
 // Process-wide statics, unlike the counters above: the poll is timed inside a
-// telemetry source the binary builds (the aws crate's CloudWatch source), the
+// telemetry source another crate implements (the aws crate's CloudWatch source), the
 // decision inside the daemon loop, and a static is the one place both reach
 // without widening the `TelemetrySource` trait. One process runs one daemon.
 
@@ -412,7 +412,7 @@ mod tests {
     #[test]
     fn renders_labels_escaped_and_every_family_typed() {
         let mut s = Snapshot::default();
-        s.stats.decisions.insert(("scale_up".into(), "allowed".into()), 3);
+        s.stats.decisions.insert((selfheal_core::Action::ScaleUp, crate::provenance::Verdict::Allowed), 3);
         s.scores.push(("a\"b".into(), 0.5));
         let text = render(&s);
         assert!(text.contains("selfheal_decisions_total{action=\"scale_up\",verdict=\"allowed\"} 3"));

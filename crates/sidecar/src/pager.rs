@@ -299,12 +299,12 @@ impl Worker {
                         },
                         _ = tokio::time::sleep_until(at) => {}
                     }
-                    self.check_fallback();
+                    self.check_fallback().await;
                     continue;
                 }
             }
             next_at = self.attempt_head().await;
-            self.check_fallback();
+            self.check_fallback().await;
         }
     }
 
@@ -320,7 +320,7 @@ impl Worker {
                 self.stats.attempts_delivered.fetch_add(1, Ordering::Relaxed);
                 let mut rec = EscalationRecord::new(&id, now_ms(), PagePhase::Delivered, attempts, "delivered".into());
                 rec.status = Some(status);
-                self.append(rec);
+                self.append(rec).await;
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
                 self.stats.undelivered.fetch_sub(1, Ordering::Relaxed);
                 tracing::info!(id = %id, attempts, status, "page delivered");
@@ -341,7 +341,7 @@ impl Worker {
                     format!("{why}; next attempt in {} ms", wait.as_millis()),
                 );
                 rec.status = status;
-                self.append(rec);
+                self.append(rec).await;
                 tracing::warn!(
                     id = %id, attempts, status, error = %why,
                     retry_after_ms = retry_after.map(|d| d.as_millis() as u64),
@@ -355,13 +355,13 @@ impl Worker {
                 self.stats.attempts_permanent.fetch_add(1, Ordering::Relaxed);
                 let mut rec = EscalationRecord::new(&id, now_ms(), PagePhase::PermanentFailure, attempts, why.clone());
                 rec.status = status;
-                self.append(rec);
+                self.append(rec).await;
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 self.stats.undelivered.fetch_sub(1, Ordering::Relaxed);
                 tracing::error!(id = %id, attempts, status, error = %why, "the webhook refused a page for good");
                 if let Some(o) = self.queue.pop_front() {
                     if !o.fell_back {
-                        self.fall_back(&o, &format!("the webhook refused it: {why}"));
+                        self.fall_back(&o, &format!("the webhook refused it: {why}")).await;
                     }
                 }
                 None
@@ -371,7 +371,7 @@ impl Worker {
 
     /// Writes to the second channel every page undelivered for longer than
     /// `after_secs` that has not gone there yet.
-    fn check_fallback(&mut self) {
+    async fn check_fallback(&mut self) {
         let Some(after) = self.notifier.config().fallback.as_ref().map(|f| f.after_secs) else { return };
         let now = now_ms();
         let due: Vec<usize> = (0..self.queue.len())
@@ -384,7 +384,7 @@ impl Worker {
             let why = format!("undelivered for {} s or more", after);
             let ok = {
                 let o = &self.queue[i];
-                self.fall_back(o, &why)
+                self.fall_back(o, &why).await
             };
             // A failed write is tried again at the next check.
             self.queue[i].fell_back = ok;
@@ -392,16 +392,21 @@ impl Worker {
     }
 
     /// Writes `o` to the second channel and records it; true if it was written.
-    fn fall_back(&self, o: &Owed, why: &str) -> bool {
+    async fn fall_back(&self, o: &Owed, why: &str) -> bool {
         let Some(cfg) = self.notifier.config().fallback.as_ref() else {
             tracing::error!(id = %o.page.id, reason = %why, "no [notify.fallback] configured: the page is only in the provenance log");
             return false;
         };
-        match write_fallback(cfg, &o.page, why) {
+        // The fallback file is fsynced: off the async workers, like the log.
+        let (c, page, reason) = (cfg.clone(), o.page.clone(), why.to_string());
+        let written = tokio::task::spawn_blocking(move || write_fallback(&c, &page, &reason))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        match written {
             Ok(()) => {
                 self.stats.fallback_written.fetch_add(1, Ordering::Relaxed);
                 let detail = format!("{}: {why}", cfg.path.display());
-                self.append(EscalationRecord::new(&o.page.id, now_ms(), PagePhase::Fallback, o.attempts, detail));
+                self.append(EscalationRecord::new(&o.page.id, now_ms(), PagePhase::Fallback, o.attempts, detail)).await;
                 tracing::warn!(id = %o.page.id, path = %cfg.path.display(), reason = %why, "page written to the fallback channel");
                 true
             }
@@ -413,9 +418,17 @@ impl Worker {
         }
     }
 
-    fn append(&self, rec: EscalationRecord) {
+    /// Appends `rec` durably on a blocking thread: the `fdatasync` (and the
+    /// wait for the log's lock while another writer syncs) must not stall an
+    /// async worker that serves the control plane or the daemon loop.
+    async fn append(&self, rec: EscalationRecord) {
         let id = rec.id.clone();
-        if let Err(e) = self.log.locked().append(&Record::Escalation(rec), true) {
+        let log = self.log.clone();
+        let done = tokio::task::spawn_blocking(move || log.locked().append(&Record::Escalation(rec), true))
+            .await
+            .map_err(|join| join.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = done {
             // The page stays owed in memory; the log is the daemon's to fail on.
             tracing::error!(id = %id, error = %e, "cannot record a page's delivery");
         }

@@ -138,8 +138,9 @@ impl SimFleet {
         }
         self.applied_order.push_back(key.to_string());
         if self.applied_order.len() > KEYS_KEPT {
-            let oldest = self.applied_order.pop_front().expect("not empty");
-            self.applied.remove(&oldest);
+            if let Some(oldest) = self.applied_order.pop_front() {
+                self.applied.remove(&oldest);
+            }
         }
         p.pending = action;
         Ok(true)
