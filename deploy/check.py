@@ -225,6 +225,21 @@ def consistency(cfg, daemon, cm, dep, svc, cm_file, dep_file, svc_file):
         elif secret.get("defaultMode", 0o644) & 0o007:
             problems.append(f"{dep_file}: Secret {secret.get('secretName')} defaultMode {oct(secret['defaultMode'])} is world-readable")
 
+    # More than one replica that may act needs the fleet's leases, or every
+    # replica acts for every pipeline; the replica id comes from the pod name.
+    mode = cfg.get("guard", {}).get("mode", "observe")
+    fleet = cfg.get("fleet")
+    if dep["spec"].get("replicas", 1) > 1 and mode != "observe" and fleet is None:
+        problems.append(f"{cm_file}: guard.mode {mode!r} with {dep['spec']['replicas']} replicas in {dep_file} needs a [fleet] table (leases), or every replica acts")
+    if fleet is not None and "replica_id" not in fleet:
+        env = {e["name"]: e for e in c.get("env", [])}
+        if env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+            problems.append(f"{dep_file}: [fleet] has no replica_id and the container has no POD_NAME from metadata.name")
+    if fleet is not None and fleet.get("leases", {}).get("kind") == "kubernetes":
+        ns = fleet["leases"].get("namespace")
+        if ns != dep["metadata"].get("namespace"):
+            problems.append(f"{cm_file}: fleet.leases.namespace {ns!r} is not the Deployment's namespace (the Role grants leases there)")
+
     # The root file system is read-only; state_dir is a writable volume.
     sc = c.get("securityContext", {})
     if sc.get("readOnlyRootFilesystem") is not True:
@@ -309,6 +324,9 @@ def selftest(base):
         "readiness missing": lambda c, d, s: container(d).pop("readinessProbe"),
         "Service targets the control port": lambda c, d, s: s["spec"]["ports"][0].update(targetPort=9478),
         "--config elsewhere": lambda c, d, s: container(d).update(args=["run", "--config", "/etc/other/sidecar.toml"]),
+        "two acting replicas without leases": lambda c, d, s: c.pop("fleet"),
+        "no replica id": lambda c, d, s: container(d).update(env=[]),
+        "leases in another namespace": lambda c, d, s: c["fleet"]["leases"].update(namespace="default"),
     }
     problems = []
     if consistency(cfg, cfg["daemon"], cm, dep, svc, cm_file, dep_file, svc_file):
