@@ -7,6 +7,7 @@ use selfheal_agent::qlearn::{EpsilonSchedule, QParams};
 use selfheal_agent::store::{write_atomic, ModelFile, ModelMeta};
 use selfheal_agent::QLearner;
 use selfheal_core::RewardFn;
+use selfheal_harness::shard::{Shard, ShardError};
 use selfheal_harness::{train, Coverage, CurveWriter, TrainConfig};
 use selfheal_sim::Simulator;
 use std::path::PathBuf;
@@ -98,55 +99,12 @@ pub struct Args {
     threads: Option<usize>,
 }
 
-/// Shard `index` of `count` (0 ≤ index < count).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shard {
-    /// 0-based index.
-    pub index: u32,
-    /// Number of shards.
-    pub count: u32,
-}
-
-impl Shard {
-    /// Episodes of a run of `episodes` that this shard trains.
-    pub fn episodes(self, episodes: u64) -> u64 {
-        let n = u64::from(self.count);
-        episodes / n + u64::from(u64::from(self.index) < episodes % n)
-    }
-
-    /// The training seed of this shard under the run's seed.
-    pub fn seed(self, seed: u64) -> u64 {
-        selfheal_core::seeds::mix(seed, u64::from(self.index) + 1)
-    }
-}
-
-fn check_shard(index: u32, count: u32) -> Result<Shard, String> {
-    if count == 0 || index >= count {
-        return Err(format!("shard {index}/{count}: need 0 <= I < N"));
-    }
-    Ok(Shard { index, count })
-}
-
-fn parse_shard(s: &str) -> Result<Shard, String> {
-    let (i, n) = s.split_once('/').ok_or_else(|| format!("{s:?} is not I/N (e.g. 0/4)"))?;
-    let parse = |x: &str| x.trim().parse::<u32>().map_err(|e| format!("{s:?} is not I/N: {e}"));
-    check_shard(parse(i)?, parse(n)?)
-}
-
-/// Environment variables that carry the shard index on an engine, in order.
-pub const INDEX_VARS: [&str; 2] = ["JOB_COMPLETION_INDEX", "AWS_BATCH_JOB_ARRAY_INDEX"];
-
 fn shard_of(a: &Args) -> Result<Option<Shard>> {
     if let Some(s) = a.shard {
         return Ok(Some(s));
     }
     let Some(count) = a.shards else { return Ok(None) };
-    let (var, value) = INDEX_VARS
-        .iter()
-        .find_map(|v| std::env::var(v).ok().map(|x| (*v, x)))
-        .ok_or_else(|| anyhow::anyhow!("--shards {count} needs the shard index in {}", INDEX_VARS.join(" or ")))?;
-    let index = value.trim().parse::<u32>().with_context(|| format!("{var}={value:?} is not a shard index"))?;
-    Ok(Some(check_shard(index, count).map_err(|e| anyhow::anyhow!("{var}: {e}"))?))
+    Ok(Some(Shard::from_env(count, |v| std::env::var(v).ok())?))
 }
 
 pub fn run(mut a: Args) -> Result<()> {
@@ -250,38 +208,6 @@ pub fn run(mut a: Args) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shards_split_every_episode_once_and_differ_by_at_most_one() {
-        for episodes in [1u64, 2, 7, 301, 400_000, 400_003] {
-            for count in 1u32..=9 {
-                let sizes: Vec<u64> = (0..count).map(|index| Shard { index, count }.episodes(episodes)).collect();
-                assert_eq!(sizes.iter().sum::<u64>(), episodes, "{episodes} episodes over {count} shards");
-                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
-                assert!(hi - lo <= 1, "{episodes}/{count}: {sizes:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn each_shard_has_its_own_seed_stream_and_keeps_training_seeds_off_the_evaluation_range() {
-        let seeds: std::collections::BTreeSet<u64> = (0..64).map(|index| Shard { index, count: 64 }.seed(1)).collect();
-        assert_eq!(seeds.len(), 64, "no two shards share a training seed");
-        assert!(!seeds.contains(&1), "no shard reuses the run's own stream");
-        for s in seeds {
-            assert!(selfheal_core::seeds::training_episode(s, 0) >= 1 << 32);
-        }
-    }
-
-    #[test]
-    fn shard_syntax_is_checked() {
-        assert_eq!(parse_shard("1/4"), Ok(Shard { index: 1, count: 4 }));
-        assert_eq!(parse_shard(" 0 / 1 "), Ok(Shard { index: 0, count: 1 }));
-        for bad in ["4/4", "0/0", "1", "a/2", "-1/2", "1/2/3", ""] {
-            assert!(parse_shard(bad).is_err(), "{bad:?} accepted");
-        }
-    }
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    s.parse().map_err(|e: ShardError| e.to_string())
 }

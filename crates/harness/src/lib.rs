@@ -13,6 +13,7 @@ pub mod detector_data;
 pub mod episode;
 pub mod policies;
 pub mod report;
+pub mod shard;
 pub mod train;
 
 pub use calibrate::{calibrate_rules, rule_grid, Calibration};
