@@ -233,9 +233,12 @@ pub fn run(a: Args) -> Result<()> {
                 .iter()
                 .map(|c| {
                     let sub = dir.join(&c.name);
-                    read_scores(if one && !sub.is_dir() { dir } else { &sub }, &c.files)
+                    selfheal_nab::scores::read_scores(
+                        if one && !sub.is_dir() { dir } else { &sub },
+                        c.files.iter().map(|(s, _)| s),
+                    )
                 })
-                .collect::<Result<Vec<_>>>()?;
+                .collect::<Result<Vec<_>, _>>()?;
             (scores, None, format!("scores from {}", dir.display()))
         }
         None => {
@@ -337,62 +340,6 @@ pub fn run(a: Args) -> Result<()> {
         Format::Table => print!("{}", table(&report)),
     }
     Ok(())
-}
-
-/// Reads `selfheal detect` outputs for every file of `corpus` from `dir`.
-fn read_scores(dir: &Path, corpus: &[(LabeledSeries, Vec<f64>)]) -> Result<Vec<Vec<f64>>> {
-    if !dir.is_dir() {
-        bail!("--scores {} is not a directory", dir.display());
-    }
-    corpus
-        .iter()
-        .map(|(series, _)| {
-            let file = series.name().rsplit('/').next().unwrap_or(series.name());
-            let path = dir.join(file);
-            if !path.is_file() {
-                bail!(
-                    "{}: missing; make the scores with `selfheal detect --input <data>/<category> --output {}`",
-                    path.display(),
-                    dir.display()
-                );
-            }
-            read_score_file(&path, series)
-        })
-        .collect()
-}
-
-/// One `timestamp,value,anomaly_score` file whose timestamps must be those of `series`.
-fn read_score_file(path: &Path, series: &LabeledSeries) -> Result<Vec<f64>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let at = |line: usize, msg: String| anyhow::anyhow!("{}:{line}: {msg}", path.display());
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or("");
-    if header.trim() != "timestamp,value,anomaly_score" {
-        return Err(at(1, format!("expected the header \"timestamp,value,anomaly_score\", found {header:?}")));
-    }
-    let expected = series.timestamps();
-    let mut scores = Vec::with_capacity(expected.len());
-    for (k, row) in lines.enumerate() {
-        let line = k + 2;
-        let fields: Vec<&str> = row.split(',').map(str::trim).collect();
-        if fields.len() != 3 {
-            return Err(at(line, format!("expected 3 fields, found {}: {row:?}", fields.len())));
-        }
-        match expected.get(k) {
-            Some(t) if t == fields[0] => {}
-            Some(t) => return Err(at(line, format!("timestamp {:?}, but the data file has {t:?} here", fields[0]))),
-            None => return Err(at(line, format!("more rows than the data file's {}", expected.len()))),
-        }
-        let s: f64 = fields[2].parse().map_err(|_| at(line, format!("score {:?} is not a number", fields[2])))?;
-        if !(0.0..=1.0).contains(&s) {
-            return Err(at(line, format!("score {s} is outside [0, 1]")));
-        }
-        scores.push(s);
-    }
-    if scores.len() != expected.len() {
-        bail!("{}: {} rows, but the data file has {}", path.display(), scores.len(), expected.len());
-    }
-    Ok(scores)
 }
 
 fn threshold(t: f64) -> String {

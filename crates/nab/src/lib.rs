@@ -37,6 +37,7 @@
 //! Why a crate of its own: the scorer judges any detector, and the detector
 //! crate should not carry the benchmark's rules, file formats and loaders.
 
+pub mod scores;
 pub mod series;
 
 use selfheal_core::time::{parse_stamp, Stamp};
