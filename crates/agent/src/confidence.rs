@@ -33,7 +33,7 @@ impl Default for ConfidenceGate {
 /// What the gate says about one decision.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
-pub enum Verdict {
+pub enum Confidence {
     /// Enough experience and a clear winner: the sidecar may act alone.
     Confident {
         /// Total visits of the state.
@@ -52,17 +52,17 @@ pub enum Verdict {
     },
 }
 
-impl Verdict {
+impl Confidence {
     /// Whether the sidecar may act alone.
     pub fn is_confident(&self) -> bool {
-        matches!(self, Verdict::Confident { .. })
+        matches!(self, Confidence::Confident { .. })
     }
 }
 
 impl ConfidenceGate {
     /// Judge choosing `chosen` in a state whose Q row is `q` and visit counts `visits`
     /// (both [`Action::COUNT`] long, in column order), with `mask` the allowed actions.
-    pub fn check(&self, q: &[f64], visits: &[u32], mask: ActionMask, chosen: Action) -> Verdict {
+    pub fn check(&self, q: &[f64], visits: &[u32], mask: ActionMask, chosen: Action) -> Confidence {
         assert!(q.len() == Action::COUNT && visits.len() == Action::COUNT, "a Q row has one value per action");
         let total: u64 = visits.iter().map(|v| u64::from(*v)).sum();
         let runner_up = mask.iter().filter(|a| *a != chosen).max_by(|a, b| q[a.index()].total_cmp(&q[b.index()]));
@@ -80,9 +80,9 @@ impl ConfidenceGate {
             reasons.push(format!("lead {lead:.3} of {chosen} over {r} is below {}", self.min_lead));
         }
         if reasons.is_empty() {
-            Verdict::Confident { visits: total, lead }
+            Confidence::Confident { visits: total, lead }
         } else {
-            Verdict::Unsure { visits: total, lead, reason: reasons.join("; ") }
+            Confidence::Unsure { visits: total, lead, reason: reasons.join("; ") }
         }
     }
 }
@@ -102,7 +102,7 @@ mod tests {
         let g = ConfidenceGate::default();
         let q = row(Action::Restart, 1.0, -1.0);
         let v = g.check(&q, &[5; Action::COUNT], ActionMask::ALL, Action::Restart);
-        assert_eq!(v, Verdict::Confident { visits: 50, lead: 2.0 });
+        assert_eq!(v, Confidence::Confident { visits: 50, lead: 2.0 });
         assert!(v.is_confident());
     }
 
@@ -111,7 +111,7 @@ mod tests {
         let g = ConfidenceGate::default();
         let q = row(Action::Restart, 1.0, -1.0);
         match g.check(&q, &[2; Action::COUNT], ActionMask::ALL, Action::Restart) {
-            Verdict::Unsure { visits, lead, reason } => {
+            Confidence::Unsure { visits, lead, reason } => {
                 assert_eq!(visits, 20);
                 assert_eq!(lead, 2.0);
                 assert!(reason.contains("visited 20 times (need 30)"), "{reason}");
@@ -126,7 +126,7 @@ mod tests {
         let mut q = row(Action::Restart, 1.0, -5.0);
         q[Action::ScaleUp.index()] = 0.8;
         let v = g.check(&q, &[10; Action::COUNT], ActionMask::ALL, Action::Restart);
-        let Verdict::Unsure { lead, reason, .. } = v else { panic!("expected unsure") };
+        let Confidence::Unsure { lead, reason, .. } = v else { panic!("expected unsure") };
         assert!((lead - 0.2).abs() < 1e-12);
         assert!(reason.contains("over scale_up"), "{reason}");
     }
@@ -139,7 +139,7 @@ mod tests {
         let mask = ActionMask::ALL.without(Action::ScaleUp);
         assert_eq!(
             g.check(&q, &[10; Action::COUNT], mask, Action::Restart),
-            Verdict::Confident { visits: 100, lead: 6.0 }
+            Confidence::Confident { visits: 100, lead: 6.0 }
         );
     }
 
@@ -148,7 +148,7 @@ mod tests {
         let g = ConfidenceGate::default();
         let mask = Action::ALL.into_iter().filter(|a| *a != Action::NoOp).fold(ActionMask::ALL, |m, a| m.without(a));
         let v = g.check(&[0.0; Action::COUNT], &[3; Action::COUNT], mask, Action::NoOp);
-        assert_eq!(v, Verdict::Confident { visits: 30, lead: f64::INFINITY });
+        assert_eq!(v, Confidence::Confident { visits: 30, lead: f64::INFINITY });
     }
 
     #[test]

@@ -41,7 +41,7 @@ pub use approvals::{ApprovalError, Approvals, Decision};
 pub use breaker::{Breaker, BreakerConfig, BreakerState, Rejected};
 pub use budget::{Budget, BudgetConfig, Denied};
 pub use bulkhead::{Bulkhead, BulkheadPermit};
-pub use confidence::{ConfidenceGate, Verdict};
+pub use confidence::{Confidence, ConfidenceGate};
 pub use killswitch::{KillSwitch, Pause};
 pub use mode::{Mode, UnknownMode};
 pub use retry::RetryPolicy;

@@ -192,7 +192,7 @@ pub fn check_exposure(d: &DaemonConfig, token: Option<&Token>) -> Result<(), Aut
 
 /// What a control request's `Authorization` header proves.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Access {
     /// Let through; the caller's token id (`none` when no token is configured).
     Allowed(String),
     /// 401: no bearer token given.
@@ -204,12 +204,12 @@ pub enum Verdict {
 /// The tokens a control route accepts: the control token and, on `/ingest`
 /// only, the legacy ingest token of `[source] token_env`. With none of them
 /// configured, everything is allowed (the listener is loopback then).
-pub fn check(accepted: &[&Token], authorization: Option<&str>) -> Verdict {
+pub fn check(accepted: &[&Token], authorization: Option<&str>) -> Access {
     if accepted.is_empty() {
-        return Verdict::Allowed("none".into());
+        return Access::Allowed("none".into());
     }
     let Some(given) = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim) else {
-        return Verdict::Missing;
+        return Access::Missing;
     };
     // Check every token, even after a match, so the time taken does not say which matched.
     let mut hit = None;
@@ -219,8 +219,8 @@ pub fn check(accepted: &[&Token], authorization: Option<&str>) -> Verdict {
         }
     }
     match hit {
-        Some(id) => Verdict::Allowed(id),
-        None => Verdict::Wrong(token_id(given)),
+        Some(id) => Access::Allowed(id),
+        None => Access::Wrong(token_id(given)),
     }
 }
 
@@ -343,13 +343,13 @@ mod tests {
     #[test]
     fn missing_wrong_and_right_tokens_are_told_apart() {
         let t = Token::new("right");
-        assert_eq!(check(&[], None), Verdict::Allowed("none".into()));
-        assert_eq!(check(&[&t], None), Verdict::Missing);
-        assert_eq!(check(&[&t], Some("Basic cmlnaHQ=")), Verdict::Missing);
-        assert_eq!(check(&[&t], Some("Bearer wrong")), Verdict::Wrong(token_id("wrong")));
-        assert_eq!(check(&[&t], Some("Bearer right")), Verdict::Allowed(t.id().into()));
+        assert_eq!(check(&[], None), Access::Allowed("none".into()));
+        assert_eq!(check(&[&t], None), Access::Missing);
+        assert_eq!(check(&[&t], Some("Basic cmlnaHQ=")), Access::Missing);
+        assert_eq!(check(&[&t], Some("Bearer wrong")), Access::Wrong(token_id("wrong")));
+        assert_eq!(check(&[&t], Some("Bearer right")), Access::Allowed(t.id().into()));
         let legacy = Token::new("ingest");
-        assert_eq!(check(&[&t, &legacy], Some("Bearer ingest")), Verdict::Allowed(legacy.id().into()));
+        assert_eq!(check(&[&t, &legacy], Some("Bearer ingest")), Access::Allowed(legacy.id().into()));
     }
 
     #[test]

@@ -50,7 +50,7 @@ use selfheal_core::{
 };
 use selfheal_guard::approvals::{ApprovalError, Approvals};
 use selfheal_guard::budget::{Budget, BudgetConfig};
-use selfheal_guard::confidence::{ConfidenceGate, Verdict as Confidence};
+use selfheal_guard::confidence::{Confidence, ConfidenceGate};
 use selfheal_guard::killswitch::KillSwitch;
 use selfheal_guard::Mode;
 use std::collections::{BTreeMap, HashMap};

@@ -31,7 +31,7 @@
 //! were, it is 422 listing the refused lines, each naming the cap, with
 //! `pipeline_cap` set.
 
-use crate::auth::{self, Token, Verdict};
+use crate::auth::{self, Access, Token};
 use crate::window::{assemble, parse_body, Assembler, Bounds, Ingested, Window};
 use crate::LockExt;
 use axum::body::Bytes;
@@ -303,16 +303,16 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
         given = crate::ui::credential(req.uri().query());
     }
     let verdict = match session {
-        Some(id) => Verdict::Allowed(id),
+        Some(id) => Access::Allowed(id),
         None => auth::check(&accepted, given.as_deref()),
     };
     let (token_id, refused) = match verdict {
-        Verdict::Allowed(id) => (id, None),
-        Verdict::Missing if page => (
+        Access::Allowed(id) => (id, None),
+        Access::Missing if page => (
             "-".to_string(),
             Some(text(401, "the approvals page needs the control token once: open /ui?token=<the control token>")),
         ),
-        Verdict::Missing => (
+        Access::Missing => (
             "-".to_string(),
             Some(
                 (
@@ -323,7 +323,7 @@ async fn guard(State(g): State<Arc<GuardState>>, mut req: Request, next: Next) -
                     .into_response(),
             ),
         ),
-        Verdict::Wrong(id) => (id, Some(text(403, "wrong bearer token"))),
+        Access::Wrong(id) => (id, Some(text(403, "wrong bearer token"))),
     };
     let refused = refused.or_else(|| not_json(req.headers(), &route, &method));
     let resp = match refused {
