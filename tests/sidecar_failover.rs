@@ -503,3 +503,134 @@ fn a_replica_that_cannot_renew_stops_acting_before_its_lease_lapses() {
     let st = d.terminate(Duration::from_secs(15));
     assert!(st.success(), "exit {st}:\n{}", d.stderr_tail());
 }
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_mid_action_leaves_the_lease_to_lapse_before_the_standby_acts() {
+    let work = tempfile::Builder::new().prefix("selfheal-sigterm-").tempdir().unwrap();
+    let moto = moto::Moto::start(&work.path().join("moto.log"));
+    let proxy = serial::Serial::start(&moto.addr).url;
+    let applied_path = work.path().join("applied.txt");
+    // Longer than the margin and than the shutdown wait: SIGTERM aborts it.
+    let script = script(
+        work.path(),
+        "act.sh",
+        "cat > /dev/null\n\
+         echo \"start $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n\
+         sleep 3\n\
+         echo \"done $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n",
+    );
+    let cfg = config(work.path(), &proxy, &script, &applied_path).replacen(
+        "[daemon]\n",
+        "[daemon]\nshutdown_grace_secs = 0\n",
+        1,
+    );
+    let env = |name: &'static str| {
+        vec![
+            ("POD_NAME", name),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+    };
+    let (state_a, state_b) = (work.path().join("a"), work.path().join("b"));
+    let (env_a, env_b) = (env("replica-a"), env("replica-b"));
+    let mut a =
+        Sidecar::start(Start { work: work.path(), state: &state_a, config: Some(&cfg), args: &[], env: &env_a });
+    wait_for(Duration::from_secs(20), "replica-a to hold every pipeline's lease", || {
+        held_by(&a, "replica-a").len() == PIPELINES
+    });
+    let mut b =
+        Sidecar::start(Start { work: work.path(), state: &state_b, config: Some(&cfg), args: &[], env: &env_b });
+    wait_for(Duration::from_secs(20), "the shard to split the pipelines between the replicas", || {
+        let h = held_by(&a, "replica-a").len();
+        h > 0 && h < PIPELINES && held_by(&b, "replica-b").len() + h == PIPELINES
+    });
+    let both_up = now_ms();
+    let mut victim: Option<Applied> = None;
+    wait_for(Duration::from_secs(60), "an action just started after both replicas were up", || {
+        let recs = applied(&applied_path);
+        victim = recs
+            .iter()
+            .filter(|r| r.phase == "start" && r.ms > both_up && now_ms() - r.ms < 300)
+            .find(|r| !recs.iter().any(|o| o.phase == "done" && o.key == r.key))
+            .cloned();
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    let (term, standby_name) =
+        if victim.replica == "replica-a" { (&mut a, "replica-b") } else { (&mut b, "replica-a") };
+    let term_at = now_ms();
+    let st = term.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{} exited with {st}:\n{}", victim.replica, term.stderr_tail());
+    eprintln!("SIGTERM to {} at {term_at} with {} in flight on {}", victim.replica, victim.key, victim.pipeline);
+
+    // The aborted action's lease was left to lapse, not released: its expiry, from the replica's log.
+    let text = plain(&std::fs::read_to_string(&term.stderr).unwrap());
+    let line = text
+        .lines()
+        .find(|l| l.contains("lease left to lapse") && l.contains(&format!("pipeline={} ", victim.pipeline)))
+        .unwrap_or_else(|| panic!("no 'lease left to lapse' for {} in:\n{}", victim.pipeline, term.stderr_tail()));
+    let expires: i64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("expires_at_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no expires_at_ms in {line:?}"));
+    assert!(expires > term_at, "the lease left to lapse expired at {expires}, before the SIGTERM at {term_at}");
+    let log = read_log(&term.log_path()).expect("read the terminated replica's log");
+    let id = victim.key.split('/').next().unwrap();
+    let outcome = log.records.iter().find_map(|r| match r {
+        Record::Outcome(o) if o.id == id => Some(o.clone()),
+        _ => None,
+    });
+    let o = outcome.unwrap_or_else(|| panic!("no outcome for {id}:\n{}", term.stderr_tail()));
+    assert_eq!(o.status.to_string(), "cancelled", "{o:?}");
+
+    // The standby takes the pipeline and acts on it, but only after that lease lapsed.
+    wait_for(Duration::from_secs(30), "the standby to act on the pipeline of the aborted action", || {
+        applied(&applied_path)
+            .iter()
+            .any(|r| r.phase == "start" && r.replica == standby_name && r.pipeline == victim.pipeline && r.ms > term_at)
+    });
+    let first = applied(&applied_path)
+        .iter()
+        .filter(|r| r.phase == "start" && r.replica == standby_name && r.pipeline == victim.pipeline && r.ms > term_at)
+        .map(|r| r.ms)
+        .min()
+        .unwrap();
+    eprintln!(
+        "{standby_name} first acted on {} {} ms after the SIGTERM; the aborted action's lease lapsed {} ms after it",
+        victim.pipeline,
+        first - term_at,
+        expires - term_at
+    );
+    assert!(
+        first >= expires,
+        "{standby_name} acted on {} at {first}, before the lease lapsed at {expires}",
+        victim.pipeline
+    );
+    // Its lease ran for at least the lease time less a renewal period after the SIGTERM (the keeper renewed it while waiting).
+    assert!(
+        expires >= term_at + LEASE_MS - RENEW_MS,
+        "the lease left to lapse expires {} ms after the SIGTERM: not renewed while the action ran",
+        expires - term_at
+    );
+    drop(moto);
+}

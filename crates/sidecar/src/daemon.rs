@@ -305,6 +305,9 @@ impl Shell {
             }
             self.in_flight.remove(&order.id);
             self.landed(&order);
+            if let Some(f) = &self.fleet {
+                f.abandon(&order.pipeline);
+            }
             tracing::warn!(id = %order.id, pipeline = %order.pipeline, action = %order.action,
                 "lease about to lapse mid-action: action cancelled");
             let out = self.ctl.on_lease_lost(&order, "the lease ran low while it ran (not renewed)", now);
@@ -735,11 +738,17 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     ready.store(false, Ordering::Release);
     reader.abort();
     let grace = Duration::from_secs(cfg.daemon.shutdown_grace_secs);
-    let deadline = tokio::time::Instant::now() + grace;
-    while !sh.in_flight.is_empty() {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+    // A replica waits for its actions at least half the margin (the longest
+    // an action may run once its lease stops being renewed), the keeper
+    // still renewing; one whose lease runs low meanwhile is cancelled.
+    let wait = sh.fleet.as_ref().map_or(grace, |f| grace.max(f.gate.margin() / 2));
+    let deadline = tokio::time::Instant::now() + wait;
+    while !sh.in_flight.is_empty() && tokio::time::Instant::now() < deadline {
+        let slice = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+        match tokio::time::timeout_at(slice, done_rx.recv()).await {
             Ok(Some(done)) => keep_first(&mut fatal, sh.finished(done)),
-            _ => break,
+            Ok(None) => break,
+            Err(_) => keep_first(&mut fatal, sh.fence_in_flight(now_ms())),
         }
     }
     // Pages being delivered (including those of actions failing now) get what
@@ -749,6 +758,10 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     }
     let left: Vec<Order> = sh.in_flight.drain().map(|(_, o)| o).collect();
     for order in &left {
+        // Aborted below: its lease is left to lapse, never released.
+        if let Some(f) = &sh.fleet {
+            f.abandon(&order.pipeline);
+        }
         let out = sh.ctl.on_cancelled(order, now_ms());
         keep_first(&mut fatal, sh.write(&out));
     }
@@ -756,7 +769,8 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         p.stop();
     }
     sh.tasks.abort_all();
-    // In-flight actions are done or cancelled: give the leases back.
+    // In-flight actions are done or cancelled: give back the leases of
+    // pipelines none was aborted on (the others lapse).
     if let Some(f) = sh.fleet.take() {
         f.stop(Duration::from_secs(2)).await;
     }

@@ -133,6 +133,11 @@ impl LeaseGate {
         LeaseGate { held, margin }
     }
 
+    /// The margin: no action starts with less lease left than this.
+    pub fn margin(&self) -> Duration {
+        self.margin
+    }
+
     /// Whether an action already running for `pipeline` may go on at
     /// `now_ms`: the lease still has more than half the margin left.
     pub fn may_continue(&self, pipeline: &str, now_ms: i64) -> bool {
@@ -247,6 +252,7 @@ impl Fleet {
         let gate = LeaseGate::new(rx, self.cfg.margin());
         let seen = Arc::new(Mutex::new(self.cfg.pipelines.iter().cloned().collect::<BTreeSet<_>>()));
         let busy = Arc::new(Mutex::new(BTreeSet::new()));
+        let abandoned = Arc::new(Mutex::new(BTreeSet::new()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(keeper(Keeper {
             store: self.leases.clone(),
@@ -255,6 +261,7 @@ impl Fleet {
             every: self.cfg.renew(),
             seen: seen.clone(),
             busy: busy.clone(),
+            abandoned: abandoned.clone(),
             publish: tx,
             stop: stop_rx.clone(),
         }))];
@@ -281,6 +288,7 @@ impl Fleet {
             gate,
             seen,
             busy,
+            abandoned,
             swaps,
             snapshots,
             push_every,
@@ -317,6 +325,7 @@ pub struct Running {
     pub gate: LeaseGate,
     seen: Arc<Mutex<BTreeSet<String>>>,
     busy: Arc<Mutex<BTreeSet<String>>>,
+    abandoned: Arc<Mutex<BTreeSet<String>>>,
     /// New policy versions to swap in; `None` without a policy store.
     pub swaps: Option<mpsc::Receiver<Swap>>,
     snapshots: Option<mpsc::Sender<Snapshot>>,
@@ -346,6 +355,15 @@ impl Running {
         } else {
             busy.remove(pipeline);
         }
+    }
+
+    /// An action of ours on `pipeline` was aborted (lease ran low, or
+    /// shutdown): what it started may still run (a Glue run already
+    /// requested, a command's grandchild), so its lease is never released,
+    /// only left to lapse; no other replica acts before it expires.
+    pub fn abandon(&self, pipeline: &str) {
+        use crate::LockExt;
+        self.abandoned.locked().insert(pipeline.to_string());
     }
 
     /// Hand the table to the delta pusher when a push is due (or `rebase`).
@@ -430,6 +448,7 @@ struct Keeper {
     every: Duration,
     seen: Arc<Mutex<BTreeSet<String>>>,
     busy: Arc<Mutex<BTreeSet<String>>>,
+    abandoned: Arc<Mutex<BTreeSet<String>>>,
     publish: watch::Sender<Arc<Held>>,
     stop: watch::Receiver<bool>,
 }
@@ -504,6 +523,10 @@ async fn keeper(mut k: Keeper) {
         let gone: Vec<String> = mine.keys().filter(|p| !want.contains(*p) && !draining.contains(*p)).cloned().collect();
         for p in gone {
             if let Some(l) = mine.remove(&p) {
+                if k.abandoned.locked().remove(&p) {
+                    tracing::warn!(pipeline = %p, epoch = l.epoch(), "lease dropped unreleased: an aborted action of ours may still run; it lapses by itself");
+                    continue;
+                }
                 match within(k.every, k.store.release(&l)).await {
                     Ok(_) => tracing::info!(pipeline = %p, epoch = l.epoch(), "lease released: the shard moved it"),
                     Err(e) => tracing::warn!(pipeline = %p, error = %e, "release failed; the lease lapses by itself"),
@@ -515,14 +538,30 @@ async fn keeper(mut k: Keeper) {
             mine.iter().map(|(p, l)| (p.clone(), l.clone())).partition(|(p, _)| want.contains(p));
         publish(&k.publish, &acting, kept, &table, t);
     }
-    // Shutdown: give every lease back so a standby takes over at once.
-    for l in mine.values().chain(heartbeat.iter()) {
+    // Shutdown: give every lease back so a standby takes over at once, but
+    // those with an action of ours still running or aborted: those lapse.
+    let keep: BTreeSet<String> = k.busy.locked().union(&k.abandoned.locked()).cloned().collect();
+    for (p, l) in &mine {
+        if keep.contains(p) {
+            tracing::warn!(pipeline = %p, epoch = l.epoch(), expires_at_ms = l.expires_at_ms(),
+                "lease left to lapse: an aborted action of ours may still run");
+            continue;
+        }
+        if let Err(e) = within(k.every, k.store.release(l)).await {
+            tracing::warn!(key = %l.key(), error = %e, "release at shutdown failed; the lease lapses by itself");
+        }
+    }
+    for l in heartbeat.iter() {
         if let Err(e) = within(k.every, k.store.release(l)).await {
             tracing::warn!(key = %l.key(), error = %e, "release at shutdown failed; the lease lapses by itself");
         }
     }
     let _ = k.publish.send(Arc::new(Held::default()));
-    tracing::info!(released = mine.len(), "fleet replica stopped; leases released");
+    tracing::info!(
+        released = mine.len() - keep.len().min(mine.len()),
+        left_to_lapse = keep.len(),
+        "fleet replica stopped; leases released"
+    );
 }
 
 /// One store call, given up after `limit` (a renewal period): a slow store
