@@ -51,7 +51,8 @@ async fn the_fenced_actuator_refuses_an_older_epoch_per_pipeline() {
     assert!(a.apply(&call("d2/restart@3")).await.is_ok(), "a takeover");
     let refused = a.apply(&call("d3/restart@2")).await.unwrap_err();
     assert!(matches!(&refused, ActError::Failed(m) if m.contains("epoch 2") && m.contains("epoch 3")), "{refused:?}");
-    assert!(a.apply(&call("d4/restart")).await.is_ok(), "a key without an epoch (no fleet) passes");
+    let bare = a.apply(&call("d4/restart")).await.unwrap_err();
+    assert!(matches!(&bare, ActError::Failed(m) if m.contains("no lease epoch")), "a key without an epoch: {bare:?}");
     let other = ActionCall { pipeline: "p2".into(), ..call("d5/restart@1") };
     assert!(a.apply(&other).await.is_ok(), "pipelines are fenced apart");
     assert_eq!(a.name(), "dry-run");
