@@ -156,6 +156,9 @@ impl Shell {
     /// keeping any the core still needs (see [`Controller::busy`]).
     fn evict_idle(&mut self, ingest: Option<&Ingest>, now: i64) {
         let gone = self.ctl.evict_idle(self.bounds.idle_ms, now);
+        if let Some(f) = &self.fleet {
+            f.forget(&gone);
+        }
         if let Some(first) = gone.first() {
             self.decide_evicted += gone.len() as u64;
             tracing::info!(evicted = gone.len(), live = self.ctl.live(), %first,

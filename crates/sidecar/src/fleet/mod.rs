@@ -10,8 +10,11 @@
 //! - the **lease keeper** (`keeper`): every `renew_secs`, heartbeat
 //!   `replica/{id}`, list the lease table, compute this replica's pipelines by
 //!   rendezvous sharding over the live heartbeats (`selfheal_fleet::shard`),
-//!   take or renew their leases, release those no longer ours (once no action
-//!   of ours runs on them), and publish the result ([`Held`]) through a
+//!   take or renew their leases (up to 16 calls at once; when the list fails
+//!   the leases held are still renewed), release those no longer ours (once
+//!   no action of ours runs on them; never one an aborted action of ours ran
+//!   on: that one lapses), forget pipelines the daemon evicted as idle, and
+//!   publish the result ([`Held`], with each lease's monotonic deadline) through a
 //!   `tokio::sync::watch`. The decision core reads it through [`LeaseGate`]
 //!   ([`crate::decide::ActGate`]) on every window without waiting: it acts for
 //!   a pipeline only while the lease `may_act` (more than `margin_secs`
@@ -48,7 +51,7 @@ use selfheal_fleet::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -118,6 +121,23 @@ pub struct Held {
     pub holders: BTreeMap<String, Holder>,
     /// Live replicas, this one included.
     pub replicas: Vec<String>,
+    /// Per lease held or kept, its expiry on this process's monotonic clock:
+    /// when the take or renewal that set it was sent, plus the lease time. A
+    /// wall clock stepped back cannot stretch a lease past it.
+    pub deadlines: BTreeMap<String, Instant>,
+}
+
+impl Held {
+    /// Milliseconds left on `lease` at `now_ms` (wall) and `now` (monotonic):
+    /// the earlier of its wall-clock expiry and its monotonic deadline.
+    pub fn left_ms(&self, lease: &Lease, now_ms: i64, now: Instant) -> i64 {
+        let wall = lease.expires_at_ms() - now_ms;
+        match self.deadlines.get(lease.key()) {
+            Some(d) if *d > now => wall.min(i64::try_from((*d - now).as_millis()).unwrap_or(i64::MAX)),
+            Some(_) => wall.min(0),
+            None => wall,
+        }
+    }
 }
 
 /// The decision core's view of the leases ([`ActGate`]).
@@ -142,23 +162,25 @@ impl LeaseGate {
     /// `now_ms`: the lease still has more than half the margin left.
     pub fn may_continue(&self, pipeline: &str, now_ms: i64) -> bool {
         let held = self.held.borrow().clone();
+        let half = i64::try_from((self.margin / 2).as_millis()).unwrap_or(i64::MAX);
         held.leases
             .get(pipeline)
             .or_else(|| held.kept.get(pipeline))
-            .is_some_and(|l| l.may_act(now_ms, self.margin / 2))
+            .is_some_and(|l| held.left_ms(l, now_ms, Instant::now()) > half)
     }
 }
 
 impl ActGate for LeaseGate {
     fn may_act(&self, pipeline: &str, now_ms: i64) -> Result<u64, String> {
         let held = self.held.borrow().clone();
+        let margin = i64::try_from(self.margin.as_millis()).unwrap_or(i64::MAX);
         match held.leases.get(pipeline) {
-            Some(l) if l.may_act(now_ms, self.margin) => Ok(l.epoch()),
+            Some(l) if held.left_ms(l, now_ms, Instant::now()) > margin => Ok(l.epoch()),
             Some(l) => Err(format!(
                 "lease epoch {} has {} ms left, within the {} ms margin",
                 l.epoch(),
-                l.expires_at_ms() - now_ms,
-                self.margin.as_millis()
+                held.left_ms(l, now_ms, Instant::now()),
+                margin
             )),
             None => match held.holders.get(pipeline) {
                 Some(h) if h.live => Err(format!("held by {} (epoch {})", h.holder, h.epoch)),
@@ -250,7 +272,8 @@ impl Fleet {
     pub fn start(self) -> Running {
         let (tx, rx) = watch::channel(Arc::new(Held::default()));
         let gate = LeaseGate::new(rx, self.cfg.margin());
-        let seen = Arc::new(Mutex::new(self.cfg.pipelines.iter().cloned().collect::<BTreeSet<_>>()));
+        let configured: BTreeSet<String> = self.cfg.pipelines.iter().cloned().collect();
+        let seen = Arc::new(Mutex::new(configured.clone()));
         let busy = Arc::new(Mutex::new(BTreeSet::new()));
         let abandoned = Arc::new(Mutex::new(BTreeSet::new()));
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -287,6 +310,7 @@ impl Fleet {
             replica: self.replica,
             gate,
             seen,
+            configured,
             busy,
             abandoned,
             swaps,
@@ -324,6 +348,7 @@ pub struct Running {
     /// The lease gate (also set on the controller).
     pub gate: LeaseGate,
     seen: Arc<Mutex<BTreeSet<String>>>,
+    configured: BTreeSet<String>,
     busy: Arc<Mutex<BTreeSet<String>>>,
     abandoned: Arc<Mutex<BTreeSet<String>>>,
     /// New policy versions to swap in; `None` without a policy store.
@@ -342,6 +367,17 @@ impl Running {
         let mut seen = self.seen.locked();
         if !seen.contains(pipeline) {
             seen.insert(pipeline.to_string());
+        }
+    }
+
+    /// The daemon evicted these idle pipelines: stop leasing them (those
+    /// named in `fleet.pipelines` stay). The keeper releases their leases at
+    /// its next tick, so the table does not grow with every pipeline ever seen.
+    pub fn forget(&self, pipelines: &[String]) {
+        use crate::LockExt;
+        let mut seen = self.seen.locked();
+        for p in pipelines.iter().filter(|p| !self.configured.contains(*p)) {
+            seen.remove(p);
         }
     }
 
@@ -462,6 +498,8 @@ async fn keeper(mut k: Keeper) {
     let mut heartbeat: Option<Lease> = None;
     let mut mine: BTreeMap<String, Lease> = BTreeMap::new();
     let mut draining: BTreeSet<String> = BTreeSet::new();
+    let mut table: Vec<LeaseRecord> = Vec::new();
+    let mut deadlines: BTreeMap<String, Instant> = BTreeMap::new();
     let mut tick = tokio::time::interval(k.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -477,18 +515,24 @@ async fn keeper(mut k: Keeper) {
             Ok(l) => heartbeat = l,
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next tick"),
         }
-        let table = match within(k.every, k.store.list("")).await {
-            Ok(t) => t,
+        let listed = match within(k.every, k.store.list("")).await {
+            Ok(t) => {
+                table = t;
+                true
+            }
             Err(e) => {
-                // Nothing renewed this tick: the published leases run down by themselves.
-                tracing::warn!(error = %e, "cannot list the lease table; retrying next tick");
-                continue;
+                tracing::warn!(error = %e, "cannot list the lease table; renewing the leases held, no takes this tick");
+                false
             }
         };
         let pipelines: Vec<String> = k.seen.locked().iter().cloned().collect();
         let t = now();
-        let want: BTreeSet<String> =
-            shard::my_pipelines(&pipelines, &table, &k.me, t).into_iter().map(str::to_string).collect();
+        let want: BTreeSet<String> = if listed {
+            shard::my_pipelines(&pipelines, &table, &k.me, t).into_iter().map(str::to_string).collect()
+        } else {
+            // The shard is unknown this tick: keep what we act on.
+            pipelines.iter().filter(|p| mine.contains_key(*p) && !draining.contains(*p)).cloned().collect()
+        };
         // Read after the last publish: an action started under a lease we
         // published is marked busy by now, and none starts under one we
         // stopped publishing (the gate reads the published leases).
@@ -496,23 +540,27 @@ async fn keeper(mut k: Keeper) {
         // A lease the shard moved away is drained first: unpublished for a
         // whole tick (no new action) and kept while an action runs, then released.
         let drained = std::mem::take(&mut draining);
+        let mut calls: Vec<(String, Call)> = Vec::new();
         for p in &pipelines {
-            let r = match (mine.get(p), want.contains(p)) {
-                (Some(l), true) => within(k.every, k.store.renew(l, now(), k.ttl)).await,
+            match (mine.get(p), want.contains(p)) {
+                (Some(l), true) => calls.push((p.clone(), Call::Renew(l.clone()))),
                 (Some(l), false) if !drained.contains(p) || busy.contains(p) => {
                     draining.insert(p.clone());
-                    within(k.every, k.store.renew(l, now(), k.ttl)).await
+                    calls.push((p.clone(), Call::Renew(l.clone())));
                 }
-                (None, true) => within(k.every, k.store.try_acquire(p, &k.me, now(), k.ttl)).await,
-                _ => continue,
-            };
+                (None, true) => calls.push((p.clone(), Call::Take)),
+                _ => {}
+            }
+        }
+        for (p, sent, r) in call_all(&k.store, &k.me, k.ttl, k.every, calls).await {
             match r {
                 Ok(Some(l)) => {
                     mine.insert(p.clone(), l);
+                    deadlines.insert(p.clone(), sent + k.ttl);
                 }
                 Ok(None) => {
-                    draining.remove(p);
-                    if mine.remove(p).is_some() {
+                    draining.remove(&p);
+                    if mine.remove(&p).is_some() {
                         tracing::warn!(pipeline = %p, "lease lost: taken over; acting stops");
                     }
                 }
@@ -536,7 +584,8 @@ async fn keeper(mut k: Keeper) {
         // What we do not want but still renew (an action runs) is not published: no new actions.
         let (acting, kept): (BTreeMap<String, Lease>, BTreeMap<String, Lease>) =
             mine.iter().map(|(p, l)| (p.clone(), l.clone())).partition(|(p, _)| want.contains(p));
-        publish(&k.publish, &acting, kept, &table, t);
+        deadlines.retain(|p, _| mine.contains_key(p));
+        publish(&k.publish, &acting, kept, &table, t, &deadlines);
     }
     // Shutdown: give every lease back so a standby takes over at once, but
     // those with an action of ours still running or aborted: those lapse.
@@ -562,6 +611,51 @@ async fn keeper(mut k: Keeper) {
         left_to_lapse = keep.len(),
         "fleet replica stopped; leases released"
     );
+}
+
+/// How many lease calls the keeper has in flight at once: a fleet of
+/// hundreds of pipelines renews within a renewal period, without flooding
+/// the store.
+const CONCURRENT_CALLS: usize = 16;
+
+/// A lease call of the keeper.
+enum Call {
+    Renew(Lease),
+    Take,
+}
+
+/// Run `calls` for their pipelines, at most [`CONCURRENT_CALLS`] at a time,
+/// each bounded by `limit` ([`within`]); results in completion order, each
+/// with the monotonic instant its request was sent.
+async fn call_all(
+    store: &Arc<Leases>,
+    me: &str,
+    ttl: Duration,
+    limit: Duration,
+    calls: Vec<(String, Call)>,
+) -> Vec<(String, Instant, Result<Option<Lease>, LeaseError>)> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS));
+    let mut set = tokio::task::JoinSet::new();
+    for (p, call) in calls {
+        let (store, permits, me) = (store.clone(), permits.clone(), me.to_string());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let sent = Instant::now();
+            let r = match &call {
+                Call::Renew(l) => within(limit, store.renew(l, crate::now_ms(), ttl)).await,
+                Call::Take => within(limit, store.try_acquire(&p, &me, crate::now_ms(), ttl)).await,
+            };
+            (p, sent, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(error = %e, "a lease call task ended abnormally; retrying next tick"),
+        }
+    }
+    out
 }
 
 /// One store call, given up after `limit` (a renewal period): a slow store
@@ -590,6 +684,7 @@ fn publish(
     kept: BTreeMap<String, Lease>,
     table: &[LeaseRecord],
     now: i64,
+    deadlines: &BTreeMap<String, Instant>,
 ) {
     let holders = table
         .iter()
@@ -597,11 +692,14 @@ fn publish(
         .map(|r| (r.key.clone(), Holder { holder: r.holder.clone(), epoch: r.epoch, live: r.live(now) }))
         .collect();
     let replicas = shard::live_replicas(table, now);
-    let _ = tx.send(Arc::new(Held { leases: mine.clone(), kept, holders, replicas }));
+    let deadlines = deadlines.clone();
+    let _ = tx.send(Arc::new(Held { leases: mine.clone(), kept, holders, replicas, deadlines }));
 }
 
-/// Whether `new` can replace `running`: same encoder id and configuration
-/// (which names the detector), same action columns and state count. Returns
+/// Whether `new` can replace `running`: same encoder id and the whole
+/// encoder configuration (detector, worker levels, base level, driver
+/// workers: a state number means the same thing only under all of them),
+/// same action columns and state count. Returns
 /// its table, built with `describe` (the running encoder).
 ///
 /// # Errors
@@ -610,11 +708,22 @@ pub fn fit(running: &ModelFile, new: &ModelFile, describe: &dyn StateEncoder) ->
     if new.encoder.id != running.encoder.id {
         return Err(format!("encoder {:?} is not the running {:?}", new.encoder.id, running.encoder.id));
     }
-    if new.encoder.config.detector != running.encoder.config.detector {
-        return Err(format!(
-            "detector {:?} is not the running {:?}",
-            new.encoder.config.detector, running.encoder.config.detector
-        ));
+    let (n, r) = (&new.encoder.config, &running.encoder.config);
+    if n.detector != r.detector {
+        return Err(format!("detector {:?} is not the running {:?}", n.detector, r.detector));
+    }
+    if n.worker_levels != r.worker_levels {
+        return Err(format!("worker levels {:?} are not the running {:?}", n.worker_levels, r.worker_levels));
+    }
+    if n.base_level != r.base_level {
+        return Err(format!("base level {} is not the running {}", n.base_level, r.base_level));
+    }
+    if n.driver_workers != r.driver_workers {
+        return Err(format!("driver workers {} are not the running {}", n.driver_workers, r.driver_workers));
+    }
+    // Any field added to the encoder configuration later counts too.
+    if n != r {
+        return Err(format!("encoder configuration {n:?} is not the running {r:?}"));
     }
     if new.actions != running.actions {
         return Err(format!("actions {:?} are not the running {:?}", new.actions, running.actions));
