@@ -671,11 +671,13 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file),
             Some(swap) = next_swap(&mut swaps) => {
                 let v = swap.version;
+                let old_version = sh.ctl.policy_version();
+                let old = sh.fleet.is_some().then(|| sh.ctl.learner().table().clone());
                 match sh.ctl.swap_table(swap.table, v) {
                     Ok(()) => {
                         tracing::info!(version = v, "shared policy version swapped in");
-                        if let Some(f) = &mut sh.fleet {
-                            f.snapshot(Some(v), sh.ctl.learner().table(), true);
+                        if let (Some(f), Some(old)) = (&mut sh.fleet, old) {
+                            f.swapped(old_version, old, v, sh.ctl.learner().table()).await;
                         }
                     }
                     Err(why) => tracing::error!(version = v, reason = %why,
@@ -709,7 +711,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                 let out = sh.ctl.on_tick(now);
                 let handled = sh.handle(out).and_then(|()| sh.fence_in_flight(now));
                 if let Some(f) = &mut sh.fleet {
-                    f.snapshot(sh.ctl.policy_version(), sh.ctl.learner().table(), false);
+                    f.snapshot(sh.ctl.policy_version(), sh.ctl.learner().table());
                 }
                 sh.evict_idle(ingest.as_deref(), now);
                 if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {

@@ -28,7 +28,9 @@
 //!   a misfit is logged and the running table kept;
 //! - the **delta pusher** (`push_deltas`): every `push_deltas_secs` the loop
 //!   sends a copy of its table; the pusher stores the online visits and Q
-//!   values learned since the last push as a delta for `selfheal fleet merge`.
+//!   values learned since the last push as a delta for `selfheal fleet merge`,
+//!   under a key fixed per (replica, base version, sequence), retried as is
+//!   until stored once; before a swap, the old table's last delta is pushed.
 //!
 //! What happens when a replica dies: its heartbeat and leases lapse after at
 //! most `lease_secs`; at their next tick the others see it gone, the shard
@@ -402,15 +404,29 @@ impl Running {
         self.abandoned.locked().insert(pipeline.to_string());
     }
 
-    /// Hand the table to the delta pusher when a push is due (or `rebase`).
-    pub fn snapshot(&mut self, version: Option<u64>, table: &QTable, rebase: bool) {
+    /// Hand the table to the delta pusher when a push is due.
+    pub fn snapshot(&mut self, version: Option<u64>, table: &QTable) {
         let (Some(tx), Some(every)) = (&self.snapshots, self.push_every) else { return };
-        if !rebase && self.last_push.elapsed() < every {
+        if self.last_push.elapsed() < every {
             return;
         }
         self.last_push = std::time::Instant::now();
-        if tx.try_send(Snapshot { version, table: table.clone(), rebase }).is_err() {
+        if tx.try_send(Snapshot { version, table: table.clone(), rebase: false }).is_err() {
             tracing::warn!("the policy delta pusher is behind; this push is skipped");
+        }
+    }
+
+    /// A new version was swapped in: push what the old table (`old`, of
+    /// version `old_version`) learned since the last push as a final delta,
+    /// then make the new table (`new`, version `version`) the base of later
+    /// deltas. Both are queued in order (waiting for room, the pusher's
+    /// calls being bounded by [`PUSH_TIMEOUT`]); the push timer runs on.
+    pub async fn swapped(&mut self, old_version: Option<u64>, old: QTable, version: u64, new: &QTable) {
+        let Some(tx) = &self.snapshots else { return };
+        let last = Snapshot { version: old_version, table: old, rebase: false };
+        let rebase = Snapshot { version: Some(version), table: new.clone(), rebase: true };
+        if tx.send(last).await.is_err() || tx.send(rebase).await.is_err() {
+            tracing::warn!("the policy delta pusher has stopped; deltas are no longer pushed");
         }
     }
 
@@ -769,13 +785,41 @@ async fn poll_policy(
     }
 }
 
+/// How long one delta push may take before it is given up (and retried
+/// as is, under the same key, with the next snapshot).
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The delta pusher task (see the module docs). A delta is pushed from the
-/// table of the last successful push (or of the last swap) to the new one;
-/// a failed push is folded into the next. Learning on a table that a swap
-/// replaced before its push is dropped (it descends from another version).
+/// table of the last successful push (or of the last swap) to the new one,
+/// under a key fixed by (replica, base version, sequence)
+/// ([`PolicyStore::push_delta_as`]). A failed or timed-out push is retried
+/// as is (same delta, same key: stored at most once) before any newer one,
+/// so learning is neither lost nor counted twice. A swap first queues a
+/// final delta of the old table, then the new base ([`Running::swapped`]).
+/// Known limit: a try that timed out but landed, was merged, and then
+/// deleted by the next merge before the retry, would be stored again; the
+/// retry comes within one push period, far shorter than two merges apart.
 async fn push_deltas(link: Arc<PolicyLink>, replica: String, mut snaps: mpsc::Receiver<Snapshot>) {
     let mut base: Option<(u64, QTable)> = None;
+    let mut seq: u64 = 0;
+    let mut unsent: Option<(PolicyDelta, u64, QTable)> = None;
     while let Some(s) = snaps.recv().await {
+        if let Some((d, n, t)) = unsent.take() {
+            match push_one(&link, &d, n).await {
+                Ok(key) => {
+                    tracing::info!(key = %key, visits = d.total_visits(), base_version = d.base_version,
+                        "policy delta pushed (retried)");
+                    base = Some((d.base_version, t));
+                }
+                Err(e) if s.rebase => tracing::warn!(error = %e, base_version = d.base_version,
+                    "policy delta push failed again; dropped: a new version was swapped in"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy delta push failed again; retrying with the next push");
+                    unsent = Some((d, n, t));
+                    continue;
+                }
+            }
+        }
         let Some(v) = s.version else { continue };
         if s.rebase {
             base = Some((v, s.table));
@@ -796,13 +840,26 @@ async fn push_deltas(link: Arc<PolicyLink>, replica: String, mut snaps: mpsc::Re
         if delta.rows.is_empty() {
             continue;
         }
-        match link.store.push_delta(&delta).await {
+        let n = seq;
+        seq += 1;
+        match push_one(&link, &delta, n).await {
             Ok(key) => {
                 tracing::info!(key = %key, visits = delta.total_visits(), base_version = v, "policy delta pushed");
                 base = Some((v, s.table));
             }
-            Err(e) => tracing::warn!(error = %e, "policy delta push failed; it goes with the next push"),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy delta push failed; retrying it as is with the next push");
+                unsent = Some((delta, n, s.table));
+            }
         }
+    }
+}
+
+/// One push, bounded by [`PUSH_TIMEOUT`].
+async fn push_one(link: &PolicyLink, delta: &PolicyDelta, seq: u64) -> Result<String, String> {
+    match tokio::time::timeout(PUSH_TIMEOUT, link.store.push_delta_as(delta, seq)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
     }
 }
 
