@@ -233,22 +233,24 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
     // The orphaned action of the dead replica has finished by now.
     std::thread::sleep(Duration::from_millis(ACTION_MS + 200));
 
-    // 1. Nothing applied twice; every key carries its lease epoch.
+    // 1. Every key carries its lease epoch. (Decision ids are unique per
+    // process, so "no key twice" could never fail across replicas; what can
+    // is checked in 2: overlapping runs and epochs going back.)
     let recs = applied(&applied_path);
     let starts: Vec<&Applied> = recs.iter().filter(|r| r.phase == "start").collect();
-    let mut keys = HashSet::new();
-    let mut decisions = HashSet::new();
     for s in &starts {
-        assert!(keys.insert(s.key.as_str()), "idempotency key {} applied twice", s.key);
-        let (decision, epoch) = s.key.rsplit_once('@').unwrap_or_else(|| panic!("key {} has no @epoch", s.key));
+        let (_, epoch) = s.key.rsplit_once('@').unwrap_or_else(|| panic!("key {} has no @epoch", s.key));
         assert!(epoch.parse::<u64>().is_ok(), "key {}", s.key);
-        assert!(decisions.insert(decision.to_string()), "decision {decision} applied twice");
     }
     let by_dead = starts.iter().filter(|s| s.replica == dead).count();
     let by_survivor = starts.iter().filter(|s| s.replica == name).count();
     assert!(by_dead > 0 && by_survivor > 0, "both replicas acted: {dead} {by_dead}, {name} {by_survivor}");
 
-    // 2. Per pipeline: one replica at a time, and epochs never go back.
+    // 2. Per pipeline, over both replicas' actions: no run overlaps any
+    // earlier run of the other replica (the running max end), and no epoch
+    // is below an earlier one's (the running max epoch). Runs of one replica
+    // may overlap today (the decision core starts a new action while the
+    // previous one is in flight: a separate defect, see issue 18's notes).
     let mut per: BTreeMap<&str, Vec<(i64, i64, &str, u64)>> = BTreeMap::new();
     let done_at: HashMap<&str, i64> =
         recs.iter().filter(|r| r.phase == "done").map(|r| (r.key.as_str(), r.ms)).collect();
@@ -268,13 +270,22 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
     }
     for (p, runs) in &mut per {
         runs.sort();
-        for w in runs.windows(2) {
-            let ((_, end0, r0, e0), (start1, _, r1, e1)) = (w[0], w[1]);
-            assert!(e1 >= e0, "{p}: epoch went back from {e0} ({r0}) to {e1} ({r1})");
-            if r0 != r1 {
-                assert!(end0 <= start1, "{p}: {r1} started at {start1} while {r0}'s action ran until {end0}");
-                assert!(e1 > e0, "{p}: {r1} acted under {r0}'s epoch {e0}");
+        // Running max end per replica: a run must start after every earlier
+        // run of the other replica ended (not only its neighbour's).
+        let mut max_end: BTreeMap<&str, i64> = BTreeMap::new();
+        let (mut max_epoch, mut epoch_by) = (0u64, "");
+        for &(start, end, r, e) in runs.iter() {
+            for (by, until) in max_end.iter().filter(|(by, _)| **by != r) {
+                assert!(start >= *until, "{p}: {r} started at {start} while {by}'s action ran until {until}");
             }
+            assert!(e >= max_epoch, "{p}: {r} acted under epoch {e} after epoch {max_epoch} ({epoch_by})");
+            assert!(
+                e > max_epoch || epoch_by.is_empty() || epoch_by == r,
+                "{p}: {r} acted under the epoch {e} that {epoch_by} acted under"
+            );
+            let m = max_end.entry(r).or_insert(end);
+            *m = (*m).max(end);
+            (max_epoch, epoch_by) = (e, r);
         }
     }
     // The action in flight at the kill ran to its end (its lease had the margin for it).
@@ -433,7 +444,7 @@ fn a_replica_that_cannot_renew_stops_acting_before_its_lease_lapses() {
         "act.sh",
         "cat > /dev/null\n\
          echo \"start $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n\
-         sleep 1.8\n\
+         sleep 2.5\n\
          echo \"done $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n",
     );
     let cfg = config(work.path(), &proxy, &script, &applied_path);
@@ -502,4 +513,144 @@ fn a_replica_that_cannot_renew_stops_acting_before_its_lease_lapses() {
     );
     let st = d.terminate(Duration::from_secs(15));
     assert!(st.success(), "exit {st}:\n{}", d.stderr_tail());
+}
+
+/// `text` without ANSI colour sequences (`ESC [ ... m`).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn sigterm_mid_action_leaves_the_lease_to_lapse_before_the_standby_acts() {
+    let work = tempfile::Builder::new().prefix("selfheal-sigterm-").tempdir().unwrap();
+    let moto = moto::Moto::start(&work.path().join("moto.log"));
+    let proxy = serial::Serial::start(&moto.addr).url;
+    let applied_path = work.path().join("applied.txt");
+    // Longer than the margin and than the shutdown wait: SIGTERM aborts it.
+    let script = script(
+        work.path(),
+        "act.sh",
+        "cat > /dev/null\n\
+         echo \"start $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n\
+         sleep 3\n\
+         echo \"done $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n",
+    );
+    let cfg = config(work.path(), &proxy, &script, &applied_path).replacen(
+        "[daemon]\n",
+        "[daemon]\nshutdown_grace_secs = 0\n",
+        1,
+    );
+    let env = |name: &'static str| {
+        vec![
+            ("POD_NAME", name),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ]
+    };
+    let (state_a, state_b) = (work.path().join("a"), work.path().join("b"));
+    let (env_a, env_b) = (env("replica-a"), env("replica-b"));
+    let mut a =
+        Sidecar::start(Start { work: work.path(), state: &state_a, config: Some(&cfg), args: &[], env: &env_a });
+    wait_for(Duration::from_secs(20), "replica-a to hold every pipeline's lease", || {
+        held_by(&a, "replica-a").len() == PIPELINES
+    });
+    let mut b =
+        Sidecar::start(Start { work: work.path(), state: &state_b, config: Some(&cfg), args: &[], env: &env_b });
+    wait_for(Duration::from_secs(20), "the shard to split the pipelines between the replicas", || {
+        let h = held_by(&a, "replica-a").len();
+        h > 0 && h < PIPELINES && held_by(&b, "replica-b").len() + h == PIPELINES
+    });
+    let both_up = now_ms();
+    let mut victim: Option<Applied> = None;
+    wait_for(Duration::from_secs(60), "an action just started after both replicas were up", || {
+        let recs = applied(&applied_path);
+        victim = recs
+            .iter()
+            .filter(|r| r.phase == "start" && r.ms > both_up && now_ms() - r.ms < 300)
+            .find(|r| !recs.iter().any(|o| o.phase == "done" && o.key == r.key))
+            .cloned();
+        victim.is_some()
+    });
+    let victim = victim.unwrap();
+    let (term, standby, standby_name) =
+        if victim.replica == "replica-a" { (&mut a, &b, "replica-b") } else { (&mut b, &a, "replica-a") };
+    let term_at = now_ms();
+    let st = term.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{} exited with {st}:\n{}", victim.replica, term.stderr_tail());
+    eprintln!("SIGTERM to {} at {term_at} with {} in flight on {}", victim.replica, victim.key, victim.pipeline);
+
+    // The aborted action's lease was left to lapse, not released: its expiry, from the replica's log.
+    let text = plain(&std::fs::read_to_string(&term.stderr).unwrap());
+    let line = text
+        .lines()
+        .find(|l| l.contains("lease left to lapse") && l.contains(&format!("pipeline={} ", victim.pipeline)))
+        .unwrap_or_else(|| panic!("no 'lease left to lapse' for {} in:\n{}", victim.pipeline, term.stderr_tail()));
+    let expires: i64 = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("expires_at_ms="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no expires_at_ms in {line:?}"));
+    assert!(expires > term_at, "the lease left to lapse expired at {expires}, before the SIGTERM at {term_at}");
+    let log = read_log(&term.log_path()).expect("read the terminated replica's log");
+    let id = victim.key.split('/').next().unwrap();
+    let outcome = log.records.iter().find_map(|r| match r {
+        Record::Outcome(o) if o.id == id => Some(o.clone()),
+        _ => None,
+    });
+    let o = outcome.unwrap_or_else(|| panic!("no outcome for {id}:\n{}", term.stderr_tail()));
+    assert_eq!(o.status.to_string(), "cancelled", "{o:?}");
+
+    // The standby takes the pipeline, but only after that lease lapsed (seen
+    // on its /metrics: the first sight is no earlier than the take).
+    let mut took_at = 0;
+    wait_for(Duration::from_secs(20), "the standby to take the pipeline of the aborted action", || {
+        took_at = now_ms();
+        held_by(standby, standby_name).contains(&victim.pipeline)
+    });
+    eprintln!(
+        "{standby_name} held {} {} ms after the SIGTERM; the aborted action's lease lapsed {} ms after it",
+        victim.pipeline,
+        took_at - term_at,
+        expires - term_at
+    );
+    assert!(
+        took_at >= expires,
+        "{standby_name} took {} at {took_at}, before its lease lapsed at {expires}",
+        victim.pipeline
+    );
+    // No action of the standby on it started before the lapse (whether one comes
+    // at all in a short run depends on the scenario's faults).
+    std::thread::sleep(Duration::from_secs(2));
+    let early: Vec<String> = applied(&applied_path)
+        .iter()
+        .filter(|r| r.phase == "start" && r.replica == standby_name && r.pipeline == victim.pipeline)
+        .filter(|r| r.ms > term_at && r.ms < expires)
+        .map(|r| format!("{} at {}", r.key, r.ms))
+        .collect();
+    assert!(
+        early.is_empty(),
+        "{standby_name} acted on {} before the lease lapsed at {expires}: {early:?}",
+        victim.pipeline
+    );
+    // Its lease ran for at least the lease time less a renewal period after the SIGTERM (the keeper renewed it while waiting).
+    assert!(
+        expires >= term_at + LEASE_MS - RENEW_MS,
+        "the lease left to lapse expires {} ms after the SIGTERM: not renewed while the action ran",
+        expires - term_at
+    );
+    drop(moto);
 }

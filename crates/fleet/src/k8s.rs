@@ -210,10 +210,13 @@ impl LeaseStore for KubeLeases {
         for o in objs {
             let Some(key) = o.metadata.annotations.as_ref().and_then(|a| a.get(KEY_ANNOTATION)) else { continue };
             if key.starts_with(prefix) {
-                let rec = record_of(key, o.spec.as_ref().unwrap_or(&LeaseSpec::default())).map_err(|message| {
-                    LeaseError::Malformed { store: format!("kubernetes:{}", self.namespace), key: key.clone(), message }
-                })?;
-                out.push(rec);
+                // One bad object must not hide the whole table from every
+                // replica: it is skipped (and named), the others listed.
+                match record_of(key, o.spec.as_ref().unwrap_or(&LeaseSpec::default())) {
+                    Ok(rec) => out.push(rec),
+                    Err(message) => tracing::warn!(namespace = %self.namespace, key = %key, reason = %message,
+                        "malformed Lease object skipped in the list"),
+                }
             }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -8,7 +8,7 @@
 //!                          (immutable; created with `If-None-Match: *`)
 //! current                  PolicyPointer {version, generation}: the version sidecars run
 //!                          (replaced with `If-Match: <ETag>`; created with `If-None-Match: *`)
-//! deltas/REPLICA/MS-N.json PolicyDelta pushed by a replica (created with `If-None-Match: *`)
+//! deltas/REPLICA/vBASE-INCARNATION-SEQ.json PolicyDelta pushed by a replica (created with `If-None-Match: *`)
 //! ```
 //!
 //! Why numbered immutable keys plus a pointer, not S3 object versioning:
@@ -218,6 +218,9 @@ pub struct PolicyStore {
     bucket: String,
     prefix: String,
     seq: AtomicU64,
+    /// When this store handle was made (Unix ms): part of every delta key,
+    /// so a restarted replica with the same id never reuses a key.
+    incarnation: u128,
 }
 
 /// The object key of version `n`, relative to the prefix.
@@ -232,7 +235,9 @@ impl PolicyStore {
         if !prefix.is_empty() && !prefix.ends_with('/') {
             prefix.push('/');
         }
-        PolicyStore { client, bucket: bucket.into(), prefix, seq: AtomicU64::new(0) }
+        let incarnation =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        PolicyStore { client, bucket: bucket.into(), prefix, seq: AtomicU64::new(0), incarnation }
     }
 
     fn key(&self, rel: &str) -> String {
@@ -437,28 +442,47 @@ impl PolicyStore {
         Ok(Fetched::Changed { etag: new_etag, version: Box::new(version) })
     }
 
-    /// Store `delta` as a new object `deltas/REPLICA/MS-N.json`; returns its
-    /// key (relative to the prefix). Create-only, never overwrites.
+    /// Store `delta` under the next sequence number of this handle
+    /// ([`PolicyStore::push_delta_as`]); returns its key.
+    ///
+    /// # Errors
+    /// As [`PolicyStore::push_delta_as`].
+    pub async fn push_delta(&self, delta: &PolicyDelta) -> Result<String, PolicyStoreError> {
+        self.push_delta_as(delta, self.seq.fetch_add(1, Ordering::Relaxed)).await
+    }
+
+    /// The key of this handle's delta number `seq` of `replica` on
+    /// `base_version`: `deltas/REPLICA/vBASE-INCARNATION-SEQ.json`.
+    pub fn delta_key(&self, replica: &str, base_version: u64, seq: u64) -> String {
+        format!("deltas/{replica}/v{base_version:06}-{:013}-{seq:06}.json", self.incarnation)
+    }
+
+    /// Store `delta` as the object [`PolicyStore::delta_key`]`(replica,
+    /// base, seq)`, create-only; returns its key (relative to the prefix).
+    /// The key is the same for the same `seq`, so a push retried after an
+    /// unknown outcome (a timeout) cannot store the delta twice: a 412 on
+    /// that key means our earlier try landed, and counts as success. Retry
+    /// only with the same delta under the same `seq`.
     ///
     /// # Errors
     /// [`PolicyStoreError::BadDelta`] for a replica id unfit for a key; S3 errors.
-    pub async fn push_delta(&self, delta: &PolicyDelta) -> Result<String, PolicyStoreError> {
+    pub async fn push_delta_as(&self, delta: &PolicyDelta, seq: u64) -> Result<String, PolicyStoreError> {
         let r = &delta.replica;
         if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             let key = format!("deltas/{r}/");
             let source = MergeError::BadDelta { replica: r.clone(), message: "a replica id is [A-Za-z0-9._-]+".into() };
             return Err(PolicyStoreError::BadDelta { key, source });
         }
-        let body = to_json(delta);
-        for _ in 0..5 {
-            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-            let rel = format!("deltas/{r}/{ms:013}-{:06}.json", self.seq.fetch_add(1, Ordering::Relaxed));
-            if let Put::Done = self.put(&rel, body.clone(), None).await? {
+        let rel = self.delta_key(r, delta.base_version, seq);
+        match self.put(&rel, to_json(delta), None).await? {
+            Put::Done => {
                 tracing::debug!(replica = %r, key = %rel, visits = delta.total_visits(), "policy delta pushed");
-                return Ok(rel);
+            }
+            Put::PreconditionFailed => {
+                tracing::info!(replica = %r, key = %rel, "policy delta already stored by an earlier try");
             }
         }
-        Err(PolicyStoreError::Contention { attempts: 5 })
+        Ok(rel)
     }
 
     /// Fold every pending delta into a new current version (see the module

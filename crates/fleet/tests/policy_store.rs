@@ -355,3 +355,30 @@ async fn init_finishes_a_crashed_init_but_never_overwrites_a_policy() {
     assert!(matches!(first.init(other).await, Err(PolicyStoreError::AlreadyInitialised { .. })));
     assert_eq!(first.version(1).await.unwrap().model, base_model());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_push_retried_under_its_sequence_is_stored_and_merged_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let moto = support::start(dir.path());
+    let s = store(&moto).await;
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(11);
+    let d = random_delta(&mut rng, "r1");
+    let k1 = s.push_delta_as(&d, 0).await.unwrap();
+    assert_eq!(k1, s.delta_key("r1", d.base_version, 0));
+    assert!(k1.starts_with("deltas/r1/v000001-"), "{k1}");
+    // The same push again (its first answer lost, say): the same key, no second object.
+    let k2 = s.push_delta_as(&d, 0).await.unwrap();
+    assert_eq!(k1, k2);
+    let next = random_delta(&mut rng, "r1");
+    let k3 = s.push_delta_as(&next, 1).await.unwrap();
+    assert_ne!(k3, k1, "the next sequence number is a new key");
+    let Merged::Version { deltas, visits, .. } = s.merge(5).await.unwrap() else { panic!("merge") };
+    assert_eq!(deltas, 2, "the retried delta is folded once");
+    assert_eq!(visits, d.total_visits() + next.total_visits());
+    let Fetched::Changed { version, .. } = s.fetch_if_changed(None).await.unwrap() else { panic!("fetch") };
+    assert_eq!(version.model, merge(&base_model(), &[d, next]).unwrap());
+    // Another handle (a restarted replica with the same id) never reuses a key.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    let restarted = PolicyStore::new(support::s3(&moto.url), BUCKET, "fleet/policies");
+    assert_ne!(restarted.delta_key("r1", 1, 0), k1);
+}

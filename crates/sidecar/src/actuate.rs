@@ -189,7 +189,8 @@ impl Actuator for CommandActuator {
 /// same pipeline (`selfheal_fleet::Fence`), so a replica's action decided
 /// under a lease that was since taken over, and taken back, cannot run.
 ///
-/// Keys without an `@epoch` suffix (a replica without a fleet) pass. The
+/// It is only built for a fleet replica, so a key without an `@epoch`
+/// suffix is refused too (an action that bypassed the lease gate). The
 /// fence is in process: it covers the simulator, command and dry-run
 /// actuators of this replica. A command actuator's program receives the key
 /// in `SELFHEAL_IDEMPOTENCY_KEY` and can fence across replicas itself with
@@ -221,13 +222,20 @@ impl Actuator for FencedActuator {
         self.inner.delay(call)
     }
     fn apply<'a>(&'a self, call: &'a ActionCall) -> BoxFuture<'a, Result<String, ActError>> {
-        if let Some((_, epoch)) = selfheal_fleet::FencingToken::parse_idempotency_key(&call.idempotency_key) {
-            let token = selfheal_fleet::FencingToken { key: call.pipeline.clone(), epoch };
-            if let Err(fenced) = self.fence.locked().admit(&token) {
-                tracing::warn!(id = %call.id, pipeline = %call.pipeline, epoch, newest = fenced.newest,
-                    "action refused by the fence");
-                return Box::pin(async move { Err(ActError::Failed(fenced.to_string())) });
-            }
+        let Some((_, epoch)) = selfheal_fleet::FencingToken::parse_idempotency_key(&call.idempotency_key) else {
+            tracing::warn!(id = %call.id, pipeline = %call.pipeline, key = %call.idempotency_key,
+                "action refused by the fence: no lease epoch in its key");
+            let why = format!(
+                "fenced: idempotency key {:?} carries no lease epoch (`@EPOCH`); a fleet replica acts only under a lease",
+                call.idempotency_key
+            );
+            return Box::pin(async move { Err(ActError::Failed(why)) });
+        };
+        let token = selfheal_fleet::FencingToken { key: call.pipeline.clone(), epoch };
+        if let Err(fenced) = self.fence.locked().admit(&token) {
+            tracing::warn!(id = %call.id, pipeline = %call.pipeline, epoch, newest = fenced.newest,
+                "action refused by the fence");
+            return Box::pin(async move { Err(ActError::Failed(fenced.to_string())) });
         }
         self.inner.apply(call)
     }

@@ -156,6 +156,9 @@ impl Shell {
     /// keeping any the core still needs (see [`Controller::busy`]).
     fn evict_idle(&mut self, ingest: Option<&Ingest>, now: i64) {
         let gone = self.ctl.evict_idle(self.bounds.idle_ms, now);
+        if let Some(f) = &self.fleet {
+            f.forget(&gone);
+        }
         if let Some(first) = gone.first() {
             self.decide_evicted += gone.len() as u64;
             tracing::info!(evicted = gone.len(), live = self.ctl.live(), %first,
@@ -305,6 +308,9 @@ impl Shell {
             }
             self.in_flight.remove(&order.id);
             self.landed(&order);
+            if let Some(f) = &self.fleet {
+                f.abandon(&order.pipeline);
+            }
             tracing::warn!(id = %order.id, pipeline = %order.pipeline, action = %order.action,
                 "lease about to lapse mid-action: action cancelled");
             let out = self.ctl.on_lease_lost(&order, "the lease ran low while it ran (not renewed)", now);
@@ -665,11 +671,13 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
             Some(cmd) = cmd_rx.recv() => sh.command(cmd, ingest.as_deref(), &pause_file),
             Some(swap) = next_swap(&mut swaps) => {
                 let v = swap.version;
+                let old_version = sh.ctl.policy_version();
+                let old = sh.fleet.is_some().then(|| sh.ctl.learner().table().clone());
                 match sh.ctl.swap_table(swap.table, v) {
                     Ok(()) => {
                         tracing::info!(version = v, "shared policy version swapped in");
-                        if let Some(f) = &mut sh.fleet {
-                            f.snapshot(Some(v), sh.ctl.learner().table(), true);
+                        if let (Some(f), Some(old)) = (&mut sh.fleet, old) {
+                            f.swapped(old_version, old, v, sh.ctl.learner().table()).await;
                         }
                     }
                     Err(why) => tracing::error!(version = v, reason = %why,
@@ -703,7 +711,7 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
                 let out = sh.ctl.on_tick(now);
                 let handled = sh.handle(out).and_then(|()| sh.fence_in_flight(now));
                 if let Some(f) = &mut sh.fleet {
-                    f.snapshot(sh.ctl.policy_version(), sh.ctl.learner().table(), false);
+                    f.snapshot(sh.ctl.policy_version(), sh.ctl.learner().table());
                 }
                 sh.evict_idle(ingest.as_deref(), now);
                 if pause_file.exists() && sh.ctl.kill_switch().paused().is_none() {
@@ -735,11 +743,17 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     ready.store(false, Ordering::Release);
     reader.abort();
     let grace = Duration::from_secs(cfg.daemon.shutdown_grace_secs);
-    let deadline = tokio::time::Instant::now() + grace;
-    while !sh.in_flight.is_empty() {
-        match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+    // A replica waits for its actions at least half the margin (the longest
+    // an action may run once its lease stops being renewed), the keeper
+    // still renewing; one whose lease runs low meanwhile is cancelled.
+    let wait = sh.fleet.as_ref().map_or(grace, |f| grace.max(f.gate.margin() / 2));
+    let deadline = tokio::time::Instant::now() + wait;
+    while !sh.in_flight.is_empty() && tokio::time::Instant::now() < deadline {
+        let slice = deadline.min(tokio::time::Instant::now() + Duration::from_millis(100));
+        match tokio::time::timeout_at(slice, done_rx.recv()).await {
             Ok(Some(done)) => keep_first(&mut fatal, sh.finished(done)),
-            _ => break,
+            Ok(None) => break,
+            Err(_) => keep_first(&mut fatal, sh.fence_in_flight(now_ms())),
         }
     }
     // Pages being delivered (including those of actions failing now) get what
@@ -749,6 +763,10 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
     }
     let left: Vec<Order> = sh.in_flight.drain().map(|(_, o)| o).collect();
     for order in &left {
+        // Aborted below: its lease is left to lapse, never released.
+        if let Some(f) = &sh.fleet {
+            f.abandon(&order.pipeline);
+        }
         let out = sh.ctl.on_cancelled(order, now_ms());
         keep_first(&mut fatal, sh.write(&out));
     }
@@ -756,7 +774,8 @@ pub async fn run(d: Daemon, listeners: Listeners, shutdown: impl Future<Output =
         p.stop();
     }
     sh.tasks.abort_all();
-    // In-flight actions are done or cancelled: give the leases back.
+    // In-flight actions are done or cancelled: give back the leases of
+    // pipelines none was aborted on (the others lapse).
     if let Some(f) = sh.fleet.take() {
         f.stop(Duration::from_secs(2)).await;
     }

@@ -164,6 +164,10 @@ pub struct Proposal {
     pub reason: String,
     /// When it was proposed, Unix ms (wall time).
     pub proposed_ms: i64,
+    /// The fleet's lease epoch it was proposed under (`None`: no fleet). An
+    /// approval runs it only under that same epoch: a lease taken over (and
+    /// perhaps taken back) since voids it.
+    pub epoch: Option<u64>,
     /// What a person needs to decide: the window summary, anomaly score,
     /// signature, state in words, evidence metrics, the rule policy's choice.
     pub evidence: serde_json::Value,
@@ -734,6 +738,7 @@ impl Controller {
         }
         *self.stats.decisions.entry((chosen, verdict)).or_default() += 1;
         let Some(id) = id else { return out };
+        let epoch = lease.as_ref().and_then(|l| l.as_ref().ok().copied());
         let key = fenced(format!("{id}/{}", chosen.name()), &w.pipeline, lease);
         let plan = plan.map(|pl| match pl {
             Pending::Act => {
@@ -754,6 +759,7 @@ impl Controller {
                     action: chosen,
                     reason,
                     proposed_ms: now_ms,
+                    epoch,
                     evidence: evidence_json,
                 };
                 match self.approvals.propose(id.clone(), prop.clone(), now_ms as u64, ttl) {
@@ -984,13 +990,12 @@ impl Controller {
             let why = format!("approved, but {denied}; not run");
             self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
             why
-        } else if let Some(Err(lease)) = self.gate.as_ref().map(|g| g.may_act(&prop.pipeline, now_ms)) {
-            let why =
-                format!("approved, but this replica is not the lease holder of {}: {lease}; not run", prop.pipeline);
+        } else if let Some(why) = self.stale(&prop, now_ms) {
             self.outcome(&mut out, id, OutcomeStatus::Skipped, why.clone(), now_ms);
             why
         } else {
-            let lease = self.gate.as_ref().map(|g| g.may_act(&prop.pipeline, now_ms));
+            // The gate agreed just now under the proposal's own epoch (or there is no fleet).
+            let lease = prop.epoch.map(Ok);
             self.budget.start(self.clock_ms, &prop.pipeline, prop.action);
             self.in_flight.insert(id.to_string());
             out.plan = Some(Plan::Act(Order {
@@ -1004,6 +1009,29 @@ impl Controller {
         let extra = serde_json::json!({ "by": by, "answer": then, "result": result });
         self.closed(&mut out, kind, id, &prop, now_ms, extra);
         Ok(out)
+    }
+
+    /// Why an approved proposal may not run under the fleet's lease now
+    /// (`None`: it may). The gate is asked once: the epoch it answers must
+    /// be the one the proposal was raised under.
+    fn stale(&self, prop: &Proposal, now_ms: i64) -> Option<String> {
+        let gate = self.gate.as_ref()?;
+        match (gate.may_act(&prop.pipeline, now_ms), prop.epoch) {
+            (Err(lease), _) => Some(format!(
+                "approved, but this replica is not the lease holder of {}: {lease}; not run",
+                prop.pipeline
+            )),
+            (Ok(now), Some(then)) if now == then => None,
+            (Ok(now), Some(then)) => Some(format!(
+                "approved, but proposed under lease epoch {then} of {} and the lease is at epoch {now} now (taken over \
+                 since); proposal void, not run",
+                prop.pipeline
+            )),
+            (Ok(now), None) => Some(format!(
+                "approved, but proposed without a lease of {} (now epoch {now}); proposal void, not run",
+                prop.pipeline
+            )),
+        }
     }
 
     fn outcome(&mut self, out: &mut Output, id: &str, status: OutcomeStatus, detail: String, now_ms: i64) {
@@ -1648,6 +1676,55 @@ mod tests {
         let before = c.learner().table().clone();
         let _ = c.on_window(&Window { ts_ms: 60_000, ..other.clone() }, 1);
         assert_eq!(c.learner().table(), &before, "a standby's window teaches nothing");
+    }
+
+    /// A gate holding `p` at a settable epoch, counting its calls.
+    #[derive(Default)]
+    struct Epochs {
+        epoch: std::sync::atomic::AtomicU64,
+        calls: std::sync::atomic::AtomicU64,
+    }
+    impl ActGate for Epochs {
+        fn may_act(&self, _pipeline: &str, _now_ms: i64) -> Result<u64, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            Ok(self.epoch.load(SeqCst))
+        }
+    }
+
+    #[test]
+    fn an_approval_runs_only_under_the_lease_epoch_it_was_proposed_under() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let gate = Arc::new(Epochs::default());
+        gate.epoch.store(7, SeqCst);
+        let mut c = controller(Mode::Recommend, 1000, 2.0);
+        c.set_gate(gate.clone());
+        let stale = decision(&c.on_window(&window(0), 0)).id.clone();
+        // Taken over and taken back: the lease is ours again, at a newer epoch.
+        gate.epoch.store(8, SeqCst);
+        let calls = gate.calls.load(SeqCst);
+        let out = c.answer(&stale, true, "ops", 10).unwrap();
+        assert_eq!(gate.calls.load(SeqCst), calls + 1, "the gate is asked once per answer");
+        assert!(out.plan.is_none(), "a stale approval runs nothing: {:?}", out.plan);
+        let o = out
+            .records
+            .iter()
+            .find_map(|(r, _)| match r {
+                Record::Outcome(o) if o.id == stale => Some(o.clone()),
+                _ => None,
+            })
+            .expect("an outcome for the void proposal");
+        assert_eq!(o.status, OutcomeStatus::Skipped);
+        assert!(
+            o.detail.contains("epoch 7") && o.detail.contains("epoch 8") && o.detail.contains("void"),
+            "{}",
+            o.detail
+        );
+        // Proposed and approved under the same epoch: it runs, stamped with it.
+        let fresh = decision(&c.on_window(&window(60_000), 20)).id.clone();
+        let out = c.answer(&fresh, true, "ops", 30).unwrap();
+        let Some(Plan::Act(order)) = &out.plan else { panic!("not run: {:?}", out.records) };
+        assert!(order.key.ends_with("@8"), "{}", order.key);
     }
 
     #[test]

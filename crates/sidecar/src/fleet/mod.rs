@@ -10,8 +10,11 @@
 //! - the **lease keeper** (`keeper`): every `renew_secs`, heartbeat
 //!   `replica/{id}`, list the lease table, compute this replica's pipelines by
 //!   rendezvous sharding over the live heartbeats (`selfheal_fleet::shard`),
-//!   take or renew their leases, release those no longer ours (once no action
-//!   of ours runs on them), and publish the result ([`Held`]) through a
+//!   take or renew their leases (up to 16 calls at once; when the list fails
+//!   the leases held are still renewed), release those no longer ours (once
+//!   no action of ours runs on them; never one an aborted action of ours ran
+//!   on: that one lapses), forget pipelines the daemon evicted as idle, and
+//!   publish the result ([`Held`], with each lease's monotonic deadline) through a
 //!   `tokio::sync::watch`. The decision core reads it through [`LeaseGate`]
 //!   ([`crate::decide::ActGate`]) on every window without waiting: it acts for
 //!   a pipeline only while the lease `may_act` (more than `margin_secs`
@@ -25,7 +28,9 @@
 //!   a misfit is logged and the running table kept;
 //! - the **delta pusher** (`push_deltas`): every `push_deltas_secs` the loop
 //!   sends a copy of its table; the pusher stores the online visits and Q
-//!   values learned since the last push as a delta for `selfheal fleet merge`.
+//!   values learned since the last push as a delta for `selfheal fleet merge`,
+//!   under a key fixed per (replica, base version, sequence), retried as is
+//!   until stored once; before a swap, the old table's last delta is pushed.
 //!
 //! What happens when a replica dies: its heartbeat and leases lapse after at
 //! most `lease_secs`; at their next tick the others see it gone, the shard
@@ -48,7 +53,7 @@ use selfheal_fleet::{
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -118,6 +123,23 @@ pub struct Held {
     pub holders: BTreeMap<String, Holder>,
     /// Live replicas, this one included.
     pub replicas: Vec<String>,
+    /// Per lease held or kept, its expiry on this process's monotonic clock:
+    /// when the take or renewal that set it was sent, plus the lease time. A
+    /// wall clock stepped back cannot stretch a lease past it.
+    pub deadlines: BTreeMap<String, Instant>,
+}
+
+impl Held {
+    /// Milliseconds left on `lease` at `now_ms` (wall) and `now` (monotonic):
+    /// the earlier of its wall-clock expiry and its monotonic deadline.
+    pub fn left_ms(&self, lease: &Lease, now_ms: i64, now: Instant) -> i64 {
+        let wall = lease.expires_at_ms() - now_ms;
+        match self.deadlines.get(lease.key()) {
+            Some(d) if *d > now => wall.min(i64::try_from((*d - now).as_millis()).unwrap_or(i64::MAX)),
+            Some(_) => wall.min(0),
+            None => wall,
+        }
+    }
 }
 
 /// The decision core's view of the leases ([`ActGate`]).
@@ -133,27 +155,34 @@ impl LeaseGate {
         LeaseGate { held, margin }
     }
 
+    /// The margin: no action starts with less lease left than this.
+    pub fn margin(&self) -> Duration {
+        self.margin
+    }
+
     /// Whether an action already running for `pipeline` may go on at
     /// `now_ms`: the lease still has more than half the margin left.
     pub fn may_continue(&self, pipeline: &str, now_ms: i64) -> bool {
         let held = self.held.borrow().clone();
+        let half = i64::try_from((self.margin / 2).as_millis()).unwrap_or(i64::MAX);
         held.leases
             .get(pipeline)
             .or_else(|| held.kept.get(pipeline))
-            .is_some_and(|l| l.may_act(now_ms, self.margin / 2))
+            .is_some_and(|l| held.left_ms(l, now_ms, Instant::now()) > half)
     }
 }
 
 impl ActGate for LeaseGate {
     fn may_act(&self, pipeline: &str, now_ms: i64) -> Result<u64, String> {
         let held = self.held.borrow().clone();
+        let margin = i64::try_from(self.margin.as_millis()).unwrap_or(i64::MAX);
         match held.leases.get(pipeline) {
-            Some(l) if l.may_act(now_ms, self.margin) => Ok(l.epoch()),
+            Some(l) if held.left_ms(l, now_ms, Instant::now()) > margin => Ok(l.epoch()),
             Some(l) => Err(format!(
                 "lease epoch {} has {} ms left, within the {} ms margin",
                 l.epoch(),
-                l.expires_at_ms() - now_ms,
-                self.margin.as_millis()
+                held.left_ms(l, now_ms, Instant::now()),
+                margin
             )),
             None => match held.holders.get(pipeline) {
                 Some(h) if h.live => Err(format!("held by {} (epoch {})", h.holder, h.epoch)),
@@ -245,8 +274,10 @@ impl Fleet {
     pub fn start(self) -> Running {
         let (tx, rx) = watch::channel(Arc::new(Held::default()));
         let gate = LeaseGate::new(rx, self.cfg.margin());
-        let seen = Arc::new(Mutex::new(self.cfg.pipelines.iter().cloned().collect::<BTreeSet<_>>()));
+        let configured: BTreeSet<String> = self.cfg.pipelines.iter().cloned().collect();
+        let seen = Arc::new(Mutex::new(configured.clone()));
         let busy = Arc::new(Mutex::new(BTreeSet::new()));
+        let abandoned = Arc::new(Mutex::new(BTreeSet::new()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = vec![tokio::spawn(keeper(Keeper {
             store: self.leases.clone(),
@@ -255,6 +286,7 @@ impl Fleet {
             every: self.cfg.renew(),
             seen: seen.clone(),
             busy: busy.clone(),
+            abandoned: abandoned.clone(),
             publish: tx,
             stop: stop_rx.clone(),
         }))];
@@ -280,7 +312,9 @@ impl Fleet {
             replica: self.replica,
             gate,
             seen,
+            configured,
             busy,
+            abandoned,
             swaps,
             snapshots,
             push_every,
@@ -316,7 +350,9 @@ pub struct Running {
     /// The lease gate (also set on the controller).
     pub gate: LeaseGate,
     seen: Arc<Mutex<BTreeSet<String>>>,
+    configured: BTreeSet<String>,
     busy: Arc<Mutex<BTreeSet<String>>>,
+    abandoned: Arc<Mutex<BTreeSet<String>>>,
     /// New policy versions to swap in; `None` without a policy store.
     pub swaps: Option<mpsc::Receiver<Swap>>,
     snapshots: Option<mpsc::Sender<Snapshot>>,
@@ -336,6 +372,17 @@ impl Running {
         }
     }
 
+    /// The daemon evicted these idle pipelines: stop leasing them (those
+    /// named in `fleet.pipelines` stay). The keeper releases their leases at
+    /// its next tick, so the table does not grow with every pipeline ever seen.
+    pub fn forget(&self, pipelines: &[String]) {
+        use crate::LockExt;
+        let mut seen = self.seen.locked();
+        for p in pipelines.iter().filter(|p| !self.configured.contains(*p)) {
+            seen.remove(p);
+        }
+    }
+
     /// An action of ours runs (`true`) or ended on `pipeline`: its lease is
     /// kept, not released, while one runs.
     pub fn busy(&self, pipeline: &str, on: bool) {
@@ -348,15 +395,38 @@ impl Running {
         }
     }
 
-    /// Hand the table to the delta pusher when a push is due (or `rebase`).
-    pub fn snapshot(&mut self, version: Option<u64>, table: &QTable, rebase: bool) {
+    /// An action of ours on `pipeline` was aborted (lease ran low, or
+    /// shutdown): what it started may still run (a Glue run already
+    /// requested, a command's grandchild), so its lease is never released,
+    /// only left to lapse; no other replica acts before it expires.
+    pub fn abandon(&self, pipeline: &str) {
+        use crate::LockExt;
+        self.abandoned.locked().insert(pipeline.to_string());
+    }
+
+    /// Hand the table to the delta pusher when a push is due.
+    pub fn snapshot(&mut self, version: Option<u64>, table: &QTable) {
         let (Some(tx), Some(every)) = (&self.snapshots, self.push_every) else { return };
-        if !rebase && self.last_push.elapsed() < every {
+        if self.last_push.elapsed() < every {
             return;
         }
         self.last_push = std::time::Instant::now();
-        if tx.try_send(Snapshot { version, table: table.clone(), rebase }).is_err() {
+        if tx.try_send(Snapshot { version, table: table.clone(), rebase: false }).is_err() {
             tracing::warn!("the policy delta pusher is behind; this push is skipped");
+        }
+    }
+
+    /// A new version was swapped in: push what the old table (`old`, of
+    /// version `old_version`) learned since the last push as a final delta,
+    /// then make the new table (`new`, version `version`) the base of later
+    /// deltas. Both are queued in order (waiting for room, the pusher's
+    /// calls being bounded by [`PUSH_TIMEOUT`]); the push timer runs on.
+    pub async fn swapped(&mut self, old_version: Option<u64>, old: QTable, version: u64, new: &QTable) {
+        let Some(tx) = &self.snapshots else { return };
+        let last = Snapshot { version: old_version, table: old, rebase: false };
+        let rebase = Snapshot { version: Some(version), table: new.clone(), rebase: true };
+        if tx.send(last).await.is_err() || tx.send(rebase).await.is_err() {
+            tracing::warn!("the policy delta pusher has stopped; deltas are no longer pushed");
         }
     }
 
@@ -430,6 +500,7 @@ struct Keeper {
     every: Duration,
     seen: Arc<Mutex<BTreeSet<String>>>,
     busy: Arc<Mutex<BTreeSet<String>>>,
+    abandoned: Arc<Mutex<BTreeSet<String>>>,
     publish: watch::Sender<Arc<Held>>,
     stop: watch::Receiver<bool>,
 }
@@ -443,6 +514,8 @@ async fn keeper(mut k: Keeper) {
     let mut heartbeat: Option<Lease> = None;
     let mut mine: BTreeMap<String, Lease> = BTreeMap::new();
     let mut draining: BTreeSet<String> = BTreeSet::new();
+    let mut table: Vec<LeaseRecord> = Vec::new();
+    let mut deadlines: BTreeMap<String, Instant> = BTreeMap::new();
     let mut tick = tokio::time::interval(k.every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -458,18 +531,24 @@ async fn keeper(mut k: Keeper) {
             Ok(l) => heartbeat = l,
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying next tick"),
         }
-        let table = match within(k.every, k.store.list("")).await {
-            Ok(t) => t,
+        let listed = match within(k.every, k.store.list("")).await {
+            Ok(t) => {
+                table = t;
+                true
+            }
             Err(e) => {
-                // Nothing renewed this tick: the published leases run down by themselves.
-                tracing::warn!(error = %e, "cannot list the lease table; retrying next tick");
-                continue;
+                tracing::warn!(error = %e, "cannot list the lease table; renewing the leases held, no takes this tick");
+                false
             }
         };
         let pipelines: Vec<String> = k.seen.locked().iter().cloned().collect();
         let t = now();
-        let want: BTreeSet<String> =
-            shard::my_pipelines(&pipelines, &table, &k.me, t).into_iter().map(str::to_string).collect();
+        let want: BTreeSet<String> = if listed {
+            shard::my_pipelines(&pipelines, &table, &k.me, t).into_iter().map(str::to_string).collect()
+        } else {
+            // The shard is unknown this tick: keep what we act on.
+            pipelines.iter().filter(|p| mine.contains_key(*p) && !draining.contains(*p)).cloned().collect()
+        };
         // Read after the last publish: an action started under a lease we
         // published is marked busy by now, and none starts under one we
         // stopped publishing (the gate reads the published leases).
@@ -477,23 +556,27 @@ async fn keeper(mut k: Keeper) {
         // A lease the shard moved away is drained first: unpublished for a
         // whole tick (no new action) and kept while an action runs, then released.
         let drained = std::mem::take(&mut draining);
+        let mut calls: Vec<(String, Call)> = Vec::new();
         for p in &pipelines {
-            let r = match (mine.get(p), want.contains(p)) {
-                (Some(l), true) => within(k.every, k.store.renew(l, now(), k.ttl)).await,
+            match (mine.get(p), want.contains(p)) {
+                (Some(l), true) => calls.push((p.clone(), Call::Renew(l.clone()))),
                 (Some(l), false) if !drained.contains(p) || busy.contains(p) => {
                     draining.insert(p.clone());
-                    within(k.every, k.store.renew(l, now(), k.ttl)).await
+                    calls.push((p.clone(), Call::Renew(l.clone())));
                 }
-                (None, true) => within(k.every, k.store.try_acquire(p, &k.me, now(), k.ttl)).await,
-                _ => continue,
-            };
+                (None, true) => calls.push((p.clone(), Call::Take)),
+                _ => {}
+            }
+        }
+        for (p, sent, r) in call_all(&k.store, &k.me, k.ttl, k.every, calls).await {
             match r {
                 Ok(Some(l)) => {
                     mine.insert(p.clone(), l);
+                    deadlines.insert(p.clone(), sent + k.ttl);
                 }
                 Ok(None) => {
-                    draining.remove(p);
-                    if mine.remove(p).is_some() {
+                    draining.remove(&p);
+                    if mine.remove(&p).is_some() {
                         tracing::warn!(pipeline = %p, "lease lost: taken over; acting stops");
                     }
                 }
@@ -504,6 +587,10 @@ async fn keeper(mut k: Keeper) {
         let gone: Vec<String> = mine.keys().filter(|p| !want.contains(*p) && !draining.contains(*p)).cloned().collect();
         for p in gone {
             if let Some(l) = mine.remove(&p) {
+                if k.abandoned.locked().remove(&p) {
+                    tracing::warn!(pipeline = %p, epoch = l.epoch(), "lease dropped unreleased: an aborted action of ours may still run; it lapses by itself");
+                    continue;
+                }
                 match within(k.every, k.store.release(&l)).await {
                     Ok(_) => tracing::info!(pipeline = %p, epoch = l.epoch(), "lease released: the shard moved it"),
                     Err(e) => tracing::warn!(pipeline = %p, error = %e, "release failed; the lease lapses by itself"),
@@ -513,16 +600,78 @@ async fn keeper(mut k: Keeper) {
         // What we do not want but still renew (an action runs) is not published: no new actions.
         let (acting, kept): (BTreeMap<String, Lease>, BTreeMap<String, Lease>) =
             mine.iter().map(|(p, l)| (p.clone(), l.clone())).partition(|(p, _)| want.contains(p));
-        publish(&k.publish, &acting, kept, &table, t);
+        deadlines.retain(|p, _| mine.contains_key(p));
+        publish(&k.publish, &acting, kept, &table, t, &deadlines);
     }
-    // Shutdown: give every lease back so a standby takes over at once.
-    for l in mine.values().chain(heartbeat.iter()) {
+    // Shutdown: give every lease back so a standby takes over at once, but
+    // those with an action of ours still running or aborted: those lapse.
+    let keep: BTreeSet<String> = k.busy.locked().union(&k.abandoned.locked()).cloned().collect();
+    for (p, l) in &mine {
+        if keep.contains(p) {
+            tracing::warn!(pipeline = %p, epoch = l.epoch(), expires_at_ms = l.expires_at_ms(),
+                "lease left to lapse: an aborted action of ours may still run");
+            continue;
+        }
+        if let Err(e) = within(k.every, k.store.release(l)).await {
+            tracing::warn!(key = %l.key(), error = %e, "release at shutdown failed; the lease lapses by itself");
+        }
+    }
+    for l in heartbeat.iter() {
         if let Err(e) = within(k.every, k.store.release(l)).await {
             tracing::warn!(key = %l.key(), error = %e, "release at shutdown failed; the lease lapses by itself");
         }
     }
     let _ = k.publish.send(Arc::new(Held::default()));
-    tracing::info!(released = mine.len(), "fleet replica stopped; leases released");
+    tracing::info!(
+        released = mine.len() - keep.len().min(mine.len()),
+        left_to_lapse = keep.len(),
+        "fleet replica stopped; leases released"
+    );
+}
+
+/// How many lease calls the keeper has in flight at once: a fleet of
+/// hundreds of pipelines renews within a renewal period, without flooding
+/// the store.
+const CONCURRENT_CALLS: usize = 16;
+
+/// A lease call of the keeper.
+enum Call {
+    Renew(Lease),
+    Take,
+}
+
+/// Run `calls` for their pipelines, at most [`CONCURRENT_CALLS`] at a time,
+/// each bounded by `limit` ([`within`]); results in completion order, each
+/// with the monotonic instant its request was sent.
+async fn call_all(
+    store: &Arc<Leases>,
+    me: &str,
+    ttl: Duration,
+    limit: Duration,
+    calls: Vec<(String, Call)>,
+) -> Vec<(String, Instant, Result<Option<Lease>, LeaseError>)> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_CALLS));
+    let mut set = tokio::task::JoinSet::new();
+    for (p, call) in calls {
+        let (store, permits, me) = (store.clone(), permits.clone(), me.to_string());
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let sent = Instant::now();
+            let r = match &call {
+                Call::Renew(l) => within(limit, store.renew(l, crate::now_ms(), ttl)).await,
+                Call::Take => within(limit, store.try_acquire(&p, &me, crate::now_ms(), ttl)).await,
+            };
+            (p, sent, r)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(r) => out.push(r),
+            Err(e) => tracing::warn!(error = %e, "a lease call task ended abnormally; retrying next tick"),
+        }
+    }
+    out
 }
 
 /// One store call, given up after `limit` (a renewal period): a slow store
@@ -551,6 +700,7 @@ fn publish(
     kept: BTreeMap<String, Lease>,
     table: &[LeaseRecord],
     now: i64,
+    deadlines: &BTreeMap<String, Instant>,
 ) {
     let holders = table
         .iter()
@@ -558,11 +708,14 @@ fn publish(
         .map(|r| (r.key.clone(), Holder { holder: r.holder.clone(), epoch: r.epoch, live: r.live(now) }))
         .collect();
     let replicas = shard::live_replicas(table, now);
-    let _ = tx.send(Arc::new(Held { leases: mine.clone(), kept, holders, replicas }));
+    let deadlines = deadlines.clone();
+    let _ = tx.send(Arc::new(Held { leases: mine.clone(), kept, holders, replicas, deadlines }));
 }
 
-/// Whether `new` can replace `running`: same encoder id and configuration
-/// (which names the detector), same action columns and state count. Returns
+/// Whether `new` can replace `running`: same encoder id and the whole
+/// encoder configuration (detector, worker levels, base level, driver
+/// workers: a state number means the same thing only under all of them),
+/// same action columns and state count. Returns
 /// its table, built with `describe` (the running encoder).
 ///
 /// # Errors
@@ -571,11 +724,22 @@ pub fn fit(running: &ModelFile, new: &ModelFile, describe: &dyn StateEncoder) ->
     if new.encoder.id != running.encoder.id {
         return Err(format!("encoder {:?} is not the running {:?}", new.encoder.id, running.encoder.id));
     }
-    if new.encoder.config.detector != running.encoder.config.detector {
-        return Err(format!(
-            "detector {:?} is not the running {:?}",
-            new.encoder.config.detector, running.encoder.config.detector
-        ));
+    let (n, r) = (&new.encoder.config, &running.encoder.config);
+    if n.detector != r.detector {
+        return Err(format!("detector {:?} is not the running {:?}", n.detector, r.detector));
+    }
+    if n.worker_levels != r.worker_levels {
+        return Err(format!("worker levels {:?} are not the running {:?}", n.worker_levels, r.worker_levels));
+    }
+    if n.base_level != r.base_level {
+        return Err(format!("base level {} is not the running {}", n.base_level, r.base_level));
+    }
+    if n.driver_workers != r.driver_workers {
+        return Err(format!("driver workers {} are not the running {}", n.driver_workers, r.driver_workers));
+    }
+    // Any field added to the encoder configuration later counts too.
+    if n != r {
+        return Err(format!("encoder configuration {n:?} is not the running {r:?}"));
     }
     if new.actions != running.actions {
         return Err(format!("actions {:?} are not the running {:?}", new.actions, running.actions));
@@ -621,13 +785,41 @@ async fn poll_policy(
     }
 }
 
+/// How long one delta push may take before it is given up (and retried
+/// as is, under the same key, with the next snapshot).
+pub const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The delta pusher task (see the module docs). A delta is pushed from the
-/// table of the last successful push (or of the last swap) to the new one;
-/// a failed push is folded into the next. Learning on a table that a swap
-/// replaced before its push is dropped (it descends from another version).
+/// table of the last successful push (or of the last swap) to the new one,
+/// under a key fixed by (replica, base version, sequence)
+/// ([`PolicyStore::push_delta_as`]). A failed or timed-out push is retried
+/// as is (same delta, same key: stored at most once) before any newer one,
+/// so learning is neither lost nor counted twice. A swap first queues a
+/// final delta of the old table, then the new base ([`Running::swapped`]).
+/// Known limit: a try that timed out but landed, was merged, and then
+/// deleted by the next merge before the retry, would be stored again; the
+/// retry comes within one push period, far shorter than two merges apart.
 async fn push_deltas(link: Arc<PolicyLink>, replica: String, mut snaps: mpsc::Receiver<Snapshot>) {
     let mut base: Option<(u64, QTable)> = None;
+    let mut seq: u64 = 0;
+    let mut unsent: Option<(PolicyDelta, u64, QTable)> = None;
     while let Some(s) = snaps.recv().await {
+        if let Some((d, n, t)) = unsent.take() {
+            match push_one(&link, &d, n).await {
+                Ok(key) => {
+                    tracing::info!(key = %key, visits = d.total_visits(), base_version = d.base_version,
+                        "policy delta pushed (retried)");
+                    base = Some((d.base_version, t));
+                }
+                Err(e) if s.rebase => tracing::warn!(error = %e, base_version = d.base_version,
+                    "policy delta push failed again; dropped: a new version was swapped in"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "policy delta push failed again; retrying with the next push");
+                    unsent = Some((d, n, t));
+                    continue;
+                }
+            }
+        }
         let Some(v) = s.version else { continue };
         if s.rebase {
             base = Some((v, s.table));
@@ -648,13 +840,26 @@ async fn push_deltas(link: Arc<PolicyLink>, replica: String, mut snaps: mpsc::Re
         if delta.rows.is_empty() {
             continue;
         }
-        match link.store.push_delta(&delta).await {
+        let n = seq;
+        seq += 1;
+        match push_one(&link, &delta, n).await {
             Ok(key) => {
                 tracing::info!(key = %key, visits = delta.total_visits(), base_version = v, "policy delta pushed");
                 base = Some((v, s.table));
             }
-            Err(e) => tracing::warn!(error = %e, "policy delta push failed; it goes with the next push"),
+            Err(e) => {
+                tracing::warn!(error = %e, "policy delta push failed; retrying it as is with the next push");
+                unsent = Some((delta, n, s.table));
+            }
         }
+    }
+}
+
+/// One push, bounded by [`PUSH_TIMEOUT`].
+async fn push_one(link: &PolicyLink, delta: &PolicyDelta, seq: u64) -> Result<String, String> {
+    match tokio::time::timeout(PUSH_TIMEOUT, link.store.push_delta_as(delta, seq)).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())),
     }
 }
 

@@ -34,6 +34,37 @@ fn the_gate_acts_only_with_more_than_the_margin_left_and_says_why_not() {
     assert!(g.may_act("p1", 0).is_err());
 }
 
+#[test]
+fn the_gate_obeys_the_earlier_of_the_wall_expiry_and_the_monotonic_deadline() {
+    let now_ms = 1_000_000;
+    let mut held = Held::default();
+    // The wall clock says a minute left (stepped back, say); the monotonic
+    // deadline of the renewal says 1.5 s.
+    held.leases.insert("p1".into(), lease("p1", 4, now_ms + 60_000));
+    held.deadlines.insert("p1".into(), Instant::now() + Duration::from_millis(1_500));
+    held.leases.insert("p2".into(), lease("p2", 5, now_ms + 60_000));
+    held.deadlines.insert("p2".into(), Instant::now() + Duration::from_secs(50));
+    // A wall expiry earlier than the monotonic deadline wins too.
+    held.leases.insert("p3".into(), lease("p3", 6, now_ms + 1_500));
+    held.deadlines.insert("p3".into(), Instant::now() + Duration::from_secs(50));
+    let (_tx, g) = gate(held, 2_000);
+    let err = g.may_act("p1", now_ms).unwrap_err();
+    assert!(err.contains("within the 2000 ms margin"), "{err}");
+    assert_eq!(g.may_act("p2", now_ms), Ok(5));
+    assert!(g.may_act("p3", now_ms).is_err());
+    // A running action: half the margin (1 s) is still left on p1's monotonic deadline.
+    assert!(g.may_continue("p1", now_ms));
+    let (_tx, g) = gate(
+        Held {
+            leases: [("p1".to_string(), lease("p1", 4, now_ms + 60_000))].into(),
+            deadlines: [("p1".to_string(), Instant::now())].into(),
+            ..Held::default()
+        },
+        2_000,
+    );
+    assert!(!g.may_continue("p1", now_ms), "a monotonic deadline passed stops a running action");
+}
+
 fn call(key: &str) -> ActionCall {
     ActionCall {
         id: "d1".into(),
@@ -51,7 +82,8 @@ async fn the_fenced_actuator_refuses_an_older_epoch_per_pipeline() {
     assert!(a.apply(&call("d2/restart@3")).await.is_ok(), "a takeover");
     let refused = a.apply(&call("d3/restart@2")).await.unwrap_err();
     assert!(matches!(&refused, ActError::Failed(m) if m.contains("epoch 2") && m.contains("epoch 3")), "{refused:?}");
-    assert!(a.apply(&call("d4/restart")).await.is_ok(), "a key without an epoch (no fleet) passes");
+    let bare = a.apply(&call("d4/restart")).await.unwrap_err();
+    assert!(matches!(&bare, ActError::Failed(m) if m.contains("no lease epoch")), "a key without an epoch: {bare:?}");
     let other = ActionCall { pipeline: "p2".into(), ..call("d5/restart@1") };
     assert!(a.apply(&other).await.is_ok(), "pipelines are fenced apart");
     assert_eq!(a.name(), "dry-run");
@@ -89,6 +121,17 @@ fn a_policy_version_must_fit_the_running_model() {
     let mut other = model();
     other.encoder.config.detector = Some(selfheal_agent::DetectorRef { fingerprint: "f00d".into(), signatures: 4 });
     assert!(fit(&running, &other, &e).unwrap_err().contains("detector"));
+    let mut other = model();
+    other.encoder.config.worker_levels = vec![2, 4, 16];
+    assert_eq!(other.num_states, running.num_states, "same shape, other meaning");
+    let why = fit(&running, &other, &e).unwrap_err();
+    assert!(why.contains("worker levels [2, 4, 16]"), "{why}");
+    let mut other = model();
+    other.encoder.config.base_level = 0;
+    assert!(fit(&running, &other, &e).unwrap_err().contains("base level"));
+    let mut other = model();
+    other.encoder.config.driver_workers = 1;
+    assert!(fit(&running, &other, &e).unwrap_err().contains("driver workers"));
     let mut other = model();
     other.actions.pop();
     assert!(fit(&running, &other, &e).unwrap_err().contains("actions"));
