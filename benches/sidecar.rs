@@ -96,7 +96,8 @@ fn controller() -> (Controller, i64) {
     let rules_file = RulesFile::from_json(RULES_JSON, "models/rules.json").expect("shipped rules");
     let reward = RewardV1 { unit_records: f64::from(scenario.pipeline.unit_records), ..RewardV1::default() };
     let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
-    let mut learner = QLearner::from_table(table, model.meta.params, 0);
+    let mut learner =
+        QLearner::from_table(table, model.params("the shipped model").expect("its params pass their check"), 0);
     learner.set_epsilon(0.0);
     let glue = GlueBuiltinsFile::from_json(GLUE_JSON, "models/glue-builtins.json").expect("shipped Glue settings");
     let shape =

@@ -18,7 +18,7 @@ use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_agent::{EncoderConfig, EpsilonSchedule, QLearner, QParams, TelemetryEncoder};
 use selfheal_core::{
-    Action, ActionMask, EncodeState, Environment, EpisodeMemory, Learner, RewardV1, StateId, Transition,
+    Action, ActionMask, EncodeState, Environment, EpisodeMemory, Learner, ParamGuard, RewardV1, StateId, Transition,
 };
 use selfheal_harness::{train, TrainConfig};
 use selfheal_sim::{Oracle, Scenario, Simulator};
@@ -109,7 +109,7 @@ fn q_update(c: &mut Criterion) {
             done: rng.gen_bool(1.0 / 240.0),
         })
         .collect();
-    let mut learner = QLearner::new(num_states, QParams::default(), 1);
+    let mut learner = QLearner::new(num_states, selfheal_core::Checked::<QParams>::default(), 1);
     let mut g = group(c, "q", 4);
     g.throughput(Throughput::Elements(Q_BATCH as u64));
     g.bench_function("update", |b| {
@@ -130,7 +130,7 @@ fn train_episode(c: &mut Criterion) {
     // `train` starts each call at episode 0; a flat ε of 0.1 stands for the
     // bulk of a training run rather than its fully random first episode.
     let params = QParams { epsilon: EpsilonSchedule { start: 0.1, end: 0.1, decay_episodes: 0 }, ..QParams::default() };
-    let mut learner = QLearner::new(enc.num_states(), params, 1);
+    let mut learner = QLearner::new(enc.num_states(), params.check().expect("bench parameters in bounds"), 1);
     let mut seed = 0u64;
     let mut g = group(c, "train", 4);
     g.throughput(Throughput::Elements(u64::from(scenario.horizon)));

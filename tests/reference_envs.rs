@@ -23,7 +23,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_agent::{EpsilonSchedule, QLearner, QParams};
-use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateId, Telemetry, Transition};
+use selfheal_core::{Action, ActionMask, Learner, Observation, ParamGuard, Policy, StateId, Telemetry, Transition};
 
 /// Gymnasium's `max_episode_steps` for both environments.
 const TIME_LIMIT: usize = 200;
@@ -110,6 +110,7 @@ impl Mdp {
 /// Train a fresh learner for `episodes` episodes; the seed fixes both the
 /// environment's randomness and the learner's exploration.
 fn train(mdp: &Mdp, params: QParams, episodes: u64, seed: u64) -> QLearner {
+    let params = params.check().expect("reference parameters pass their check");
     let mut learner = QLearner::new(mdp.num_states(), params, seed);
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(seed.wrapping_add(1));
     let telemetry = Telemetry::default();
@@ -240,7 +241,8 @@ fn q_learning_solves_slippery_frozen_lake_8x8() {
     let mdp = frozen_lake(&FROZEN_LAKE_8X8);
     let optimum = mdp.start_value(&mdp.optimal_values(TIME_LIMIT));
 
-    // The reward is sparse and far away: a slowly shrinking step (ω = 0.5)
+    // The reward is sparse and far away: a slowly shrinking step (ω = 0.51, just inside
+    // the (0.5, 1] that `QParams::check` allows)
     // keeps propagating it back (with ω = 0.8, learning stalls at 20-80 %
     // success), and γ close to 1 values the safe detours that keep clear of the
     // holes. The optimum is a time-aware policy (it takes risks when time runs
@@ -249,7 +251,7 @@ fn q_learning_solves_slippery_frozen_lake_8x8() {
     // within the time limit.
     let params = QParams {
         alpha: 0.0,
-        alpha_power: 0.5,
+        alpha_power: 0.51,
         gamma: 0.995,
         epsilon: EpsilonSchedule { start: 1.0, end: 0.05, decay_episodes: 40_000 },
     };
@@ -351,7 +353,7 @@ fn q_learning_solves_taxi_v3() {
 
     let params = QParams {
         alpha: 0.0,
-        alpha_power: 0.5,
+        alpha_power: 0.51,
         gamma: 0.99,
         epsilon: EpsilonSchedule { start: 1.0, end: 0.05, decay_episodes: 5_000 },
     };

@@ -122,7 +122,8 @@ fn sidecar_core() -> Controller {
     };
     let rules = RulesFile::load(std::path::Path::new("models/rules.json")).expect("shipped rules");
     let reward = RewardV1 { unit_records: f64::from(scenario.pipeline.unit_records), ..RewardV1::default() };
-    let mut learner = QLearner::from_table(table, model.meta.params, 0);
+    let mut learner =
+        QLearner::from_table(table, model.params("the shipped model").expect("its params pass their check"), 0);
     learner.set_epsilon(0.0);
     let rules = RulesPolicy::new(rules.thresholds, reward.slo);
     let parts = Parts { encoder, describe, detector, learner, rules, glue: None, reward: Box::new(reward) };

@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::qlearn::{EpsilonSchedule, QParams};
 use selfheal_agent::store::{write_atomic, ModelFile, ModelMeta};
 use selfheal_agent::QLearner;
-use selfheal_core::RewardFn;
+use selfheal_core::{ParamGuard, RewardFn};
 use selfheal_harness::shard::{Shard, ShardError};
 use selfheal_harness::{train, Coverage, CurveWriter, TrainConfig};
 use selfheal_sim::Simulator;
@@ -143,7 +143,8 @@ pub fn run(mut a: Args) -> Result<()> {
             decay_episodes: (a.episodes as f64 * a.epsilon_decay).round() as u64,
         },
     };
-    params.check().map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace(['_', '.'], "-"), e.bound))?;
+    let params =
+        params.check().map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace(['_', '.'], "-"), e.bound))?;
     let mut config = wiring::encoder_config(&scenario);
     let detector = defaults::detector(a.detector.as_deref())?;
     if a.encoder.uses_detector() {
@@ -188,7 +189,7 @@ pub fn run(mut a: Args) -> Result<()> {
         scenario: scenario.name.clone(),
         episodes: a.episodes,
         reward_fn: reward.version().to_string(),
-        params,
+        params: params.into_inner(),
         selfheal_version: env!("CARGO_PKG_VERSION").to_string(),
         grown_from: None,
     };

@@ -13,7 +13,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use selfheal_core::{Action, ActionMask, Learner, Observation, Policy, StateEncoder, StateId, Transition};
+use selfheal_core::{
+    Action, ActionMask, Checked, Learner, Observation, ParamGuard, Policy, StateEncoder, StateId, Transition,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -171,7 +173,9 @@ pub struct InvalidQParams {
     pub bound: &'static str,
 }
 
-impl QParams {
+impl ParamGuard for QParams {
+    type Error = InvalidQParams;
+
     /// Check the bounds learning needs: `alpha`, `gamma` and both ends of
     /// ε in [0, 1]; `alpha_power` ω in (0.5, 1], where the count-based step
     /// size `n^−ω` still satisfies the Robbins–Monro conditions (Σα = ∞,
@@ -179,7 +183,7 @@ impl QParams {
     ///
     /// # Errors
     /// The first parameter out of its bounds, naming it and the bound.
-    pub fn check(&self) -> Result<(), InvalidQParams> {
+    fn validate(&self) -> Result<(), InvalidQParams> {
         let unit = |x: f64| (0.0..=1.0).contains(&x);
         let checks = [
             (unit(self.alpha), "alpha", "in [0, 1]"),
@@ -199,14 +203,15 @@ impl QParams {
 #[derive(Clone, Debug)]
 pub struct QLearner {
     table: QTable,
-    params: QParams,
+    params: Checked<QParams>,
     epsilon: f64,
     rng: Xoshiro256PlusPlus,
 }
 
 impl QLearner {
     /// A learner over `num_states` states; `seed` drives exploration.
-    pub fn new(num_states: usize, params: QParams, seed: u64) -> QLearner {
+    /// `params` come from [`ParamGuard::check`] on [`QParams`].
+    pub fn new(num_states: usize, params: Checked<QParams>, seed: u64) -> QLearner {
         QLearner {
             table: QTable::new(num_states),
             params,
@@ -215,8 +220,10 @@ impl QLearner {
         }
     }
 
-    /// A learner that continues from a table (online learning).
-    pub fn from_table(table: QTable, params: QParams, seed: u64) -> QLearner {
+    /// A learner that continues from a table (online learning), at the
+    /// schedule's final ε. A model file's `meta.params` are checked when
+    /// [`crate::store::ModelFile::load`] reads it ([`crate::store::ModelFile::params`]).
+    pub fn from_table(table: QTable, params: Checked<QParams>, seed: u64) -> QLearner {
         QLearner { table, params, epsilon: params.epsilon.end, rng: Xoshiro256PlusPlus::seed_from_u64(seed) }
     }
 
@@ -246,7 +253,7 @@ impl QLearner {
     }
 
     /// Parameters.
-    pub fn params(&self) -> &QParams {
+    pub fn params(&self) -> &Checked<QParams> {
         &self.params
     }
 
@@ -404,7 +411,7 @@ mod tests {
 
     #[test]
     fn update_moves_towards_target_and_respects_mask() {
-        let mut l = QLearner::new(2, QParams::default(), 1);
+        let mut l = QLearner::new(2, Checked::default(), 1);
         let t = Transition {
             state: 0,
             action: Action::Restart,
@@ -431,7 +438,7 @@ mod tests {
 
     #[test]
     fn exploration_only_picks_allowed_actions() {
-        let mut l = QLearner::new(1, QParams::default(), 7);
+        let mut l = QLearner::new(1, Checked::default(), 7);
         l.set_epsilon(1.0);
         let mask = ActionMask::ALL.without(Action::Escalate).without(Action::NoOp);
         let t = selfheal_core::Telemetry::default();
@@ -446,7 +453,7 @@ mod tests {
     #[test]
     fn n_step_transition_bootstraps_with_gamma_to_the_n() {
         // γ = 0.5 so the powers are exact; α = 1 on a first visit.
-        let params = QParams { gamma: 0.5, ..QParams::default() };
+        let params = QParams { gamma: 0.5, ..QParams::default() }.check().unwrap();
         let mut l = QLearner::new(2, params, 3);
         // Give the next state a known value: Q(1, NoOp) = 8 (done, so no bootstrap).
         let seed = Transition {
@@ -489,7 +496,7 @@ mod tests {
 
     #[test]
     fn check_names_each_bound() {
-        assert_eq!(QParams::default().check(), Ok(()));
+        assert_eq!(QParams::default().validate(), Ok(()), "defaults_pass_their_check");
         type Case = (fn(&mut QParams), &'static str, &'static str);
         let cases: [Case; 9] = [
             (|p| p.alpha = -0.1, "alpha", "in [0, 1]"),
@@ -506,9 +513,10 @@ mod tests {
             let mut p = QParams::default();
             set(&mut p);
             assert_eq!(p.check(), Err(InvalidQParams { param, bound }), "{p:?}");
+            assert_eq!(p.validate(), Err(InvalidQParams { param, bound }), "{p:?}");
         }
         let edges = QParams { alpha: 1.0, alpha_power: 1.0, gamma: 0.0, ..QParams::default() };
-        assert_eq!(edges.check(), Ok(()), "inclusive ends are allowed");
+        assert_eq!(*edges.check().unwrap(), edges, "inclusive ends are allowed");
         let err = QParams { alpha_power: 0.3, ..QParams::default() }.check().unwrap_err();
         assert_eq!(err.to_string(), "alpha_power must be in (0.5, 1]");
     }

@@ -12,7 +12,7 @@ use crate::baselines::RuleThresholds;
 use crate::encoder::EncoderConfig;
 use crate::glue_builtins::GlueSettings;
 use crate::qlearn::{QParams, QTable};
-use selfheal_core::{Action, StateEncoder};
+use selfheal_core::{Action, Checked, ParamGuard, StateEncoder};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
@@ -254,6 +254,7 @@ impl ModelFile {
                 message: "a detector-v1 or detector-v2 policy names its detector, and only it does".into(),
             });
         }
+        m.params(origin)?;
         for row in &m.states {
             if row.id as usize >= m.num_states {
                 return Err(StoreError::Mismatch {
@@ -275,6 +276,20 @@ impl ModelFile {
             }
         }
         Ok(m)
+    }
+
+    /// The learning parameters (`meta.params`), checked; `origin` names the
+    /// file in the error. [`ModelFile::load`] already refuses a file whose
+    /// parameters break their bounds, so this fails only on a value changed
+    /// since.
+    ///
+    /// # Errors
+    /// [`StoreError::Mismatch`] naming `origin`, the parameter and its bound.
+    pub fn params(&self, origin: &str) -> Result<Checked<QParams>, StoreError> {
+        self.meta.params.check().map_err(|e| StoreError::Mismatch {
+            path: origin.to_string(),
+            message: format!("meta.params.{e}; retrain, or correct the value"),
+        })
     }
 
     /// The Q table, checked against the encoder that will use it.
@@ -465,6 +480,26 @@ mod tests {
     }
 
     #[test]
+    fn load_refuses_params_out_of_bounds_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.json");
+        let (mut m, _) = sample();
+        m.meta.params.alpha_power = 0.3;
+        m.save(&path).unwrap();
+        let err = ModelFile::load(&path).unwrap_err();
+        assert!(matches!(err, StoreError::Mismatch { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.starts_with(&path.display().to_string()), "{text}");
+        assert!(text.contains("meta.params.alpha_power must be in (0.5, 1]"), "{text}");
+        // A value changed after loading is caught where the learner is built.
+        let (mut m, _) = sample();
+        m.meta.params.gamma = 1.5;
+        let err = m.params("edited.json").unwrap_err().to_string();
+        assert_eq!(err, "edited.json: meta.params.gamma must be in [0, 1]; retrain, or correct the value");
+        assert_eq!(*sample().0.params("m.json").unwrap(), QParams::default());
+    }
+
+    #[test]
     fn save_load_round_trip_is_exact() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.json");
@@ -482,7 +517,7 @@ mod tests {
         use crate::qlearn::QLearner;
         use selfheal_core::{ActionMask, Transition};
         let (m, enc) = sample();
-        let mut l = QLearner::from_table(m.table(&enc).unwrap(), QParams::default(), 0);
+        let mut l = QLearner::from_table(m.table(&enc).unwrap(), m.params("m.json").unwrap(), 0);
         // A state the training never reached, updated 50 times online.
         for _ in 0..50 {
             l.update_online(&Transition {

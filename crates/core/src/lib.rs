@@ -11,6 +11,7 @@
 pub mod action;
 pub mod evidence;
 pub mod fault;
+pub mod params;
 pub mod reward;
 pub mod seams;
 pub mod stats;
@@ -19,6 +20,7 @@ pub mod time;
 
 pub use action::{Action, ActionMask};
 pub use fault::{FaultKind, FaultSet};
+pub use params::{Checked, ParamGuard};
 pub use reward::{RewardFn, RewardV1, Slo};
 pub use seams::{
     Detection, Detector, EncodeState, Environment, EpisodeMemory, Learner, Observation, Policy, StateEncoder, StateId,

@@ -436,7 +436,7 @@ pub async fn assemble(
     let (_, describe) = encoder(&model.encoder.id, enc_cfg.clone(), &detector_model)?;
     let reward = reward(&scenario);
     let rules = RulesPolicy::new(rules_file.thresholds, reward.slo);
-    let mut learner = QLearner::from_table(table, model.meta.params, cfg.model.seed);
+    let mut learner = QLearner::from_table(table, model.params(&from)?, cfg.model.seed);
     learner.set_epsilon(cfg.model.epsilon);
     let glue = Some(models::glue_shadow(glue_builtins.settings, &scenario)?);
     let parts = Parts {

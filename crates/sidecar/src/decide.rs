@@ -1304,7 +1304,7 @@ mod tests {
             encoder: Arc::new(|| Box::new(encoder()) as Box<dyn StateEncoder + Send>),
             describe: shared,
             detector: Arc::new(Fixed(0.9)),
-            learner: QLearner::from_table(table, QParams::default(), 1),
+            learner: QLearner::from_table(table, selfheal_core::Checked::<QParams>::default(), 1),
             rules: RulesPolicy::new(th, Slo::default()),
             glue: None,
             reward: Box::new(RewardV1::default()),
@@ -1430,7 +1430,7 @@ mod tests {
         let mut q = [-5.0; Action::COUNT];
         q[Action::ScaleDown.index()] = -3.0;
         t.set_row(state, &q, &[1000; Action::COUNT]);
-        c.parts.learner = QLearner::from_table(t, QParams::default(), 1);
+        c.parts.learner = QLearner::from_table(t, selfheal_core::Checked::<QParams>::default(), 1);
     }
 
     /// The kinds of the notices `out` sends, in order.
