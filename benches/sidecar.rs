@@ -1,5 +1,5 @@
 //! Sample in → decision out, in process (issue 7): the sidecar's decision core
-//! `Controller::on_window`, built exactly as `selfheal run` builds it.
+//! `DecisionCore::on_window`, built exactly as `selfheal run` builds it.
 //!
 //! Run with `cargo bench --bench sidecar`; `cargo test --benches` runs each
 //! benchmark once as a smoke test (and the percentile runs with a few thousand
@@ -47,7 +47,7 @@ use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_guard::budget::BudgetConfig;
 use selfheal_guard::confidence::ConfidenceGate;
 use selfheal_guard::Mode;
-use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Output, Parts, Plan};
+use selfheal_sidecar::decide::{DecideConfig, DecisionCore, EncoderFactory, Output, Parts, Plan};
 use selfheal_sidecar::metrics::{DECISION_LOGGED_SECONDS, DECISION_SECONDS};
 use selfheal_sidecar::source::SimFleet;
 use selfheal_sidecar::window::{parse_line, Assembler, Window};
@@ -79,7 +79,7 @@ fn bench_mode() -> bool {
 }
 
 /// A controller wired like `selfheal run` with the shipped models.
-fn controller() -> (Controller, i64) {
+fn controller() -> (DecisionCore, i64) {
     let scenario = Scenario::builtin_default();
     let model = ModelFile::from_json(POLICY_JSON, "models/policy.json").expect("shipped policy");
     let detector_model = DetectorModel::from_json(DETECTOR_JSON, "models/detector.json").expect("shipped detector");
@@ -118,12 +118,12 @@ fn controller() -> (Controller, i64) {
         seed: 0,
     };
     let step_ms = i64::from(scenario.pipeline.step_seconds) * 1000;
-    (Controller::new(cfg, parts, "bench".into()), step_ms)
+    (DecisionCore::new(cfg, parts, "bench".into()), step_ms)
 }
 
 /// The fleet, the controller and the clocks: one live sidecar without I/O.
 struct Rig {
-    ctl: Controller,
+    ctl: DecisionCore,
     fleet: SimFleet,
     queue: VecDeque<Window>,
     step_ms: i64,

@@ -12,7 +12,7 @@ use selfheal_detect::telemetry::{DetectorModel, TelemetryDetector};
 use selfheal_guard::budget::BudgetConfig;
 use selfheal_guard::confidence::ConfidenceGate;
 use selfheal_guard::Mode;
-use selfheal_sidecar::decide::{Controller, DecideConfig, EncoderFactory, Parts, Plan};
+use selfheal_sidecar::decide::{DecideConfig, DecisionCore, EncoderFactory, Parts, Plan};
 use selfheal_sidecar::window::Window;
 use selfheal_sim::{Scenario, Simulator};
 use std::sync::Arc;
@@ -106,7 +106,7 @@ fn evaluate_over_1000_held_out_seeds_never_idles_past_the_watchdog() {
 /// The sidecar's decision core wired like `selfheal run` with the shipped
 /// models, in act mode with the default gate and watchdog; the budget is
 /// generous so the watchdog, not the budget, is what is tested.
-fn sidecar_core() -> Controller {
+fn sidecar_core() -> DecisionCore {
     let scenario = Scenario::builtin_default();
     let model = ModelFile::load(std::path::Path::new("models/policy.json")).expect("shipped policy");
     let text = std::fs::read_to_string("models/detector.json").unwrap();
@@ -140,7 +140,7 @@ fn sidecar_core() -> Controller {
         log_healthy: false,
         seed: 0,
     };
-    Controller::new(cfg, parts, "watchdog-test".into())
+    DecisionCore::new(cfg, parts, "watchdog-test".into())
 }
 
 #[test]

@@ -26,7 +26,7 @@ use crate::actuate::{Actuator, CommandActuator, DryRun, SimActuator};
 use crate::auth::{self, AuthError, Token};
 use crate::config::{ActuatorConfig, CloudWatchConfig, GluePipeline, LowConfidence, Pace, SidecarConfig, SourceConfig};
 use crate::daemon::{Checkpoint, Daemon, Listeners};
-use crate::decide::{Controller, DecideConfig, EncoderFactory, Parts};
+use crate::decide::{DecideConfig, DecisionCore, EncoderFactory, Parts};
 use crate::http::{ControlAuth, Ingest};
 use crate::source::{FileSource, HttpSource, Pacing, SimFleet, SimSource, SourceError, TelemetrySource};
 use crate::BoxFuture;
@@ -449,7 +449,7 @@ pub async fn assemble(
         reward: Box::new(reward),
     };
     let run_id = format!("{:x}", crate::now_ms());
-    let mut controller = Controller::new(decide_config(&cfg), parts, run_id);
+    let mut controller = DecisionCore::new(decide_config(&cfg), parts, run_id);
 
     let cx = Context { cfg: &cfg, scenario: &scenario, aws };
     let built = cfg.source.build(&cx).await?;

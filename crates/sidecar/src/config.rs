@@ -160,7 +160,7 @@ pub struct DaemonConfig {
     /// Rotated segments kept (`provenance.000001.jsonl`, ...); older ones are deleted.
     pub log_keep: usize,
 
-    // Bounded memory (see `window::Bounds` and `decide::Controller::evict_idle`).
+    // Bounded memory (see `window::Bounds` and `decide::DecisionCore::evict_idle`).
     /// Most pipelines held at once (default 1,000): a sample of a new one
     /// beyond it is refused (`/ingest` answers 429). A sidecar watches tens to
     /// hundreds of pipelines; the cap bounds what a client pushing made-up

@@ -1,5 +1,5 @@
 //! The async shell around the decision core: one loop owns the
-//! [`Controller`] and the provenance log, and everything else talks to it
+//! [`DecisionCore`] and the provenance log, and everything else talks to it
 //! through channels: the source task sends windows, the HTTP handlers send
 //! commands, spawned action and escalation tasks send what became of them.
 //!
@@ -23,7 +23,7 @@
 
 use crate::actuate::{ActionCall, Actuator, CallGuards, Executed, Executor};
 use crate::config::SidecarConfig;
-use crate::decide::{Controller, Order, Output, Plan};
+use crate::decide::{DecisionCore, Order, Output, Plan};
 use crate::http::{control_router, metrics_router, AppState, Command, ControlAuth, Ingest, PendingView};
 use crate::metrics::{render, PageCounts, PipelineCounts, Snapshot};
 use crate::notify::{Escalation, Notifier};
@@ -55,7 +55,7 @@ pub struct Daemon {
     /// Configuration.
     pub cfg: SidecarConfig,
     /// The decision core.
-    pub controller: Controller,
+    pub controller: DecisionCore,
     /// Telemetry.
     pub source: Box<dyn TelemetrySource>,
     /// Applies actions.
@@ -120,7 +120,7 @@ enum Done {
 }
 
 struct Shell {
-    ctl: Controller,
+    ctl: DecisionCore,
     log: Arc<Mutex<ProvenanceLog>>,
     exec: Arc<Executor>,
     /// Delivers pages durably; none without a `[notify]` webhook.
@@ -153,7 +153,7 @@ const RECENT: usize = 30;
 
 impl Shell {
     /// Forget idle pipelines: the decision core's, then ingest's open windows,
-    /// keeping any the core still needs (see [`Controller::busy`]).
+    /// keeping any the core still needs (see [`DecisionCore::busy`]).
     fn evict_idle(&mut self, ingest: Option<&Ingest>, now: i64) {
         let gone = self.ctl.evict_idle(self.bounds.idle_ms, now);
         if let Some(f) = &self.fleet {

@@ -274,7 +274,7 @@ pub struct Stats {
 }
 
 /// The decision core.
-pub struct Controller {
+pub struct DecisionCore {
     cfg: DecideConfig,
     parts: Parts,
     pipelines: HashMap<String, Pipeline>,
@@ -313,17 +313,17 @@ fn fenced(key: String, pipeline: &str, lease: Option<Result<u64, String>>) -> St
 /// Result of a human's answer to a proposal.
 pub type Answer = Result<Output, ApprovalError>;
 
-impl Controller {
+impl DecisionCore {
     /// A controller; `run` prefixes decision ids and must differ between runs
     /// (the daemon uses its start time), so ids never repeat across restarts.
-    pub fn new(cfg: DecideConfig, parts: Parts, run: String) -> Controller {
+    pub fn new(cfg: DecideConfig, parts: Parts, run: String) -> DecisionCore {
         let budget = Budget::new(cfg.budget);
         let rng = Xoshiro256PlusPlus::seed_from_u64(cfg.seed);
         let mut expected = parts.detector.inputs();
         expected.extend_from_slice(parts.reward.inputs());
         expected.sort();
         expected.dedup();
-        Controller {
+        DecisionCore {
             expected,
             cfg,
             parts,
@@ -418,7 +418,7 @@ impl Controller {
         &self.parts.learner
     }
 
-    /// Updates since the last call to [`Controller::checkpointed`].
+    /// Updates since the last call to [`DecisionCore::checkpointed`].
     pub fn updates_since_checkpoint(&self) -> u64 {
         self.updates_since_checkpoint
     }
@@ -1124,7 +1124,7 @@ impl Controller {
     /// Forget every pipeline whose latest window started more than `idle_ms`
     /// before the telemetry clock (the newest window seen, read no further
     /// than `now_ms`, the wall clock, Unix ms: one sender's clock ahead
-    /// cannot make the others idle; see [`crate::window`]), unless it is [`Controller::busy`]: its encoder, supervisor,
+    /// cannot make the others idle; see [`crate::window`]), unless it is [`DecisionCore::busy`]: its encoder, supervisor,
     /// trail, pending no-op reward, score and missing-metric gauge go. A
     /// pipeline that comes back starts afresh, as a new one does. The Q table
     /// is shared and keeps all it learned. Returns the names, sorted.
@@ -1283,7 +1283,7 @@ mod tests {
 
     /// A controller whose table makes `ScaleUp` the choice in the test window's
     /// state, with `visits` visits and a lead of `lead`.
-    fn controller(mode: Mode, visits: u32, lead: f64) -> Controller {
+    fn controller(mode: Mode, visits: u32, lead: f64) -> DecisionCore {
         let mut enc = encoder();
         let (s, _) = enc.encode(&window(0).telemetry);
         let mut table = QTable::new(enc.num_states());
@@ -1322,7 +1322,7 @@ mod tests {
             log_healthy: false,
             seed: 1,
         };
-        Controller::new(cfg, parts, "t".into())
+        DecisionCore::new(cfg, parts, "t".into())
     }
 
     fn decision(out: &Output) -> &DecisionRecord {
@@ -1425,7 +1425,7 @@ mod tests {
 
     /// Make `ScaleDown` the learner's choice in `state` (a lead of 2 over
     /// the rest, 1000 visits each): the next proposal is another action.
-    fn prefer_scale_down(c: &mut Controller, state: StateId) {
+    fn prefer_scale_down(c: &mut DecisionCore, state: StateId) {
         let mut t = c.learner().table().clone();
         let mut q = [-5.0; Action::COUNT];
         q[Action::ScaleDown.index()] = -3.0;

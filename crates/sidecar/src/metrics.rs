@@ -43,7 +43,7 @@ pub struct Snapshot {
 }
 
 /// Bounded memory: pipelines held, refused for the cap and evicted (see
-/// [`crate::window::Bounds`] and [`crate::decide::Controller::evict_idle`]).
+/// [`crate::window::Bounds`] and [`crate::decide::DecisionCore::evict_idle`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PipelineCounts {
     /// `[daemon] max_pipelines`.
@@ -354,7 +354,7 @@ const DECISION_BOUNDS_NS: [u64; 14] = [
     1_000_000_000,
 ];
 
-/// `selfheal_decision_seconds{stage="decide"}`: `Controller::on_window` for
+/// `selfheal_decision_seconds{stage="decide"}`: `DecisionCore::on_window` for
 /// one window in the daemon loop (what the 50 µs target of the in-process
 /// bench measures).
 pub static DECISION_SECONDS: Histogram<14> = Histogram::new(DECISION_BOUNDS_NS);

@@ -294,7 +294,7 @@ fn proposal_text(kind: Notice, e: &Escalation, slack: bool) -> String {
         .unwrap_or_default();
     let mut also =
         if also.is_empty() { String::new() } else { format!("\nAlso open on this pipeline: {}.", also.join(", ")) };
-    // Folded proposals that ended meanwhile (see `Controller`'s closing notices).
+    // Folded proposals that ended meanwhile (see `DecisionCore`'s closing notices).
     let ended: Vec<String> = d
         .get("ended")
         .and_then(|v| v.as_array())
