@@ -36,7 +36,6 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_detect::benchmark::{score_series, score_series_reference, Category};
 use selfheal_detect::flat::FlatForest;
 use selfheal_detect::forest::{CrateForest, ForestParams, ForestRepr};
-use selfheal_detect::stream::StreamParams;
 use std::time::{Duration, Instant};
 
 /// Training points per forest.
@@ -187,7 +186,7 @@ fn detect(c: &mut Criterion) {
     let series: Vec<(&Vec<Option<i64>>, &Vec<f64>)> =
         cats.iter().flat_map(|c| c.stamps.iter().zip(c.files.iter().map(|(_, v)| v))).collect();
     let rows: usize = series.iter().map(|(_, v)| v.len()).sum();
-    let p = StreamParams::default();
+    let p = selfheal_core::Checked::<selfheal_detect::stream::StreamParams>::default();
     // Both scorers see the same trees: the detector's outputs must agree.
     for (t, v) in series.iter().take(3) {
         let (a, b) = (score_series(&p, t, v), score_series_reference(&p, t, v));

@@ -9,6 +9,7 @@
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use selfheal_agent::store::write_atomic;
+use selfheal_core::{Checked, ParamGuard};
 use selfheal_detect::scores::scores_csv;
 use selfheal_detect::stream::StreamParams;
 use std::path::{Path, PathBuf};
@@ -86,7 +87,7 @@ const SHOWN_WARNINGS: usize = 10;
 pub fn run(a: Args) -> Result<()> {
     let params = load_params(a.model.as_deref())?;
     if a.print_params {
-        println!("{}", serde_json::to_string_pretty(&params)?);
+        println!("{}", serde_json::to_string_pretty(&*params)?);
         return Ok(());
     }
     let (Some(input), Some(output)) = (a.input, a.output) else {
@@ -111,14 +112,13 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Reads the detector parameters from `path` (JSON `StreamParams`), or the
 /// defaults, and checks they are usable.
-pub fn load_params(path: Option<&Path>) -> Result<StreamParams> {
-    let Some(path) = path else { return Ok(StreamParams::default()) };
+pub fn load_params(path: Option<&Path>) -> Result<Checked<StreamParams>> {
+    let Some(path) = path else { return Ok(Checked::default()) };
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --model {}", path.display()))?;
     let params: StreamParams = serde_json::from_str(&text).with_context(|| {
         format!("{}: not a detector parameter file (see `selfheal detect --print-params`)", path.display())
     })?;
-    params.check().with_context(|| format!("{}: bad detector parameters", path.display()))?;
-    Ok(params)
+    params.check().with_context(|| format!("{}: bad detector parameters", path.display()))
 }
 
 use selfheal_nab::series::{read_series, Series, TimeIssue};
@@ -156,7 +156,7 @@ fn plural(n: usize) -> &'static str {
 
 /// The scores file of `series` read from `path`; an unscorable row is an
 /// error naming `path:line`.
-fn render(path: &Path, series: &Series, params: &StreamParams) -> Result<String> {
+fn render(path: &Path, series: &Series, params: &Checked<StreamParams>) -> Result<String> {
     scores_csv(params, series).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
 }
 
@@ -165,7 +165,7 @@ fn same_path(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
-fn detect_file(input: &Path, output: &Path, params: &StreamParams, strict: bool) -> Result<(usize, usize)> {
+fn detect_file(input: &Path, output: &Path, params: &Checked<StreamParams>, strict: bool) -> Result<(usize, usize)> {
     if output.is_dir() {
         bail!("--output {} is a directory; with a file as --input, --output must be a file", output.display());
     }
@@ -192,7 +192,7 @@ pub fn csv_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn detect_dir(input: &Path, output: &Path, params: &StreamParams, strict: bool) -> Result<(usize, usize)> {
+fn detect_dir(input: &Path, output: &Path, params: &Checked<StreamParams>, strict: bool) -> Result<(usize, usize)> {
     if output.exists() && !output.is_dir() {
         bail!("--output {} is a file; with a directory as --input, --output must be a directory", output.display());
     }

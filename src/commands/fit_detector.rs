@@ -4,6 +4,7 @@ use crate::{defaults, wiring};
 use anyhow::{Context, Result};
 use selfheal_agent::store::write_atomic;
 use selfheal_agent::{NoOpPolicy, RandomPolicy, RulesPolicy};
+use selfheal_core::ParamGuard;
 use selfheal_core::{FaultKind, Slo};
 use selfheal_detect::coverage::{check_min_coverage, FitReport, RECOVERING};
 use selfheal_detect::forest::ForestParams;
@@ -62,10 +63,9 @@ pub fn run(a: Args) -> Result<()> {
         k_min: a.k_min,
         k_max: a.k_max,
         signature_seed: a.seed,
-    };
-    params
-        .check()
-        .map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace('_', "-"), e.bound.replace('_', "-")))?;
+    }
+    .check()
+    .map_err(|e| anyhow::anyhow!("--{} must be {}", e.param.replace('_', "-"), e.bound.replace('_', "-")))?;
     let scenario = defaults::scenario(a.scenario.as_deref())?;
     let rules = defaults::rules(None)?;
     let mut policies: Vec<Box<dyn Controller<Simulator>>> = vec![

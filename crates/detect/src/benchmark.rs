@@ -8,6 +8,7 @@
 
 use crate::stream::{StreamDetector, StreamParams};
 use selfheal_core::time::parse_stamp;
+use selfheal_core::Checked;
 use selfheal_nab::{file_score, load_category, normalize, sweep, LabeledSeries, NabError, Profile};
 use std::path::Path;
 
@@ -44,7 +45,7 @@ impl Category {
     }
 
     /// Scores of every file with `params`, in file order.
-    pub fn score(&self, params: &StreamParams) -> Vec<Vec<f64>> {
+    pub fn score(&self, params: &Checked<StreamParams>) -> Vec<Vec<f64>> {
         self.files.iter().zip(&self.stamps).map(|((_, values), stamps)| score_series(params, stamps, values)).collect()
     }
 }
@@ -53,7 +54,7 @@ impl Category {
 ///
 /// # Panics
 /// If `stamps` and `values` differ in length.
-pub fn score_series(params: &StreamParams, stamps: &[Option<i64>], values: &[f64]) -> Vec<f64> {
+pub fn score_series(params: &Checked<StreamParams>, stamps: &[Option<i64>], values: &[f64]) -> Vec<f64> {
     assert_eq!(stamps.len(), values.len(), "one time per value");
     let mut d = StreamDetector::new(*params, values.len());
     stamps.iter().zip(values).map(|(t, x)| d.push_at(*t, *x)).collect()
@@ -61,7 +62,7 @@ pub fn score_series(params: &StreamParams, stamps: &[Option<i64>], values: &[f64
 
 /// [`score_series`] with the crate's scorer in place of the flat one
 /// ([`StreamDetector::with_reference_scorer`]), for benchmarks.
-pub fn score_series_reference(params: &StreamParams, stamps: &[Option<i64>], values: &[f64]) -> Vec<f64> {
+pub fn score_series_reference(params: &Checked<StreamParams>, stamps: &[Option<i64>], values: &[f64]) -> Vec<f64> {
     assert_eq!(stamps.len(), values.len(), "one time per value");
     let mut d = StreamDetector::with_reference_scorer(*params, values.len());
     stamps.iter().zip(values).map(|(t, x)| d.push_at(*t, *x)).collect()

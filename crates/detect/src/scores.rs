@@ -6,6 +6,7 @@
 
 use crate::benchmark::score_series;
 use crate::stream::StreamParams;
+use selfheal_core::Checked;
 use selfheal_nab::series::Series;
 use std::fmt::Write as _;
 
@@ -27,14 +28,14 @@ pub enum ScoreError {
 }
 
 /// One anomaly score in [0, 1] per row of `series`, in file order.
-pub fn score(params: &StreamParams, series: &Series) -> Vec<f64> {
+pub fn score(params: &Checked<StreamParams>, series: &Series) -> Vec<f64> {
     let stamps: Vec<Option<i64>> = series.stamps.iter().copied().map(Some).collect();
     score_series(params, &stamps, &series.values)
 }
 
 /// The scores file of `series`: a header and one `timestamp,value,anomaly_score`
 /// line per row; the first row that cannot be scored is an error naming it.
-pub fn scores_csv(params: &StreamParams, series: &Series) -> Result<String, ScoreError> {
+pub fn scores_csv(params: &Checked<StreamParams>, series: &Series) -> Result<String, ScoreError> {
     let scores = score(params, series);
     let mut out = String::with_capacity(series.values.len() * 48);
     out.push_str("timestamp,value,anomaly_score\n");
@@ -64,13 +65,13 @@ mod tests {
         }
         std::fs::write(&path, csv).unwrap();
         let series = read_series(&path, true).unwrap();
-        let text = scores_csv(&StreamParams::default(), &series).unwrap();
+        let text = scores_csv(&Checked::default(), &series).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "timestamp,value,anomaly_score");
         assert_eq!(lines.len(), 51);
         assert!(lines[41].starts_with("2014-04-01 00:40:00,900.50,"), "{}", lines[41]);
         let scores: Vec<f64> = lines[1..].iter().map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
         assert!(scores.iter().all(|s| (0.0..=1.0).contains(s)));
-        assert_eq!(scores, score(&StreamParams::default(), &series));
+        assert_eq!(scores, score(&Checked::default(), &series));
     }
 }

@@ -55,6 +55,7 @@ use crate::flat::FlatForest;
 use crate::forest::{CrateForest, ForestParams, ForestRepr};
 use crate::likelihood::{Likelihood, LikelihoodParams};
 use selfheal_core::seeds::mix;
+use selfheal_core::{Checked, ParamGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -106,13 +107,15 @@ pub struct InvalidStreamParams {
     pub bound: &'static str,
 }
 
-impl StreamParams {
+impl ParamGuard for StreamParams {
+    type Error = InvalidStreamParams;
+
     /// Check the parameters the detector cannot run with (or would silently
     /// score every row 0 with).
     ///
     /// # Errors
     /// The first parameter out of its bounds, naming it and the bound.
-    pub fn check(&self) -> Result<(), InvalidStreamParams> {
+    fn validate(&self) -> Result<(), InvalidStreamParams> {
         let checks = [
             (self.context.window >= 1, "context.window", ">= 1"),
             (self.context.shingle >= 1, "context.shingle", ">= 1"),
@@ -217,7 +220,8 @@ const MIN_TRAIN: usize = 8;
 
 impl StreamDetector {
     /// A detector for a series of `rows` rows (sets the probation length).
-    pub fn new(params: StreamParams, rows: usize) -> StreamDetector {
+    pub fn new(params: Checked<StreamParams>, rows: usize) -> StreamDetector {
+        let params = params.into_inner();
         let probation = ((params.probation * rows as f64).floor() as usize).min(params.probation_cap);
         let lp = LikelihoodParams {
             average: params.average,
@@ -250,7 +254,7 @@ impl StreamDetector {
     /// own `Forest::score` instead of the flat scorer (same trees, same
     /// scores to 1e-9; for benchmarks). Forests of more than 16 dimensions
     /// keep the flat scorer.
-    pub fn with_reference_scorer(params: StreamParams, rows: usize) -> StreamDetector {
+    pub fn with_reference_scorer(params: Checked<StreamParams>, rows: usize) -> StreamDetector {
         StreamDetector { reference: true, ..StreamDetector::new(params, rows) }
     }
 
@@ -379,14 +383,14 @@ mod tests {
 
     #[test]
     fn params_check_names_the_parameter_and_its_bound() {
-        assert_eq!(StreamParams::default().check(), Ok(()));
+        assert!(StreamParams::default().check().is_ok());
         let bad = StreamParams { normal_quantile: 1.5, ..StreamParams::default() };
-        assert_eq!(bad.check().unwrap_err().to_string(), "normal_quantile must be in [0, 1]");
+        assert_eq!(bad.validate().unwrap_err().to_string(), "normal_quantile must be in [0, 1]");
         let mut bad = StreamParams::default();
         bad.forest.extension_level = bad.context.shingle + 2;
-        assert_eq!(bad.check().unwrap_err().param, "forest.extension_level");
+        assert_eq!(bad.validate().unwrap_err().param, "forest.extension_level");
         let bad = StreamParams { history: 0, ..StreamParams::default() };
-        assert_eq!(bad.check().unwrap_err().to_string(), "history must be >= 1");
+        assert_eq!(bad.validate().unwrap_err().to_string(), "history must be >= 1");
     }
 
     fn series(n: usize) -> Vec<f64> {
@@ -397,7 +401,7 @@ mod tests {
     fn probation_scores_zero_then_a_spike_scores_high() {
         let mut xs = series(2000);
         xs[1500] = 120.0;
-        let mut d = StreamDetector::new(StreamParams::default(), xs.len());
+        let mut d = StreamDetector::new(Checked::default(), xs.len());
         assert_eq!(d.probation(), 300);
         let out: Vec<f64> = xs.iter().map(|x| d.push(*x)).collect();
         assert!(out[..300].iter().all(|s| *s == 0.0));
@@ -413,7 +417,7 @@ mod tests {
     fn same_input_same_scores() {
         let xs = series(1500);
         let run = || {
-            let mut d = StreamDetector::new(StreamParams::default(), xs.len());
+            let mut d = StreamDetector::new(Checked::default(), xs.len());
             xs.iter().map(|x| d.push(*x)).collect::<Vec<f64>>()
         };
         assert_eq!(run(), run());
@@ -422,9 +426,9 @@ mod tests {
     #[test]
     fn a_row_is_scored_from_the_past_only() {
         let xs = series(1200);
-        let mut a = StreamDetector::new(StreamParams::default(), 1200);
+        let mut a = StreamDetector::new(Checked::default(), 1200);
         let full: Vec<f64> = xs.iter().map(|x| a.push(*x)).collect();
-        let mut b = StreamDetector::new(StreamParams::default(), 1200);
+        let mut b = StreamDetector::new(Checked::default(), 1200);
         let mut changed = xs.clone();
         changed[1000..].iter_mut().for_each(|x| *x += 500.0);
         let other: Vec<f64> = changed.iter().map(|x| b.push(*x)).collect();

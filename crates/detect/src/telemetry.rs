@@ -36,6 +36,7 @@ use crate::features::{squash, TelemetryFeatures, TELEMETRY_FEATURES, TELEMETRY_F
 use crate::flat::FlatForest;
 use crate::forest::{ForestError, ForestParams, ForestRepr, NodeRepr, TreeRepr};
 use crate::signature::{SignatureError, Signatures};
+use selfheal_core::{Checked, ParamGuard};
 use selfheal_core::{Detection, Detector, Metric, Telemetry};
 use serde::{Deserialize, Serialize};
 
@@ -311,7 +312,9 @@ pub struct InvalidFitParams {
     pub bound: &'static str,
 }
 
-impl FitParams {
+impl ParamGuard for FitParams {
+    type Error = InvalidFitParams;
+
     /// Check the bounds a fit needs: a false-alarm rate in (0, 0.5) (a
     /// threshold at or past the median flags half the healthy windows),
     /// `2 <= k_min <= k_max` (silhouette needs two clusters), a forest of at
@@ -319,7 +322,7 @@ impl FitParams {
     ///
     /// # Errors
     /// The first parameter out of its bounds, naming it and the bound.
-    pub fn check(&self) -> Result<(), InvalidFitParams> {
+    fn validate(&self) -> Result<(), InvalidFitParams> {
         let checks = [
             (self.false_alarm_rate > 0.0 && self.false_alarm_rate < 0.5, "false_alarm_rate", "in (0, 0.5)"),
             (self.k_min >= 2, "k_min", ">= 2"),
@@ -559,7 +562,7 @@ impl DetectorModel {
         scenario: &str,
         healthy: &[Telemetry],
         candidates: &[Telemetry],
-        p: &FitParams,
+        p: &Checked<FitParams>,
     ) -> Result<DetectorModel, DetectorError> {
         let raw: Vec<[f64; TelemetryFeatures::DIMS]> = healthy.iter().map(TelemetryFeatures::extract).collect();
         if raw.is_empty() {
@@ -775,7 +778,7 @@ mod tests {
             k_max: 6,
             signature_seed: 4,
         };
-        DetectorModel::fit("test", &healthy, &faulty, &p).unwrap()
+        DetectorModel::fit("test", &healthy, &faulty, &p.check().unwrap()).unwrap()
     }
 
     #[test]
@@ -1018,7 +1021,7 @@ mod tests {
             k_max: 2,
             signature_seed: 3,
         };
-        assert_eq!(ok.check(), Ok(()));
+        assert_eq!(ok.validate(), Ok(()));
         type Case = (fn(&mut FitParams), &'static str, &'static str);
         let cases: [Case; 8] = [
             (|p| p.false_alarm_rate = 0.0, "false_alarm_rate", "in (0, 0.5)"),
@@ -1033,10 +1036,10 @@ mod tests {
         for (set, param, bound) in cases {
             let mut p = ok;
             set(&mut p);
-            assert_eq!(p.check(), Err(InvalidFitParams { param, bound }), "{p:?}");
+            assert_eq!(p.validate(), Err(InvalidFitParams { param, bound }), "{p:?}");
         }
         let mut bad = ok;
         bad.k_min = 0;
-        assert_eq!(bad.check().unwrap_err().to_string(), "k_min must be >= 2");
+        assert_eq!(bad.validate().unwrap_err().to_string(), "k_min must be >= 2");
     }
 }

@@ -8,7 +8,7 @@
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use selfheal_core::time::parse_stamp;
-use selfheal_core::{Metric, Telemetry};
+use selfheal_core::{Checked, Metric, ParamGuard, Telemetry};
 use selfheal_detect::benchmark::score_series;
 use selfheal_detect::forest::ForestParams;
 use selfheal_detect::stream::StreamParams;
@@ -29,7 +29,7 @@ fn stamps(n: usize) -> Vec<Option<i64>> {
 
 fn timed(values: &[f64]) -> (Vec<f64>, Duration) {
     let t = Instant::now();
-    let out = score_series(&StreamParams::default(), &stamps(values.len()), values);
+    let out = score_series(&Checked::default(), &stamps(values.len()), values);
     (out, t.elapsed())
 }
 
@@ -89,7 +89,7 @@ fn the_two_level_field_case_is_quick() {
         .unzip();
     assert_eq!(values.len(), 200);
     let t = Instant::now();
-    let out = score_series(&StreamParams::default(), &stamps, &values);
+    let out = score_series(&Checked::default(), &stamps, &values);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(out.iter().all(|s| (0.0..=1.0).contains(s)));
 }
@@ -102,9 +102,10 @@ fn same_input_and_seed_same_scores_another_seed_other_scores() {
     values[4000] = 90.0;
     let t = stamps(values.len());
     let p = StreamParams::default();
-    let a = score_series(&p, &t, &values);
-    assert_eq!(a, score_series(&p, &t, &values));
-    let other = StreamParams { forest: ForestParams { seed: 1, ..p.forest }, ..p };
+    let checked = p.check().unwrap();
+    let a = score_series(&checked, &t, &values);
+    assert_eq!(a, score_series(&checked, &t, &values));
+    let other = StreamParams { forest: ForestParams { seed: 1, ..p.forest }, ..p }.check().unwrap();
     assert_ne!(a, score_series(&other, &t, &values));
 }
 
@@ -139,7 +140,7 @@ fn the_pipeline_detector_fits_degenerate_windows_quickly() {
             t.set(Metric::HeapUsage, if i % 2 == 0 { 0.95 } else { 0.5 });
         }
         let t = Instant::now();
-        let fitted = DetectorModel::fit("degenerate", &healthy, &faulty, &p);
+        let fitted = DetectorModel::fit("degenerate", &healthy, &faulty, &p.check().unwrap());
         assert!(t.elapsed() < BOUND, "two-level {two_level}: fit took {:?}", t.elapsed());
         eprintln!("pipeline fit, two-level {two_level}: {:?} ({})", t.elapsed(), fitted.is_ok());
     }

@@ -28,6 +28,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
+use selfheal_core::ParamGuard;
 use selfheal_detect::benchmark::{cross_validate, false_alarms, score_set, Category};
 use selfheal_detect::stream::StreamParams;
 use selfheal_nab::PROFILES;
@@ -63,7 +64,7 @@ fn search() {
     for (k, over) in grid.iter().enumerate() {
         let mut v = serde_json::to_value(StreamParams::default()).unwrap();
         merge(&mut v, over);
-        let p: StreamParams = serde_json::from_value(v).expect("parameters");
+        let p = serde_json::from_value::<StreamParams>(v).expect("parameters").check().expect("parameters in bounds");
         let t = Instant::now();
         let scores: Vec<Vec<Vec<f64>>> = cats.iter().map(|c| c.score(&p)).collect();
         let qs = quiet.score(&p);
@@ -173,7 +174,10 @@ impl Cache<'_> {
         self.scores.entry(key).or_insert_with(|| {
             // The values are candidate parameter sets built by this test.
             #[allow(clippy::expect_used)]
-            let p: StreamParams = serde_json::from_value(v.clone()).expect("parameters");
+            let p = serde_json::from_value::<StreamParams>(v.clone())
+                .expect("parameters")
+                .check()
+                .expect("parameters in bounds");
             cats.iter().map(|c| c.score(&p)).collect()
         })
     }
