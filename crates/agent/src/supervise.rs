@@ -41,7 +41,7 @@ pub fn window_unhealthy(t: &Telemetry, anomalous: bool) -> bool {
 }
 
 /// Why the stack chose what it chose (in provenance logs by [`Cause::name`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Cause {
     /// The policy's own choice.
@@ -64,6 +64,16 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause other than [`Cause::Policy`]: the overrides.
+    pub const OVERRIDES: [Cause; 6] = [
+        Cause::GateFallback,
+        Cause::WatchdogEscalate,
+        Cause::WatchdogFallback,
+        Cause::EvidenceEscalate,
+        Cause::EvidenceVeto,
+        Cause::EvidenceRemedy,
+    ];
+
     /// Whether the watchdog forced this choice.
     pub fn is_watchdog(self) -> bool {
         matches!(self, Cause::WatchdogEscalate | Cause::WatchdogFallback)

@@ -336,10 +336,17 @@ impl Executor {
         v
     }
 
-    fn record(&self, rec: CallRecord) {
+    /// Append a call record (fsynced when the call failed) on a blocking
+    /// thread: actions run on the runtime's workers, and a write, let alone
+    /// an fdatasync, under the log's std mutex must not stall them. Awaited,
+    /// so one action's records keep their order.
+    async fn record(&self, rec: CallRecord) {
         let ok = rec.ok;
-        if let Err(e) = self.log.locked().append(&Record::Call(rec), !ok) {
-            tracing::error!(error = %e, "cannot write a call record to the provenance log");
+        let log = self.log.clone();
+        match tokio::task::spawn_blocking(move || log.locked().append(&Record::Call(rec), !ok)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write a call record to the provenance log"),
+            Err(e) => tracing::error!(error = %e, "the call record's writer did not finish"),
         }
     }
 
@@ -374,13 +381,14 @@ impl Executor {
             let Some(_permit) = ep.bulkhead.try_enter() else {
                 last = format!("bulkhead full: {} calls in flight to {name}", ep.bulkhead.in_use());
                 rec.error = Some(last.clone());
-                self.record(rec);
+                self.record(rec).await;
                 continue;
             };
-            if let Err(rejected) = ep.breaker.locked().try_acquire(now_ms() as u64) {
+            let admitted = ep.breaker.locked().try_acquire(now_ms() as u64);
+            if let Err(rejected) = admitted {
                 last = format!("circuit breaker: {rejected}");
                 rec.error = Some(last.clone());
-                self.record(rec);
+                self.record(rec).await;
                 continue;
             }
             let started = Instant::now();
@@ -393,7 +401,7 @@ impl Executor {
                     ep.breaker.locked().on_success(now, took);
                     ep.timeout.locked().observe(took);
                     rec.ok = true;
-                    self.record(rec);
+                    self.record(rec).await;
                     return Executed { ok: true, attempts: attempt, detail };
                 }
                 Ok(Err(ActError::Transient(e))) => (true, e),
@@ -403,7 +411,7 @@ impl Executor {
             ep.breaker.locked().on_failure(now, took);
             last = error.clone();
             rec.error = Some(error);
-            self.record(rec);
+            self.record(rec).await;
             if !retryable {
                 break;
             }

@@ -260,9 +260,8 @@ pub struct Stats {
     pub reward_sum: f64,
     /// Rewards observed.
     pub rewards: u64,
-    /// Choices the policy stack overrode, by cause (`gate_fallback`,
-    /// `watchdog_escalate`, `watchdog_fallback`).
-    pub overrides: BTreeMap<String, u64>,
+    /// Choices the policy stack overrode, by cause ([`Cause::OVERRIDES`]).
+    pub overrides: BTreeMap<Cause, u64>,
     /// Per pipeline, the metrics the detector or the reward read that it has
     /// not reported in its first windows (`selfheal_expected_metric_missing`).
     pub missing: BTreeMap<String, Vec<&'static str>>,
@@ -688,7 +687,7 @@ impl DecisionCore {
             // Not the behaviour policy's draw: off-policy evaluation must not
             // weigh it as one.
             probability = 1.0;
-            *self.stats.overrides.entry(choice.cause.name().to_string()).or_default() += 1;
+            *self.stats.overrides.entry(choice.cause).or_default() += 1;
         }
 
         // 4. Guardrails, after the fleet's lease gate.

@@ -133,11 +133,12 @@ pub fn render(s: &Snapshot) -> String {
         "selfheal_policy_overrides_total",
         "counter",
         "Choices the policy stack overrode: gate_fallback (unsure silence), watchdog_escalate, watchdog_fallback, \
-         evidence_escalate and evidence_veto (a fault Glue's metrics name, which scaling cannot fix).",
+         evidence_escalate and evidence_veto (a fault Glue's metrics name, which scaling cannot fix), \
+         evidence_remedy (the remedy that evidence names).",
     );
-    for cause in ["gate_fallback", "watchdog_escalate", "watchdog_fallback", "evidence_escalate", "evidence_veto"] {
-        let n = s.stats.overrides.get(cause).copied().unwrap_or(0);
-        let _ = writeln!(o, "selfheal_policy_overrides_total{{cause=\"{cause}\"}} {n}");
+    for cause in selfheal_agent::Cause::OVERRIDES {
+        let n = s.stats.overrides.get(&cause).copied().unwrap_or(0);
+        let _ = writeln!(o, "selfheal_policy_overrides_total{{cause=\"{}\"}} {n}", cause.name());
     }
     head(
         &mut o,
