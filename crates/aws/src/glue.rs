@@ -16,7 +16,10 @@
 //! (`GetJobRuns`): Glue's `StartJobRun` takes no client token, so this is
 //! what keeps a retried call (one that timed out after Glue had started the
 //! run) from starting a second run; a retried scale that finds its run
-//! reports it rather than stepping another level from it.
+//! reports it rather than stepping another level from it. The same read
+//! fences a fleet replica: a run started under a newer lease epoch than the
+//! key's (`{decision}/{action}@{epoch}`) means another replica holds the
+//! pipeline now, and no run is started.
 //!
 //! Every run started passes its `NumberOfWorkers` explicitly (the latest
 //! run's, unless the action changes it): the job's default is only updated
@@ -188,6 +191,15 @@ impl GlueActuator {
     ) -> Result<String, ActError> {
         if let Some(r) = Self::started_by(call, runs) {
             return Ok(format!("run {} already started for this decision", r.id().unwrap_or("?")));
+        }
+        if let Some((r, newer)) = newer_epoch(&call.idempotency_key, runs) {
+            return Err(ActError::Failed(format!(
+                "fenced: run {} of {} was started under lease epoch {newer}, newer than this decision's ({}); \
+                 another replica holds the pipeline now",
+                r.id().unwrap_or("?"),
+                p.job_name,
+                call.idempotency_key
+            )));
         }
         let mut req = self
             .client
@@ -474,9 +486,45 @@ impl Actuator for GlueActuator {
     }
 }
 
+/// The lease epoch a fleet replica puts at the end of an idempotency key
+/// (`{decision}/{action}@{epoch}`); `None` for a single process's key.
+fn epoch_of(key: &str) -> Option<u64> {
+    key.rsplit_once('@').and_then(|(_, e)| e.parse().ok())
+}
+
+/// The fence at Glue, across processes: a run of the job started under a
+/// newer lease epoch than `key`'s means another replica took the pipeline
+/// over since this decision was made, so this one must not start a run.
+/// Glue has no conditional `StartJobRun`; the runs' own arguments
+/// (`GetJobRuns`, newest 50) carry the epochs. Keys without an epoch (one
+/// process, no `[fleet]`) are never fenced.
+fn newer_epoch<'r>(
+    key: &str,
+    runs: &'r [aws_sdk_glue::types::JobRun],
+) -> Option<(&'r aws_sdk_glue::types::JobRun, u64)> {
+    let ours = epoch_of(key)?;
+    runs.iter()
+        .filter_map(|r| Some((r, epoch_of(r.arguments()?.get(KEY_ARG)?)?)))
+        .filter(|(_, e)| *e > ours)
+        .max_by_key(|(_, e)| *e)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_started_under_a_newer_epoch_fences_older_keys_only() {
+        let run = |id: &str, key: &str| aws_sdk_glue::types::JobRun::builder().id(id).arguments(KEY_ARG, key).build();
+        let runs = vec![run("jr_1", "a-1/scale_up@3"), run("jr_2", "b-7/restart@5"), run("jr_3", "c-2/retry")];
+        let (r, e) = newer_epoch("a-9/scale_up@4", &runs).expect("epoch 5 is newer than 4");
+        assert_eq!((r.id(), e), (Some("jr_2"), 5));
+        assert!(newer_epoch("a-9/scale_up@5", &runs).is_none(), "the same epoch is the holder's own");
+        assert!(newer_epoch("a-9/scale_up@6", &runs).is_none());
+        assert!(newer_epoch("a-9/scale_up", &runs).is_none(), "a single process's key is never fenced");
+        assert_eq!(epoch_of("x/y@12"), Some(12));
+        assert_eq!(epoch_of("x/y"), None);
+    }
 
     fn cols(v: &[(&str, &str)]) -> Vec<Col> {
         v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()

@@ -195,10 +195,11 @@ impl Actuator for CommandActuator {
 /// actuators of this replica. A command actuator's program receives the key
 /// in `SELFHEAL_IDEMPOTENCY_KEY` and can fence across replicas itself with
 /// `FencingToken::parse_idempotency_key`. The Glue actuator puts the key in
-/// the job run's arguments (`--selfheal-idempotency-key`), where it is
-/// visible to people and to the next replica's duplicate check, but **Glue
-/// itself does not fence**: it starts a run whatever the epoch, so across
-/// replicas the lease's margin is what keeps a deposed holder from acting.
+/// the job run's arguments (`--selfheal-idempotency-key`). Glue itself has
+/// no conditional `StartJobRun`, so the Glue actuator fences across
+/// replicas by reading the job's runs (`GetJobRuns`) first and refusing to
+/// start one when a run carries a newer epoch; between that read and the
+/// start, the lease's margin is what keeps a deposed holder from acting.
 pub struct FencedActuator {
     inner: Arc<dyn Actuator>,
     fence: Mutex<selfheal_fleet::Fence>,
