@@ -111,14 +111,7 @@ fn the_standby_takes_over_a_killed_replica_within_the_lease_and_nothing_runs_twi
     let applied_path = work.path().join("applied.txt");
     let script = act_script(work.path(), ACTION_MS as f64 / 1000.0);
     let cfg = config(work.path(), &proxy, &script, &applied_path);
-    let env = |name: &'static str| {
-        vec![
-            ("POD_NAME", name),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-    };
+    let env = replica_env;
     let (state_a, state_b) = (work.path().join("a"), work.path().join("b"));
     let env_a = env("replica-a");
     let mut a =
@@ -529,14 +522,7 @@ fn sigterm_mid_action_leaves_the_lease_to_lapse_before_the_standby_acts() {
         "[daemon]\nshutdown_grace_secs = 0\n",
         1,
     );
-    let env = |name: &'static str| {
-        vec![
-            ("POD_NAME", name),
-            ("AWS_ACCESS_KEY_ID", "testing"),
-            ("AWS_SECRET_ACCESS_KEY", "testing"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]
-    };
+    let env = replica_env;
     let (state_a, state_b) = (work.path().join("a"), work.path().join("b"));
     let (env_a, env_b) = (env("replica-a"), env("replica-b"));
     let mut a =
@@ -644,4 +630,14 @@ fn act_script(dir: &Path, secs: f64) -> std::path::PathBuf {
              echo \"done $SELFHEAL_IDEMPOTENCY_KEY $SELFHEAL_PIPELINE $POD_NAME $(date +%s%3N)\" >> \"$1\"\n"
         ),
     )
+}
+
+/// A replica's environment: its id and the local server's test credentials.
+fn replica_env(name: &'static str) -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("POD_NAME", name),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
 }
